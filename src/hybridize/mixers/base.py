@@ -1,0 +1,100 @@
+"""The mixer contract and the pieces every mixer shares.
+
+A mixer maps a sequence to a sequence of the same width and carries a state between calls:
+
+    y, state = mixer(x, info, state)      # x, y: (B, T, hidden); T = 1 is the decode step
+
+`info` (`SeqInfo`) holds what the model computed once for all layers: positions, rotary tables, the padding mask,
+packed-document boundaries. `state` is the layer's entry of a transformers cache (`DynamicLayer` /
+`StaticLayer` / `DynamicSlidingWindowLayer` for attention: a KV cache; `LinearAttentionLayer` for the others: a
+fixed-size recurrent state and, with a short convolution, its conv state), updated in place and returned; None
+means "no cache" (training, or a forward without use_cache). `state_size(context_len)` says how many bytes that
+state takes per sequence. The model never special-cases a mixer type: it builds `MIXERS[config.mixer_name(i)]`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class SeqInfo:
+    """Per-forward facts shared by all layers.
+
+    position_ids: (B, T) absolute positions of the new tokens (reset to 0 at each packed document start).
+    cos, sin: (B, T, head_dim) rotary tables for those positions, or None when no layer uses RoPE.
+    padding_mask: (B, past_length + T) bool, True for real tokens, over everything the cache has seen plus the new
+        tokens; None when nothing is padded. Padding is expected on the left (the decoder-only convention).
+    past_length: tokens already in the cache before this call.
+    cu_seqlens: (N + 1,) document offsets for a packed batch of size 1, or None.
+    """
+
+    position_ids: Tensor
+    cos: Tensor | None = None
+    sin: Tensor | None = None
+    padding_mask: Tensor | None = None
+    past_length: int = 0
+    cu_seqlens: Tensor | None = None
+
+    @property
+    def token_mask(self) -> Tensor | None:
+        """(B, T) bool: which of the new tokens are real."""
+        if self.padding_mask is None:
+            return None
+        return self.padding_mask[:, -self.position_ids.shape[1] :]
+
+
+class Mixer(nn.Module):
+    """Base of all mixers: see the module docstring for the contract."""
+
+    #: the transformers cache-layer kind this mixer's state lives in ("full_attention", "linear_attention", ...)
+    layer_type: str = "linear_attention"
+
+    def forward(self, x: Tensor, info: SeqInfo, state: Any = None) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def state_size(self, context_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
+        """Bytes of decode state for one sequence that has seen `context_len` tokens."""
+        raise NotImplementedError
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim, computed in fp32 and cast back before the weight, as Llama / Qwen do."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """q, k: (B, T, H, D); cos, sin: (B, T, D). The rotate-half convention of Llama / Qwen checkpoints."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def hype_scale(position_ids: Tensor, a: float) -> Tensor:
+    """HyPE query scale s_t = log(t + a) / log(a), (B, T) fp32; s_0 = 1 and it grows slowly with t."""
+    return torch.log(position_ids.float() + a) / math.log(a)
+
+
+def dtype_bytes(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

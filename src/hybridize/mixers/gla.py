@@ -1,0 +1,32 @@
+"""Gated linear attention (Yang et al. 2023), with fla's `GatedLinearAttention` layer as the reference:
+
+    q, k, v = x Wq, x Wk, x Wv                          (or short conv + SiLU)
+    g_t = logsigmoid(x W_1 W_2 + b) / 16                per key channel, a low-rank gate (rank 16)
+    S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,  o_t = q_t S_t / sqrt(d)
+    y = (RMSNorm(o) * SiLU(x Wz)) Wo
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .linear import LinearMixer, masked
+
+
+class GLA(LinearMixer):
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
+        r = config.gla_gate_low_rank_dim
+        self.gk_proj = nn.Sequential(
+            nn.Linear(config.hidden_size, r, bias=False),
+            nn.Linear(r, self.num_heads * self.head_k_dim, bias=True),
+        )
+        self.gate_logit_normalizer = config.gla_gate_logit_normalizer
+
+    def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
+        B, T = x.shape[:2]
+        gk = F.logsigmoid(self.gk_proj(x).float()).view(B, T, self.num_heads, self.head_k_dim)
+        gk = masked(gk / self.gate_logit_normalizer, mask)
+        return kernels.gla(q, k, v, g=gk, scale=self.scale, initial_state=initial_state, cu_seqlens=cu_seqlens)

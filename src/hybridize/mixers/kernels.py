@@ -1,0 +1,177 @@
+"""The one place that chooses how a linear-mixer recurrence runs.
+
+* backend "fla": fla's Triton kernels (`chunk_*` for sequences, `fused_recurrent_*` for decode). CUDA only;
+  fla is imported on first use, so importing hybridize never imports Triton.
+* backend "torch": the pure-PyTorch references in `reference.py` (chunked form for sequences, recurrent form for
+  single steps). Runs anywhere; it is what the CPU tests and CPU training use, and what the GPU tests compare the
+  fla kernels against.
+
+"auto" picks fla for CUDA tensors when fla is installed, else torch. `HYBRIDIZE_BACKEND=torch|fla` or
+`with force_backend("torch"):` overrides it (used by the GPU tests to run both on the same inputs).
+The mode ("chunk" or "recurrent") defaults to recurrent for short inference calls (decode) and chunk otherwise,
+which is also what fla's own layers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+
+Tensor = torch.Tensor
+BACKENDS = ("auto", "torch", "fla")
+_forced: str | None = os.environ.get("HYBRIDIZE_BACKEND") or None
+# Up to this many tokens an inference call uses the recurrent form (fla's layers use 64 as well).
+RECURRENT_MAX_T = 64
+
+
+@contextlib.contextmanager
+def force_backend(name: str | None) -> Iterator[None]:
+    """Run the enclosed code with a fixed backend ("torch" or "fla"); None restores automatic choice."""
+    global _forced
+    if name not in (None, "auto", "torch", "fla"):
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    previous, _forced = _forced, (None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+@functools.cache
+def fla_available() -> bool:
+    try:
+        import fla.ops  # noqa: F401
+    except Exception:  # ImportError, or Triton failing to find a driver
+        return False
+    return True
+
+
+def backend_for(x: Tensor) -> str:
+    if _forced is not None:
+        if _forced == "fla" and not x.is_cuda:
+            raise RuntimeError("the fla backend needs CUDA tensors; unset HYBRIDIZE_BACKEND or use 'torch'")
+        if _forced not in ("torch", "fla"):
+            raise ValueError(f"HYBRIDIZE_BACKEND must be one of {BACKENDS}, got {_forced!r}")
+        return _forced
+    return "fla" if x.is_cuda and fla_available() else "torch"
+
+
+def _mode(T: int, mode: str) -> str:
+    if mode == "auto":
+        return "recurrent" if T <= RECURRENT_MAX_T and not torch.is_grad_enabled() else "chunk"
+    if mode not in ("chunk", "recurrent"):
+        raise ValueError(f"mode must be 'auto', 'chunk' or 'recurrent', got {mode!r}")
+    return mode
+
+
+def gla(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor | None = None,
+    g_gamma: Tensor | None = None,
+    *,
+    scale: float,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Gated linear attention S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale q_t S_t.
+
+    Give exactly one decay: `g` (B, T, H) per head or (B, T, H, K) per key channel, or `g_gamma` (H,) a constant
+    per-head log decay (Lightning / RetNet). Returns (o (B, T, H, V), final state (N, H, K, V) fp32)."""
+    if (g is None) == (g_gamma is None):
+        raise ValueError("give exactly one of g and g_gamma")
+    mode = _mode(q.shape[1], mode)
+    if backend_for(q) == "fla":
+        return _fla_gla(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, mode)
+    if g is None:
+        g = g_gamma.float().view(1, 1, -1).expand(*q.shape[:3])
+    fn = reference.gla_recurrent if mode == "recurrent" else reference.gla_chunk
+    return fn(q, k, v, g, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
+def gated_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    *,
+    scale: float,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Gated delta rule on L2-normalised q and k (normalised here, as fla does in its kernel).
+
+    g: (B, T, H) log decay; beta: (B, T, H) in [0, 1]. Returns (o (B, T, H, V), final state (N, H, K, V) fp32)."""
+    mode = _mode(q.shape[1], mode)
+    if backend_for(q) == "fla":
+        return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, cu_seqlens, mode)
+    q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+    fn = reference.gated_delta_rule_recurrent if mode == "recurrent" else reference.gated_delta_rule_chunk
+    return fn(q, k, v, g, beta, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
+def short_conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Depthwise causal conv + SiLU. x: (B, T, D); weight: (D, W); state: (N, D, W). Returns (y, final state)."""
+    if backend_for(x) == "fla":
+        from fla.modules.causal_conv1d import causal_conv1d
+
+        y, state = causal_conv1d(
+            x=x,
+            weight=weight,
+            bias=bias,
+            initial_state=initial_state,
+            output_final_state=True,
+            activation="silu",
+            cu_seqlens=cu_seqlens,
+        )
+        return y, state
+    return reference.causal_conv1d(x, weight, bias, initial_state, cu_seqlens, activation="silu")
+
+
+def _fla_gla(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, mode):
+    common = dict(scale=scale, initial_state=initial_state, output_final_state=True, cu_seqlens=cu_seqlens)
+    if g is None or g.dim() == 3:  # per-head decay: fla's simple_gla kernels
+        from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
+
+        fn = fused_recurrent_simple_gla if mode == "recurrent" else chunk_simple_gla
+        return fn(q, k, v, g=g, g_gamma=g_gamma, **common)
+    from fla.ops.gla import chunk_gla, fused_recurrent_gla
+
+    if mode == "recurrent":
+        return fused_recurrent_gla(q, k, v, gk=g, **common)
+    return chunk_gla(q, k, v, g=g, **common)
+
+
+def _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, cu_seqlens, mode):
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+    fn = fused_recurrent_gated_delta_rule if mode == "recurrent" else chunk_gated_delta_rule
+    return fn(
+        q,
+        k,
+        v,
+        g=g,
+        beta=beta,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=True,
+        use_qk_l2norm_in_kernel=True,
+        cu_seqlens=cu_seqlens,
+    )

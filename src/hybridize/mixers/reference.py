@@ -1,0 +1,238 @@
+"""Pure-PyTorch references for the linear-mixer recurrences, in two forms each.
+
+* `*_recurrent`: the recurrence written step by step; the definition, used for decode on the CPU.
+* `*_chunk`: the chunked parallel form (intra-chunk attention-like product + inter-chunk state passing), used for
+  training and prefill on the CPU. The tests check it against the recurrent form: outputs, final states, gradients.
+
+Conventions match fla's kernels so that the two are interchangeable behind `kernels.py`:
+  q, k: (B, T, H, K); v: (B, T, H, V); state: (N, H, K, V) in fp32 (fla's default key-first layout);
+  log decays are <= 0; `scale` multiplies q; with `cu_seqlens` (N + 1 offsets) B must be 1 and each of the N
+  documents starts from its own row of `initial_state` (zeros if None) and never sees the others.
+
+Two recurrences cover all our mixers:
+  gla (Lightning is the special case of a per-head constant decay):
+      S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,            o_t = scale * q_t S_t
+      g: (B, T, H) one log decay per head and step, or (B, T, H, K) one per key channel (GLA).
+  gated delta rule (GatedDeltaNet):
+      S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,   o_t = scale * q_t S_t
+      g, beta: (B, T, H); q and k are expected L2-normalised by the caller.
+Everything is computed in fp32; outputs come back in v's dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _per_document(fn: Callable) -> Callable:
+    """Run `fn` once per document of a packed (cu_seqlens) batch, each from its own initial state."""
+
+    def wrapper(q, k, v, *gates, scale, initial_state=None, cu_seqlens=None, **kw):
+        if cu_seqlens is None:
+            return fn(q, k, v, *gates, scale=scale, initial_state=initial_state, **kw)
+        if q.shape[0] != 1:
+            raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {q.shape[0]}")
+        outs, states = [], []
+        bounds = cu_seqlens.tolist()
+        for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+            h0 = None if initial_state is None else initial_state[n : n + 1]
+            o, h = fn(q[:, s:e], k[:, s:e], v[:, s:e], *(g[:, s:e] for g in gates), scale=scale, initial_state=h0, **kw)
+            outs.append(o)
+            states.append(h)
+        return torch.cat(outs, dim=1), torch.cat(states, dim=0)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _zero_state(q: Tensor, v: Tensor) -> Tensor:
+    B, _, H, K = q.shape
+    return q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32)
+
+
+@_per_document
+def gla_recurrent(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float, initial_state: Tensor | None = None):
+    """Step-by-step gated linear attention. Returns (o (B,T,H,V), final state (B,H,K,V) fp32)."""
+    S = _zero_state(q, v) if initial_state is None else initial_state.float()
+    qf, kf, vf, gf = q.float() * scale, k.float(), v.float(), g.float()
+    if gf.dim() == 3:  # per-head decay -> broadcast over the key channels
+        gf = gf.unsqueeze(-1)
+    outs = []
+    for t in range(q.shape[1]):
+        S = S * gf[:, t].exp().unsqueeze(-1) + kf[:, t].unsqueeze(-1) * vf[:, t].unsqueeze(-2)
+        outs.append(torch.einsum("bhk,bhkv->bhv", qf[:, t], S))
+    o = torch.stack(outs, dim=1) if outs else vf.new_zeros(v.shape)
+    return o.to(v.dtype), S
+
+
+@_per_document
+def gated_delta_rule_recurrent(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *, scale: float, initial_state: Tensor | None = None
+):
+    """Step-by-step gated delta rule. Returns (o (B,T,H,V), final state (B,H,K,V) fp32)."""
+    S = _zero_state(q, v) if initial_state is None else initial_state.float()
+    qf, kf, vf = q.float() * scale, k.float(), v.float()
+    gf, bf = g.float(), beta.float()
+    outs = []
+    for t in range(q.shape[1]):
+        S = S * gf[:, t].exp()[..., None, None]
+        k_t = kf[:, t]  # (B, H, K)
+        delta = bf[:, t].unsqueeze(-1) * (vf[:, t] - torch.einsum("bhk,bhkv->bhv", k_t, S))  # (B, H, V)
+        S = S + k_t.unsqueeze(-1) * delta.unsqueeze(-2)
+        outs.append(torch.einsum("bhk,bhkv->bhv", qf[:, t], S))
+    o = torch.stack(outs, dim=1) if outs else vf.new_zeros(v.shape)
+    return o.to(v.dtype), S
+
+
+def _chunked(x: Tensor, C: int) -> Tensor:
+    """(B, T, H, ...) -> (B, H, N, C, ...), zero-padding T up to a multiple of C.
+
+    Zero padding is neutral for every recurrence here: k = v = 0, log decay 0 and beta 0 leave the state as is."""
+    B, T = x.shape[:2]
+    pad = (-T) % C
+    if pad:
+        x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], dim=1)
+    x = x.reshape(B, (T + pad) // C, C, *x.shape[2:])
+    return x.movedim(3, 1)  # (B, H, N, C, ...)
+
+
+def _unchunk(o: Tensor, T: int) -> Tensor:
+    """(B, H, N, C, V) -> (B, T, H, V)."""
+    B, H, N, C, V = o.shape
+    return o.movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
+
+
+@_per_document
+def gla_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    *,
+    scale: float,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+):
+    """Chunked gated linear attention; same results as `gla_recurrent`.
+
+    Inside a chunk, with G the inclusive cumulative log decay from the chunk start:
+        o_i = scale * [ (q_i * exp(G_i)) S_0 + sum_{j<=i} (q_i . k_j exp(G_i - G_j)) v_j ]
+        S_C = exp(G_C) S_0 + sum_j (k_j exp(G_C - G_j))^T v_j
+    The pairwise exp(G_i - G_j) is only ever taken for j <= i, where it is <= 1, so no overflow."""
+    T, C = q.shape[1], chunk_size
+    per_channel = g.dim() == 4
+    qc = _chunked(q.float() * scale, C)  # (B, H, N, C, K)
+    kc = _chunked(k.float(), C)
+    vc = _chunked(v.float(), C)  # (B, H, N, C, V)
+    G = _chunked(g.float(), C).cumsum(dim=3)  # (B, H, N, C[, K])
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if per_channel:
+        diff = G.unsqueeze(4) - G.unsqueeze(3)  # (B, H, N, C_i, C_j, K)
+        decay = diff.masked_fill(~causal[..., None], float("-inf")).exp()
+        A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", qc, kc, decay)
+        q_in = qc * G.exp()  # decay from the chunk start to i
+        k_out = kc * (G[:, :, :, -1:] - G).exp()  # decay from j to the chunk end
+        g_last = G[:, :, :, -1]  # (B, H, N, K)
+    else:
+        diff = G.unsqueeze(4) - G.unsqueeze(3)  # (B, H, N, C_i, C_j)
+        A = (qc @ kc.transpose(-1, -2)) * diff.masked_fill(~causal, float("-inf")).exp()
+        q_in = qc * G.exp().unsqueeze(-1)
+        k_out = kc * (G[:, :, :, -1:] - G).exp().unsqueeze(-1)
+        g_last = G[:, :, :, -1].unsqueeze(-1).expand(*G.shape[:3], q.shape[-1])
+    o_intra = A @ vc  # (B, H, N, C, V)
+    kv = k_out.transpose(-1, -2) @ vc  # (B, H, N, K, V): each chunk's own contribution to the state
+    S = _zero_state(q, v) if initial_state is None else initial_state.float()
+    o_inter = []
+    for n in range(qc.shape[2]):
+        o_inter.append(q_in[:, :, n] @ S)
+        S = S * g_last[:, :, n].exp().unsqueeze(-1) + kv[:, :, n]
+    o = o_intra + torch.stack(o_inter, dim=2)
+    return _unchunk(o, T).to(v.dtype), S
+
+
+@_per_document
+def gated_delta_rule_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    *,
+    scale: float,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+):
+    """Chunked gated delta rule (WY form); same results as `gated_delta_rule_recurrent`.
+
+    Within a chunk (G: inclusive cumulative log decay, S_0 the entering state) the per-step corrections
+    u_i = beta_i (v_i - k_i exp(G_i) S_0 - sum_{j<i} exp(G_i - G_j) (k_i . k_j) u_j) solve a unit lower-triangular
+    system (I + L) u = beta v - (beta exp(G) k) S_0, with L_ij = beta_i exp(G_i - G_j) k_i . k_j for j < i. Then
+        o_i = scale * [ exp(G_i) q_i S_0 + sum_{j<=i} exp(G_i - G_j) (q_i . k_j) u_j ]
+        S_C = exp(G_C) S_0 + sum_j exp(G_C - G_j) k_j^T u_j"""
+    T, C = q.shape[1], chunk_size
+    qc = _chunked(q.float() * scale, C)  # (B, H, N, C, K)
+    kc = _chunked(k.float(), C)
+    vc = _chunked(v.float(), C)
+    bc = _chunked(beta.float(), C).unsqueeze(-1)  # (B, H, N, C, 1)
+    G = _chunked(g.float(), C).cumsum(dim=3)  # (B, H, N, C)
+    eye = torch.eye(C, dtype=torch.bool, device=q.device)
+    causal = eye.tril() | torch.ones_like(eye).tril(-1)
+    diff = G.unsqueeze(-1) - G.unsqueeze(-2)  # (B, H, N, C_i, C_j)
+    decay_incl = diff.masked_fill(~causal, float("-inf")).exp()  # j <= i
+    decay_strict = decay_incl.masked_fill(eye, 0.0)  # j < i
+    kk = kc @ kc.transpose(-1, -2)
+    system = torch.eye(C, dtype=torch.float32, device=q.device) + bc * decay_strict * kk  # I + L
+    U = torch.linalg.solve_triangular(system, bc * vc, upper=False, unitriangular=True)  # (B, H, N, C, V)
+    W = torch.linalg.solve_triangular(system, bc * kc * G.exp().unsqueeze(-1), upper=False, unitriangular=True)
+    Aqk = (qc @ kc.transpose(-1, -2)) * decay_incl  # (B, H, N, C, C)
+    q_in = qc * G.exp().unsqueeze(-1)
+    k_out = kc * (G[:, :, :, -1:] - G).exp().unsqueeze(-1)
+    S = _zero_state(q, v) if initial_state is None else initial_state.float()
+    outs = []
+    for n in range(qc.shape[2]):
+        u = U[:, :, n] - W[:, :, n] @ S  # (B, H, C, V)
+        outs.append(q_in[:, :, n] @ S + Aqk[:, :, n] @ u)
+        S = S * G[:, :, n, -1].exp()[..., None, None] + k_out[:, :, n].transpose(-1, -2) @ u
+    o = torch.stack(outs, dim=2)
+    return _unchunk(o, T).to(v.dtype), S
+
+
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    activation: str | None = "silu",
+) -> tuple[Tensor, Tensor]:
+    """Depthwise causal convolution over time, fla's `causal_conv1d` conventions.
+
+    x: (B, T, D); weight: (D, W); state: (N, D, W), the last W inputs (zeros before the start).
+    Returns (y (B, T, D), final state (N, D, W))."""
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.tolist()
+        ys, states = [], []
+        for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+            h0 = None if initial_state is None else initial_state[n : n + 1]
+            y, h = causal_conv1d(x[:, s:e], weight, bias, h0, None, activation)
+            ys.append(y)
+            states.append(h)
+        return torch.cat(ys, dim=1), torch.cat(states, dim=0)
+    B, T, D = x.shape
+    W = weight.shape[-1]
+    xt = x.transpose(1, 2)  # (B, D, T)
+    if initial_state is None:
+        initial_state = xt.new_zeros(B, D, W)
+    full = torch.cat([initial_state.to(xt.dtype), xt], dim=-1)  # (B, D, W + T)
+    y = F.conv1d(full[..., 1:], weight.unsqueeze(1), bias, groups=D)  # output t sees inputs t-W+1 .. t
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
+    return y.transpose(1, 2), full[..., -W:]

@@ -1,0 +1,257 @@
+"""`HybridForCausalLM`: a transformers `PreTrainedModel` + `GenerationMixin` whose layers are built from
+`HybridConfig.layer_types` / `linear_mixers`.
+
+Block (Llama / Qwen / Mistral): x + mixer(RMSNorm(x)), then + SwiGLU(RMSNorm(.)). The model computes the rotary
+table, positions and masks once per forward (`SeqInfo`) and hands each mixer its layer of the cache; it never looks
+at what kind of mixer a layer holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
+
+from ..mixers import SeqInfo, build_mixer
+from ..mixers.base import RMSNorm
+from ..mixers.gated_deltanet import GatedDeltaNet
+from .cache import HybridCache, past_length
+from .configuration import HybridConfig
+
+
+class HybridRotaryEmbedding(nn.Module):
+    """RoPE tables for every scaling transformers implements (default, linear, dynamic, yarn, llama3, ...),
+    built by transformers' own functions from `config.rope_parameters`."""
+
+    def __init__(self, config: HybridConfig):
+        super().__init__()
+        self.config = config
+        self.max_seq_len_cached = config.max_position_embeddings
+        self.original_max_seq_len = config.max_position_embeddings
+        self.rope_type = config.rope_parameters["rope_type"]
+        fn: Callable = self.compute_default_rope_parameters
+        if self.rope_type != "default":
+            if self.rope_type not in ROPE_INIT_FUNCTIONS:
+                raise ValueError(
+                    f"rope_parameters.rope_type={self.rope_type!r} is not supported; allowed: "
+                    f"{['default', *ROPE_INIT_FUNCTIONS]}"
+                )
+            fn = ROPE_INIT_FUNCTIONS[self.rope_type]
+        inv_freq, self.attention_scaling = fn(config)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("original_inv_freq", inv_freq.clone(), persistent=False)
+
+    @staticmethod
+    def compute_default_rope_parameters(config: HybridConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+        base, dim = config.rope_parameters["rope_theta"], config.head_dim
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
+        return inv_freq, 1.0
+
+    @torch.no_grad()
+    @dynamic_rope_update
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
+
+
+class HybridMLP(nn.Module):
+    """SwiGLU: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, config: HybridConfig):
+        super().__init__()
+        h, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(h, i, bias=config.mlp_bias)
+        self.up_proj = nn.Linear(h, i, bias=config.mlp_bias)
+        self.down_proj = nn.Linear(i, h, bias=config.mlp_bias)
+        self.act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class HybridBlock(GradientCheckpointingLayer):
+    def __init__(self, config: HybridConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mixer = build_mixer(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = HybridMLP(config)
+
+    def forward(self, x: torch.Tensor, info: SeqInfo, state=None) -> torch.Tensor:
+        h, _ = self.mixer(self.input_layernorm(x), info, state)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class HybridPreTrainedModel(PreTrainedModel):
+    config_class = HybridConfig
+    config: HybridConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HybridBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, GatedDeltaNet):
+            fresh = GatedDeltaNet.gate_init(module.num_heads)
+            init.copy_(module.A_log, fresh["A_log"])
+            init.copy_(module.dt_bias, fresh["dt_bias"])
+
+
+class HybridModel(HybridPreTrainedModel):
+    def __init__(self, config: HybridConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList(HybridBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        uses_rope = config.attention_rope or (config.linear_rope and "linear_attention" in config.layer_types)
+        self.rotary_emb = HybridRotaryEmbedding(config) if uses_rope else None
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = x.shape[:2]
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = HybridCache(self.config)
+        if not use_cache:
+            past_key_values = None
+        past = past_length(past_key_values)
+        padding_mask = _padding_mask(attention_mask, B, past, T)
+        if cu_seqlens is not None:
+            cu_seqlens = _check_cu_seqlens(cu_seqlens, B, T, past, padding_mask)
+        if position_ids is None:
+            position_ids = _positions(padding_mask, cu_seqlens, past, B, T, x.device)
+        cos = sin = None
+        if self.rotary_emb is not None:
+            cos, sin = self.rotary_emb(x, position_ids)
+        info = SeqInfo(position_ids, cos, sin, padding_mask, past, cu_seqlens)
+        hidden_states = [] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            if hidden_states is not None:
+                hidden_states.append(x)
+            x = layer(x, info, None if past_key_values is None else past_key_values.layers[i])
+        x = self.norm(x)
+        if hidden_states is not None:
+            hidden_states.append(x)
+        if isinstance(past_key_values, HybridCache):
+            past_key_values.advance(T)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=past_key_values,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+
+
+class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: HybridConfig):
+        super().__init__(config)
+        self.model = HybridModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        cu_seqlens: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cu_seqlens=cu_seqlens,
+            output_hidden_states=output_hidden_states,
+        )
+        h = out.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(h[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+        # generate's default is a plain DynamicCache; ours is that cache plus a token count (see cache.py).
+        if type(model_kwargs.get("past_key_values")) is DynamicCache:
+            model_kwargs["past_key_values"] = HybridCache(self.config)
+
+
+def _padding_mask(attention_mask: torch.Tensor | None, B: int, past: int, T: int) -> torch.Tensor | None:
+    """(B, past + T) bool, or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
+        raise ValueError(
+            f"attention_mask must be a 2-D 0/1 padding mask of shape (batch, past + new tokens) = ({B}, {past + T}), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.bool()
+    if mask.shape[1] == T and past:  # only the new tokens given: the past is taken as unpadded
+        mask = torch.cat([mask.new_ones(B, past), mask], dim=1)
+    return None if bool(mask.all()) else mask
+
+
+def _check_cu_seqlens(cu: torch.Tensor, B: int, T: int, past: int, padding_mask) -> torch.Tensor:
+    if B != 1:
+        raise ValueError(f"cu_seqlens packs documents along time in a batch of size 1, got batch size {B}")
+    if past or padding_mask is not None:
+        raise ValueError("cu_seqlens cannot be combined with a cache or an attention_mask")
+    cu = cu.to(dtype=torch.long)
+    if cu.dim() != 1 or cu.numel() < 2 or int(cu[0]) != 0 or int(cu[-1]) != T or bool((cu[1:] < cu[:-1]).any()):
+        raise ValueError(f"cu_seqlens must be non-decreasing offsets from 0 to the sequence length {T}, got {cu.tolist()}")
+    return cu
+
+
+def _positions(padding_mask, cu_seqlens, past: int, B: int, T: int, device) -> torch.Tensor:
+    if padding_mask is not None:  # left padding: count real tokens only
+        return (padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+    if cu_seqlens is not None:  # packed documents: restart at each document
+        idx = torch.arange(T, device=device)
+        doc = torch.searchsorted(cu_seqlens[1:], idx, right=True)
+        return (idx - cu_seqlens[doc]).unsqueeze(0)
+    return torch.arange(past, past + T, device=device).unsqueeze(0).expand(B, T)
