@@ -214,6 +214,16 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
         )
 
+    def state_size(self, context_len: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
+        """Bytes of decode state (KV caches + recurrent and conv states) after `context_len` tokens."""
+        dtype = dtype or self.dtype
+        return batch_size * sum(layer.mixer.state_size(context_len, dtype) for layer in self.model.layers)
+
+    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+        """generate turns the 2-D padding mask into 4-D masks when the cache is compileable (e.g. all-linear);
+        our mixers build their own masks from the 2-D one, so keep it as it is."""
+        return attention_mask
+
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         # generate's default is a plain DynamicCache; ours is that cache plus a token count (see cache.py).

@@ -1,0 +1,31 @@
+"""Shapes of the teacher families we benchmark against, as transformers config fields (weights are random in
+benchmarks: speed does not depend on their values). Sources: the public config.json of each checkpoint."""
+
+from __future__ import annotations
+
+SHAPES: dict[str, dict] = {
+    "qwen3-0.6b": dict(
+        vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
+    ),
+    "qwen3-1.7b": dict(
+        vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28, num_attention_heads=16,
+        num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
+    ),
+    "llama-3.2-1b": dict(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, qk_norm=False, tie_word_embeddings=True, max_position_embeddings=131072,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        rms_norm_eps=1e-5,
+    ),
+}
+
+
+def shape_config(name: str, **overrides) -> dict:
+    """Config fields of a built-in shape, with overrides."""
+    if name not in SHAPES:
+        raise ValueError(f"unknown model shape {name!r}; built in: {sorted(SHAPES)}")
+    return {**SHAPES[name], **overrides}

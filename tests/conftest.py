@@ -1,0 +1,66 @@
+"""Shared test helpers: a dtype-aware comparison that prints its error, and tiny model configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hybridize import HybridConfig
+
+# (atol, rtol) per dtype. fp32 references agree to rounding; bf16 kernels carry ~3 significant digits.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-8),
+    torch.float32: (2e-5, 1e-4),
+    torch.bfloat16: (2e-2, 2e-2),
+    torch.float16: (5e-3, 5e-3),
+}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "", dtype: torch.dtype | None = None,
+                 scale: float = 1.0) -> None:
+    """Compare with tolerances chosen by dtype (times `scale`), printing max/mean abs and relative error."""
+    dtype = dtype or actual.dtype
+    atol, rtol = TOLERANCES[dtype]
+    atol, rtol = atol * scale, rtol * scale
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert a.shape == e.shape, f"{name}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+    assert torch.isfinite(a).all(), f"{name}: non-finite values"
+    err = (a - e).abs()
+    rel = (err.norm() / e.norm().clamp_min(1e-30)).item()
+    msg = (f"{name} [{dtype}]: max abs err {err.max().item():.3e}, mean abs err {err.mean().item():.3e}, "
+           f"relative (norm) err {rel:.3e}, atol {atol:.1e}, rtol {rtol:.1e}")
+    print(msg)
+    assert torch.allclose(a, e, atol=atol, rtol=rtol), msg
+
+
+# Layer patterns over 5 layers: every mixer, alone and mixed with attention (full and sliding).
+PATTERNS = {
+    "lightning": ["lightning"] * 2 + [None] + ["lightning"] * 2,
+    "gated_deltanet": ["gated_deltanet"] * 2 + [None] + ["gated_deltanet"] * 2,
+    "gla": ["gla"] * 2 + [None] + ["gla"] * 2,
+    "mixed": ["gla", None, "gated_deltanet", "lightning", None],
+    "all_linear": ["lightning", "gated_deltanet", "gla", "lightning", "gated_deltanet"],
+    "all_attention": [None] * 5,
+}
+
+
+def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides) -> HybridConfig:
+    """An odd-sized 5-layer model: head_dim independent of hidden/heads, GQA, every mixer option on."""
+    mixers = PATTERNS[pattern] if isinstance(pattern, str) else pattern
+    layer_types = ["linear_attention" if m else "full_attention" for m in mixers]
+    if sliding and layer_types[-1] == "full_attention":
+        layer_types[-1] = "sliding_attention"
+    kwargs = dict(
+        vocab_size=101, hidden_size=44, intermediate_size=76, num_hidden_layers=len(mixers),
+        num_attention_heads=4, num_key_value_heads=2, head_dim=10, qk_norm=True, attention_bias=True,
+        layer_types=layer_types, linear_mixers=mixers, sliding_window=7, linear_qk_norm=True,
+        linear_conv_size=3, gla_gate_low_rank_dim=5, hype_a=6.0, attention_output_gate=True,
+        max_position_embeddings=64,
+    )
+    kwargs.update(overrides)
+    return HybridConfig(**kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,121 @@
+"""Each mixer against a definition written out by hand: attention vs explicit softmax, RoPE vs transformers' own
+tables for every scaling, Lightning's decays, HyPE's scale, state sizes."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from hybridize import HybridConfig, HybridForCausalLM
+from hybridize.mixers import LINEAR_MIXERS, MIXERS, SeqInfo
+from hybridize.mixers.attention import Attention
+from hybridize.mixers.base import hype_scale
+from hybridize.mixers.lightning import lightning_log_decay
+from hybridize.models.configuration import LINEAR_MIXER_NAMES
+from hybridize.models.modeling import HybridRotaryEmbedding
+from conftest import assert_close, tiny_config
+
+ROPE_CASES = {
+    "default": {"rope_type": "default", "rope_theta": 10000.0},
+    "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    "yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16},
+}
+
+
+@pytest.mark.parametrize("name", list(ROPE_CASES))
+def test_rope_tables_match_transformers(name):
+    """Our rotary tables are transformers' (Llama's) for each scaling, at positions inside and beyond the window."""
+    shape = dict(hidden_size=64, num_attention_heads=4, head_dim=16, max_position_embeddings=32)
+    ours = HybridRotaryEmbedding(HybridConfig(rope_parameters=dict(ROPE_CASES[name]), **shape))
+    theirs = LlamaRotaryEmbedding(LlamaConfig(rope_parameters=dict(ROPE_CASES[name]), **shape))
+    x = torch.zeros(1, dtype=torch.float32)
+    for positions in (torch.arange(20)[None], torch.arange(40, 90)[None]):
+        cos, sin = ours(x, positions)
+        cos_t, sin_t = theirs(x, positions)
+        assert_close(cos, cos_t, f"{name} cos")
+        assert_close(sin, sin_t, f"{name} sin")
+
+
+def _naive_attention(mixer: Attention, x, positions, window=None):
+    """Softmax attention written with explicit loops over heads: the definition."""
+    B, T, _ = x.shape
+    H, Hkv, D = mixer.num_heads, mixer.num_kv_heads, mixer.head_dim
+    q = mixer.q_proj(x).view(B, T, H, D)
+    k = mixer.k_proj(x).view(B, T, Hkv, D)
+    v = mixer.v_proj(x).view(B, T, Hkv, D)
+    if mixer.q_norm is not None:
+        q, k = mixer.q_norm(q), mixer.k_norm(k)
+    if mixer.hype_a is not None:
+        q = q * (torch.log(positions.float() + mixer.hype_a) / math.log(mixer.hype_a))[..., None, None]
+    out = torch.zeros(B, T, H, D)
+    for h in range(H):
+        kv = h // (H // Hkv)
+        scores = q[:, :, h] @ k[:, :, kv].transpose(1, 2) / math.sqrt(D)  # (B, T, T)
+        i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+        allowed = (j <= i) & ((i - j < window) if window else True)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        out[:, :, h] = scores.softmax(-1) @ v[:, :, kv]
+    o = out.reshape(B, T, H * D)
+    if mixer.g_proj is not None:
+        o = o * torch.sigmoid(mixer.g_proj(x))
+    return mixer.o_proj(o)
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+@pytest.mark.parametrize("hype", [False, True])
+def test_attention_matches_explicit_softmax(sliding, hype):
+    config = tiny_config([None], sliding=sliding, attention_rope=False, hype_a=7.0 if hype else None,
+                         attention_output_gate=hype)
+    mixer = Attention(config, 0)
+    x = torch.randn(2, 15, config.hidden_size)
+    positions = torch.arange(15)[None].expand(2, 15)
+    y, _ = mixer(x, SeqInfo(positions))
+    assert_close(y, _naive_attention(mixer, x, positions, config.sliding_window if sliding else None), "attention")
+
+
+def test_lightning_decays_and_hype_scale_by_formula():
+    H = 8
+    gamma = lightning_log_decay(H).exp()
+    expected = torch.tensor([math.exp(-(2 ** (-8 * h / H))) for h in range(1, H + 1)])
+    assert_close(gamma, expected, "lightning gamma")
+    assert gamma[0] < gamma[-1] < 1  # first head forgets fastest
+    s = hype_scale(torch.tensor([[0, 1, 99, 10_000]]), 500.0)
+    assert_close(s, torch.tensor([[1.0, math.log(501) / math.log(500), math.log(599) / math.log(500),
+                                   math.log(10_500) / math.log(500)]]), "hype scale")
+
+
+def test_state_size_attention_grows_linear_is_constant():
+    config = tiny_config("mixed", linear_conv_size=0)
+    model = HybridForCausalLM(config)
+    kv_per_token = 2 * config.num_key_value_heads * config.head_dim * 2  # K and V, bf16
+    attn_full = model.model.layers[1].mixer
+    attn_sliding = model.model.layers[4].mixer
+    assert attn_full.state_size(1000, torch.bfloat16) == 1000 * kv_per_token
+    assert attn_sliding.state_size(1000, torch.bfloat16) == config.sliding_window * kv_per_token
+    lin = model.model.layers[0].mixer
+    rec = config.linear_num_heads * config.linear_head_dim * config.linear_value_head_dim * 4
+    assert lin.state_size(10, torch.bfloat16) == lin.state_size(10**6, torch.bfloat16) == rec
+    total = model.state_size(1000, batch_size=3, dtype=torch.bfloat16)
+    assert total == 3 * (3 * rec + 1000 * kv_per_token + config.sliding_window * kv_per_token)
+
+
+def test_registry_matches_config_vocabulary():
+    assert set(LINEAR_MIXERS) == set(LINEAR_MIXER_NAMES)
+    assert set(MIXERS) == {"attention", *LINEAR_MIXER_NAMES}
+
+
+def test_import_does_not_load_triton_or_fla():
+    code = ("import sys, hybridize; from hybridize import HybridForCausalLM; import hybridize.mixers.kernels; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('triton', 'fla')]; "
+            "assert not bad, bad; print('clean')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stderr

@@ -1,0 +1,125 @@
+"""The two CPU references of each recurrence agree: chunked == recurrent in outputs, final states and gradients,
+with initial states, odd lengths, partial chunks and packed documents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybridize.mixers import kernels, reference
+from conftest import assert_close
+
+B, H, K, V = 2, 3, 6, 5
+
+
+def _inputs(kind: str, T: int, batch: int = B):
+    q = torch.randn(batch, T, H, K)
+    k = torch.randn(batch, T, H, K)
+    v = torch.randn(batch, T, H, V)
+    if kind == "gla_head":
+        gates = (F.logsigmoid(torch.randn(batch, T, H) + 2.0),)
+    elif kind == "gla_channel":
+        gates = (F.logsigmoid(torch.randn(batch, T, H, K)) / 4,)
+    else:  # gated delta rule: unit q/k as the kernels normalise them
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        gates = (F.logsigmoid(torch.randn(batch, T, H) + 2.0), torch.rand(batch, T, H))
+    return q, k, v, gates
+
+
+FORMS = {
+    "gla_head": (reference.gla_chunk, reference.gla_recurrent),
+    "gla_channel": (reference.gla_chunk, reference.gla_recurrent),
+    "gated_delta_rule": (reference.gated_delta_rule_chunk, reference.gated_delta_rule_recurrent),
+}
+
+
+@pytest.mark.parametrize("kind", list(FORMS))
+@pytest.mark.parametrize("T,chunk", [(1, 4), (13, 4), (16, 8), (37, 16)])
+def test_chunk_equals_recurrent_with_gradients(kind, T, chunk):
+    chunk_fn, rec_fn = FORMS[kind]
+    q, k, v, gates = _inputs(kind, T)
+    h0 = torch.randn(B, H, K, V)
+    leaves = [q, k, v, *gates, h0]
+    for x in leaves:
+        x.requires_grad_(True)
+    o_c, s_c = chunk_fn(q, k, v, *gates, scale=0.4, initial_state=h0, chunk_size=chunk)
+    o_r, s_r = rec_fn(q, k, v, *gates, scale=0.4, initial_state=h0)
+    assert_close(o_c, o_r, f"{kind} output")
+    assert_close(s_c, s_r, f"{kind} final state")
+    w_o, w_s = torch.randn_like(o_r), torch.randn_like(s_r)
+    g_c = torch.autograd.grad((o_c * w_o).sum() + (s_c * w_s).sum(), leaves)
+    g_r = torch.autograd.grad((o_r * w_o).sum() + (s_r * w_s).sum(), leaves)
+    for name, a, b in zip(["dq", "dk", "dv", *[f"dgate{i}" for i in range(len(gates))], "dh0"], g_c, g_r):
+        assert_close(a, b, f"{kind} {name}", scale=5)
+
+
+@pytest.mark.parametrize("kind", list(FORMS))
+def test_packed_documents_do_not_leak(kind):
+    """A packed batch (cu_seqlens) equals its documents run apart, each from its own initial state."""
+    chunk_fn, rec_fn = FORMS[kind]
+    lengths = [5, 11, 1, 8]
+    q, k, v, gates = _inputs(kind, sum(lengths), batch=1)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    h0 = torch.randn(len(lengths), H, K, V)
+    for fn in (chunk_fn, rec_fn):
+        o, s = fn(q, k, v, *gates, scale=0.4, initial_state=h0, cu_seqlens=cu)
+        for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+            o_n, s_n = rec_fn(q[:, a:b], k[:, a:b], v[:, a:b], *(g[:, a:b] for g in gates),
+                              scale=0.4, initial_state=h0[n : n + 1])
+            assert_close(o[:, a:b], o_n, f"{fn.__name__} doc {n} output")
+            assert_close(s[n : n + 1], s_n, f"{fn.__name__} doc {n} state")
+
+
+def test_recurrence_definitions_by_hand():
+    """One head, K = V = 1: the recurrences reduce to scalar formulas we can write out."""
+    q = torch.tensor([1.0, 2.0, -1.0]).view(1, 3, 1, 1)
+    k = torch.tensor([0.5, -1.0, 2.0]).view(1, 3, 1, 1)
+    v = torch.tensor([3.0, 1.0, 0.5]).view(1, 3, 1, 1)
+    g = torch.log(torch.tensor([0.5, 0.8, 0.9])).view(1, 3, 1)
+    o, s = reference.gla_recurrent(q, k, v, g, scale=1.0)
+    S, expect = 0.0, []
+    for t in range(3):
+        S = [0.5, 0.8, 0.9][t] * S + [0.5, -1.0, 2.0][t] * [3.0, 1.0, 0.5][t]
+        expect.append([1.0, 2.0, -1.0][t] * S)
+    assert_close(o.flatten(), torch.tensor(expect), "gla by hand")
+    # delta rule with unit keys: S <- a S + beta (v - a S) for k = 1
+    k1 = torch.ones(1, 3, 1, 1)
+    beta = torch.tensor([1.0, 0.5, 0.25]).view(1, 3, 1)
+    o, s = reference.gated_delta_rule_recurrent(q, k1, v, g, beta, scale=1.0)
+    S, expect = 0.0, []
+    for t in range(3):
+        S = [0.5, 0.8, 0.9][t] * S
+        S = S + [1.0, 0.5, 0.25][t] * ([3.0, 1.0, 0.5][t] - S)
+        expect.append([1.0, 2.0, -1.0][t] * S)
+    assert_close(o.flatten(), torch.tensor(expect), "delta rule by hand")
+
+
+def test_causal_conv_matches_definition_and_carries_state():
+    Bc, T, D, W = 2, 9, 5, 4
+    x, w, bias = torch.randn(Bc, T, D), torch.randn(D, W), torch.randn(D)
+    y, state = reference.causal_conv1d(x, w, bias, activation=None)
+    xp = F.pad(x, (0, 0, W - 1, 0))
+    expect = torch.stack([(xp[:, t : t + W] * w.T).sum(1) + bias for t in range(T)], dim=1)
+    assert_close(y, expect, "conv output")
+    assert_close(state, xp[:, -W:].transpose(1, 2), "conv state = last W inputs")
+    # split in two calls with the carried state == one call
+    y1, s1 = reference.causal_conv1d(x[:, :4], w, bias, activation=None)
+    y2, _ = reference.causal_conv1d(x[:, 4:], w, bias, initial_state=s1, activation=None)
+    assert_close(torch.cat([y1, y2], 1), y, "conv in two calls")
+
+
+def test_dispatch_uses_torch_on_cpu_and_rejects_bad_backend():
+    q, k, v, (g,) = _inputs("gla_head", 5)
+    assert kernels.backend_for(q) == "torch"
+    o_auto, _ = kernels.gla(q, k, v, g=g, scale=0.3)
+    o_ref, _ = reference.gla_recurrent(q, k, v, g, scale=0.3)
+    assert_close(o_auto, o_ref, "dispatch")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with kernels.force_backend("cuda-magic"):
+            pass
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        with kernels.force_backend("fla"):
+            kernels.gla(q, k, v, g=g, scale=0.3)
+    with pytest.raises(ValueError, match="exactly one of g and g_gamma"):
+        kernels.gla(q, k, v, scale=0.3)
