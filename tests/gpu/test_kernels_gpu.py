@@ -1,0 +1,169 @@
+"""GPU: fla's kernels against our references, forward and backward, bf16 and fp32, T = 63 / 1000 / 4096; and the
+model's prefill + decode == forward on the GPU. Run on a CUDA machine with fla installed:
+
+    pytest -m gpu tests/gpu -s            # HYBRIDIZE_GPU_REPORT=errors.json also writes every error measured
+
+Errors are relative norm errors ||out - ref|| / ||ref||, the reference computed in fp32 from the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybridize import HybridCache, HybridForCausalLM
+from hybridize.mixers import kernels
+
+pytestmark = pytest.mark.gpu
+
+# Relative-norm error allowed: fla accumulates in fp32 but keeps bf16 operands in bf16 (and uses tf32 dots for
+# fp32 inputs), so bf16 lands around 1e-3..1e-2 and fp32 well under 1e-2.
+MAX_REL = {torch.float32: 5e-3, torch.bfloat16: 2e-2}
+ERRORS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_gpu_and_fla():
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA device (deselect them with -m 'not gpu')")
+    if not kernels.fla_available():
+        pytest.fail("the gpu tests need fla-core installed (pip install -e '.[gpu]')")
+    yield
+    if path := os.environ.get("HYBRIDIZE_GPU_REPORT"):
+        record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "errors": ERRORS}
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def _check(name: str, a: torch.Tensor, b: torch.Tensor, dtype) -> None:
+    assert torch.isfinite(a).all(), f"{name}: non-finite values"
+    rel = _rel(a, b)
+    ERRORS[name] = rel
+    print(f"{name}: rel err {rel:.2e}, max abs {(a.double() - b.double()).abs().max().item():.2e}")
+    assert rel < MAX_REL[dtype], f"{name}: relative error {rel:.2e} >= {MAX_REL[dtype]:.0e}"
+
+
+def _inputs(kind: str, T: int, dtype, B: int = 2, H: int = 4, K: int = 64, V: int = 64):
+    dev = "cuda"
+    q = torch.randn(B, T, H, K, device=dev, dtype=dtype)
+    k = torch.randn(B, T, H, K, device=dev, dtype=dtype)
+    v = torch.randn(B, T, H, V, device=dev, dtype=dtype)
+    if kind == "lightning":  # constant per-head decay
+        gates = dict(g_gamma=-torch.exp2(-8.0 * torch.arange(1, H + 1, device=dev) / H))
+        k = k * K**-0.5
+    elif kind == "gla_head":
+        gates = dict(g=F.logsigmoid(torch.randn(B, T, H, device=dev) + 3.0))
+    elif kind == "gla":
+        gates = dict(g=F.logsigmoid(torch.randn(B, T, H, K, device=dev)) / 16)
+    else:
+        gates = dict(g=F.logsigmoid(torch.randn(B, T, H, device=dev) + 3.0),
+                     beta=torch.rand(B, T, H, device=dev, dtype=dtype))
+    h0 = torch.randn(B, H, K, V, device=dev) * 0.1
+    return q, k, v, gates, h0
+
+
+def _call(kind, q, k, v, gates, h0, scale, cu=None, mode="chunk"):
+    if kind == "gated_delta_rule":
+        return kernels.gated_delta_rule(q, k, v, gates["g"], gates["beta"], scale=scale, initial_state=h0,
+                                        cu_seqlens=cu, mode=mode)
+    return kernels.gla(q, k, v, scale=scale, initial_state=h0, cu_seqlens=cu, mode=mode, **gates)
+
+
+KINDS = ["lightning", "gla_head", "gla", "gated_delta_rule"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("T", [63, 1000, 4096])
+@pytest.mark.parametrize("kind", KINDS)
+def test_fla_chunk_matches_reference_forward_backward(kind, T, dtype):
+    torch.manual_seed(T)
+    q, k, v, gates, h0 = _inputs(kind, T, dtype)
+    float_gates = {n: g for n, g in gates.items() if g.is_floating_point() and g.dim() > 1}
+    leaves = [q, k, v, h0, *float_gates.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    scale = q.shape[-1] ** -0.5
+    w_o = torch.randn(*v.shape, device="cuda")
+    results = {}
+    for backend in ("fla", "torch"):
+        with kernels.force_backend(backend):
+            o, s = _call(kind, q, k, v, gates, h0, scale)
+        loss = (o.float() * w_o).sum() + s.float().square().sum() * 1e-2
+        grads = torch.autograd.grad(loss, leaves)
+        results[backend] = (o.float(), s.float(), [g.float() for g in grads])
+    (o_f, s_f, g_f), (o_t, s_t, g_t) = results["fla"], results["torch"]
+    tag = f"{kind} T={T} {str(dtype).split('.')[-1]}"
+    _check(f"{tag} output", o_f, o_t, dtype)
+    _check(f"{tag} final state", s_f, s_t, dtype)
+    for name, a, b in zip(["dq", "dk", "dv", "dh0", *[f"d{n}" for n in float_gates]], g_f, g_t):
+        _check(f"{tag} {name}", a, b, dtype)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fla_recurrent_decode_and_varlen_match_reference(kind):
+    """fused_recurrent (decode) steps and cu_seqlens (packed documents) against the reference."""
+    torch.manual_seed(1)
+    q, k, v, gates, h0 = _inputs(kind, 200, torch.bfloat16, B=1)
+    scale = q.shape[-1] ** -0.5
+    cu = torch.tensor([0, 37, 38, 150, 200], device="cuda")
+    h0n = h0.repeat(4, 1, 1, 1)
+    with torch.no_grad():
+        with kernels.force_backend("fla"):
+            o_f, s_f = _call(kind, q, k, v, gates, h0n, scale, cu=cu)
+            step = {n: (g[:, :1] if g.dim() > 1 else g) for n, g in gates.items()}
+            o1_f, s1_f = _call(kind, q[:, :1], k[:, :1], v[:, :1], step, h0, scale, mode="recurrent")
+        with kernels.force_backend("torch"):
+            o_t, s_t = _call(kind, q, k, v, gates, h0n, scale, cu=cu)
+            o1_t, s1_t = _call(kind, q[:, :1], k[:, :1], v[:, :1], step, h0, scale, mode="recurrent")
+    _check(f"{kind} varlen output", o_f.float(), o_t.float(), torch.bfloat16)
+    _check(f"{kind} varlen states", s_f.float(), s_t.float(), torch.bfloat16)
+    _check(f"{kind} decode step output", o1_f.float(), o1_t.float(), torch.bfloat16)
+    _check(f"{kind} decode step state", s1_f.float(), s1_t.float(), torch.bfloat16)
+
+
+def test_fla_short_conv_matches_reference():
+    torch.manual_seed(2)
+    x = torch.randn(2, 300, 96, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(96, 4, device="cuda", dtype=torch.bfloat16) * 0.5
+    h0 = torch.randn(2, 96, 4, device="cuda", dtype=torch.bfloat16)
+    with kernels.force_backend("fla"):
+        y_f, s_f = kernels.short_conv(x, w, None, h0)
+    with kernels.force_backend("torch"):
+        y_t, s_t = kernels.short_conv(x, w, None, h0)
+    _check("short conv output", y_f.float(), y_t.float(), torch.bfloat16)
+    _check("short conv state", s_f.float(), s_t.float(), torch.bfloat16)
+
+
+def _gpu_config(pattern):
+    from conftest import tiny_config
+
+    # sizes the kernels accept (head dims multiple of 16), otherwise the CPU suite's odd tiny config
+    return tiny_config(pattern, hidden_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                       intermediate_size=256, gla_gate_low_rank_dim=16, max_position_embeddings=4096)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("pattern", ["lightning", "gated_deltanet", "gla", "mixed", "all_linear"])
+def test_model_prefill_decode_equals_forward_on_gpu(pattern, dtype):
+    torch.manual_seed(3)
+    model = HybridForCausalLM(_gpu_config(pattern)).to("cuda", dtype).eval()
+    ids = torch.randint(0, 101, (2, 300), device="cuda")
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits.float()
+        cache = HybridCache(model.config)
+        parts = [model(ids[:, :200], past_key_values=cache).logits, model(ids[:, 200:280], past_key_values=cache).logits]
+        parts += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(280, 300)]
+        with kernels.force_backend("torch"):
+            ref = model(ids, use_cache=False).logits.float()
+    _check(f"model {pattern} {str(dtype).split('.')[-1]} prefill+decode vs forward", torch.cat(parts, 1).float(),
+           full, dtype)
+    _check(f"model {pattern} {str(dtype).split('.')[-1]} fla forward vs reference forward", full, ref, dtype)
