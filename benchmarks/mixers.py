@@ -12,6 +12,7 @@ events, warm-up first).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import time
@@ -62,10 +63,9 @@ def gates_for(name, T, H, K, dev):
             "beta": torch.rand(1, T, H, device=dev, dtype=torch.bfloat16).requires_grad_()}
 
 
-def op_rows(T: int, H: int, D: int) -> list[dict]:
+def op_rows(T: int, H: int, D: int):
     dev, dt = "cuda", torch.bfloat16
     q, k, v = (torch.randn(1, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-    rows = []
     for name in ("lightning", "gla", "gated_deltanet"):
         g = gates_for(name, T, H, D, dev)
         leaves = [q, k, v, *[x for x in g.values() if x.requires_grad]]
@@ -75,19 +75,17 @@ def op_rows(T: int, H: int, D: int) -> list[dict]:
                 fwd = bench(lambda: fn(q, k, v, g))
             do = torch.randn(1, T, H, D, device=dev, dtype=dt)
             fb = bench(lambda: fn(q, k, v, g)[0].backward(do), grad_to_none=leaves)
-            rows.append(dict(what=f"{name} op", impl=impl, T=T, fwd_ms=fwd, fwd_bwd_ms=fb))
+            yield dict(what=f"{name} op", impl=impl, T=T, fwd_ms=fwd, fwd_bwd_ms=fb)
     qs, ks, vs = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
     with torch.no_grad():
         fwd = bench(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True))
     do = torch.randn_like(qs)
     fb = bench(lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True).backward(do), grad_to_none=[qs, ks, vs])
-    rows.append(dict(what="softmax attention op", impl="torch SDPA (causal)", T=T, fwd_ms=fwd, fwd_bwd_ms=fb))
-    return rows
+    yield dict(what="softmax attention op", impl="torch SDPA (causal)", T=T, fwd_ms=fwd, fwd_bwd_ms=fb)
 
 
-def layer_rows(T: int) -> list[dict]:
+def layer_rows(T: int):
     """Whole mixer layers (projections, norms, gates, recurrence) at the Qwen3-1.7B attention shape."""
-    rows = []
     for name in ("attention", "lightning", "gla", "gated_deltanet"):
         config = HybridConfig(
             vocab_size=1000, hidden_size=2048, num_hidden_layers=1, num_attention_heads=16, num_key_value_heads=8,
@@ -103,8 +101,12 @@ def layer_rows(T: int) -> list[dict]:
             fwd = bench(lambda: mixer(x, info))
         dy = torch.randn_like(x)
         fb = bench(lambda: mixer(x, info)[0].backward(dy), grad_to_none=[x, *mixer.parameters()])
-        rows.append(dict(what=f"{name} layer", impl="hybridize mixer", T=T, fwd_ms=fwd, fwd_bwd_ms=fb))
-    return rows
+        yield dict(what=f"{name} layer", impl="hybridize mixer", T=T, fwd_ms=fwd, fwd_bwd_ms=fb)
+
+
+def show(r: dict) -> None:
+    ov = f"{r['fwd_overhead']:+.1%}/{r['fwd_bwd_overhead']:+.1%}" if "fwd_overhead" in r else ""
+    print(f"{r['what']:<22} {r['impl']:<20} {r['T']:>6} {r['fwd_ms']:>9.3f} {r['fwd_bwd_ms']:>11.3f} {ov:>16}", flush=True)
 
 
 def main():
@@ -115,9 +117,11 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
+    print(f"{'what':<22} {'impl':<20} {'T':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'overhead fwd/fb':>16}", flush=True)
     for T in args.T:
-        rows += op_rows(T, 16, 128)
-        rows += layer_rows(T)
+        for r in itertools.chain(op_rows(T, 16, 128), layer_rows(T)):
+            show(r)
+            rows.append(r)
         torch.cuda.empty_cache()
     # wrapping overhead of our dispatch over the raw op, side by side in this run
     for r in rows:
@@ -125,14 +129,13 @@ def main():
             raw = next(x for x in rows if x["what"] == r["what"] and x["T"] == r["T"] and x["impl"] == "fla raw op")
             r["fwd_overhead"] = r["fwd_ms"] / raw["fwd_ms"] - 1
             r["fwd_bwd_overhead"] = r["fwd_bwd_ms"] / raw["fwd_bwd_ms"] - 1
-    print(f"{'what':<22} {'impl':<20} {'T':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'overhead fwd/fb':>16}")
+    print("\nsummary")
     for r in rows:
-        ov = f"{r['fwd_overhead']:+.1%}/{r['fwd_bwd_overhead']:+.1%}" if "fwd_overhead" in r else ""
-        print(f"{r['what']:<22} {r['impl']:<20} {r['T']:>6} {r['fwd_ms']:>9.3f} {r['fwd_bwd_ms']:>11.3f} {ov:>16}")
+        show(r)
     if args.out:
         commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                text=True).stdout.strip()
-        record = dict(command="python benchmarks/mixers.py " + " ".join(f"--T {t}" for t in args.T),
+        record = dict(command="python benchmarks/mixers.py --T " + " ".join(map(str, args.T)),
                       device=torch.cuda.get_device_name(), torch=torch.__version__, commit=commit or None,
                       seed=0, date=time.strftime("%Y-%m-%d"), rows=rows)
         with open(args.out, "w") as f:
