@@ -1,0 +1,186 @@
+"""Where training and evaluation text comes from.
+
+A data spec is a path or a name, or a list of them, read in the order given (folders in sorted path order):
+
+* a text file (any extension but .jsonl / .parquet): one document per file;
+* a folder: every readable file below it, recursively;
+* ``*.jsonl``: one document per line, from its ``text`` field;
+* ``*.parquet``: one document per row, from its ``text`` column (needs pyarrow);
+* anything else: a Hugging Face dataset name (``name``, ``name:config``, ``name:config:split``; split defaults to
+  ``train``, column ``text``), when the `datasets` package is installed and the hub is reachable;
+* ``None`` / ``"builtin"``: the built-in offline corpus (`builtin_corpus`).
+
+Errors name the file (and line) and what was expected.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import sys
+import sysconfig
+from collections.abc import Iterator, Sequence
+from functools import cache
+from pathlib import Path
+
+BUILTIN = "builtin"
+
+
+def cache_dir() -> Path:
+    """Where hybridize keeps derived files (the built-in corpus, tokenized data): $HYBRIDIZE_CACHE or
+    ~/.cache/hybridize."""
+    return Path(os.environ.get("HYBRIDIZE_CACHE") or Path.home() / ".cache" / "hybridize")
+
+
+@cache
+def builtin_corpus() -> tuple[str, ...]:
+    """Offline English text that ships with every CPython: the documentation topics of `pydoc_data` (the language
+    reference behind `help()`) and the docstrings of the standard library's modules, classes and functions (tests,
+    idlelib and site-packages left out), one document per module in sorted order. About 2 MB (550 documents) on
+    Python 3.11; it varies a little with the Python version, which results files record. Built once (~10 s) and
+    kept in `cache_dir()`."""
+    path = cache_dir() / f"builtin-corpus-py{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}.json"
+    if path.exists():
+        try:
+            return tuple(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            pass  # a damaged cache file is rebuilt below
+    docs = _build_builtin_corpus()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home still gets the corpus, just not cached
+    return tuple(docs)
+
+
+def _build_builtin_corpus() -> list[str]:
+    from pydoc_data.topics import topics
+
+    docs = [topics[name].strip() for name in sorted(topics)]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
+    files = sorted(p for p in stdlib.rglob("*.py") if not skip.intersection(p.relative_to(stdlib).parts))
+    for path in files:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        parts = []
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) > 80:
+                    parts.append(doc.strip())
+        if parts:
+            docs.append("\n\n".join(dict.fromkeys(parts)))  # one document per module, duplicates dropped
+    return docs
+
+
+def corpus_info() -> str:
+    return f"builtin corpus (pydoc topics + stdlib docstrings of Python {sys.version.split()[0]})"
+
+
+def iter_documents(spec: str | os.PathLike | Sequence[str | os.PathLike] | None) -> Iterator[str]:
+    """Yield the documents of a data spec (see the module docstring), in a deterministic order."""
+    if spec is None:
+        spec = [BUILTIN]
+    elif isinstance(spec, (str, os.PathLike)):
+        spec = [spec]
+    if not spec:
+        raise ValueError("no data sources given")
+    for item in spec:
+        yield from _iter_one(str(item))
+
+
+def _iter_one(item: str) -> Iterator[str]:
+    if item == BUILTIN:
+        yield from builtin_corpus()
+        return
+    path = Path(item).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"data folder {path} holds no files")
+        for f in files:
+            yield from _iter_file(f)
+    elif path.is_file():
+        yield from _iter_file(path)
+    elif path.suffix or os.sep in item or item.startswith("."):
+        raise FileNotFoundError(f"data source not found: {item}")
+    else:
+        yield from _iter_hf_dataset(item)
+
+
+def _iter_file(path: Path) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    elif path.suffix == ".parquet":
+        yield from _iter_parquet(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not UTF-8 text (text files, .jsonl and .parquet are accepted)") from None
+        if text.strip():
+            yield text
+
+
+def _iter_jsonl(path: Path) -> Iterator[str]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or "text" not in record:
+                found = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ValueError(f"{path}:{lineno}: expected an object with a 'text' field, found {found}")
+            if not isinstance(record["text"], str):
+                raise ValueError(f"{path}:{lineno}: 'text' must be a string, got {type(record['text']).__name__}")
+            if record["text"].strip():
+                yield record["text"]
+
+
+def _iter_parquet(path: Path) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises its own error types for corrupt files
+        raise ValueError(f"{path} is not a readable parquet file ({err})") from None
+    if "text" not in table.schema_arrow.names:
+        raise ValueError(f"{path} has no 'text' column; columns: {table.schema_arrow.names}")
+    for batch in table.iter_batches(columns=["text"]):
+        for text in batch.column(0).to_pylist():
+            if text and text.strip():
+                yield text
+
+
+def _iter_hf_dataset(name: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise FileNotFoundError(
+            f"data source not found: {name} (no such file or folder, and it cannot be a Hugging Face dataset name "
+            "because the `datasets` package is not installed)"
+        ) from None
+    parts = name.split(":")
+    ds_name, config, split = parts[0], (parts[1] if len(parts) > 1 else None), (parts[2] if len(parts) > 2 else "train")
+    try:
+        ds = datasets.load_dataset(ds_name, config, split=split, streaming=True)
+    except Exception as err:
+        raise FileNotFoundError(f"data source not found: {name} (not a file, and loading it as a Hugging Face "
+                                f"dataset failed: {type(err).__name__}: {err})") from None
+    for record in ds:
+        if "text" not in record:
+            raise ValueError(f"Hugging Face dataset {name} has no 'text' column; columns: {sorted(record)}")
+        if record["text"] and record["text"].strip():
+            yield record["text"]
