@@ -54,7 +54,7 @@ def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides
         vocab_size=101, hidden_size=44, intermediate_size=76, num_hidden_layers=len(mixers),
         num_attention_heads=4, num_key_value_heads=2, head_dim=10, qk_norm=True, attention_bias=True,
         layer_types=layer_types, linear_mixers=mixers, sliding_window=7, linear_qk_norm=True,
-        linear_conv_size=3, gla_gate_low_rank_dim=5, hype_a=6.0, attention_output_gate=True,
+        linear_conv_size=3, linear_qkv_bias=True, gla_gate_low_rank_dim=5, hype_a=6.0, attention_output_gate=True,
         max_position_embeddings=64,
     )
     kwargs.update(overrides)

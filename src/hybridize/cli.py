@@ -7,6 +7,7 @@ for our own bugs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,76 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"  {ctx:>8} {a / 2**30:>10.2f}Gi {b / 2**30:>8.2f}Gi {b / a:>6.1%}")
 
 
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 2,5,9, got {text!r}") from None
+
+
+def _stage_list(text: str) -> list[str]:
+    return [] if text.strip() == "none" else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _add_conversion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher checkpoint folder (config.json + safetensors + "
+                   "tokenizer) or hub id")
+    p.add_argument("--out", required=True, help="output folder: the final model, and stages/<stage>/ run folders")
+    p.add_argument("--recipe", default=None, help="built-in recipe name or YAML file (default: smoke, a setup check)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set distill.lr=3e-5 (repeatable)")
+    p.add_argument("--data", nargs="+", default=None, help="text files, folders, .jsonl, .parquet, or HF dataset "
+                   "names (default: the recipe's, else the built-in offline corpus)")
+    p.add_argument("--mixer", choices=["lightning", "gated_deltanet", "gla"], default=None)
+    p.add_argument("--budget", default=None, help="attention layers to keep: a fraction (0.25) or a count (7)")
+    p.add_argument("--keep-layers", type=_layer_list, default=None, help="explicit attention layers, e.g. 2,5,9")
+    p.add_argument("--selector", default=None, help="layer selector (default: the recipe's)")
+    p.add_argument("--no-hype", action="store_true", help="keep RoPE in attention, no query scaling or output gate, "
+                   "no RoPE in the mixers")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+
+
+def _conversion(args: argparse.Namespace):
+    from .distill.recipe import load_recipe
+    from .distill.stages import Conversion
+
+    overrides = list(args.overrides)
+    for flag, key in (("mixer", "mixer"), ("budget", "budget"), ("selector", "selector"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.keep_layers is not None:
+        overrides.append(f"keep_layers={args.keep_layers}")
+    if args.no_hype:
+        overrides.append("hype=false")
+    if args.recipe is None:
+        print("hybridize: recipe 'smoke' (a quick setup check, not a quality recipe; give --recipe "
+              "halo-qwen3-1.7b or your own YAML for a real conversion)", file=sys.stderr)
+    recipe = load_recipe(args.recipe, overrides)
+    return Conversion(teacher=args.teacher, out=args.out, recipe=recipe, data=args.data, device=args.device)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .distill.stages import convert
+
+    out = convert(_conversion(args), args.stages)
+    print(f"hybridize: wrote {out} (load it with AutoModelForCausalLM.from_pretrained after `import hybridize`)")
+
+
+def _one_stage(stage: str):
+    def run(args: argparse.Namespace) -> None:
+        from .distill import stages
+
+        conv = _conversion(args)
+        record = stages.RUNNERS[stage](conv)
+        if stage in ("distill", "finetune"):
+            stages.export(conv)
+        print(f"hybridize: {stage} done: " + json.dumps(record.get("result", {k: record[k] for k in ("layers",)
+                                                                              if k in record})))
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--new-tokens", type=int, default=24)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    conv = sub.add_parser("convert", help="convert a Hugging Face Transformer into a hybrid (align, select, "
+                          "distill, finetune)")
+    _add_conversion_args(conv)
+    conv.add_argument("--stages", type=_stage_list, default=None,
+                      help="comma-separated subset of align,select,distill,finetune, or none (weight transfer alone)")
+    conv.set_defaults(func=_convert)
+    for stage, text in (("align", "stage 1: per-layer alignment of every layer's mixer to its teacher attention"),
+                        ("select", "choose the layers that keep attention"),
+                        ("distill", "stage 2: end-to-end KL distillation of the hybrid"),
+                        ("finetune", "stage 3: long-context next-token finetuning")):
+        p = sub.add_parser(stage, help=text)
+        _add_conversion_args(p)
+        p.set_defaults(func=_one_stage(stage))
     return parser
 
 
@@ -85,9 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as err:
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"hybridize: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from .distill.loop import NonFiniteLoss
+
+        if not isinstance(err, NonFiniteLoss):
+            raise
+        print(f"hybridize: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("hybridize: interrupted", file=sys.stderr)
         return 130

@@ -7,7 +7,7 @@ Data flow for x (B, T, hidden):
     q, k -> heads, [RMSNorm per head], [RoPE]       (B, T, H, K)
     o, S = recurrence(q, k, v, gates(x), S)         (B, T, H, V), state (B, H, K, V) fp32
     y = (RMSNorm(o) * gate(x Wz)) Wo                 (B, T, hidden)
-Padded positions (left padding) get zero inputs and neutral gates, so they never touch the state.
+Padded positions (left padding) get zero k and v and neutral gates, so they never touch the state.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ class LinearMixer(Mixer):
         self.scale = K**-0.5
         self.use_rope = config.linear_rope
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, H * K, bias=False)
-        self.k_proj = nn.Linear(hidden, H * K, bias=False)
-        self.v_proj = nn.Linear(hidden, H * V, bias=False)
+        bias = config.linear_qkv_bias
+        self.q_proj = nn.Linear(hidden, H * K, bias=bias)
+        self.k_proj = nn.Linear(hidden, H * K, bias=bias)
+        self.v_proj = nn.Linear(hidden, H * V, bias=bias)
         self.g_proj = nn.Linear(hidden, H * V, bias=False)  # output gate
         self.o_proj = nn.Linear(H * V, hidden, bias=False)
         qk_norm = self.always_qk_norm or config.linear_qk_norm
@@ -66,6 +67,9 @@ class LinearMixer(Mixer):
             x = x * mask.unsqueeze(-1).to(x.dtype)
         rec, conv_state = _read(state)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if mask is not None and self.v_proj.bias is not None:  # biases would make padded k, v non-zero
+            keep = mask.unsqueeze(-1).to(x.dtype)
+            q, k, v = q * keep, k * keep, v * keep
         if self.conv is not None:
             qkv, conv_state = self.conv(torch.cat([q, k, v], dim=-1), conv_state, info.cu_seqlens)
             q, k, v = qkv.split([H * K, H * K, H * V], dim=-1)

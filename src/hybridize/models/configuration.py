@@ -67,6 +67,7 @@ class HybridConfig(PreTrainedConfig):
     linear_value_head_dim: int | None = None  # default: linear_head_dim
     linear_rope: bool = True  # RoPE on q/k inside the linear mixers (HyPE)
     linear_qk_norm: bool = False  # per-head RMSNorm on q/k for gated_deltanet / gla (lightning always has it)
+    linear_qkv_bias: bool = False  # bias on the mixers' q/k/v (holds a Qwen2 teacher's attention biases)
     linear_conv_size: int = 0  # short causal convolution on q/k/v; 0 = off
     gla_gate_low_rank_dim: int = 16
     gla_gate_logit_normalizer: float = 16.0

@@ -136,23 +136,14 @@ class HybridModel(HybridPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-        B, T = x.shape[:2]
+        T = x.shape[1]
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if use_cache and past_key_values is None:
             past_key_values = HybridCache(self.config)
         if not use_cache:
             past_key_values = None
-        past = past_length(past_key_values)
-        padding_mask = _padding_mask(attention_mask, B, past, T)
-        if cu_seqlens is not None:
-            cu_seqlens = _check_cu_seqlens(cu_seqlens, B, T, past, padding_mask)
-        if position_ids is None:
-            position_ids = _positions(padding_mask, cu_seqlens, past, B, T, x.device)
-        cos = sin = None
-        if self.rotary_emb is not None:
-            cos, sin = self.rotary_emb(x, position_ids)
-        info = SeqInfo(position_ids, cos, sin, padding_mask, past, cu_seqlens)
+        info = self.seq_info(x, attention_mask, position_ids, past_length(past_key_values), cu_seqlens)
         hidden_states = [] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             if hidden_states is not None:
@@ -168,6 +159,21 @@ class HybridModel(HybridPreTrainedModel):
             past_key_values=past_key_values,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
+
+
+    def seq_info(self, x: torch.Tensor, attention_mask=None, position_ids=None, past: int = 0,
+                 cu_seqlens=None) -> SeqInfo:
+        """Positions, rotary tables and masks for new tokens x (B, T, hidden), computed once for all layers."""
+        B, T = x.shape[:2]
+        padding_mask = _padding_mask(attention_mask, B, past, T)
+        if cu_seqlens is not None:
+            cu_seqlens = _check_cu_seqlens(cu_seqlens, B, T, past, padding_mask)
+        if position_ids is None:
+            position_ids = _positions(padding_mask, cu_seqlens, past, B, T, x.device)
+        cos = sin = None
+        if self.rotary_emb is not None:
+            cos, sin = self.rotary_emb(x, position_ids)
+        return SeqInfo(position_ids, cos, sin, padding_mask, past, cu_seqlens)
 
 
 class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):

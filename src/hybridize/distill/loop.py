@@ -1,0 +1,265 @@
+"""One training loop for every stage, readable top to bottom.
+
+    result = train(name="distill", run_dir=..., model=student, param_groups=[...], loss_fn=fn, loader=loader,
+                   recipe=recipe.distill, device=device)
+
+Each step: `accum` micro-batches (loss / accum, backward), a finiteness check, clipping, AdamW, the LR schedule,
+a metrics row (metrics.jsonl, TensorBoard when installed, the progress bar), and every `save_every` steps an atomic
+checkpoint: the trainable weights (safetensors), optimizer and scheduler, the data loader's position and the RNG
+states, written to a temporary folder and renamed into place, so that a crash mid-write leaves the last good one
+intact. Started again with the same arguments, a run resumes from its last checkpoint with the same data order and
+ends with the same weights as an uninterrupted run.
+
+bf16 autocast on CUDA, fp32 on the CPU. The loop is rank-aware (torch.distributed): every process runs it, each on
+its own shard of the data; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .recipe import StageRecipe
+
+KEEP_CHECKPOINTS = 2
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the run stopped before corrupting its weights."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    loss_first: float  # mean loss over the first 10% of the steps
+    loss_last: float  # ... and over the last 10%
+    peak_memory_gib: float | None
+    resumed_from: int  # step the run resumed from (0 = fresh start)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def lr_factor(step: int, recipe: StageRecipe) -> float:
+    """Multiplier of the peak LR at optimizer step `step` (0-based): linear warmup, then cosine down to
+    min_lr / lr at the last step, or constant."""
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    if recipe.schedule == "constant":
+        return 1.0
+    floor = recipe.min_lr / recipe.lr if recipe.lr > 0 else 0.0
+    span = max(1, recipe.steps - recipe.warmup_steps - 1)
+    progress = min(1.0, (step - recipe.warmup_steps) / span)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters by name, one name per storage (tied weights are saved once)."""
+    seen, out = set(), {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            out[name] = p.detach().contiguous().cpu()
+    return out
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, loader, step: int) -> Path:
+    root = run_dir / "checkpoints"
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_trainable_state(model), tmp / "trainable.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+               tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict()}))
+    for f in tmp.iterdir():  # on disk before the rename makes them visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pointer_tmp = root / f".latest-{os.getpid()}"
+    pointer_tmp.write_text(final.name)
+    os.replace(pointer_tmp, root / "latest")
+    for old in sorted(p for p in root.glob("step_*") if p != final)[:-(KEEP_CHECKPOINTS - 1) or None]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, loader) -> int:
+    weights = load_file(path / "trainable.safetensors")
+    missing = set(weights) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise ValueError(f"checkpoint {path} holds weights this model does not have: {sorted(missing)[:5]}")
+    model.load_state_dict(weights, strict=False)
+    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    _set_rng_state(extra["rng"])
+    state = json.loads((path / "state.json").read_text())
+    loader.load_state_dict(state["loader"])
+    return int(state["step"])
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def _summary_writer(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but a stripped environment still trains
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def train(
+    *,
+    name: str,
+    run_dir: Path,
+    model: nn.Module,
+    param_groups: list[dict],
+    loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    loader,
+    recipe: StageRecipe,
+    device: torch.device,
+) -> TrainResult:
+    """Run (or resume) one stage. `loss_fn(batch) -> (loss, extra metrics)`; `param_groups` are AdamW groups with
+    their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters)."""
+    rank, world = _rank_world()
+    is_main = rank == 0
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    steps = recipe.steps
+    accum = recipe.batch_size // (recipe.micro_batch_size * world)
+    for g in param_groups:
+        g["initial_lr"] = g["lr"]
+    params = [p for g in param_groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(param_groups, betas=tuple(recipe.betas), weight_decay=recipe.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, recipe))
+    start = 0
+    if (ckpt := latest_checkpoint(run_dir)) is not None:
+        start = _load_checkpoint(ckpt, model, optimizer, scheduler, loader)
+    metrics_path = run_dir / "metrics.jsonl"
+    history = _read_metrics(metrics_path, start)
+    if is_main:  # drop rows written after the checkpoint we resumed from
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    writer = _summary_writer(run_dir) if is_main else None
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+    tokens_per_step = recipe.batch_size * recipe.seq_len
+    bar = tqdm(total=steps, initial=start, desc=name, unit="step", disable=not is_main, dynamic_ncols=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0, tokens_done = time.perf_counter(), 0
+    model.train()
+    for step in range(start, steps):
+        loss_sum, extras = torch.zeros((), device=device), {}
+        for _ in range(accum):
+            batch = next(loader).to(device)
+            with autocast:
+                loss, extra = loss_fn(batch)
+            (loss / accum).backward()
+            loss_sum += loss.detach().float() / accum
+            for k, v in extra.items():
+                extras[k] = extras.get(k, 0.0) + v / accum
+            tokens_done += batch.num_tokens * world
+        if world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
+        loss_value, norm_value = loss_sum.item(), grad_norm.item()
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            bar.close()
+            kept = latest_checkpoint(run_dir)
+            raise NonFiniteLoss(
+                f"{name}: {'loss' if not math.isfinite(loss_value) else 'gradient norm'} is "
+                f"{loss_value if not math.isfinite(loss_value) else norm_value} at step {step + 1}; stopped before "
+                f"updating the weights. Last good checkpoint: {kept or 'none yet'}. Lower the learning rate "
+                f"(--set {name}.lr=...) or check the data.")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        row = {"step": step + 1, "loss": loss_value, "grad_norm": norm_value,
+               "tokens": (step + 1) * tokens_per_step, "tokens_per_s": tokens_done / max(elapsed, 1e-9),
+               "elapsed_s": elapsed, **{f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)},
+               **extras}
+        history.append(row)
+        if is_main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(f"{name}/{k}", v, step + 1)
+            bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{row['tokens_per_s']:.3g}")
+            bar.update(1)
+        if (step + 1) % recipe.save_every == 0 or step + 1 == steps:
+            if is_main:
+                _save_checkpoint(run_dir, model, optimizer, scheduler, loader, step + 1)
+            if world > 1:
+                dist.barrier()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    elapsed = time.perf_counter() - t0
+    losses = [r["loss"] for r in history]
+    tail = max(1, len(losses) // 10)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return TrainResult(
+        steps=steps, tokens=steps * tokens_per_step, seconds=elapsed,
+        tokens_per_s=tokens_done / elapsed if tokens_done else 0.0,
+        loss_first=sum(losses[:tail]) / tail if losses else float("nan"),
+        loss_last=sum(losses[-tail:]) / tail if losses else float("nan"),
+        peak_memory_gib=peak, resumed_from=start,
+    )

@@ -1,0 +1,84 @@
+"""The losses of the three stages.
+
+* `layer_alignment_loss` (stage 1): teacher-forced, per layer, MSE between the teacher attention's output and the
+  student mixer's output on the same (detached) input; summed over layers.
+* `chunked_kl` (stage 2): KL(teacher || student) over the full vocabulary, token chunk by token chunk, each chunk
+  checkpointed, so that fp32 logits exist for one chunk at a time (B x T x 150K fp32 would not fit).
+* `chunked_ce` (stage 3): next-token cross-entropy computed the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+Tensor = torch.Tensor
+
+
+def layer_alignment_loss(teacher, student_mixers: nn.ModuleList, input_ids: Tensor,
+                         cu_seqlens: Tensor | None = None) -> tuple[Tensor, list[float]]:
+    """Sum over layers of MSE(student mixer_i(a_i), teacher attention_i(a_i)), a_i the teacher's own normed input
+    to layer i. The teacher runs on (its outputs flow on), only the student mixers get gradients.
+    Returns (loss, per-layer losses)."""
+    model = teacher.model
+    with torch.no_grad():
+        x = model.embed_tokens(input_ids)
+        info = model.seq_info(x, cu_seqlens=cu_seqlens)
+    total, per_layer = 0.0, []
+    for block, mixer in zip(model.layers, student_mixers):
+        with torch.no_grad():
+            a = block.input_layernorm(x)
+            target, _ = block.mixer(a, info)
+        out, _ = mixer(a, info)
+        loss = F.mse_loss(out.float(), target.float())
+        total = total + loss
+        per_layer.append(loss.detach())
+        with torch.no_grad():
+            x = x + target
+            x = x + block.mlp(block.post_attention_layernorm(x))
+    return total, [v.item() for v in per_layer]
+
+
+def _over_chunks(fn: Callable, chunk_tokens: int, *tensors: Tensor) -> Tensor:
+    """Sum of fn over row chunks of the (N, ...) tensors, each chunk checkpointed (recomputed in backward)."""
+    N = tensors[0].shape[0]
+    total = tensors[0].new_zeros((), dtype=torch.float32)
+    for start in range(0, N, chunk_tokens):
+        parts = [t[start : start + chunk_tokens] for t in tensors]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in parts):
+            total = total + checkpoint(fn, *parts, use_reentrant=False)
+        else:
+            total = total + fn(*parts)
+    return total
+
+
+def chunked_kl(student_hidden: Tensor, teacher_hidden: Tensor, student_head: nn.Linear, teacher_head: nn.Linear,
+               chunk_tokens: int = 1024) -> Tensor:
+    """Mean over tokens of KL(teacher || student), both distributions from final hidden states (..., hidden)."""
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ht = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+
+    def kl(hs_c: Tensor, ht_c: Tensor) -> Tensor:
+        log_ps = student_head(hs_c).float().log_softmax(-1)
+        with torch.no_grad():
+            log_pt = teacher_head(ht_c).float().log_softmax(-1)
+        return F.kl_div(log_ps, log_pt, log_target=True, reduction="sum")
+
+    return _over_chunks(kl, chunk_tokens, hs, ht) / hs.shape[0]
+
+
+def chunked_ce(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk_tokens: int = 1024) -> Tensor:
+    """Mean next-token CE; labels follow transformers' convention (label[t] is predicted from position t - 1,
+    -100 = ignored). hidden: (B, T, h); labels: (B, T)."""
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+    y = labels[:, 1:].reshape(-1)
+    count = (y != -100).sum().clamp(min=1)
+
+    def ce(h_c: Tensor, y_c: Tensor) -> Tensor:
+        return F.cross_entropy(head(h_c).float(), y_c, ignore_index=-100, reduction="sum")
+
+    return _over_chunks(ce, chunk_tokens, h, y) / count

@@ -1,0 +1,280 @@
+"""The conversion pipeline (HALO, METHODS.md) as plain functions over one `Conversion`:
+
+    conv = Conversion(teacher="path/to/Qwen3-1.7B", out="out/qwen3-hybrid", recipe=load_recipe("halo-qwen3-1.7b"))
+    align(conv); select(conv); distill(conv); finetune(conv); export(conv)     # == convert(conv)
+
+Every stage works in `out/stages/<stage>/` (resolved recipe, metrics.jsonl, TensorBoard logs, checkpoints, its
+output model) and is resumable: run again, it continues from its last checkpoint, or returns at once when done.
+`export` writes the final standalone checkpoint (config, safetensors, tokenizer, model card) to `out/`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..convert import Teacher, build_student, load_teacher, student_config
+from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
+from ..data.sources import source_files, spec_items
+from ..models import HybridForCausalLM
+from ..selection import resolve_budget, uniform_layers
+from .losses import chunked_ce, chunked_kl, layer_alignment_loss
+from .loop import TrainResult, train
+from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
+
+TRAINING_STAGES = ("align", "distill", "finetune")
+
+
+@dataclass
+class Conversion:
+    teacher: str | Path
+    out: str | Path
+    recipe: Recipe
+    data: str | list[str] | None = None  # data spec (None: the recipe's, else the built-in corpus)
+    device: str | torch.device | None = None  # None: CUDA when available
+    _teacher: Teacher | None = field(default=None, repr=False)
+    _corpus: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.data is None:
+            self.data = self.recipe.data
+        for item in spec_items(self.data):  # a missing file fails now, not after an hour of stage 1
+            source_files(item)
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        """An output folder belongs to one recipe: resuming with different numbers would mix two runs."""
+        path = self.out / "recipe.yaml"
+        if path.is_file():
+            import yaml
+
+            old = recipe_from_dict(yaml.safe_load(path.read_text())).to_dict()
+            new = self.recipe.to_dict()
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if diff:
+                detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
+                raise ValueError(f"{self.out} was made with a different recipe ({detail}); use a new --out, or the "
+                                 "same options to resume")
+        else:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_recipe(self.recipe, path)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.out / "stages" / stage
+
+    def load_teacher(self) -> Teacher:
+        if self._teacher is None:
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            self._teacher = load_teacher(self.teacher, dtype=dtype, device=self.device)
+            for p in self._teacher.model.parameters():
+                p.requires_grad_(False)
+        return self._teacher
+
+    def loader(self, stage: str, stage_recipe: StageRecipe) -> SequenceLoader:
+        from .loop import _rank_world
+
+        if self._corpus is None:
+            self._corpus = tokenize_corpus(self.data, self.load_teacher().tokenizer)
+        rank, world = _rank_world()
+        sequences = PackedSequences(self._corpus, stage_recipe.seq_len)
+        return SequenceLoader(sequences, stage_recipe.micro_batch_size, seed=self.recipe.seed + STAGES.index(stage),
+                              rank=rank, world_size=world, document_masking=self.recipe.document_masking)
+
+    def student_config(self, attention_layers: list[int]):
+        r = self.recipe
+        return student_config(self.load_teacher().model.config, attention_layers, r.mixer, hype=r.hype,
+                              hype_a=r.hype_a, conv_size=r.conv_size)
+
+    def done(self, stage: str) -> dict | None:
+        path = self.stage_dir(stage) / "done.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def mark_done(self, stage: str, record: dict) -> dict:
+        record = {"stage": stage, "device": _device_name(self.device), **record}
+        path = self.stage_dir(stage) / "done.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.replace(path)
+        return record
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _train_record(result: TrainResult, recipe: StageRecipe, data) -> dict:
+    return {"result": result.as_dict(), "recipe": recipe.__dict__ | {"betas": list(recipe.betas)},
+            "data": data if data is not None else corpus_info()}
+
+
+def align(conv: Conversion) -> dict:
+    """Stage 1: every layer's linear mixer learns its teacher attention's output (MSE), teacher-forced. The result
+    is an all-linear model (`stages/align/model`) whose layer i holds the aligned mixer of layer i."""
+    if (done := conv.done("align")) is not None:
+        return done
+    teacher = conv.load_teacher()
+    run_dir = conv.stage_dir("align")
+    model = build_student(teacher.model, conv.student_config([])).float().to(conv.device)
+    model.requires_grad_(False)
+    mixers = torch.nn.ModuleList(layer.mixer for layer in model.model.layers)
+    mixers.requires_grad_(True)
+
+    def loss_fn(batch):
+        loss, per_layer = layer_alignment_loss(teacher, mixers, batch.input_ids, batch.cu_seqlens)
+        return loss, {f"mse/layer{i}": v for i, v in enumerate(per_layer)}
+
+    r = conv.recipe.align
+    result = train(name="align", run_dir=run_dir, model=model,
+                   param_groups=[{"name": "mixers", "params": list(mixers.parameters()), "lr": r.lr}],
+                   loss_fn=loss_fn, loader=conv.loader("align", r), recipe=r, device=conv.device)
+    model.save_pretrained(run_dir / "model")
+    return conv.mark_done("align", _train_record(result, r, conv.data))
+
+
+def select(conv: Conversion) -> dict:
+    """Stage between 1 and 2: which layers keep attention. Explicit `keep_layers`, or the recipe's selector under its
+    budget. (The learned selectors - halo, kl_guided, flashmorph - come with their own module.)"""
+    if (done := conv.done("select")) is not None:
+        return done
+    t0 = time.perf_counter()
+    L = conv.load_teacher().model.config.num_hidden_layers
+    r = conv.recipe
+    if r.keep_layers is not None:
+        layers = sorted(set(r.keep_layers))
+        if not layers or any(not 0 <= i < L for i in layers):
+            raise ValueError(f"keep_layers {r.keep_layers} must be distinct layer indices in 0..{L - 1}")
+        selector, scores = "explicit", [1.0 if i in layers else 0.0 for i in range(L)]
+    elif r.selector == "uniform":
+        layers = uniform_layers(L, resolve_budget(r.budget, L))
+        selector, scores = "uniform", [1.0 if i in layers else 0.0 for i in range(L)]
+    else:
+        raise ValueError(f"selector {r.selector!r} is not available; available: ['uniform'] or keep_layers")
+    record = {"selector": selector, "budget": r.budget, "layers": layers, "scores": scores, "tokens": 0,
+              "seconds": time.perf_counter() - t0}
+    run_dir = conv.stage_dir("select")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "selection.json").write_text(json.dumps(record | {"device": _device_name(conv.device)}, indent=1))
+    return conv.mark_done("select", record)
+
+
+def _attention_layers(conv: Conversion) -> list[int]:
+    return (conv.done("select") or select(conv))["layers"]
+
+
+def assemble(conv: Conversion) -> HybridForCausalLM:
+    """The hybrid before stage 2: teacher weights, attention in the selected layers, the aligned mixers elsewhere
+    (or, without stage 1, mixers transferred from the teacher's attention)."""
+    aligned_dir = conv.stage_dir("align") / "model"
+    aligned = HybridForCausalLM.from_pretrained(aligned_dir) if aligned_dir.is_dir() else None
+    return build_student(conv.load_teacher().model, conv.student_config(_attention_layers(conv)), aligned)
+
+
+def _new_parameter(name: str, config) -> bool:
+    """Parts that did not exist in the teacher: linear mixers and the attention output gates."""
+    parts = name.split(".")
+    if "mixer" not in parts:
+        return False
+    layer = int(parts[parts.index("layers") + 1])
+    return config.layer_types[layer] == "linear_attention" or parts[-2] == "g_proj"
+
+
+def distill(conv: Conversion) -> dict:
+    """Stage 2: the whole hybrid learns KL(teacher || student) over the full vocabulary (no CE term), with one peak
+    LR for the new parts and one for what came from the teacher."""
+    if (done := conv.done("distill")) is not None:
+        return done
+    teacher = conv.load_teacher()
+    run_dir = conv.stage_dir("distill")
+    student = assemble(conv).float().to(conv.device)
+    r = conv.recipe.distill
+    _prepare(student, r)
+    new = [p for n, p in student.named_parameters() if _new_parameter(n, student.config)]
+    old = [p for n, p in student.named_parameters() if not _new_parameter(n, student.config)]
+    groups = [{"name": "new", "params": new, "lr": r.lr},
+              {"name": "pretrained", "params": old, "lr": r.lr_pretrained if r.lr_pretrained is not None else r.lr}]
+
+    def loss_fn(batch):
+        with torch.no_grad():
+            t_hidden = teacher.model.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
+        s_hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
+        return chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.model.lm_head, r.kl_chunk_tokens), {}
+
+    result = train(name="distill", run_dir=run_dir, model=student, param_groups=groups, loss_fn=loss_fn,
+                   loader=conv.loader("distill", r), recipe=r, device=conv.device)
+    _save(student, run_dir / "model")
+    return conv.mark_done("distill", _train_record(result, r, conv.data))
+
+
+def finetune(conv: Conversion) -> dict:
+    """Stage 3: next-token CE at long sequence length, no teacher, activation checkpointing."""
+    if (done := conv.done("finetune")) is not None:
+        return done
+    run_dir = conv.stage_dir("finetune")
+    previous = conv.stage_dir("distill") / "model"
+    student = HybridForCausalLM.from_pretrained(previous) if previous.is_dir() else assemble(conv)
+    student = student.float().to(conv.device)
+    r = conv.recipe.finetune
+    _prepare(student, r)
+
+    def loss_fn(batch):
+        hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
+        return chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens), {}
+
+    result = train(name="finetune", run_dir=run_dir, model=student,
+                   param_groups=[{"name": "all", "params": list(student.parameters()), "lr": r.lr}],
+                   loss_fn=loss_fn, loader=conv.loader("finetune", r), recipe=r, device=conv.device)
+    _save(student, run_dir / "model")
+    return conv.mark_done("finetune", _train_record(result, r, conv.data))
+
+
+def _prepare(student: HybridForCausalLM, r: StageRecipe) -> None:
+    student.requires_grad_(True)
+    if r.checkpointing:
+        getattr(student, "activation_checkpointing_enable", student.gradient_checkpointing_enable)()
+    if r.compile:
+        for layer in student.model.layers:
+            layer.compile()
+
+
+def _save(model: HybridForCausalLM, path: Path) -> None:
+    if getattr(model, "is_gradient_checkpointing", False):
+        getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+    model.save_pretrained(path)
+
+
+RUNNERS = {"align": align, "select": select, "distill": distill, "finetune": finetune}
+
+
+def convert(conv: Conversion, stages: list[str] | None = None) -> Path:
+    """Run the listed stages in order (all by default; [] = weight transfer alone) and export the result."""
+    stages = list(STAGES) if stages is None else stages
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {bad}; allowed: {list(STAGES)} or none")
+    for stage in STAGES:
+        if stage in stages:
+            RUNNERS[stage](conv)
+    return export(conv)
+
+
+def export(conv: Conversion) -> Path:
+    """Write the newest model of the pipeline to `out/` as a standalone HF checkpoint with tokenizer and model card."""
+    for stage in ("finetune", "distill"):
+        if (conv.stage_dir(stage) / "model").is_dir() and conv.done(stage):
+            model = HybridForCausalLM.from_pretrained(conv.stage_dir(stage) / "model")
+            break
+    else:
+        model = assemble(conv)
+    model.to(conv.load_teacher().saved_dtype).save_pretrained(conv.out)
+    conv.load_teacher().tokenizer.save_pretrained(conv.out)
+    from .card import write_model_card
+
+    write_model_card(conv, model)
+    return conv.out

@@ -1,0 +1,272 @@
+"""Conversion: teacher loading and weight transfer for every family, the stages, resume, bad inputs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import hybridize  # noqa: F401
+from hybridize.convert import load_teacher, student_config, build_student
+from hybridize.distill.recipe import load_recipe
+from hybridize.distill.stages import Conversion, convert
+from conftest import assert_close
+from teachers import FAMILIES, TEXTS, make_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def teachers(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("teachers")
+    return {family: make_teacher(family, base / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory) -> Path:
+    """A small local corpus, so that the tests do not wait for the built-in one."""
+    folder = tmp_path_factory.mktemp("data")
+    for i in range(6):
+        (folder / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def _cli(*args: str, env: dict | None = None, **kw):
+    return subprocess.run([sys.executable, "-m", "hybridize.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, **kw)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_budget_100_percent_without_hype_reproduces_the_teacher(family, teachers, tmp_path):
+    """Every layer kept as attention, --no-hype, weight transfer alone: the logits are the teacher's."""
+    teacher = AutoModelForCausalLM.from_pretrained(teachers[family]).eval()
+    recipe = load_recipe("smoke", ["hype=false", "keep_layers=[0, 1, 2, 3]"])
+    out = convert(Conversion(teachers[family], tmp_path / "out", recipe, device="cpu"), stages=[])
+    student = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, 300, (2, 37))
+    with torch.no_grad():
+        assert_close(student(ids).logits, teacher(ids).logits, f"{family} budget 100%")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_linear_mixers_take_the_teachers_projections(family, teachers):
+    """GQA K/V heads are repeated per group; q/k norms and biases are copied; the rest is fresh."""
+    t = load_teacher(teachers[family])
+    tc = t.model.config
+    cfg = student_config(tc, [1], "gated_deltanet", hype=True)
+    student = build_student(t.model, cfg)
+    g = tc.num_attention_heads // tc.num_key_value_heads
+    src, dst = t.model.model.layers[0].mixer, student.model.layers[0].mixer
+    assert torch.equal(dst.q_proj.weight, src.q_proj.weight)
+    assert torch.equal(dst.o_proj.weight, src.o_proj.weight)
+    k_heads = src.k_proj.weight.view(tc.num_key_value_heads, tc.head_dim, -1)
+    for h in range(tc.num_attention_heads):  # linear head h owns KV group h // g
+        assert torch.equal(dst.k_proj.weight.view(tc.num_attention_heads, tc.head_dim, -1)[h], k_heads[h // g])
+    if src.q_norm is not None:
+        assert torch.equal(dst.q_norm.weight, src.q_norm.weight)
+    if src.k_proj.bias is not None:
+        assert torch.equal(dst.k_proj.bias.view(tc.num_attention_heads, -1)[3],
+                           src.k_proj.bias.view(tc.num_key_value_heads, -1)[3 // g])
+    kept = student.model.layers[1].mixer  # attention kept, HyPE: no RoPE, query scaling, fresh output gate
+    assert torch.equal(kept.q_proj.weight, t.model.model.layers[1].mixer.q_proj.weight)
+    assert not kept.use_rope and kept.hype_a == 500.0 and kept.g_proj is not None
+    assert torch.equal(student.model.layers[2].mlp.up_proj.weight, t.model.model.layers[2].mlp.up_proj.weight)
+
+
+def test_every_stage_lowers_its_loss_and_the_result_loads_and_generates(teachers, text_data, tmp_path):
+    recipe = load_recipe("smoke", ["mixer=gated_deltanet", "finetune.lr=3e-3", "distill.lr=3e-3"])
+    conv = Conversion(teachers["qwen3"], tmp_path / "out", recipe, data=str(text_data), device="cpu")
+    out = convert(conv)
+    for stage in ("align", "distill", "finetune"):
+        result = conv.done(stage)["result"]
+        assert result["loss_last"] < result["loss_first"], (stage, result)
+        rows = [json.loads(line) for line in (conv.stage_dir(stage) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, result["steps"] + 1))
+        assert any((conv.stage_dir(stage) / "tb").iterdir()), "TensorBoard logs"
+    assert json.loads((conv.stage_dir("select") / "selection.json").read_text())["layers"] == [3]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.yaml"):
+        assert (out / name).is_file(), name
+    card = (out / "README.md").read_text()
+    assert "| distill |" in card and "gated_deltanet" in card
+    code = ("import hybridize, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); t = AutoTokenizer.from_pretrained({str(out)!r}); "
+            "ids = t(['The passkey is', 'A hybrid'], return_tensors='pt', padding=True); "
+            "g = m.generate(**ids, max_new_tokens=5, do_sample=False); "
+            "assert g.shape[1] == ids.input_ids.shape[1] + 5, g.shape; print(type(m).__name__)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and "HybridForCausalLM" in run.stdout, run.stderr
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def test_killed_run_resumes_to_the_same_weights(teachers, text_data, tmp_path):
+    """SIGKILL a distillation mid-run, start the same command again: same final weights as an uninterrupted run."""
+    args = ["distill", "--teacher", str(teachers["llama"]), "--data", str(text_data), "--device", "cpu",
+            "--set", "distill.tokens=16384", "--set", "distill.save_every=2", "--mixer", "gla"]
+    ref = _cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "hybridize.cli", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = out / "stages" / "distill" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while not pointer.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert pointer.exists(), "the run never wrote a checkpoint"
+    assert not (out / "stages" / "distill" / "done.json").exists(), "the run finished before it was killed"
+    resumed = _cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads((out / "stages" / "distill" / "done.json").read_text())
+    assert done["result"]["resumed_from"] > 0
+    a, b = _weights(tmp_path / "ref"), _weights(out)
+    for name in a:
+        assert_close(b[name], a[name], f"resumed {name}")
+
+
+def test_cli_end_to_end_with_the_builtin_corpus(teachers, tmp_path):
+    out = _cli("convert", "--teacher", str(teachers["mistral"]), "--out", str(tmp_path / "o"), "--device", "cpu",
+               "--mixer", "lightning", "--budget", "0.5", "--set", "align.tokens=1024", "--set", "distill.tokens=1024",
+               "--set", "finetune.tokens=512")
+    assert out.returncode == 0, out.stderr
+    assert "smoke" in out.stderr and "wrote" in out.stdout
+    config = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert config["layer_types"].count("linear_attention") == 2 and config["model_type"] == "hybridize"
+    assert "builtin corpus" in (tmp_path / "o" / "stages" / "distill" / "done.json").read_text()
+
+
+def _bad_teacher(tmp_path: Path, teachers, kind: str) -> Path:
+    import shutil
+
+    d = tmp_path / kind
+    shutil.copytree(teachers["qwen2"], d)
+    if kind == "no-weights":
+        for f in d.glob("*.safetensors"):
+            f.unlink()
+    elif kind == "no-config":
+        (d / "config.json").unlink()
+    elif kind == "no-tokenizer":
+        for f in d.glob("tokenizer*"):
+            f.unlink()
+    elif kind == "unsupported":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["model_type"] = "gpt2"
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif kind == "vocab-mismatch":
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["vocab_size"] = 200  # the tokenizer has 300 tokens
+        (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+BAD_INPUTS = {
+    "no-weights": "has no .safetensors weights",
+    "no-config": "has no config.json",
+    "no-tokenizer": "has no tokenizer",
+    "unsupported": "unsupported architecture \\(model_type 'gpt2'",
+    "vocab-mismatch": "token ids up to 299, but the model's vocab_size is 200",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_INPUTS))
+def test_bad_teachers_give_one_clear_error(kind, teachers, tmp_path):
+    import re
+
+    d = _bad_teacher(tmp_path, teachers, kind)
+    out = _cli("convert", "--teacher", str(d), "--out", str(tmp_path / "o"), "--stages", "none")
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and re.search(BAD_INPUTS[kind], out.stderr), out.stderr
+    assert len([line for line in out.stderr.splitlines() if line.startswith("hybridize: error")]) == 1
+
+
+BAD_OPTIONS = {
+    "missing teacher": (["--teacher", "/nonexistent/teacher"], "teacher folder not found"),
+    "bad budget": (["--budget", "9"], "budget must be a fraction in \\(0, 1\\) or a whole layer count in 1..4"),
+    "zero budget": (["--budget", "0"], "budget must be"),
+    "bad stage": (["--stages", "align,polish"], "unknown stage\\(s\\) \\['polish'\\]"),
+    "bad layer": (["--keep-layers", "1,9"], "keep_layers \\[1, 9\\] must be distinct layer indices in 0..3"),
+    "bad recipe field": (["--set", "distill.lrr=1"], "unknown field\\(s\\) \\['distill.lrr'\\]"),
+    "bad recipe name": (["--recipe", "fastest"], "unknown recipe 'fastest'"),
+    "bad schedule": (["--set", "align.schedule=linear"], "align.schedule='linear'; allowed"),
+    "bad data": (["--data", "/nonexistent/file.txt"], "data source not found"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_options_give_one_clear_error(case, teachers, tmp_path):
+    import re
+
+    extra, message = BAD_OPTIONS[case]
+    args = ["convert", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"), "--stages", "select"]
+    if "--teacher" in extra:
+        args[2] = extra[1]
+        extra = []
+    out = _cli(*args, *extra)
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr and re.search(message, out.stderr), out.stderr
+
+
+def test_resuming_with_another_recipe_is_refused(teachers, tmp_path):
+    first = _cli("select", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"))
+    assert first.returncode == 0, first.stderr
+    again = _cli("select", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"), "--budget", "0.5")
+    assert again.returncode == 2 and "was made with a different recipe (budget: 0.25 -> 0.5)" in again.stderr
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A loss that turns NaN stops the run with a clear message; the last checkpoint stays loadable."""
+    from hybridize.distill.loop import NonFiniteLoss, latest_checkpoint, train
+    from hybridize.distill.recipe import StageRecipe
+
+    model = torch.nn.Linear(4, 1)
+    recipe = StageRecipe(tokens=80, seq_len=1, batch_size=1, micro_batch_size=1, lr=0.1, save_every=2)
+
+    class Loader:
+        step = 0
+
+        def __next__(self):
+            self.step += 1
+            return _Batch(self.step)
+
+        def state_dict(self):
+            return {"step": self.step}
+
+        def load_state_dict(self, state):
+            self.step = state["step"]
+
+    def loss_fn(batch):
+        loss = model(torch.ones(1, 4)).sum() ** 2
+        return (loss * float("nan") if batch.index == 5 else loss), {}
+
+    with pytest.raises(NonFiniteLoss, match="loss is nan at step 5; stopped before updating the weights"):
+        train(name="distill", run_dir=tmp_path, model=model,
+              param_groups=[{"params": list(model.parameters()), "lr": 0.1}], loss_fn=loss_fn, loader=Loader(),
+              recipe=recipe, device=torch.device("cpu"))
+    assert latest_checkpoint(tmp_path).name == "step_0000004"
+    assert load_file(latest_checkpoint(tmp_path) / "trainable.safetensors")["weight"].isfinite().all()
+
+
+class _Batch:
+    def __init__(self, index):
+        self.index = index
+        self.num_tokens = 1
+
+    def to(self, device):
+        return self
