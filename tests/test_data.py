@@ -234,7 +234,7 @@ def test_max_tokens_keeps_exactly_that_many_and_stops_reading(tmp_path, tok, cac
         assert read[0] <= packing.BATCH_DOCUMENTS < len(docs)  # one batch of documents, not the whole file
 
 
-@pytest.mark.parametrize("max_tokens", [0, -5, 2.5])
+@pytest.mark.parametrize("max_tokens", [0, -5, 2.5, True])
 def test_max_tokens_must_be_positive(tmp_path, tok, max_tokens):
     with pytest.raises(ValueError, match="max_tokens must be a positive int"):
         tokenize_corpus(_text_file(tmp_path)[0], tok, max_tokens=max_tokens)
@@ -342,6 +342,15 @@ def test_a_crash_while_writing_leaves_no_entry(tmp_path, tok, cache, monkeypatch
     monkeypatch.setattr(token_cache, "_save_synced", real_save)
     assert_corpus(tokenize_corpus(spec, tok), *hand_tokenize(tok, docs))
     assert len(entries(cache)) == 1
+
+
+def test_an_unwritable_cache_warns_and_still_returns_the_tokens(tmp_path, tok, monkeypatch):
+    (tmp_path / "a_file").write_text("", encoding="utf-8")
+    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "a_file"))  # no folder can be made below a file
+    spec, docs = _jsonl(tmp_path)
+    with pytest.warns(UserWarning, match="could not cache tokens"):
+        corpus = tokenize_corpus(spec, tok)
+    assert_corpus(corpus, *hand_tokenize(tok, docs))
 
 
 # Packing
@@ -525,6 +534,13 @@ def test_resume_gives_the_batches_an_uninterrupted_loader_gives(done, document_m
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
         assert (a.cu_seqlens is None and b.cu_seqlens is None) or torch.equal(a.cu_seqlens, b.cu_seqlens)
     assert reference.state_dict() == resumed.state_dict()
+
+
+def test_numpy_int_arguments_keep_the_state_json_safe():
+    seqs = PackedSequences(corpus_of([1] * 80), np.int64(4))
+    ld = SequenceLoader(seqs, np.int64(2), seed=np.int64(3), rank=np.int64(1), world_size=np.int64(2))
+    next(ld)
+    assert json.loads(json.dumps(ld.state_dict())) == ld.state_dict()
 
 
 @pytest.mark.parametrize("change, message", [

@@ -74,10 +74,8 @@ class SequenceLoader:
             raise ValueError(f"{len(sequences)} sequences cannot fill one global batch of batch_size * world_size = "
                              f"{batch_size} * {world_size}: give more data, or lower batch_size or seq_len")
         self.sequences = sequences
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
+        # int(): numpy ints are accepted but would make state_dict() unserialisable as JSON.
+        self.batch_size, self.seed, self.rank, self.world_size = map(int, (batch_size, seed, rank, world_size))
         self.document_masking = document_masking
         self.steps_per_epoch = len(sequences) // (batch_size * world_size)
         self.epoch = 0

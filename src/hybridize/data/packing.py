@@ -71,8 +71,9 @@ def tokenize_corpus(spec, tokenizer, *, max_tokens: int | None = None, cache: bo
     cache: reuse / store the result under cache_dir()/tokens/ (see `token_cache`); the result is then memory-mapped.
     """
     backend, eos_id = _plain_backend(tokenizer)
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens <= 0):
         raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    max_tokens = None if max_tokens is None else int(max_tokens)  # numpy ints too, but JSON-safe in the key
     items = spec_items(spec)
     if not cache:
         return _tokenize(items, backend, eos_id, max_tokens)
@@ -81,7 +82,7 @@ def tokenize_corpus(spec, tokenizer, *, max_tokens: int | None = None, cache: bo
     if cached is not None:
         return cached
     corpus = _tokenize(items, backend, eos_id, max_tokens)
-    meta = {"spec": items, "tokenizer": getattr(tokenizer, "name_or_path", ""), "max_tokens": max_tokens}
+    meta = {"spec": items, "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "max_tokens": max_tokens}
     try:
         token_cache.write_entry(directory, corpus.tokens, corpus.doc_starts, meta)
     except OSError as err:  # a read-only or full disk costs the reuse, not the run
@@ -146,6 +147,10 @@ def _tokenize(items: list[str], backend: Tokenizer, eos_id: int, max_tokens: int
     return TokenizedCorpus(tokens, doc_starts.astype(np.int64))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _batches(docs: Iterator[str]) -> Iterator[list[str]]:
     batch: list[str] = []
     chars = 0
@@ -164,13 +169,13 @@ class PackedSequences:
     trailing partial window is dropped. Documents run across window edges (a window starts mid-document)."""
 
     def __init__(self, corpus: TokenizedCorpus, seq_len: int):
-        if not isinstance(seq_len, int) or seq_len <= 0:
+        if not _is_int(seq_len) or seq_len <= 0:
             raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
         if len(corpus.tokens) < seq_len:
             raise ValueError(f"the corpus has {len(corpus.tokens)} tokens, fewer than one sequence of "
                              f"seq_len={seq_len}: give more data or a shorter seq_len")
         self.corpus = corpus
-        self.seq_len = seq_len
+        self.seq_len = int(seq_len)
 
     def __len__(self) -> int:
         return len(self.corpus.tokens) // self.seq_len
