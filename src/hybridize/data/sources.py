@@ -84,35 +84,52 @@ def corpus_info() -> str:
     return f"builtin corpus (pydoc topics + stdlib docstrings of Python {sys.version.split()[0]})"
 
 
+def spec_items(spec: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
+    """A data spec as the list of its items, in reading order (None is the built-in corpus)."""
+    if spec is None:
+        return [BUILTIN]
+    if isinstance(spec, (str, os.PathLike)):
+        return [str(spec)]
+    items = [str(item) for item in spec]
+    if not items:
+        raise ValueError("no data sources given")
+    return items
+
+
+def source_files(item: str) -> list[Path] | None:
+    """The local files one spec item reads, in reading order; None when it is not local (the built-in corpus, a
+    Hugging Face dataset name). Raises the same errors as reading it: a missing path, an empty folder."""
+    if item == BUILTIN:
+        return None
+    path = Path(item).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"data folder {path} holds no files")
+        return files
+    if path.is_file():
+        return [path]
+    if path.suffix or os.sep in item or item.startswith("."):
+        raise FileNotFoundError(f"data source not found: {item}")
+    return None
+
+
 def iter_documents(spec: str | os.PathLike | Sequence[str | os.PathLike] | None) -> Iterator[str]:
     """Yield the documents of a data spec (see the module docstring), in a deterministic order."""
-    if spec is None:
-        spec = [BUILTIN]
-    elif isinstance(spec, (str, os.PathLike)):
-        spec = [spec]
-    if not spec:
-        raise ValueError("no data sources given")
-    for item in spec:
-        yield from _iter_one(str(item))
+    for item in spec_items(spec):
+        yield from _iter_one(item)
 
 
 def _iter_one(item: str) -> Iterator[str]:
     if item == BUILTIN:
         yield from builtin_corpus()
         return
-    path = Path(item).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        if not files:
-            raise ValueError(f"data folder {path} holds no files")
-        for f in files:
-            yield from _iter_file(f)
-    elif path.is_file():
-        yield from _iter_file(path)
-    elif path.suffix or os.sep in item or item.startswith("."):
-        raise FileNotFoundError(f"data source not found: {item}")
-    else:
+    files = source_files(item)
+    if files is None:
         yield from _iter_hf_dataset(item)
+        return
+    for f in files:
+        yield from _iter_file(f)
 
 
 def _iter_file(path: Path) -> Iterator[str]:
