@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 Tensor = torch.Tensor
 
 
-def layer_alignment_loss(teacher, student_mixers: nn.ModuleList, input_ids: Tensor,
+def layer_alignment_loss(teacher: nn.Module, student_mixers: nn.ModuleList, input_ids: Tensor,
                          cu_seqlens: Tensor | None = None) -> tuple[Tensor, list[float]]:
     """Sum over layers of MSE(student mixer_i(a_i), teacher attention_i(a_i)), a_i the teacher's own normed input
     to layer i. The teacher runs on (its outputs flow on), only the student mixers get gradients.

@@ -86,6 +86,10 @@ class Conversion:
         return SequenceLoader(sequences, stage_recipe.micro_batch_size, seed=self.recipe.seed + STAGES.index(stage),
                               rank=rank, world_size=world, document_masking=self.recipe.document_masking)
 
+    def seed(self, stage: str) -> None:
+        """Seed the fresh parts a stage creates (gates, decays, output norms) so a rerun builds the same model."""
+        torch.manual_seed(self.recipe.seed + STAGES.index(stage))
+
     def student_config(self, attention_layers: list[int]):
         r = self.recipe
         return student_config(self.load_teacher().model.config, attention_layers, r.mixer, hype=r.hype,
@@ -121,13 +125,14 @@ def align(conv: Conversion) -> dict:
         return done
     teacher = conv.load_teacher()
     run_dir = conv.stage_dir("align")
+    conv.seed("align")
     model = build_student(teacher.model, conv.student_config([])).float().to(conv.device)
     model.requires_grad_(False)
     mixers = torch.nn.ModuleList(layer.mixer for layer in model.model.layers)
     mixers.requires_grad_(True)
 
     def loss_fn(batch):
-        loss, per_layer = layer_alignment_loss(teacher, mixers, batch.input_ids, batch.cu_seqlens)
+        loss, per_layer = layer_alignment_loss(teacher.model, mixers, batch.input_ids, batch.cu_seqlens)
         return loss, {f"mse/layer{i}": v for i, v in enumerate(per_layer)}
 
     r = conv.recipe.align
@@ -192,6 +197,7 @@ def distill(conv: Conversion) -> dict:
         return done
     teacher = conv.load_teacher()
     run_dir = conv.stage_dir("distill")
+    conv.seed("distill")
     student = assemble(conv).float().to(conv.device)
     r = conv.recipe.distill
     _prepare(student, r)
@@ -218,6 +224,7 @@ def finetune(conv: Conversion) -> dict:
         return done
     run_dir = conv.stage_dir("finetune")
     previous = conv.stage_dir("distill") / "model"
+    conv.seed("finetune")
     student = HybridForCausalLM.from_pretrained(previous) if previous.is_dir() else assemble(conv)
     student = student.float().to(conv.device)
     r = conv.recipe.finetune
