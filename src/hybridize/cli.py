@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--new-tokens", type=int, default=24)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    from .evaluation.cli import add_commands as add_evaluation_commands
+
+    add_evaluation_commands(sub)
     return parser
 
 
