@@ -253,3 +253,13 @@ def test_eval_config_validates_itself():
     assert cfg.tasks == ["niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "passkey"]
     with pytest.raises(FileNotFoundError, match="model directory not found: m"):
         run_eval(cfg)
+
+
+def test_importing_the_evaluation_package_loads_neither_matplotlib_nor_lm_eval():
+    import subprocess
+    import sys
+
+    code = ("import sys, hybridize.evaluation, hybridize.cli; hybridize.cli.build_parser(); "
+            "print(sorted(m for m in ('matplotlib', 'lm_eval', 'accelerate') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
