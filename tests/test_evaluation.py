@@ -133,6 +133,22 @@ def test_batched_left_padded_generation_equals_each_prompt_alone(tok):
     assert batched == alone and all(len(r) == 6 for r in batched)
 
 
+def test_generation_is_greedy_even_when_the_models_own_config_samples(tok):
+    # Qwen3 checkpoints ship a generation_config.json with do_sample=True, temperature=0.6: evaluation must not
+    # inherit it.
+    torch.manual_seed(0)
+    model = _tiny(tok)
+    model.generation_config.do_sample, model.generation_config.temperature, model.generation_config.top_k = True, 5.0, 50
+    prompt = torch.randint(2, len(tok), (11,)).tolist()
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(6):  # the obviously greedy loop: argmax of a full forward, no cache
+            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
+    expected = ids[0, len(prompt):].tolist()
+    for _ in range(2):
+        assert greedy_generate(model, [prompt], 6, tok.pad_token_id, []) == [expected]
+
+
 def test_generation_stops_at_eos(tok):
     class Eos(_Oracle):
         def __init__(self):
