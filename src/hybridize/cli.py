@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         _add_conversion_args(p)
         p.set_defaults(func=_one_stage(stage))
+    from .evaluation.cli import add_commands as add_evaluation_commands
+
+    add_evaluation_commands(sub)
     return parser
 
 

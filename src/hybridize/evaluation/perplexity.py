@@ -1,0 +1,76 @@
+"""Perplexity by context length, with every model scored on the same token windows.
+
+Windows of `max(lengths) + 1` tokens are cut one after another from the documents of a data spec (each document
+followed by the tokenizer's EOS); token t of a window (t = 1 .. max(lengths)) is predicted from the t tokens before
+it. The bucket of an edge b (previous edge a, 0 for the first) holds the tokens with a < t <= b, so its perplexity
+says how well a model predicts with between a + 1 and b tokens of context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def perplexity_windows(tokenizer, documents: Iterable[str], max_length: int, samples: int) -> torch.Tensor:
+    """(samples, max_length + 1) token ids: consecutive windows of the documents' token stream."""
+    need = samples * (max_length + 1)
+    stream: list[int] = []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for doc in documents:
+        stream.extend(tokenizer.encode(doc, add_special_tokens=False) + eos)
+        if len(stream) >= need:
+            break
+    if len(stream) < need:
+        raise ValueError(
+            f"the perplexity data holds {len(stream)} tokens, but {samples} windows of {max_length + 1} tokens need "
+            f"{need}: give more text (--data) or fewer --samples or shorter --lengths"
+        )
+    return torch.tensor(stream[:need], dtype=torch.long).view(samples, max_length + 1)
+
+
+@torch.inference_mode()
+def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(B, T - 1) fp32 negative log-likelihood of tokens 1 .. T - 1.
+
+    Runs the decoder once and the output head `chunk` positions at a time, so that the (B, T, vocab) fp32 logits
+    never exist at once (150K vocab x 16K tokens would be 10 GB per row). Works for models whose logits are
+    `lm_head(decoder(x))` (Llama / Qwen / Mistral families and ours)."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None:
+        raise ValueError(f"{type(model).__name__} exposes no decoder / output embeddings to score perplexity with")
+    h = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+    B, T = input_ids.shape
+    out = torch.empty(B, T - 1, dtype=torch.float32, device=input_ids.device)
+    for s in range(0, T - 1, chunk):
+        e = min(s + chunk, T - 1)
+        logits = head(h[:, s:e]).float()  # (B, c, V)
+        out[:, s:e] = F.cross_entropy(logits.transpose(1, 2), input_ids[:, s + 1:e + 1], reduction="none")
+    return out
+
+
+def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], batch_size: int = 1,
+                         progress: bool = True, desc: str = "perplexity") -> list[dict]:
+    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "nll", "tokens"}."""
+    edges = sorted(set(lengths))
+    if windows.shape[1] != edges[-1] + 1:
+        raise ValueError(f"windows hold {windows.shape[1]} tokens; the longest length {edges[-1]} needs "
+                         f"{edges[-1] + 1}")
+    device = next(model.parameters()).device
+    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)  # summed NLL of each predicted position
+    for s in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, unit="batch"):
+        nll = token_nll(model, windows[s:s + batch_size].to(device))
+        total += nll.double().sum(0).cpu()
+    rows, prev = [], 0
+    for b in edges:
+        # token t (1-based position in the window) has t tokens of context; it is column t - 1 of `total`
+        seg = total[prev:b]
+        n = seg.numel() * len(windows)
+        mean = float(seg.sum()) / n
+        rows.append({"length": b, "length_from": prev, "nll": mean, "perplexity": math.exp(mean), "tokens": n})
+        prev = b
+    return rows
