@@ -63,6 +63,14 @@ def backend_for(x: Tensor) -> str:
     return "fla" if x.is_cuda and fla_available() else "torch"
 
 
+def _common_dtype(*xs: Tensor) -> tuple[Tensor, ...]:
+    """The kernels want q, k, v in one dtype. Under autocast a norm with an fp32 weight hands back fp32 q/k while v
+    stays bf16: use the autocast dtype then, else v's."""
+    v = xs[-1]
+    dtype = torch.get_autocast_dtype(v.device.type) if torch.is_autocast_enabled(v.device.type) else v.dtype
+    return tuple(x.to(dtype) for x in xs)
+
+
 def _mode(T: int, mode: str) -> str:
     if mode == "auto":
         return "recurrent" if T <= RECURRENT_MAX_T and not torch.is_grad_enabled() else "chunk"
@@ -89,6 +97,7 @@ def gla(
     per-head log decay (Lightning / RetNet). Returns (o (B, T, H, V), final state (N, H, K, V) fp32)."""
     if (g is None) == (g_gamma is None):
         raise ValueError("give exactly one of g and g_gamma")
+    q, k, v = _common_dtype(q, k, v)
     mode = _mode(q.shape[1], mode)
     if backend_for(q) == "fla":
         return _fla_gla(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, mode)
@@ -113,6 +122,8 @@ def gated_delta_rule(
     """Gated delta rule on L2-normalised q and k (normalised here, as fla does in its kernel).
 
     g: (B, T, H) log decay; beta: (B, T, H) in [0, 1]. Returns (o (B, T, H, V), final state (N, H, K, V) fp32)."""
+    q, k, v = _common_dtype(q, k, v)
+    beta = beta.to(v.dtype)
     mode = _mode(q.shape[1], mode)
     if backend_for(q) == "fla":
         return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, cu_seqlens, mode)
