@@ -140,6 +140,18 @@ def _one_stage(stage: str):
     return run
 
 
+def _teacher(args: argparse.Namespace) -> None:
+    from .teacher import train_teacher
+
+    result = train_teacher(args.size, args.out, args.overrides, data=args.data, device=args.device,
+                           max_minutes=args.max_minutes)
+    if result.finished:
+        print(f"hybridize: teacher written to {args.out} ({result.steps} steps, {result.tokens:,} tokens)")
+    else:
+        print(f"hybridize: stopped after {args.max_minutes} minutes with a checkpoint; run the same command again "
+              "to continue")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         _add_conversion_args(p)
         p.set_defaults(func=_one_stage(stage))
+    teacher = sub.add_parser("teacher", help="train a Qwen3-architecture teacher from scratch (corpus + synthetic "
+                             "retrieval episodes)")
+    teacher.add_argument("--size", choices=["tiny", "small", "base"], default="tiny")
+    teacher.add_argument("--out", required=True)
+    teacher.add_argument("--data", nargs="+", default=None, help="training text (default: the built-in corpus)")
+    teacher.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe field, e.g. --set train.lr=1e-3 (repeatable)")
+    teacher.add_argument("--max-minutes", type=float, default=None,
+                         help="stop after this long with a checkpoint; the same command continues")
+    teacher.add_argument("--device", default=None)
+    teacher.set_defaults(func=_teacher)
     from .evaluation.cli import add_commands as add_evaluation_commands
 
     add_evaluation_commands(sub)

@@ -53,6 +53,7 @@ class TrainResult:
     loss_last: float  # ... and over the last 10%
     peak_memory_gib: float | None
     resumed_from: int  # step the run resumed from (0 = fresh start)
+    finished: bool = True  # False: stopped at max_seconds with a checkpoint; run again to continue
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -173,9 +174,12 @@ def train(
     loader,
     recipe: StageRecipe,
     device: torch.device,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Run (or resume) one stage. `loss_fn(batch) -> (loss, extra metrics)`; `param_groups` are AdamW groups with
-    their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters)."""
+    their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters).
+    With `max_seconds`, the run stops at the first step boundary after that long, with a checkpoint, and reports
+    `finished=False`: the same call continues it."""
     rank, world = _rank_world()
     is_main = rank == 0
     run_dir = Path(run_dir)
@@ -203,6 +207,7 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     t0, tokens_done = time.perf_counter(), 0
     model.train()
+    last = start
     for step in range(start, steps):
         loss_sum, extras = torch.zeros((), device=device), {}
         for _ in range(accum):
@@ -244,11 +249,19 @@ def train(
                         writer.add_scalar(f"{name}/{k}", v, step + 1)
             bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{row['tokens_per_s']:.3g}")
             bar.update(1)
-        if (step + 1) % recipe.save_every == 0 or step + 1 == steps:
+        last = step + 1
+        out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds
+        if max_seconds is not None and world > 1:  # every rank must stop at the same step
+            flag = torch.tensor(float(out_of_time), device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        if (step + 1) % recipe.save_every == 0 or step + 1 == steps or out_of_time:
             if is_main:
                 _save_checkpoint(run_dir, model, optimizer, scheduler, loader, step + 1)
             if world > 1:
                 dist.barrier()
+        if out_of_time:
+            break
     bar.close()
     if writer is not None:
         writer.close()
@@ -261,5 +274,5 @@ def train(
         tokens_per_s=tokens_done / elapsed if tokens_done else 0.0,
         loss_first=sum(losses[:tail]) / tail if losses else float("nan"),
         loss_last=sum(losses[-tail:]) / tail if losses else float("nan"),
-        peak_memory_gib=peak, resumed_from=start,
+        peak_memory_gib=peak, resumed_from=start, finished=last == steps,
     )

@@ -1,0 +1,110 @@
+"""Teachers we train ourselves: Qwen3-architecture Transformers (GQA, q/k norm, RoPE, tied embeddings), one
+recipe per size. `tiny` trains on 2 CPU cores in minutes; `small` and `base` are GPU recipes, trained in runs of
+at most `--max-minutes` that resume where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..distill.recipe import StageRecipe, _parse_value
+
+
+@dataclass
+class TeacherRecipe:
+    size: str
+    # Model (HF Qwen3Config fields)
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    # Training
+    train: StageRecipe
+    # Data: the corpus mixed with synthetic retrieval episodes, `episode_rows` of each micro-batch
+    episode_rows: int = 4
+    episode_tasks: tuple[str, ...] = ("passkey", "mqar", "niah_single_2")
+    passkey_words: int = 2
+    mqar_queries: int = 2
+    seed: int = 0
+    data: str | list[str] | None = None  # None: the built-in corpus
+
+    def model_config(self, tokenizer):
+        from transformers import Qwen3Config
+
+        return Qwen3Config(
+            vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
+            max_position_embeddings=self.max_position_embeddings, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["train"]["betas"] = list(d["train"]["betas"])
+        d["episode_tasks"] = list(d["episode_tasks"])
+        return d
+
+
+def _recipe(size: str, model: dict, train: dict, **data) -> TeacherRecipe:
+    return TeacherRecipe(size=size, **model, train=StageRecipe(**train), **data)
+
+
+SIZES = {
+    # 1.0M parameters: ~10K tokens/s on 2 CPU cores
+    "tiny": lambda: _recipe(
+        "tiny",
+        dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=32, max_position_embeddings=1024),
+        dict(tokens=6_000_000, seq_len=256, batch_size=16, micro_batch_size=16, lr=3e-3, min_lr=3e-4,
+             warmup_steps=100, weight_decay=0.1, save_every=100),
+        episode_rows=6),
+    # 67M parameters, >= 12 layers
+    "small": lambda: _recipe(
+        "small",
+        dict(vocab_size=16384, hidden_size=640, intermediate_size=1792, num_hidden_layers=12, num_attention_heads=10,
+             num_key_value_heads=5, head_dim=64, max_position_embeddings=4096),
+        dict(tokens=400_000_000, seq_len=1024, batch_size=128, micro_batch_size=32, lr=1.5e-3, min_lr=1.5e-4,
+             warmup_steps=300, weight_decay=0.1, save_every=200),
+        episode_rows=8, passkey_words=5, mqar_queries=4),
+    # 316M parameters, >= 24 layers
+    "base": lambda: _recipe(
+        "base",
+        dict(vocab_size=32768, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
+             num_key_value_heads=8, head_dim=64, max_position_embeddings=4096),
+        dict(tokens=2_000_000_000, seq_len=2048, batch_size=128, micro_batch_size=16, lr=1e-3, min_lr=1e-4,
+             warmup_steps=500, weight_decay=0.1, save_every=200, checkpointing=True),
+        episode_rows=4, passkey_words=5, mqar_queries=4),
+}
+
+
+def teacher_recipe(size: str, overrides: list[str] | None = None) -> TeacherRecipe:
+    """The recipe of a built-in size with `key=value` overrides (train.* reaches the training numbers)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown teacher size {size!r}; allowed: {list(SIZES)}")
+    recipe = SIZES[size]()
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes key=value (e.g. train.lr=1e-3), got {item!r}")
+        target, name = recipe, key
+        if key.startswith("train."):
+            target, name = recipe.train, key[len("train."):]
+        if name not in {f.name for f in dataclasses.fields(target)}:
+            allowed = sorted(f.name for f in dataclasses.fields(TeacherRecipe)) + [
+                f"train.{f.name}" for f in dataclasses.fields(StageRecipe)]
+            raise ValueError(f"unknown teacher recipe field {key!r}; allowed: {allowed}")
+        setattr(target, name, _parse_value(value))
+    recipe.train.validate("train")
+    if not 0 <= recipe.episode_rows < recipe.train.micro_batch_size:
+        raise ValueError(f"episode_rows must be in [0, micro_batch_size={recipe.train.micro_batch_size}), "
+                         f"got {recipe.episode_rows}")
+    return recipe
+
+
+__all__ = ["SIZES", "TeacherRecipe", "teacher_recipe"]

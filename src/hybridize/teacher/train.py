@@ -1,0 +1,169 @@
+"""Training a teacher from scratch: a BPE tokenizer and a Qwen3-architecture LM on the corpus mixed with synthetic
+retrieval episodes, so that the teacher has in-context recall worth preserving.
+
+Each micro-batch has `episode_rows` episodes (passkey / MQAR / NIAH, cycling, each drawn from its own seed) and the
+rest corpus sequences. The loss is the mean next-token CE over the corpus rows plus the mean CE over the episodes'
+answer tokens: the answers are a few tokens per row, and counted into one mean they would weigh almost nothing.
+
+    train_teacher("tiny", "out/teacher-tiny")        # resumable: run again to continue after an interruption
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, Qwen3ForCausalLM
+
+from ..data import PackedSequences, SequenceLoader, corpus_info, iter_documents, tokenize_corpus
+from ..data.synthetic import IGNORE_INDEX, FillerTokens, generate, task_config
+from ..data.tokenizer import train_bpe_tokenizer
+from ..distill.losses import chunked_ce
+from ..distill.loop import TrainResult, train
+from .recipe import TeacherRecipe, teacher_recipe
+
+ANSWER_ROOM = 32  # tokens left after an episode's prompt for its answer; the rest of the row is padding
+
+
+@dataclass
+class TeacherBatch:
+    input_ids: torch.LongTensor  # (B, T): episode rows first, then corpus rows
+    labels: torch.LongTensor  # (B, T): corpus rows = input_ids; episode rows = -100 except the answer
+    episode_rows: int
+    num_tokens: int
+
+    def to(self, device) -> TeacherBatch:
+        return TeacherBatch(self.input_ids.to(device), self.labels.to(device), self.episode_rows, self.num_tokens)
+
+
+class EpisodeMixer:
+    """Corpus micro-batches (a `SequenceLoader`) with `episode_rows` synthetic episodes placed in front of each.
+    Episode n is a pure function of (recipe seed, n), so the state is the corpus loader's plus a counter."""
+
+    def __init__(self, recipe: TeacherRecipe, corpus, tokenizer, filler: FillerTokens, rank: int = 0, world: int = 1):
+        r = recipe.train
+        self.recipe, self.tokenizer, self.filler = recipe, tokenizer, filler
+        self.rows = recipe.episode_rows
+        self.corpus = SequenceLoader(PackedSequences(corpus, r.seq_len), r.micro_batch_size - self.rows,
+                                     seed=recipe.seed, rank=rank, world_size=world, document_masking=False)
+        self.count = 0  # episodes drawn so far, over all ranks
+        self.rank, self.world = rank, world
+
+    def episode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = self.recipe
+        name = r.episode_tasks[n % len(r.episode_tasks)]
+        options = {"passkey": {"words_per_passkey": r.passkey_words}, "mqar": {"num_queries": r.mqar_queries}}
+        cfg = task_config(name, length=r.train.seq_len - ANSWER_ROOM, **options.get(name, {}))
+        ex = generate(cfg, r.seed * 1_000_003 + n, self.tokenizer, self.filler)
+        pad = r.train.seq_len - len(ex.input_ids)
+        if pad < 0:
+            raise ValueError(f"a {name} answer took {-pad + ANSWER_ROOM} tokens, more than the {ANSWER_ROOM} reserved")
+        ids = torch.tensor(ex.input_ids + [self.tokenizer.pad_token_id] * pad)
+        labels = torch.tensor(ex.labels + [IGNORE_INDEX] * pad)
+        return ids, labels
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> TeacherBatch:
+        corpus = next(self.corpus)
+        start = self.count + self.rank * self.rows
+        episodes = [self.episode(n) for n in range(start, start + self.rows)]
+        self.count += self.rows * self.world
+        ids = torch.cat([torch.stack([e[0] for e in episodes]), corpus.input_ids]) if episodes else corpus.input_ids
+        labels = torch.cat([torch.stack([e[1] for e in episodes]), corpus.labels]) if episodes else corpus.labels
+        return TeacherBatch(ids, labels, self.rows, ids.numel())
+
+    def state_dict(self) -> dict:
+        return {"corpus": self.corpus.state_dict(), "episodes": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.corpus.load_state_dict(state["corpus"])
+        self.count = int(state["episodes"])
+
+
+def teacher_loss(model: Qwen3ForCausalLM, batch: TeacherBatch, chunk: int) -> tuple[torch.Tensor, dict[str, float]]:
+    hidden = model.model(input_ids=batch.input_ids).last_hidden_state
+    e = batch.episode_rows
+    lm = chunked_ce(hidden[e:], model.lm_head, batch.labels[e:], chunk)
+    if e == 0:
+        return lm, {"lm_loss": lm.item()}
+    answers = chunked_ce(hidden[:e], model.lm_head, batch.labels[:e], chunk)
+    return lm + answers, {"lm_loss": lm.item(), "answer_loss": answers.item()}
+
+
+def _weight_decay_groups(model, lr: float) -> list[dict]:
+    """Decay matrices only; norms (and the tied embedding, counted once) are the usual exceptions."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    return [{"name": "decay", "params": decay, "lr": lr}, {"name": "no_decay", "params": rest, "lr": lr,
+                                                            "weight_decay": 0.0}]
+
+
+def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None, data=None,
+                  device: str | None = None, max_minutes: float | None = None) -> TrainResult:
+    """Train (or resume) the teacher of `size`; writes the HF checkpoint to `out` once the recipe's tokens are done."""
+    from ..distill.loop import _rank_world
+
+    recipe = teacher_recipe(size, overrides)
+    if data is not None:
+        recipe.data = data
+    out = Path(out)
+    run_dir = out / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_recipe(run_dir / "recipe.json", recipe)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tok_dir = run_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    else:  # deterministic for the same corpus; kept so that a resumed run tokenizes the same way
+        tokenizer = train_bpe_tokenizer(iter_documents(recipe.data), recipe.vocab_size)
+        tokenizer.save_pretrained(tok_dir)
+    torch.manual_seed(recipe.seed)
+    model = Qwen3ForCausalLM(recipe.model_config(tokenizer)).to(device)
+    if recipe.train.checkpointing:
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    corpus = tokenize_corpus(recipe.data, tokenizer)
+    filler = FillerTokens.build(tokenizer, iter_documents(recipe.data))
+    rank, world = _rank_world()
+    loader = EpisodeMixer(recipe, corpus, tokenizer, filler, rank, world)
+    t0 = time.perf_counter()
+    result = train(name="teacher", run_dir=run_dir, model=model,
+                   param_groups=_weight_decay_groups(model, recipe.train.lr),
+                   loss_fn=lambda b: teacher_loss(model, b, recipe.train.kl_chunk_tokens), loader=loader,
+                   recipe=recipe.train, device=device, max_seconds=None if max_minutes is None else 60 * max_minutes)
+    if result.finished:
+        if recipe.train.checkpointing:
+            getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        record = {"size": size, "parameters": sum(p.numel() for p in model.parameters()),
+                  "result": result.as_dict(), "recipe": recipe.to_dict(), "device": _device_name(device),
+                  "python": sys.version.split()[0], "torch": torch.__version__,
+                  "data": recipe.data if recipe.data is not None else corpus_info(),
+                  "wall_seconds_last_run": time.perf_counter() - t0}
+        (out / "teacher.json").write_text(json.dumps(record, indent=1))
+    return result
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _check_same_recipe(path: Path, recipe: TeacherRecipe) -> None:
+    new = recipe.to_dict()
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(f"{path.parent.parent} holds a teacher trained with another recipe (differs in {diff}); "
+                             "use a new --out or the same options to resume")
+    else:
+        path.write_text(json.dumps(new, indent=1))
+
+
+__all__ = ["EpisodeMixer", "TeacherBatch", "teacher_loss", "train_teacher"]
