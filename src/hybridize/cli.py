@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
 
 class UserError(Exception):
@@ -18,56 +16,10 @@ class UserError(Exception):
 
 
 def _demo(args: argparse.Namespace) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from .demo import run_demo
 
-    from .models import HybridConfig, HybridForCausalLM
-    from .models.shapes import shape_config
-    from .selection import resolve_budget, uniform_layers
-
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    L = 8
-    attn = uniform_layers(L, resolve_budget(0.25, L))
-    config = HybridConfig(
-        vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=L, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=32, qk_norm=True, tie_word_embeddings=True,
-        layer_types=["full_attention" if i in attn else "linear_attention" for i in range(L)],
-        linear_mixers=args.mixer, attention_rope=False, hype_a=500.0, attention_output_gate=True,
-    )
-    print(f"[1/4] a random {L}-layer hybrid: attention in layers {attn}, {args.mixer} elsewhere (HyPE on)")
-    model = HybridForCausalLM(config).eval()
-    model.save_pretrained(out / "model")
-    print(f"[2/4] saved to {out / 'model'} (safetensors); reloading with transformers' AutoModelForCausalLM")
-    model = AutoModelForCausalLM.from_pretrained(out / "model").eval()
-    prompts = [torch.randint(1, 512, (n,)) for n in (12, 5, 9)]
-    T = max(len(p) for p in prompts)
-    ids = torch.stack([torch.cat([torch.zeros(T - len(p), dtype=torch.long), p]) for p in prompts])
-    mask = (ids != 0).long()
-    kw = dict(attention_mask=mask, max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=0)
-    t0 = time.perf_counter()
-    cached = model.generate(ids, **kw)
-    t1 = time.perf_counter()
-    uncached = model.generate(ids, use_cache=False, **kw)
-    t2 = time.perf_counter()
-    same = torch.equal(cached, uncached)
-    print(f"[3/4] greedy generation, 3 left-padded prompts x {args.new_tokens} tokens: with cache {t1 - t0:.2f}s, "
-          f"without {t2 - t1:.2f}s, identical tokens: {same}")
-    if not same:
-        raise SystemExit("hybridize: error: cached and uncached generation differ (a bug: please report it)")
-    print("[4/4] decode state per sequence, Qwen3-1.7B shape, bf16: Transformer vs 25% attention hybrid")
-    shape = shape_config("qwen3-1.7b")
-    layers = shape["num_hidden_layers"]
-    keep = uniform_layers(layers, resolve_budget(0.25, layers))
-    with torch.device("meta"):
-        teacher = HybridForCausalLM(HybridConfig(**shape))
-        hybrid = HybridForCausalLM(HybridConfig(
-            **shape, layer_types=["full_attention" if i in keep else "linear_attention" for i in range(layers)],
-            linear_mixers=args.mixer))
-    print(f"  {'context':>8} {'Transformer':>12} {'hybrid':>10} {'ratio':>6}")
-    for ctx in (4096, 32768, 131072, 524288):
-        a, b = teacher.state_size(ctx, dtype=torch.bfloat16), hybrid.state_size(ctx, dtype=torch.bfloat16)
-        print(f"  {ctx:>8} {a / 2**30:>10.2f}Gi {b / 2**30:>8.2f}Gi {b / a:>6.1%}")
+    run_demo(args.out, teacher=args.teacher, retrain_teacher=args.retrain_teacher, mixer=args.mixer,
+             device=args.device, samples=args.samples, overrides=args.overrides)
 
 
 def _layer_list(text: str) -> list[int]:
@@ -155,11 +107,16 @@ def _teacher(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build, save, reload and generate with a small random hybrid model")
+    demo = sub.add_parser("demo", help="the main job on the built-in default: convert the tiny teacher at a 25%% "
+                          "budget, evaluate teacher vs hybrid, print the table and write the report")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument("--teacher", default=None, help="a teacher folder instead of the shipped tiny teacher")
+    demo.add_argument("--retrain-teacher", action="store_true", help="train the tiny teacher anew (a few minutes)")
     demo.add_argument("--mixer", default="lightning", choices=["lightning", "gated_deltanet", "gla"])
-    demo.add_argument("--new-tokens", type=int, default=24)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--samples", type=int, default=6, help="examples per (task, length, depth)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a field of the demo recipe, e.g. --set distill.tokens=100000")
+    demo.add_argument("--device", default=None)
     demo.set_defaults(func=_demo)
     conv = sub.add_parser("convert", help="convert a Hugging Face Transformer into a hybrid (align, select, "
                           "distill, finetune)")

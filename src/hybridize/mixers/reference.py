@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 Tensor = torch.Tensor
 
@@ -94,18 +95,15 @@ def _chunked(x: Tensor, C: int) -> Tensor:
     """(B, T, H, ...) -> (B, H, N, C, ...), zero-padding T up to a multiple of C.
 
     Zero padding is neutral for every recurrence here: k = v = 0, log decay 0 and beta 0 leave the state as is."""
-    B, T = x.shape[:2]
-    pad = (-T) % C
+    pad = (-x.shape[1]) % C
     if pad:
-        x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], dim=1)
-    x = x.reshape(B, (T + pad) // C, C, *x.shape[2:])
-    return x.movedim(3, 1)  # (B, H, N, C, ...)
+        x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
+    return rearrange(x, "b (n c) h ... -> b h n c ...", c=C)
 
 
 def _unchunk(o: Tensor, T: int) -> Tensor:
     """(B, H, N, C, V) -> (B, T, H, V)."""
-    B, H, N, C, V = o.shape
-    return o.movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
+    return rearrange(o, "b h n c v -> b (n c) h v")[:, :T]
 
 
 @_per_document

@@ -22,7 +22,7 @@ class TeacherRecipe:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
-    max_position_embeddings: int
+    max_position_embeddings: int  # = the training length: evaluation reports longer contexts as beyond it
     # Training
     train: StageRecipe
     # Data: the corpus mixed with synthetic retrieval episodes, `episode_rows` of each micro-batch
@@ -60,7 +60,7 @@ SIZES = {
     "tiny": lambda: _recipe(
         "tiny",
         dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-             num_key_value_heads=2, head_dim=32, max_position_embeddings=1024),
+             num_key_value_heads=2, head_dim=32, max_position_embeddings=256),
         dict(tokens=6_000_000, seq_len=256, batch_size=16, micro_batch_size=16, lr=3e-3, min_lr=3e-4,
              warmup_steps=100, weight_decay=0.1, save_every=100),
         episode_rows=6),
@@ -68,7 +68,7 @@ SIZES = {
     "small": lambda: _recipe(
         "small",
         dict(vocab_size=16384, hidden_size=640, intermediate_size=1792, num_hidden_layers=12, num_attention_heads=10,
-             num_key_value_heads=5, head_dim=64, max_position_embeddings=4096),
+             num_key_value_heads=5, head_dim=64, max_position_embeddings=1024),
         dict(tokens=400_000_000, seq_len=1024, batch_size=128, micro_batch_size=32, lr=1.5e-3, min_lr=1.5e-4,
              warmup_steps=300, weight_decay=0.1, save_every=200),
         episode_rows=8, passkey_words=5, mqar_queries=4),
@@ -76,7 +76,7 @@ SIZES = {
     "base": lambda: _recipe(
         "base",
         dict(vocab_size=32768, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16,
-             num_key_value_heads=8, head_dim=64, max_position_embeddings=4096),
+             num_key_value_heads=8, head_dim=64, max_position_embeddings=2048),
         dict(tokens=2_000_000_000, seq_len=2048, batch_size=128, micro_batch_size=16, lr=1e-3, min_lr=1e-4,
              warmup_steps=500, weight_decay=0.1, save_every=200, checkpointing=True),
         episode_rows=4, passkey_words=5, mqar_queries=4),

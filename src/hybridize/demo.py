@@ -1,0 +1,111 @@
+"""`hybridize demo`: the main job end to end on the built-in default, on a CPU in minutes.
+
+1. the tiny teacher: the one the package ships (trained by `hybridize teacher --size tiny`), or trained anew;
+2. `hybridize convert` at a 25% attention budget with the `demo` recipe (align, select, distill, finetune);
+3. `hybridize eval`: teacher, hybrid and the all-linear stage-1 student on the same perplexity windows and the
+   same passkey / NIAH / MQAR prompts at 1x, 2x and 4x the teacher's training length;
+4. a table of the results, the report with its plots, and what the decode state costs at real sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+SHIPPED_TEACHER = "teacher-tiny"
+TASKS = ["passkey", "niah_single_2", "mqar"]
+
+
+def shipped_teacher() -> Path | None:
+    path = Path(str(resources.files("hybridize.assets").joinpath(SHIPPED_TEACHER)))
+    return path if (path / "model.safetensors").is_file() else None
+
+
+def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, retrain_teacher: bool = False,
+             mixer: str = "lightning", device: str | None = None, samples: int = 6,
+             overrides: list[str] | None = None) -> Path:
+    from .distill.recipe import load_recipe
+    from .distill.stages import Conversion, convert
+    from .evaluation.runner import EvalConfig, run_eval
+    from .teacher import train_teacher
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if teacher is None:
+        teacher = None if retrain_teacher else shipped_teacher()
+        if teacher is None:
+            print("[1/4] training the tiny teacher (hybridize teacher --size tiny) ...", flush=True)
+            train_teacher("tiny", out / "teacher", device=device)
+            teacher = out / "teacher"
+        else:
+            print(f"[1/4] the shipped tiny teacher: {teacher}", flush=True)
+    teacher = Path(teacher)
+    trained = json.loads((teacher / "config.json").read_text()).get("max_position_embeddings", 256)
+    print(f"[2/4] converting at a 25% attention budget ({mixer} mixers, HyPE) ...", flush=True)
+    recipe = load_recipe("demo", [f"mixer={mixer}", *(overrides or [])])
+    conv = Conversion(teacher, out / "hybrid", recipe, device=device)
+    convert(conv)
+    all_linear = out / "all-linear-stage1"  # a readable name in the report for stage 1's all-linear model
+    if not all_linear.exists():
+        os.symlink((out / "hybrid" / "stages" / "align" / "model").resolve(), all_linear)
+    lengths = [trained, 2 * trained, 4 * trained]
+    print(f"[3/4] evaluating teacher, hybrid and all-linear student at {lengths} tokens ...", flush=True)
+    report = out / "report"
+    run_eval(EvalConfig(models=[str(out / "hybrid"), str(all_linear)], teacher=str(teacher), out=str(report),
+                        suites=["perplexity", *TASKS], lengths=lengths, depths=[0.1, 0.5, 0.9], samples=samples,
+                        device=device, command=f"hybridize demo --out {out}"))
+    print(f"[4/4] results ({time.perf_counter() - t0:.0f} s so far); report: {report / 'report.md'}\n", flush=True)
+    print(summary_table(json.loads((report / "report.json").read_text()), lengths))
+    print()
+    print(state_size_table(mixer))
+    return report
+
+
+def summary_table(report: dict, lengths: list[int]) -> str:
+    """Rows: perplexity and exact-match recall per task; columns: model x length (1x, 2x, 4x training length)."""
+    entries = report["results"]
+    models = list(dict.fromkeys(e["model"] for e in entries))
+    cols = [f"{m}@{k}x" for m in models for k in (1, 2, 4)]
+    head = f"{'metric':<22}" + "".join(f"{c:>16}" for c in cols)
+    lines = [head, "-" * len(head)]
+    metrics = [("perplexity", "perplexity", "perplexity")] + [(f"{t} recall", t, "exact_match") for t in TASKS]
+    for label, task, metric in metrics:
+        cells = []
+        for m in models:
+            for L in lengths:
+                vals = [e["value"] for e in entries if e["model"] == m and e["task"] == task
+                        and e["metric"] == metric and e["length"] == L]
+                v = sum(vals) / len(vals) if vals else float("nan")
+                cells.append(f"{v:>16.2f}" if metric == "perplexity" else f"{v:>15.0%} ")
+        lines.append(f"{label:<22}" + "".join(cells))
+    lines.append("(1x = the teacher's training length; 2x and 4x are beyond it. Recall is exact match on generated "
+                 "answers; perplexity is on held-out windows of the built-in corpus.)")
+    return "\n".join(lines)
+
+
+def state_size_table(mixer: str) -> str:
+    """Decode state per sequence at real sizes: the Qwen3-1.7B shape as a Transformer vs a 25% hybrid."""
+    from .models import HybridConfig, HybridForCausalLM
+    from .models.shapes import shape_config
+    from .selection import resolve_budget, uniform_layers
+
+    shape = shape_config("qwen3-1.7b")
+    L = shape["num_hidden_layers"]
+    keep = uniform_layers(L, resolve_budget(0.25, L))
+    with torch.device("meta"):
+        transformer = HybridForCausalLM(HybridConfig(**shape))
+        hybrid = HybridForCausalLM(HybridConfig(
+            **shape, layer_types=["full_attention" if i in keep else "linear_attention" for i in range(L)],
+            linear_mixers=mixer))
+    lines = ["decode state per sequence, Qwen3-1.7B shape, bf16:",
+             f"  {'context':>8} {'Transformer':>12} {'25% hybrid':>11} {'ratio':>6}"]
+    for ctx in (4096, 32768, 131072, 524288):
+        a, b = transformer.state_size(ctx, dtype=torch.bfloat16), hybrid.state_size(ctx, dtype=torch.bfloat16)
+        lines.append(f"  {ctx:>8} {a / 2**30:>10.2f}Gi {b / 2**30:>9.2f}Gi {b / a:>6.1%}")
+    return "\n".join(lines)
