@@ -28,3 +28,11 @@ def uniform_layers(num_layers: int, k: int) -> list[int]:
     if not 1 <= k <= num_layers:
         raise ValueError(f"number of attention layers must be in 1..{num_layers}, got {k}")
     return [(i + 1) * num_layers // k - 1 for i in range(k)]
+
+
+def select(ctx, k: int):
+    """Evenly spaced (`uniform_layers`); scores mark the chosen layers (1) and the others (0)."""
+    from .base import SelectionResult
+
+    layers = uniform_layers(ctx.num_layers, k)
+    return SelectionResult(layers, [1.0 if i in layers else 0.0 for i in range(ctx.num_layers)], tokens=0)
