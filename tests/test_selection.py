@@ -288,3 +288,23 @@ def test_cli_select(stage1, tmp_path):
     out = _cli("select", "--teacher", teacher, "--out", str(tmp_path / "b"), "--selector", "flashmorph",
                "--device", "cpu")
     assert out.returncode == 2 and "run `hybridize align` first" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("selector, overrides", [("halo", []), ("explicit", ["keep_layers=[1, 2]"])])
+def test_select_stage_dispatches_and_assemble_follows(selector, overrides, stage1, tmp_path):
+    """The pipeline's select stage: the registry (or keep_layers), done.json == selection.json, and the hybrid that
+    stage 2 starts from keeps attention exactly in the chosen layers."""
+    import shutil
+
+    from hybridize.distill.stages import assemble, select
+
+    recipe = load_recipe("smoke", [f"selector={'uniform' if selector == 'explicit' else selector}", *overrides])
+    conv = Conversion(stage1.teacher, tmp_path / "out", recipe, data=stage1.data, device="cpu")
+    shutil.copytree(stage1.stage_dir("align"), conv.stage_dir("align"))  # stage 1 as done before
+    done = select(conv)
+    saved = json.loads((conv.stage_dir("select") / "selection.json").read_text())
+    assert saved["selector"] == selector and done["layers"] == saved["layers"] and done["scores"] == saved["scores"]
+    assert (conv.stage_dir("select") / "scores.png").is_file() and done["device"] == "cpu"
+    if selector == "explicit":
+        assert done["layers"] == [1, 2] and done["budget"] == 2
+    assert assemble(conv).config.attention_layers == done["layers"]

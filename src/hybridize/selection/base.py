@@ -20,6 +20,7 @@ import torch
 from ..convert import build_student, student_config
 from ..data.sources import iter_documents
 from ..data.synthetic import FillerTokens
+from ..distill.recipe import Recipe
 from ..models import HybridConfig, HybridForCausalLM
 
 
@@ -35,7 +36,7 @@ class SelectionResult:
 class SelectionContext:
     teacher: HybridForCausalLM  # all attention, the teacher's own semantics (RoPE, no HyPE)
     tokenizer: Any
-    recipe: Any  # hybridize.distill.recipe.Recipe; `recipe.select` is a SelectRecipe
+    recipe: Recipe  # `recipe.select` holds the selectors' numbers, `recipe.seed` seeds them
     run_dir: Path
     device: torch.device
     data: str | list[str] | None = None  # the conversion's data spec (None = the built-in corpus)

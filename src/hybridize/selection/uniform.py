@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import SelectionContext, SelectionResult
+
 
 def resolve_budget(budget: float | int | str, num_layers: int) -> int:
     """Number of attention layers K for a budget: a fraction in (0, 1) of the layers (rounded to nearest), or a
@@ -30,9 +32,7 @@ def uniform_layers(num_layers: int, k: int) -> list[int]:
     return [(i + 1) * num_layers // k - 1 for i in range(k)]
 
 
-def select(ctx, k: int):
+def select(ctx: SelectionContext, k: int) -> SelectionResult:
     """Evenly spaced (`uniform_layers`); scores mark the chosen layers (1) and the others (0)."""
-    from .base import SelectionResult
-
     layers = uniform_layers(ctx.num_layers, k)
     return SelectionResult(layers, [1.0 if i in layers else 0.0 for i in range(ctx.num_layers)], tokens=0)
