@@ -20,10 +20,11 @@ from hybridize.distill.recipe import load_recipe, recipe_from_dict, save_recipe
 from hybridize.distill.stages import Conversion, align
 from hybridize.selection import (SELECTORS, SelectionContext, get_selector, resolve_budget, run_selection,
                                  swapped_model, top_k, uniform_layers)
-from hybridize.selection.flashmorph import MorphableModel, answer_positions, teacher_states
+from hybridize.data.synthetic import FillerTokens, generate, task_config
+from hybridize.selection.flashmorph import MorphableModel, PasskeyBatches, answer_positions, teacher_states
 from hybridize.selection.halo import halo_scores
 from hybridize.selection.random_layers import random_layers
-from teachers import TEXTS, make_teacher
+from teachers import TEXTS, make_teacher, make_tokenizer
 
 LEARNED = ("halo", "kl_guided", "flashmorph")
 
@@ -151,6 +152,35 @@ def test_answer_positions_are_where_the_answer_is_predicted():
     assert answer_positions(labels).tolist() == [[False, False, True, True, False, False, True, False]]
 
 
+def test_passkey_batches_are_padded_after_each_example_and_resumable():
+    tok = make_tokenizer()
+    filler = FillerTokens.build(tok, TEXTS)
+    options = {"num_passkeys": 2, "words_per_passkey": 3}
+
+    def make(lengths=(256, 320)):
+        return PasskeyBatches(tok, filler, "passkey", options, list(lengths), 800, seed=1)
+
+    a = make()
+    batches = [next(a) for _ in range(3)]
+    assert [b.input_ids.shape[0] for b in batches] == [3, 2, 3] and all(b.cu_seqlens is None for b in batches)
+    padded = 0
+    for m, batch in enumerate(batches):
+        cfg = task_config("passkey", length=(256, 320)[m % 2], **options)
+        for row in range(batch.input_ids.shape[0]):
+            ex = generate(cfg, 1 * 10**12 + m * 10**6 + row, tok, filler)
+            n = len(ex.input_ids)
+            assert batch.input_ids[row, :n].tolist() == ex.input_ids and batch.labels[row, :n].tolist() == ex.labels
+            assert (batch.input_ids[row, n:] == tok.pad_token_id).all() and (batch.labels[row, n:] == -100).all()
+            padded += n < batch.input_ids.shape[1]
+        assert int(answer_positions(batch.labels).sum()) == int((batch.labels != -100).sum())
+    assert padded  # answers of different token lengths share a micro-batch
+    b = make()
+    b.load_state_dict({**a.state_dict(), "step": 1})
+    assert torch.equal(next(b).input_ids, batches[1].input_ids)
+    with pytest.raises(ValueError, match="the saved data had lengths=\\[256, 320\\], this run has \\[256\\]"):
+        make([256]).load_state_dict(a.state_dict())
+
+
 @pytest.mark.parametrize("name", list(SELECTORS))
 def test_every_selector_returns_k_distinct_valid_layers(name, stage1, tmp_path):
     """Budgets 1..L and a fraction, in one run directory (the learned selectors reuse their measurements)."""
@@ -264,6 +294,7 @@ def test_select_section_of_the_recipe(tmp_path):
         "select.halo_tasks=[needle]": "select.halo_tasks names 'needle'; allowed: \\[",
         "select.flashmorph_task_options={num_keys: 2}": "select.flashmorph_task_options: task 'passkey_flashmorph' "
                                                          "has no option 'num_keys'",
+        "select.halo_task_options={length: 9}": "select.halo_task_options cannot set length; use select.halo_lengths",
         "select.kl_batch_size=6": "select.kl_batch_size=6 must be a multiple of select.kl_micro_batch_size=4",
         "select.flashmorph_steps=3": "unknown field\\(s\\) \\['select.flashmorph_steps'\\]",
         "select=3": "recipe section 'select' must be a mapping",

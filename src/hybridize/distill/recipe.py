@@ -130,6 +130,8 @@ class SelectRecipe:
             options = getattr(self, f"{prefix}_task_options")
             if not isinstance(options, dict):
                 raise ValueError(f"select.{prefix}_task_options must be a mapping of task options, got {options!r}")
+            if "length" in options:
+                raise ValueError(f"select.{prefix}_task_options cannot set length; use select.{prefix}_lengths")
             for task in tasks:
                 if task not in TASKS:
                     raise ValueError(f"select.{prefix}_task{'s' if prefix == 'halo' else ''} names {task!r}; "

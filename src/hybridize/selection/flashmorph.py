@@ -32,8 +32,6 @@ resume, metrics.jsonl with every gate at every step, TensorBoard.
 from __future__ import annotations
 
 import json
-from itertools import accumulate
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,7 +116,8 @@ def morph_loss(model: MorphableModel, batch: Batch, lam: float) -> tuple[Tensor,
 
 class PasskeyBatches:
     """FlashMorph's training data: micro-batch m holds examples of prompt length lengths[m % len(lengths)], as many
-    as fit `micro_batch_tokens` (at least one), packed into one row (1, N) with cu_seqlens so that none sees another.
+    as fit `micro_batch_tokens` (at least one), as rows (B, T) right-padded to the longest answer. Pads only follow
+    an example, so plain causal attention needs no mask and nothing before them changes; their labels are -100.
     Example b of micro-batch m is `generate(config, seed * 10**12 + m * 10**6 + b)`: a pure function of (config,
     seed, m), so the position m is the whole state (resumable)."""
 
@@ -126,6 +125,7 @@ class PasskeyBatches:
                  micro_batch_tokens: int, seed: int):
         self.configs = [task_config(task, length=n, **options) for n in lengths]
         self.tokenizer, self.filler = tokenizer, filler
+        self.pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
         self.micro_batch_tokens, self.seed = micro_batch_tokens, seed
         self.step = 0
 
@@ -139,11 +139,14 @@ class PasskeyBatches:
             raise ValueError(f"{count} examples per micro-batch; use fewer micro-batch tokens or longer prompts")
         examples = [generate(cfg, self.seed * 10**12 + self.step * 10**6 + b, self.tokenizer, self.filler)
                     for b in range(count)]
-        ids = torch.tensor([t for ex in examples for t in ex.input_ids]).unsqueeze(0)  # (1, N)
-        labels = torch.tensor([t for ex in examples for t in ex.labels]).unsqueeze(0)
-        cu = torch.tensor([0, *accumulate(len(ex.input_ids) for ex in examples)])  # (count + 1,)
+        T = max(len(ex.input_ids) for ex in examples)  # prompt (cfg.length) + the longest answer
+        ids = torch.full((count, T), self.pad, dtype=torch.long)
+        labels = torch.full((count, T), IGNORE_INDEX, dtype=torch.long)
+        for b, ex in enumerate(examples):
+            ids[b, :len(ex.input_ids)] = torch.tensor(ex.input_ids)
+            labels[b, :len(ex.labels)] = torch.tensor(ex.labels)
         self.step += 1
-        return Batch(ids, labels, cu, ids.shape[1])
+        return Batch(ids, labels, None, count * T)
 
     def state_dict(self) -> dict:
         return {"step": self.step, "seed": self.seed, "lengths": [c.length for c in self.configs],
