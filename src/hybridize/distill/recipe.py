@@ -116,6 +116,9 @@ class SelectRecipe:
         for name in ("kl_lr", "kl_min_lr", "flashmorph_lr", "flashmorph_min_lr", "flashmorph_lambda"):
             if not _number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"select.{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.halo_lm_seq_len < 2:
+            raise ValueError(f"select.halo_lm_seq_len must be >= 2 (a token predicted from another), got "
+                             f"{self.halo_lm_seq_len}")
         if self.kl_batch_size % self.kl_micro_batch_size:
             raise ValueError(f"select.kl_batch_size={self.kl_batch_size} must be a multiple of "
                              f"select.kl_micro_batch_size={self.kl_micro_batch_size}")

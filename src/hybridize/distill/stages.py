@@ -20,7 +20,7 @@ from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import source_files, spec_items
 from ..models import HybridForCausalLM
-from ..selection import SelectionContext, run_selection, write_selection
+from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
 from .loop import TrainResult, train
 from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
@@ -123,6 +123,7 @@ def align(conv: Conversion) -> dict:
     if (done := conv.done("align")) is not None:
         return done
     teacher = conv.load_teacher()
+    check_synthetic_data(conv.recipe, teacher.tokenizer, conv.data)  # the selection's prompts fit: fail before training
     run_dir = conv.stage_dir("align")
     conv.seed("align")
     model = build_student(teacher.model, conv.student_config([])).float().to(conv.device)
@@ -161,6 +162,7 @@ def select(conv: Conversion) -> dict:
                   "device": _device_name(conv.device), "details": {}}
         write_selection(run_dir, record)
     else:
+        check_synthetic_data(r, teacher.tokenizer, conv.data)
         aligned = conv.stage_dir("align") / "model" if conv.done("align") else None
         ctx = SelectionContext(teacher=teacher.model, tokenizer=teacher.tokenizer, recipe=r, run_dir=run_dir,
                                device=conv.device, data=conv.data, aligned_dir=aligned)

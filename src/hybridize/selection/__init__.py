@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from ..data.sources import iter_documents
+from ..data.synthetic import FillerTokens, generate, task_config
 from . import flashmorph, halo, kl_guided, random_layers, uniform
 from .base import Selector, SelectionContext, SelectionResult, swap_config, swapped_model, top_k
 from .report import write_selection
@@ -54,9 +56,30 @@ def run_selection(name: str, ctx: SelectionContext, budget: float | int | str) -
     return record
 
 
+def check_synthetic_data(recipe, tokenizer, data) -> None:
+    """Build one example of every (task, prompt length) the recipe's selector will use, so that a length too short
+    for a task's template and needles in this tokenizer fails at once (before stage 1), naming the field."""
+    s = recipe.select
+    if recipe.keep_layers is not None or recipe.selector not in ("halo", "flashmorph"):
+        return
+    if recipe.selector == "halo":
+        tasks, options, lengths, name = s.halo_tasks, s.halo_task_options, s.halo_lengths, "halo_lengths"
+    else:
+        tasks, options = [s.flashmorph_task], s.flashmorph_task_options
+        lengths, name = s.flashmorph_lengths, "flashmorph_lengths"
+    filler = FillerTokens.build(tokenizer, iter_documents(data), max_tokens=4096)  # lengths do not depend on it
+    for task in tasks:
+        for n in lengths:
+            try:
+                generate(task_config(task, length=n, **options), 0, tokenizer, filler)
+            except ValueError as err:
+                raise ValueError(f"select.{name}: {err}") from None
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-__all__ = ["SELECTORS", "SelectionContext", "SelectionResult", "Selector", "get_selector", "resolve_budget",
+__all__ = ["SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",
+           "resolve_budget",
            "run_selection", "swap_config", "swapped_model", "top_k", "uniform_layers", "write_selection"]
