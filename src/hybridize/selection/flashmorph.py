@@ -22,7 +22,8 @@ optimizer step, rather than a_l = sigmoid(w_l):
   hybrid will have; projected gradient descent may also bring a gate back from 0 when the MSE asks for it (a clamp
   inside the forward would block its gradient for good).
 The projection runs at the start of each loss evaluation (the shared loop has no post-step hook): the same as
-right after the previous step, since nothing reads the gates in between; the final gates are projected too.
+right after the previous step, since nothing reads the gates in between (a checkpoint may hold an unprojected
+step, projected again on resume); the final gates are projected too.
 
 Gates that end equal (several can sit at 0) are ordered by their mean over training: the one that fell later did
 more work. The training runs in the shared loop (`distill.loop.train`): checkpoints (the gates + optimizer),
@@ -32,6 +33,7 @@ resume, metrics.jsonl with every gate at every step, TensorBoard.
 from __future__ import annotations
 
 import json
+
 import torch
 import torch.nn.functional as F
 from torch import nn
