@@ -7,7 +7,7 @@ dataclasses, read from YAML files with `--set key=value` overrides. Built-in rec
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,92 @@ class StageRecipe:
             raise ValueError(f"{stage}.betas must be two numbers in [0, 1), got {self.betas!r}")
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class SelectRecipe:
+    """The numbers of the layer selectors (`hybridize select --selector NAME`). The defaults run every selector in
+    seconds on a tiny teacher (the smoke recipe); `halo-qwen3-1.7b.yaml` has the published ones where they exist.
+    Budgets in tokens count what the selector runs through its models."""
+
+    eval_data: str | list[str] | None = None  # text for HALO's LM score and KL-guided's KL; None = the conversion's
+    # halo: R = mean exact match on synthetic recall tasks, C = mean log-likelihood per token of held-out text
+    halo_tasks: list[str] = field(default_factory=lambda: ["passkey"])  # synthetic task names (hybridize.data.synthetic)
+    halo_task_options: dict = field(default_factory=dict)  # task_config overrides for every task, e.g. num_keys
+    halo_lengths: list[int] = field(default_factory=lambda: [256])  # prompt lengths (tokens) of the recall examples
+    halo_examples: int = 4  # recall examples per task and length
+    halo_lm_sequences: int = 4  # held-out text windows for C
+    halo_lm_seq_len: int = 128
+    halo_batch_tokens: int = 8192  # tokens per evaluation batch
+    # kl_guided: one short stage-2 distillation per layer (and one all-linear baseline), then KL on held-out text
+    kl_tokens: int = 1024  # training tokens of each short distillation
+    kl_seq_len: int = 64
+    kl_batch_size: int = 4
+    kl_micro_batch_size: int = 4
+    kl_lr: float = 1.0e-3  # peak LR (cosine to kl_min_lr) for every student parameter
+    kl_min_lr: float = 1.0e-5
+    kl_eval_sequences: int = 8  # held-out sequences of kl_seq_len tokens the KL is measured on
+    # flashmorph: gates a_l of the morphable model trained on synthetic passkey data
+    flashmorph_tokens: int = 16384
+    flashmorph_lengths: list[int] = field(default_factory=lambda: [4096])  # prompt lengths, cycled per micro-batch
+    flashmorph_micro_batch_tokens: int = 4096  # examples of one length packed into one row of about this many tokens
+    flashmorph_batch_size: int = 1  # micro-batches per optimizer step
+    flashmorph_lr: float = 2.0e-2  # gate LR, cosine down to flashmorph_min_lr (FlashMorph: 2e-2 -> 2e-3)
+    flashmorph_min_lr: float = 2.0e-3
+    flashmorph_lambda: float = 0.1  # weight of sum_l a_l (FlashMorph: 0.1)
+    flashmorph_task: str = "passkey_flashmorph"  # 10 passkeys x 32 words, one asked (FlashMorph's data)
+    flashmorph_task_options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from ..data.synthetic import TASKS, task_config
+
+        ints = ("halo_examples", "halo_lm_sequences", "halo_lm_seq_len", "halo_batch_tokens", "kl_tokens",
+                "kl_seq_len", "kl_batch_size", "kl_micro_batch_size", "kl_eval_sequences", "flashmorph_tokens",
+                "flashmorph_micro_batch_tokens", "flashmorph_batch_size")
+        for name in ints:
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"select.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("kl_lr", "kl_min_lr", "flashmorph_lr", "flashmorph_min_lr", "flashmorph_lambda"):
+            if not _number(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"select.{name} must be a number >= 0, got {getattr(self, name)!r}")
+        if self.halo_lm_seq_len < 2:
+            raise ValueError(f"select.halo_lm_seq_len must be >= 2 (a token predicted from another), got "
+                             f"{self.halo_lm_seq_len}")
+        if self.kl_batch_size % self.kl_micro_batch_size:
+            raise ValueError(f"select.kl_batch_size={self.kl_batch_size} must be a multiple of "
+                             f"select.kl_micro_batch_size={self.kl_micro_batch_size}")
+        for name in ("halo_lengths", "flashmorph_lengths"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not value or not all(_positive_int(n) for n in value):
+                raise ValueError(f"select.{name} must be a non-empty list of positive token counts, got {value!r}")
+        if not isinstance(self.halo_tasks, list) or not self.halo_tasks:
+            raise ValueError(f"select.halo_tasks must be a non-empty list of task names; allowed: {sorted(TASKS)}")
+        for prefix, tasks, lengths in (("halo", self.halo_tasks, self.halo_lengths),
+                                       ("flashmorph", [self.flashmorph_task], self.flashmorph_lengths)):
+            options = getattr(self, f"{prefix}_task_options")
+            if not isinstance(options, dict):
+                raise ValueError(f"select.{prefix}_task_options must be a mapping of task options, got {options!r}")
+            if "length" in options:
+                raise ValueError(f"select.{prefix}_task_options cannot set length; use select.{prefix}_lengths")
+            for task in tasks:
+                if task not in TASKS:
+                    raise ValueError(f"select.{prefix}_task{'s' if prefix == 'halo' else ''} names {task!r}; "
+                                     f"allowed: {sorted(TASKS)}")
+                try:  # bad option names or values fail now, not after an hour of stage 1
+                    task_config(task, length=max(lengths), **options)
+                except ValueError as err:
+                    raise ValueError(f"select.{prefix}_task_options: {err}") from None
+        if self.eval_data is not None and not isinstance(self.eval_data, (str, list)):
+            raise ValueError(f"select.eval_data must be a data spec (a path, a name or a list of them) or null, "
+                             f"got {self.eval_data!r}")
+
+
 @dataclass
 class Recipe:
     align: StageRecipe
@@ -79,6 +165,7 @@ class Recipe:
     document_masking: bool = True  # packed documents do not see each other (cu_seqlens)
     data: str | list[str] | None = None  # default data spec when --data is not given (None = built-in corpus)
     notes: str = ""
+    select: SelectRecipe = field(default_factory=SelectRecipe)  # the selectors' numbers (optional section)
 
     def validate(self, world_size: int = 1) -> None:
         if self.mixer not in MIXER_CHOICES:
@@ -90,8 +177,23 @@ class Recipe:
         if self.keep_layers is not None and (not isinstance(self.keep_layers, list)
                                              or not all(isinstance(i, int) for i in self.keep_layers)):
             raise ValueError(f"keep_layers must be a list of layer indices, got {self.keep_layers!r}")
+        self._validate_selection()
         for stage in ("align", "distill", "finetune"):
             getattr(self, stage).validate(stage, world_size)
+        self.select.validate()
+
+    def _validate_selection(self) -> None:
+        from ..selection import SELECTORS  # the registry imports this module; its names are known by now
+
+        if self.selector not in SELECTORS:
+            raise ValueError(f"unknown selector {self.selector!r}; available: {sorted(SELECTORS)}")
+        # The budget's upper end depends on the teacher's depth, checked when the selection runs (resolve_budget).
+        try:
+            value = float(str(self.budget).strip())
+        except ValueError:
+            value = None
+        if value is None or not (0 < value < 1 or (value >= 1 and value == int(value))):
+            raise ValueError(f"budget must be a fraction in (0, 1) or a whole layer count >= 1, got {self.budget!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,10 +246,11 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-_FLOAT_FIELDS = ("lr", "min_lr", "lr_pretrained", "weight_decay", "grad_clip", "hype_a")
+_FLOAT_FIELDS = ("lr", "min_lr", "lr_pretrained", "weight_decay", "grad_clip", "hype_a", "kl_lr", "kl_min_lr",
+                 "flashmorph_lr", "flashmorph_min_lr", "flashmorph_lambda")
 
 
-def _coerce_floats(section: dict[str, Any]) -> dict[str, Any]:
+def _coerce_floats(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """YAML reads 1e-4 (no dot) as a string; accept it for the float fields."""
     out = dict(section)
     for name in _FLOAT_FIELDS:
@@ -155,7 +258,7 @@ def _coerce_floats(section: dict[str, Any]) -> dict[str, Any]:
             try:
                 out[name] = float(out[name])
             except ValueError:
-                raise ValueError(f"{name} must be a number, got {out[name]!r}") from None
+                raise ValueError(f"{prefix}{name} must be a number, got {out[name]!r}") from None
     return out
 
 
@@ -181,9 +284,25 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         if "betas" in section:
             section["betas"] = tuple(section["betas"])
         raw[stage] = StageRecipe(**section)
+    raw["select"] = _select_recipe(raw.get("select"))
     recipe = Recipe(**raw)
     recipe.validate()
     return recipe
+
+
+def _select_recipe(section: Any) -> SelectRecipe:
+    """The optional `select` section (missing or null: the defaults)."""
+    if section is None:
+        return SelectRecipe()
+    if isinstance(section, SelectRecipe):
+        return section
+    if not isinstance(section, dict):
+        raise ValueError(f"recipe section 'select' must be a mapping of fields, got {type(section).__name__}")
+    allowed = {f.name for f in dataclasses.fields(SelectRecipe)}
+    bad = sorted(set(section) - allowed)
+    if bad:
+        raise ValueError(f"unknown field(s) {[f'select.{b}' for b in bad]}; allowed: {sorted(allowed)}")
+    return SelectRecipe(**_coerce_floats(section, "select."))
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
@@ -193,4 +312,4 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-__all__ = ["Recipe", "StageRecipe", "STAGES", "builtin_recipes", "load_recipe", "recipe_from_dict", "save_recipe"]
+__all__ = ["Recipe", "SelectRecipe", "StageRecipe", "STAGES", "builtin_recipes", "load_recipe", "recipe_from_dict", "save_recipe"]

@@ -11,7 +11,6 @@ output model) and is resumable: run again, it continues from its last checkpoint
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import source_files, spec_items
 from ..models import HybridForCausalLM
-from ..selection import resolve_budget, uniform_layers
+from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
 from .loop import TrainResult, train
 from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
@@ -124,6 +123,7 @@ def align(conv: Conversion) -> dict:
     if (done := conv.done("align")) is not None:
         return done
     teacher = conv.load_teacher()
+    check_synthetic_data(conv.recipe, teacher.tokenizer, conv.data)  # the selection's prompts fit: fail before training
     run_dir = conv.stage_dir("align")
     conv.seed("align")
     model = build_student(teacher.model, conv.student_config([])).float().to(conv.device)
@@ -144,29 +144,31 @@ def align(conv: Conversion) -> dict:
 
 
 def select(conv: Conversion) -> dict:
-    """Stage between 1 and 2: which layers keep attention. Explicit `keep_layers`, or the recipe's selector under its
-    budget. (The learned selectors - halo, kl_guided, flashmorph - come with their own module.)"""
+    """Stage between 1 and 2: which layers keep attention. Explicit `keep_layers`, or the recipe's selector
+    (hybridize.selection.SELECTORS: uniform, random, halo, kl_guided, flashmorph) under its budget. Writes
+    selection.json and scores.png into stages/select/."""
     if (done := conv.done("select")) is not None:
         return done
-    t0 = time.perf_counter()
-    L = conv.load_teacher().model.config.num_hidden_layers
+    teacher = conv.load_teacher()
+    L = teacher.model.config.num_hidden_layers
     r = conv.recipe
+    run_dir = conv.stage_dir("select")
     if r.keep_layers is not None:
         layers = sorted(set(r.keep_layers))
         if not layers or any(not 0 <= i < L for i in layers):
             raise ValueError(f"keep_layers {r.keep_layers} must be distinct layer indices in 0..{L - 1}")
-        selector, scores = "explicit", [1.0 if i in layers else 0.0 for i in range(L)]
-    elif r.selector == "uniform":
-        layers = uniform_layers(L, resolve_budget(r.budget, L))
-        selector, scores = "uniform", [1.0 if i in layers else 0.0 for i in range(L)]
+        record = {"selector": "explicit", "budget": len(layers), "layers": layers,
+                  "scores": [1.0 if i in layers else 0.0 for i in range(L)], "tokens": 0, "seconds": 0.0,
+                  "device": _device_name(conv.device), "details": {}}
+        write_selection(run_dir, record)
     else:
-        raise ValueError(f"selector {r.selector!r} is not available; available: ['uniform'] or keep_layers")
-    record = {"selector": selector, "budget": r.budget, "layers": layers, "scores": scores, "tokens": 0,
-              "seconds": time.perf_counter() - t0}
-    run_dir = conv.stage_dir("select")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "selection.json").write_text(json.dumps(record | {"device": _device_name(conv.device)}, indent=1))
-    return conv.mark_done("select", record)
+        check_synthetic_data(r, teacher.tokenizer, conv.data)
+        aligned = conv.stage_dir("align") / "model" if conv.done("align") else None
+        ctx = SelectionContext(teacher=teacher.model, tokenizer=teacher.tokenizer, recipe=r, run_dir=run_dir,
+                               device=conv.device, data=conv.data, aligned_dir=aligned)
+        conv.seed("select")
+        record = run_selection(r.selector, ctx, r.budget)
+    return conv.mark_done("select", {k: v for k, v in record.items() if k != "details"})
 
 
 def _attention_layers(conv: Conversion) -> list[int]:

@@ -1,5 +1,85 @@
-"""Choosing which layers keep softmax attention under a budget."""
+"""Choosing which layers keep softmax attention under a budget: a registry of selectors, all run the same way.
 
+    record = run_selection("flashmorph", ctx, budget=0.25)   # k = resolve_budget(0.25, L); writes selection.json
+
+A selector is a function `(SelectionContext, k) -> SelectionResult`; add one with `SELECTORS["name"] = fn`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..data.sources import iter_documents
+from ..data.synthetic import FillerTokens, generate, task_config
+from . import flashmorph, halo, kl_guided, random_layers, uniform
+from .base import Selector, SelectionContext, SelectionResult, swap_config, swapped_model, top_k
+from .report import write_selection
 from .uniform import resolve_budget, uniform_layers
 
-__all__ = ["resolve_budget", "uniform_layers"]
+SELECTORS: dict[str, Selector] = {
+    "uniform": uniform.select,
+    "random": random_layers.select,
+    "halo": halo.select,
+    "kl_guided": kl_guided.select,
+    "flashmorph": flashmorph.select,
+}
+
+
+def get_selector(name: str) -> Selector:
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selector {name!r}; available: {sorted(SELECTORS)}")
+    return SELECTORS[name]
+
+
+def run_selection(name: str, ctx: SelectionContext, budget: float | int | str) -> dict:
+    """Run selector `name` for `budget` (a fraction of the layers or a count), check its answer, write selection.json
+    and scores.png into ctx.run_dir; returns the record (selector, budget, layers, scores, tokens, seconds, device,
+    details)."""
+    selector = get_selector(name)
+    L = ctx.num_layers
+    k = resolve_budget(budget, L)
+    t0 = time.perf_counter()
+    result = selector(ctx, k)
+    seconds = time.perf_counter() - t0
+    layers = [int(i) for i in result.layers]
+    if len(set(layers)) != k or any(not 0 <= i < L for i in layers):
+        raise ValueError(f"selector {name!r} returned layers {result.layers}; it must return {k} distinct layer "
+                         f"indices in 0..{L - 1}")
+    if len(result.scores) != L:
+        raise ValueError(f"selector {name!r} returned {len(result.scores)} scores; it must return one per layer ({L})")
+    record = {"selector": name, "budget": budget, "layers": sorted(layers),
+              "scores": [float(s) for s in result.scores], "tokens": int(result.tokens), "seconds": seconds,
+              "device": device_name(ctx.device), "details": result.details}
+    write_selection(ctx.run_dir, record)
+    return record
+
+
+def check_synthetic_data(recipe, tokenizer, data) -> None:
+    """Build one example of every (task, prompt length) the recipe's selector will use, so that a length too short
+    for a task's template and needles in this tokenizer fails at once (before stage 1), naming the field."""
+    s = recipe.select
+    if recipe.keep_layers is not None or recipe.selector not in ("halo", "flashmorph"):
+        return
+    if recipe.selector == "halo":
+        tasks, options, lengths, name = s.halo_tasks, s.halo_task_options, s.halo_lengths, "halo_lengths"
+    else:
+        tasks, options = [s.flashmorph_task], s.flashmorph_task_options
+        lengths, name = s.flashmorph_lengths, "flashmorph_lengths"
+    filler = FillerTokens.build(tokenizer, iter_documents(data), max_tokens=4096)  # lengths do not depend on it
+    for task in tasks:
+        for n in lengths:
+            try:
+                generate(task_config(task, length=n, **options), 0, tokenizer, filler)
+            except ValueError as err:
+                raise ValueError(f"select.{name}: {err}") from None
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+__all__ = ["SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",
+           "resolve_budget",
+           "run_selection", "swap_config", "swapped_model", "top_k", "uniform_layers", "write_selection"]

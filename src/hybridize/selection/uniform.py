@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .base import SelectionContext, SelectionResult
+
 
 def resolve_budget(budget: float | int | str, num_layers: int) -> int:
     """Number of attention layers K for a budget: a fraction in (0, 1) of the layers (rounded to nearest), or a
@@ -28,3 +30,9 @@ def uniform_layers(num_layers: int, k: int) -> list[int]:
     if not 1 <= k <= num_layers:
         raise ValueError(f"number of attention layers must be in 1..{num_layers}, got {k}")
     return [(i + 1) * num_layers // k - 1 for i in range(k)]
+
+
+def select(ctx: SelectionContext, k: int) -> SelectionResult:
+    """Evenly spaced (`uniform_layers`); scores mark the chosen layers (1) and the others (0)."""
+    layers = uniform_layers(ctx.num_layers, k)
+    return SelectionResult(layers, [1.0 if i in layers else 0.0 for i in range(ctx.num_layers)], tokens=0)

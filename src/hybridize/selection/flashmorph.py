@@ -1,0 +1,206 @@
+"""FlashMorph's selection (arXiv 2606.30562, METHODS.md): learn one gate per layer, keep the k largest.
+
+The morphable model: in every layer l, mixer output = a_l * attention_l(x) + (1 - a_l) * mixer_l(x), where
+attention_l is the teacher's and mixer_l the stage-1 aligned mixer; norms, MLPs, embeddings are the teacher's. All
+weights are frozen; only the L gates train, from a_l = 1 (the morphable model starts as the teacher). Loss, on
+synthetic passkey data (`select.flashmorph_task`, FlashMorph's 10 passkeys x 32 words by default):
+
+    (1/L) sum_l MSE(h_l, h_l^teacher) over the answer positions  +  lambda * sum_l a_l,   lambda = 0.1
+
+h_l is the residual stream after block l, (n_answer, hidden). "Answer positions" are the positions whose next token
+is an answer token, the ones a CE loss on the answer reads: the prompt's last token (which must produce the first
+answer token) and every answer token but the last. Gate LR 2e-2 -> 2e-3 (cosine), AdamW without weight decay.
+
+How a_l stays in [0, 1] (FlashMorph does not say): a plain parameter, projected onto [0, 1] (clamped) after every
+optimizer step, rather than a_l = sigmoid(w_l):
+* a_l = 1 exactly at the start, as the method says, so the morphable model starts as the teacher (MSE 0); a sigmoid
+  never reaches 1, so it would start at some a < 1 chosen by us, not by the method.
+* The optimizer works in gate units: the published LR means "a gate moves about 2e-2 per step" (Adam's steps are
+  ~LR). Through a sigmoid, the step in a is LR * a(1 - a): near the ends (where every gate starts, and where the
+  useless ones should go) the gates crawl, and the published LR no longer means what it meant.
+* A gate can reach exactly 0 or 1, where the morphable layer *is* the linear layer or the attention layer the final
+  hybrid will have; projected gradient descent may also bring a gate back from 0 when the MSE asks for it (a clamp
+  inside the forward would block its gradient for good).
+The projection runs at the start of each loss evaluation (the shared loop has no post-step hook): the same as
+right after the previous step, since nothing reads the gates in between (a checkpoint may hold an unprojected
+step, projected again on resume); the final gates are projected too.
+
+Gates that end equal (several can sit at 0) are ordered by their mean over training: the one that fell later did
+more work. The training runs in the shared loop (`distill.loop.train`): checkpoints (the gates + optimizer),
+resume, metrics.jsonl with every gate at every step, TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.loader import IGNORE_INDEX, Batch
+from ..data.synthetic import FillerTokens, generate, task_config
+from ..distill.loop import train
+from ..distill.recipe import StageRecipe
+from ..models import HybridForCausalLM
+from .base import SelectionContext, SelectionResult, top_k
+
+Tensor = torch.Tensor
+
+
+class MorphableModel(nn.Module):
+    """The teacher with every layer's mixer output = a_l * attention_l + (1 - a_l) * aligned mixer_l (frozen), the
+    gates `gates` (L,) fp32 the only trainable parameters."""
+
+    def __init__(self, teacher: HybridForCausalLM, aligned: HybridForCausalLM):
+        super().__init__()
+        L = teacher.config.num_hidden_layers
+        if aligned.config.num_hidden_layers != L:
+            raise ValueError(f"the aligned model has {aligned.config.num_hidden_layers} layers, the teacher {L}")
+        self.teacher = teacher.requires_grad_(False)
+        self.mixers = nn.ModuleList(layer.mixer for layer in aligned.model.layers).requires_grad_(False)
+        self.gates = nn.Parameter(torch.ones(L, dtype=torch.float32, device=next(teacher.parameters()).device))
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        self.gates.clamp_(0.0, 1.0)
+
+    def forward(self, input_ids: Tensor, cu_seqlens: Tensor | None = None,
+                gates: Tensor | None = None) -> list[Tensor]:
+        """The residual stream after each block, L tensors (B, T, hidden). `gates` (L,) overrides the learned ones."""
+        a = self.gates if gates is None else gates
+        model = self.teacher.model
+        x = model.embed_tokens(input_ids)  # (B, T, hidden)
+        info = model.seq_info(x, cu_seqlens=cu_seqlens)
+        out = []
+        for l, (block, mixer) in enumerate(zip(model.layers, self.mixers)):
+            h = block.input_layernorm(x)
+            attn, _ = block.mixer(h, info)
+            lin, _ = mixer(h, info)
+            x = x + a[l] * attn + (1 - a[l]) * lin  # a 0-dim gate keeps the activations' dtype
+            x = x + block.mlp(block.post_attention_layernorm(x))
+            out.append(x)
+        return out
+
+
+@torch.no_grad()
+def teacher_states(teacher: HybridForCausalLM, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> list[Tensor]:
+    """The teacher's residual stream after each block, L tensors (B, T, hidden)."""
+    model = teacher.model
+    x = model.embed_tokens(input_ids)
+    info = model.seq_info(x, cu_seqlens=cu_seqlens)
+    out = []
+    for block in model.layers:
+        x = block(x, info)
+        out.append(x)
+    return out
+
+
+def answer_positions(labels: Tensor) -> Tensor:
+    """(B, T) bool: positions whose next token is an answer token (labels follow transformers' convention: label t
+    is predicted at position t - 1, IGNORE_INDEX where no loss applies)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
+
+
+def morph_loss(model: MorphableModel, batch: Batch, lam: float) -> tuple[Tensor, Tensor]:
+    """(loss, mse): (1/L) sum_l MSE over answer positions + lam * sum_l a_l."""
+    mask = answer_positions(batch.labels)
+    if not bool(mask.any()):
+        raise ValueError("a FlashMorph batch has no answer tokens (labels are all -100); the passkey task must put "
+                         "its answer in the labels")
+    targets = [h[mask].float() for h in teacher_states(model.teacher, batch.input_ids, batch.cu_seqlens)]
+    states = model(batch.input_ids, batch.cu_seqlens)
+    mse = torch.stack([F.mse_loss(h[mask].float(), t) for h, t in zip(states, targets)]).mean()
+    return mse + lam * model.gates.sum(), mse
+
+
+class PasskeyBatches:
+    """FlashMorph's training data: micro-batch m holds examples of prompt length lengths[m % len(lengths)], as many
+    as fit `micro_batch_tokens` (at least one), as rows (B, T) right-padded to the longest answer. Pads only follow
+    an example, so plain causal attention needs no mask and nothing before them changes; their labels are -100.
+    Example b of micro-batch m is `generate(config, seed * 10**12 + m * 10**6 + b)`: a pure function of (config,
+    seed, m), so the position m is the whole state (resumable)."""
+
+    def __init__(self, tokenizer, filler: FillerTokens, task: str, options: dict, lengths: list[int],
+                 micro_batch_tokens: int, seed: int):
+        self.configs = [task_config(task, length=n, **options) for n in lengths]
+        self.tokenizer, self.filler = tokenizer, filler
+        self.pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+        self.micro_batch_tokens, self.seed = micro_batch_tokens, seed
+        self.step = 0
+
+    def __iter__(self) -> PasskeyBatches:
+        return self
+
+    def __next__(self) -> Batch:
+        cfg = self.configs[self.step % len(self.configs)]
+        count = max(1, self.micro_batch_tokens // cfg.length)
+        if count >= 10**6:
+            raise ValueError(f"{count} examples per micro-batch; use fewer micro-batch tokens or longer prompts")
+        examples = [generate(cfg, self.seed * 10**12 + self.step * 10**6 + b, self.tokenizer, self.filler)
+                    for b in range(count)]
+        T = max(len(ex.input_ids) for ex in examples)  # prompt (cfg.length) + the longest answer
+        ids = torch.full((count, T), self.pad, dtype=torch.long)
+        labels = torch.full((count, T), IGNORE_INDEX, dtype=torch.long)
+        for b, ex in enumerate(examples):
+            ids[b, :len(ex.input_ids)] = torch.tensor(ex.input_ids)
+            labels[b, :len(ex.labels)] = torch.tensor(ex.labels)
+        self.step += 1
+        return Batch(ids, labels, None, count * T)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed, "lengths": [c.length for c in self.configs],
+                "micro_batch_tokens": self.micro_batch_tokens}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("seed", "lengths", "micro_batch_tokens"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"cannot resume the FlashMorph gates: the saved data had {key}={state.get(key)}, "
+                                 f"this run has {mine[key]}")
+        self.step = int(state["step"])
+
+
+def gate_recipe(s) -> StageRecipe:
+    """The shared loop's view of `select.flashmorph_*`: a step = batch_size micro-batches of ~micro_batch_tokens."""
+    return StageRecipe(tokens=s.flashmorph_tokens, seq_len=s.flashmorph_micro_batch_tokens,
+                       batch_size=s.flashmorph_batch_size, micro_batch_size=1, lr=s.flashmorph_lr,
+                       min_lr=s.flashmorph_min_lr, schedule="cosine", warmup_steps=0, weight_decay=0.0,
+                       # Adam already scales each gate's step; clipping the joint norm would let one layer's large
+                       # MSE gradient shrink the lambda pull on all the others within a step.
+                       grad_clip=0.0, save_every=50)
+
+
+def select(ctx: SelectionContext, k: int) -> SelectionResult:
+    s = ctx.settings
+    aligned = ctx.aligned("flashmorph")
+    model = MorphableModel(ctx.teacher, aligned)
+    data = PasskeyBatches(ctx.tokenizer, ctx.filler(), s.flashmorph_task, s.flashmorph_task_options,
+                          s.flashmorph_lengths, s.flashmorph_micro_batch_tokens, ctx.seed)
+    L = ctx.num_layers
+
+    def loss_fn(batch: Batch):
+        model.project_()  # the projection of the previous step's update (see the module docstring)
+        loss, mse = morph_loss(model, batch, s.flashmorph_lambda)
+        gates = model.gates.detach().tolist()
+        return loss, {"mse": mse.item(), **{f"gate/{l}": gates[l] for l in range(L)}}
+
+    run_dir = ctx.run_dir / "flashmorph"
+    recipe = gate_recipe(s)
+    try:
+        result = train(name="flashmorph", run_dir=run_dir, model=model,
+                       param_groups=[{"name": "gates", "params": [model.gates], "lr": s.flashmorph_lr}],
+                       loss_fn=loss_fn, loader=data, recipe=recipe, device=ctx.device)
+    finally:  # the loop put the shared teacher and mixers in training mode
+        ctx.teacher.eval()
+        aligned.eval()
+    model.project_()
+    gates = model.gates.detach().cpu().tolist()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    mean_gate = [sum(r[f"gate/{l}"] for r in rows) / len(rows) for l in range(L)]
+    details = {"gates": gates, "mean_gate": mean_gate, "lambda": s.flashmorph_lambda, "steps": result.steps,
+               "mse_first": rows[0]["mse"], "mse_last": rows[-1]["mse"], "gate_parametrization": "projected (clamp)",
+               "train": result.as_dict()}
+    return SelectionResult(top_k(gates, k, tiebreak=mean_gate), gates, tokens=result.tokens, details=details)
