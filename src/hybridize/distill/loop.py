@@ -175,11 +175,13 @@ def train(
     recipe: StageRecipe,
     device: torch.device,
     max_seconds: float | None = None,
+    lr_option: str | None = None,
 ) -> TrainResult:
     """Run (or resume) one stage. `loss_fn(batch) -> (loss, extra metrics)`; `param_groups` are AdamW groups with
     their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters).
     With `max_seconds`, the run stops at the first step boundary after that long, with a checkpoint, and reports
-    `finished=False`: the same call continues it."""
+    `finished=False`: the same call continues it. `lr_option` is the `--set` key a user lowers when the loss blows
+    up (default `<name>.lr`)."""
     rank, world = _rank_world()
     is_main = rank == 0
     run_dir = Path(run_dir)
@@ -230,7 +232,7 @@ def train(
                 f"{name}: {'loss' if not math.isfinite(loss_value) else 'gradient norm'} is "
                 f"{loss_value if not math.isfinite(loss_value) else norm_value} at step {step + 1}; stopped before "
                 f"updating the weights. Last good checkpoint: {kept or 'none yet'}. Lower the learning rate "
-                f"(--set {name}.lr=...) or check the data.")
+                f"(--set {lr_option or name + '.lr'}=...) or check the data.")
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

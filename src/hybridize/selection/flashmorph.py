@@ -192,7 +192,8 @@ def select(ctx: SelectionContext, k: int) -> SelectionResult:
     try:
         result = train(name="flashmorph", run_dir=run_dir, model=model,
                        param_groups=[{"name": "gates", "params": [model.gates], "lr": s.flashmorph_lr}],
-                       loss_fn=loss_fn, loader=data, recipe=recipe, device=ctx.device)
+                       loss_fn=loss_fn, loader=data, recipe=recipe, device=ctx.device,
+                       lr_option="select.flashmorph_lr")
     finally:  # the loop put the shared teacher and mixers in training mode
         ctx.teacher.eval()
         aligned.eval()

@@ -91,7 +91,8 @@ def short_distill(ctx: SelectionContext, aligned, attention_layers: list[int], n
     try:
         result = train(name=f"kl_guided/{name}", run_dir=run_dir, model=student,
                        param_groups=[{"name": "all", "params": list(student.parameters()), "lr": s.kl_lr}],
-                       loss_fn=loss_fn, loader=loader, recipe=recipe, device=ctx.device)
+                       loss_fn=loss_fn, loader=loader, recipe=recipe, device=ctx.device,
+                       lr_option="select.kl_lr")
     finally:
         teacher.eval()
     kl = measure_kl(student, teacher, batches, ctx.device, recipe.kl_chunk_tokens)

@@ -27,6 +27,7 @@ class TeacherRecipe:
     train: StageRecipe
     # Data: the corpus mixed with synthetic retrieval episodes, `episode_rows` of each micro-batch
     episode_rows: int = 4
+    episode_min_len: int = 64  # episode prompts range from this to the training length: short ones are learned first
     episode_tasks: tuple[str, ...] = ("passkey", "mqar", "niah_single_2")
     passkey_words: int = 2
     mqar_queries: int = 2
@@ -61,9 +62,9 @@ SIZES = {
         "tiny",
         dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
              num_key_value_heads=2, head_dim=32, max_position_embeddings=256),
-        dict(tokens=6_000_000, seq_len=256, batch_size=16, micro_batch_size=16, lr=3e-3, min_lr=3e-4,
+        dict(tokens=12_000_000, seq_len=256, batch_size=16, micro_batch_size=16, lr=3e-3, min_lr=3e-4,
              warmup_steps=100, weight_decay=0.1, save_every=100),
-        episode_rows=6),
+        episode_rows=10),
     # 67M parameters, >= 12 layers
     "small": lambda: _recipe(
         "small",
@@ -101,6 +102,9 @@ def teacher_recipe(size: str, overrides: list[str] | None = None) -> TeacherReci
             raise ValueError(f"unknown teacher recipe field {key!r}; allowed: {allowed}")
         setattr(target, name, _parse_value(value))
     recipe.train.validate("train")
+    if not 16 <= recipe.episode_min_len <= recipe.train.seq_len - 32:
+        raise ValueError(f"episode_min_len must be in [16, seq_len - 32 = {recipe.train.seq_len - 32}], "
+                         f"got {recipe.episode_min_len}")
     if not 0 <= recipe.episode_rows < recipe.train.micro_batch_size:
         raise ValueError(f"episode_rows must be in [0, micro_batch_size={recipe.train.micro_batch_size}), "
                          f"got {recipe.episode_rows}")

@@ -11,6 +11,7 @@ answer tokens: the answers are a few tokens per row, and counted into one mean t
 from __future__ import annotations
 
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -52,13 +53,37 @@ class EpisodeMixer:
                                      seed=recipe.seed, rank=rank, world_size=world, document_masking=False)
         self.count = 0  # episodes drawn so far, over all ranks
         self.rank, self.world = rank, world
+        self.options = {"passkey": {"words_per_passkey": recipe.passkey_words},
+                        "mqar": {"num_queries": recipe.mqar_queries}}
+        self.min_length = {name: self._shortest(name) for name in recipe.episode_tasks}
+
+    def _shortest(self, name: str) -> int:
+        """The shortest prompt length, from episode_min_len up in steps of 16, that fits the task's template and
+        needles in this tokenizer (NIAH's template alone is ~110 tokens of a 2K-entry BPE)."""
+        longest = self.recipe.train.seq_len - ANSWER_ROOM
+        for length in range(self.recipe.episode_min_len, longest, 16):
+            try:
+                generate(task_config(name, length=length, **self.options.get(name, {})), 0, self.tokenizer,
+                         self.filler)
+                return length
+            except ValueError:
+                continue
+        return longest
 
     def episode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.recipe
         name = r.episode_tasks[n % len(r.episode_tasks)]
-        options = {"passkey": {"words_per_passkey": r.passkey_words}, "mqar": {"num_queries": r.mqar_queries}}
-        cfg = task_config(name, length=r.train.seq_len - ANSWER_ROOM, **options.get(name, {}))
-        ex = generate(cfg, r.seed * 1_000_003 + n, self.tokenizer, self.filler)
+        longest = r.train.seq_len - ANSWER_ROOM
+        length = random.Random(f"length:{r.seed}:{n}").randint(self.min_length[name], longest)
+        while True:  # a draw's keys and values may tokenize longer than the probe's: lengthen until they fit
+            try:
+                ex = generate(task_config(name, length=length, **self.options.get(name, {})), r.seed * 1_000_003 + n,
+                              self.tokenizer, self.filler)
+                break
+            except ValueError:
+                if length >= longest:
+                    raise
+                length = min(length + 16, longest)
         pad = r.train.seq_len - len(ex.input_ids)
         if pad < 0:
             raise ValueError(f"a {name} answer took {-pad + ANSWER_ROOM} tokens, more than the {ANSWER_ROOM} reserved")
@@ -135,7 +160,8 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     result = train(name="teacher", run_dir=run_dir, model=model,
                    param_groups=_weight_decay_groups(model, recipe.train.lr),
                    loss_fn=lambda b: teacher_loss(model, b, recipe.train.kl_chunk_tokens), loader=loader,
-                   recipe=recipe.train, device=device, max_seconds=None if max_minutes is None else 60 * max_minutes)
+                   recipe=recipe.train, device=device, max_seconds=None if max_minutes is None else 60 * max_minutes,
+                   lr_option="train.lr")
     if result.finished:
         if recipe.train.checkpointing:
             getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
