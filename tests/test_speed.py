@@ -1,0 +1,187 @@
+"""The fast inference paths on the CPU: the static cache's decode step == the dynamic cache's, the step reads no
+value back to the host and keeps its buffers where they are (what a CUDA graph needs), chunked prefill == one-shot
+prefill, and `hybridize bench` end to end on a tiny shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers.cache_utils import StaticCache
+
+from hybridize import HybridCache, HybridForCausalLM, HybridStaticCache
+from conftest import PATTERNS, assert_close, tiny_config
+
+PATTERN_NAMES = list(PATTERNS)
+
+
+def _model(pattern, **kw) -> HybridForCausalLM:
+    model = HybridForCausalLM(tiny_config(pattern, **kw)).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def _left_padded(lengths, vocab=101):
+    T = max(lengths)
+    rows = [torch.randint(1, vocab, (n,)) for n in lengths]
+    ids = torch.stack([torch.cat([torch.zeros(T - len(r), dtype=torch.long), r]) for r in rows])
+    return ids, (ids != 0).long()
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """Everything a cache holds, layer by layer, in a fixed order."""
+    out = []
+    for layer in cache.layers:
+        if hasattr(layer, "recurrent_states"):
+            out.append(layer.recurrent_states[0])
+            if layer.is_conv_states_initialized[0]:
+                out.append(layer.conv_states[0])
+        else:
+            out += [layer.keys, layer.values]
+    if isinstance(cache, HybridStaticCache):
+        out += [cache.valid, cache.real, cache.length]
+    return out
+
+
+@pytest.mark.parametrize("pattern", PATTERN_NAMES)
+def test_static_decode_equals_dynamic_decode(pattern):
+    """Left-padded rows of different lengths, greedy decode long enough for the sliding layer's ring to wrap
+    (window 7): the same tokens and logits from both caches, step by step."""
+    model = _model(pattern)
+    ids, mask = _left_padded([9, 4, 7])
+    B, steps = ids.shape[0], 12
+    dynamic, static = HybridCache(model.config), HybridStaticCache(model.config, max_cache_len=24, batch_size=B)
+    with torch.no_grad():
+        d = model(ids, attention_mask=mask, past_key_values=dynamic).logits[:, -1]
+        s = model(ids, attention_mask=mask, past_key_values=static).logits[:, -1]
+        for step in range(steps):
+            assert_close(s, d, f"{pattern} step {step}")
+            token = d.argmax(-1, keepdim=True)
+            assert torch.equal(s.argmax(-1, keepdim=True), token)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            d = model(token, attention_mask=mask, past_key_values=dynamic).logits[:, -1]
+            s = model(token, attention_mask=mask, past_key_values=static).logits[:, -1]
+    assert static.get_seq_length() == dynamic.get_seq_length() == 9 + steps
+    assert int(static.length) == 9 + steps and static.real.tolist() == [9 + steps, 4 + steps, 7 + steps]
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "all_attention", "gated_deltanet"])
+def test_generate_static_equals_dynamic_and_manual_loop(pattern):
+    model = _model(pattern)
+    ids, mask = _left_padded([8, 3, 6])
+    kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False)
+    dynamic = model.generate(ids, **kw)
+    static = model.generate(ids, cache_implementation="static", return_dict_in_generate=True, **kw)
+    chunked = model.generate(ids, cache_implementation="static", prefill_chunk_size=3, **kw)
+    assert isinstance(static.past_key_values, HybridStaticCache)
+    assert torch.equal(static.sequences, dynamic) and torch.equal(chunked, dynamic)
+    with torch.no_grad():  # the reference: the whole sequence again for every token, no cache
+        seq, m = ids, mask
+        for _ in range(10):
+            nxt = model(seq, attention_mask=m, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq, m = torch.cat([seq, nxt], 1), torch.cat([m, torch.ones_like(nxt)], 1)
+    assert torch.equal(dynamic, seq)
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear"])
+def test_decode_step_is_capturable(pattern, monkeypatch):
+    """What a CUDA graph replay needs, checked on the CPU: the one-token step (1) reads no tensor value back to the
+    host, (2) keeps every buffer at its address, (3) does not depend on the Python-side token count, which a replay
+    leaves frozen at its capture value."""
+    model = _model(pattern, linear_conv_size=4)
+    ids, mask = _left_padded([6, 3])
+    cache = HybridStaticCache(model.config, max_cache_len=16, batch_size=2)
+    frozen = HybridStaticCache(model.config, max_cache_len=16, batch_size=2)
+    addresses = [t.data_ptr() for t in _cache_tensors(cache)]
+    with torch.no_grad():
+        model(ids, attention_mask=mask, past_key_values=cache)
+        model(ids, attention_mask=mask, past_key_values=frozen)
+        token = torch.tensor([[5], [7]])
+
+        def host_read(*args, **kwargs):
+            raise AssertionError("the decode step read a tensor value back to the host")
+
+        with monkeypatch.context() as patch:
+            for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+                patch.setattr(torch.Tensor, name, host_read)
+            for step in range(8):
+                expected = model(token, attention_mask=torch.ones(2, 1), past_key_values=cache).logits
+                frozen.seen_tokens = 6  # as in a replay: the count the step was captured at
+                got = model(token, attention_mask=torch.ones(2, 1), past_key_values=frozen).logits
+                assert torch.equal(got, expected), f"step {step} depends on the host-side token count"
+    assert [t.data_ptr() for t in _cache_tensors(cache)] == addresses
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "all_attention", "lightning"])
+@pytest.mark.parametrize("chunk_size", [4, 5, 7, 19, 64])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_chunked_prefill_equals_one_shot(pattern, chunk_size, static):
+    """Logits at every position and the final cache, for chunk sizes that do and do not divide 19, with left
+    padding longer than a chunk (row 1 is padding for its first 11 positions)."""
+    model = _model(pattern, linear_conv_size=3)
+    ids, mask = _left_padded([19, 8, 13])
+
+    def new_cache():
+        return HybridStaticCache(model.config, 32, 3) if static else HybridCache(model.config)
+
+    one = model.prefill(ids, attention_mask=mask, cache=new_cache(), all_logits=True)
+    chunked = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=chunk_size, all_logits=True)
+    assert_close(chunked.logits, one.logits, f"{pattern} chunk {chunk_size} logits")
+    last = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=chunk_size)
+    assert last.logits.shape == (3, 1, 101)
+    assert_close(last.logits[:, 0], one.logits[:, -1], "last-position logits")
+    for i, (a, b) in enumerate(zip(_cache_tensors(chunked.past_key_values), _cache_tensors(one.past_key_values))):
+        if a.is_floating_point():
+            assert_close(a, b, f"{pattern} chunk {chunk_size} cache tensor {i}")
+        else:
+            assert torch.equal(a, b), f"cache tensor {i}"
+    assert chunked.past_key_values.get_seq_length() == 19
+
+
+def test_chunked_prefill_long_prompt_then_decode_matches_full_forward():
+    """A prompt 6x the sliding window, in chunks of 5, then decode: every logit equals the uncached forward."""
+    model = _model("mixed")
+    ids = torch.randint(1, 101, (2, 45))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    for cache in (HybridCache(model.config), HybridStaticCache(model.config, 48, 2)):
+        out = model.prefill(ids[:, :40], cache=cache, chunk_size=5, all_logits=True)
+        parts = [out.logits]
+        with torch.no_grad():
+            for t in range(40, 45):
+                parts.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+        assert_close(torch.cat(parts, 1), full, type(cache).__name__)
+
+
+def test_static_cache_layout():
+    config = tiny_config("mixed", linear_conv_size=4)
+    cache = HybridStaticCache(config, max_cache_len=20, batch_size=3, dtype=torch.bfloat16)
+    kinds = [type(layer).__name__ for layer in cache.layers]
+    assert kinds == ["StaticState", "StaticKV", "StaticState", "StaticState", "StaticKV"]
+    full, ring = cache.layers[1], cache.layers[4]
+    assert full.keys.shape == (3, 2, 20, 10) and full.keys.dtype == torch.bfloat16
+    assert ring.keys.shape == (3, 2, 7, 10)  # the sliding layer holds its window only
+    lin = cache.layers[0]
+    assert lin.recurrent_states[0].shape == (3, 4, 10, 10) and lin.recurrent_states[0].dtype == torch.float32
+    assert lin.conv_states[0].shape == (3, 4 * 30, 4)
+    assert cache.is_compileable and cache.batch_size == 3 and cache.get_max_length() == 20
+
+
+def test_static_cache_errors_name_the_problem():
+    model = _model("mixed")
+    cache = HybridStaticCache(model.config, max_cache_len=8, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size=2"):
+        model(torch.randint(1, 101, (3, 4)), past_key_values=cache)
+    with pytest.raises(ValueError, match="max_cache_len=8"):
+        model(torch.randint(1, 101, (2, 9)), past_key_values=cache)
+    with pytest.raises(ValueError, match="max_cache_len must be a positive integer"):
+        HybridStaticCache(model.config, max_cache_len=0, batch_size=1)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        model.prefill(torch.randint(1, 101, (2, 4)), chunk_size=0)
+    with pytest.raises(ValueError, match="attention_mask must be a 2-D"):
+        model.prefill(torch.randint(1, 101, (2, 4)), attention_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="cache_implementation='offloaded_static' is not supported"):
+        model.generate(torch.randint(1, 101, (1, 3)), max_new_tokens=2, cache_implementation="offloaded_static")
+    with pytest.raises(ValueError, match="use hybridize.HybridStaticCache"):
+        model(torch.randint(1, 101, (1, 3)), past_key_values=StaticCache(config=model.config, max_cache_len=8))
