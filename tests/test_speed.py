@@ -185,3 +185,73 @@ def test_static_cache_errors_name_the_problem():
         model.generate(torch.randint(1, 101, (1, 3)), max_new_tokens=2, cache_implementation="offloaded_static")
     with pytest.raises(ValueError, match="use hybridize.HybridStaticCache"):
         model(torch.randint(1, 101, (1, 3)), past_key_values=StaticCache(config=model.config, max_cache_len=8))
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hybridize.cli", *args], capture_output=True, text=True)
+
+
+ROW_FIELDS = {"model", "variant", "mixer", "budget", "context", "batch", "prefill_s", "tpot_ms", "tpot_bound_ms",
+              "prefill_bound_s", "peak_gib", "device", "commit", "decode_tok_s", "oom"}
+
+
+def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32,48",
+               "--batches", "1,2", "--new-tokens", "3", "--repeats", "1", "--prefill-chunk", "20", "--mixer",
+               "gated_deltanet", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["command"].startswith("hybridize bench --model tiny")
+    assert summary["peak_matmul_tflops"] > 0 and summary["copy_bandwidth_gbs"] > 0
+    assert summary["hybrid_attention_layers"] == [3]  # 25% of 4 layers, uniform: the last of the group
+    rows = summary["rows"]
+    assert {(r["variant"], r["batch"], r["context"]) for r in rows} == {
+        (v, b, c) for v in ("hybrid", "teacher-engine", "teacher-hf") for b in (1, 2) for c in (32, 48)}
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert not r["oom"] and r["prefill_s"] > 0 and r["tpot_ms"] > 0 and r["decode_tok_s"] > 0
+        assert r["prefill_bound_s"] > 0 and r["tpot_bound_ms"] > 0 and r["model"] == "tiny"
+        assert r["mixer"] == ("gated_deltanet" if r["variant"] == "hybrid" else None)
+    # every row printed as measured, one line each
+    assert sum(line.startswith(("hybrid ", "teacher-")) for line in out.stdout.splitlines()) == len(rows)
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+    out = _cli("bench", "--train", "--model", "tiny", "--device", "cpu", "--seq-len", "32", "--train-batch", "2",
+               "--steps", "2", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert train["tokens_per_s"] > 0 and 0 < train["mfu"] and train["seq_len"] == 32
+    assert train["command"].startswith("hybridize bench --train")
+
+
+def test_bench_user_errors_are_one_line():
+    for args, needle in ((["--variants", "hybrid,vllm"], "variants must be a non-empty subset"),
+                         (["--budget", "9"], "budget must be a fraction"),
+                         (["--model", "qwen9"], "model must be a built-in shape"),
+                         (["--contexts", "32,0"], "contexts must be a non-empty list of positive integers")):
+        out = _cli("bench", "--device", "cpu", "--model", "tiny", *args)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert needle in out.stderr and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_roofline_counts_agree_with_the_model():
+    """Two independent counts: the weights the FLOP count multiplies == the blocks' Linear weights, and the KV /
+    state bytes a decode step reads == what the mixers say their state takes (linear states read and written)."""
+    from hybridize.bench import roofline
+    from hybridize.bench.inference import build_models
+
+    models = build_models("tiny", 0.5, "gla")
+    for config in (models.teacher, models.hybrid):
+        model = HybridForCausalLM(config)
+        # the gates' small projections (GLA's rank-16 gk_proj) are left out of the FLOP count on purpose
+        linear = sum(m.weight.numel() for n, m in model.model.layers.named_modules()
+                     if isinstance(m, torch.nn.Linear) and "gk_proj" not in n)
+        assert roofline._matmul_params(config) == linear
+        state = model.state_size(100, batch_size=3, dtype=torch.bfloat16)
+        kv = 3 * sum(layer.mixer.state_size(100, torch.bfloat16) for layer in model.model.layers
+                     if config.layer_types[layer.mixer.layer_idx] != "linear_attention")
+        assert roofline.decode_bytes(config, 3, 100, 0, torch.bfloat16) == kv + 2 * (state - kv)
+    assert models.hybrid.layer_types.count("linear_attention") == 2
