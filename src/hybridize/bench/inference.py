@@ -172,7 +172,10 @@ class _Runner:
                 logits = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
 
-        return _timed(run, self.device) / steps
+        seconds = _timed(run, self.device) / steps
+        if not self.hf:
+            step.release()  # the graph holds this cache: let the next measurement start from free memory
+        return seconds
 
     def _hf_decoder(self, batch: int, context: int, steps: int):
         from transformers import StaticCache
@@ -188,6 +191,12 @@ class _Runner:
         if self.device.type != "cuda":
             return self.model, cache
         if self._compiled is None:  # transformers' own decode setting: static cache + reduce-overhead compile
+            # one static graph per (batch, cache length), as generate gets, and room for every one the sweep needs
+            # (past the recompile limit dynamo would silently fall back to eager)
+            torch._dynamo.config.automatic_dynamic_shapes = False
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
             self._compiled = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
         return self._compiled, cache
 

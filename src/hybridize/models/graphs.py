@@ -48,7 +48,8 @@ class CudaGraphDecoder:
     """Call it like the model. A one-token step on a CUDA `HybridStaticCache` replays a graph captured for that
     cache and batch size (captured on first use: one eager step, which is a real step, then a recording); anything
     else runs the model eagerly. The logits it returns live in the graph's output buffer and are overwritten by the
-    next replay (generate copies them at once)."""
+    next replay (generate copies them at once). The last graph keeps its cache alive until `release()` or the next
+    capture."""
 
     def __init__(self, model):
         self.model = model
@@ -85,6 +86,10 @@ class CudaGraphDecoder:
         cache.advance(1)
         self.replays += 1
         return CausalLMOutputWithPast(logits=c.logits, past_key_values=cache)
+
+    def release(self) -> None:
+        """Drop the captured graph, its memory pool and its hold on the cache (the next step captures anew)."""
+        self.captured = None
 
     def _step(self, cache, input_ids, new_mask):
         return self.model(input_ids=input_ids, attention_mask=new_mask, past_key_values=cache, use_cache=True,
