@@ -6,10 +6,11 @@ A mixer maps a sequence to a sequence of the same width and carries a state betw
 
 `info` (`SeqInfo`) holds what the model computed once for all layers: positions, rotary tables, the padding mask,
 packed-document boundaries. `state` is the layer's entry of a transformers cache (`DynamicLayer` /
-`DynamicSlidingWindowLayer` / our `StaticKV` for attention: a KV cache; `LinearAttentionLayer` (or `StaticState`) for the others: a
-fixed-size recurrent state and, with a short convolution, its conv state), updated in place and returned; None
-means "no cache" (training, or a forward without use_cache). `state_size(context_len)` says how many bytes that
-state takes per sequence. The model never special-cases a mixer type: it builds `MIXERS[config.mixer_name(i)]`.
+`DynamicSlidingWindowLayer` / our `StaticKV` for attention: a KV cache; `LinearAttentionLayer` / our `StaticState`
+for the others: a fixed-size recurrent state and, with a short convolution, its conv state), updated in place and
+returned; None means "no cache" (training, or a forward without use_cache). `state_size(context_len)` says how
+many bytes that state takes per sequence. The model never special-cases a mixer type: it builds
+`MIXERS[config.mixer_name(i)]`.
 """
 
 from __future__ import annotations

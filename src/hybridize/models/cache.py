@@ -103,7 +103,8 @@ class HybridStaticCache(Cache):
         if attention_mask is None:
             new = torch.ones(B, T, dtype=torch.bool, device=self.valid.device)
         else:
-            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
+            shape = tuple(attention_mask.shape)
+            if len(shape) != 2 or shape[0] != B or shape[1] not in (T, past + T):
                 raise ValueError(
                     f"attention_mask must be a 2-D 0/1 padding mask of shape (batch, past + new tokens) = "
                     f"({B}, {past + T}) or (batch, new tokens) = ({B}, {T}), got {tuple(attention_mask.shape)}")

@@ -271,7 +271,8 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         cache = HybridCache(self.config) if cache is None else cache
         past = past_length(cache)
         if attention_mask is not None:
-            if attention_mask.dim() != 2 or attention_mask.shape[0] != B or attention_mask.shape[1] not in (T, past + T):
+            shape = tuple(attention_mask.shape)
+            if len(shape) != 2 or shape[0] != B or shape[1] not in (T, past + T):
                 raise ValueError(
                     f"attention_mask must be a 2-D 0/1 padding mask of shape (batch, tokens) = ({B}, {T}) or "
                     f"(batch, past + tokens) = ({B}, {past + T}), got {tuple(attention_mask.shape)}")
