@@ -7,7 +7,7 @@ the GPU kernels are loaded on first use on a CUDA tensor (`hybridize.mixers.kern
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .models import HybridCache, HybridConfig, HybridForCausalLM, HybridModel
+from .models import HybridCache, HybridConfig, HybridForCausalLM, HybridModel, HybridStaticCache
 
 __version__ = "0.1.0"
 
@@ -15,4 +15,4 @@ AutoConfig.register(HybridConfig.model_type, HybridConfig, exist_ok=True)
 AutoModel.register(HybridConfig, HybridModel, exist_ok=True)
 AutoModelForCausalLM.register(HybridConfig, HybridForCausalLM, exist_ok=True)
 
-__all__ = ["HybridCache", "HybridConfig", "HybridForCausalLM", "HybridModel", "__version__"]
+__all__ = ["HybridCache", "HybridConfig", "HybridForCausalLM", "HybridModel", "HybridStaticCache", "__version__"]

@@ -104,6 +104,69 @@ def _teacher(args: argparse.Namespace) -> None:
               "to continue")
 
 
+def _int_list(text: str) -> list[int]:
+    """Comma-separated token counts, with K = 1024: "4K,8192" -> [4096, 8192]."""
+    values = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        scale = 1024 if part[-1] in "kK" else 1
+        try:
+            values.append(int(part[:-1] if scale > 1 else part) * scale)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers like 4K,8192, got {text!r}") from None
+    return values
+
+
+def _bench(args: argparse.Namespace) -> None:
+    import shlex
+
+    from .bench import run_bench, run_train_bench
+
+    model = args.config or args.model
+    command = "hybridize " + shlex.join(args.argv)
+    if args.train:
+        run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
+                        batch=args.train_batch, steps=args.steps, device=args.device, dtype=args.dtype,
+                        commit=args.commit, command=command)
+    else:
+        run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
+                  batches=args.batches, variants=args.variants, device=args.device, dtype=args.dtype,
+                  new_tokens=args.new_tokens, repeats=args.repeats, prefill_chunk=args.prefill_chunk,
+                  commit=args.commit, command=command)
+    print(f"hybridize: wrote {args.out}/{'train.json' if args.train else 'summary.json and latency.png'}")
+
+
+def _add_bench(sub) -> None:
+    from .bench.inference import DTYPES, VARIANTS
+
+    bench = sub.add_parser("bench", help="speed of a hybrid vs its teacher: prefill latency, time per output token, "
+                           "decode throughput, peak memory, each beside its roofline bound (--train: distillation "
+                           "tokens/s and MFU)")
+    bench.add_argument("--model", default="qwen3-1.7b", help="a built-in shape (qwen3-0.6b, qwen3-1.7b, llama-3.2-1b, "
+                       "tiny), a .json file of HybridConfig fields, or a teacher checkpoint folder (config only: "
+                       "weights are random)")
+    bench.add_argument("--config", default=None, help="a .json file of HybridConfig fields (same as --model FILE)")
+    bench.add_argument("--budget", default="0.25", help="attention layers of the hybrid, placed uniformly: a fraction "
+                       "(0.25) or a count (7)")
+    bench.add_argument("--mixer", choices=["lightning", "gated_deltanet", "gla"], default="lightning")
+    bench.add_argument("--contexts", type=_int_list, default=_int_list("4K,8K,16K,32K,64K,128K"),
+                       help="context lengths (default 4K,8K,16K,32K,64K,128K)")
+    bench.add_argument("--batches", type=_int_list, default=[1], help="batch sizes, e.g. 1,8,64 (default 1)")
+    bench.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
+                       default=list(VARIANTS), help=f"subset of {','.join(VARIANTS)} (default: all)")
+    bench.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    bench.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    bench.add_argument("--new-tokens", type=int, default=32, help="timed decode steps per measurement")
+    bench.add_argument("--repeats", type=int, default=3, help="timed prefills per measurement (median)")
+    bench.add_argument("--prefill-chunk", type=int, default=16384, help="tokens per prefill chunk (our engine)")
+    bench.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
+    bench.add_argument("--commit", default=None, help="commit measured (default: git rev-parse of the package)")
+    bench.add_argument("--train", action="store_true", help="benchmark stage-2 distillation instead")
+    bench.add_argument("--seq-len", type=int, default=512, help="--train: sequence length (default 512)")
+    bench.add_argument("--train-batch", type=int, default=8, help="--train: sequences per step (default 8)")
+    bench.add_argument("--steps", type=int, default=5, help="--train: timed steps (default 5)")
+    bench.set_defaults(func=_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="stop after this long with a checkpoint; the same command continues")
     teacher.add_argument("--device", default=None)
     teacher.set_defaults(func=_teacher)
+    _add_bench(sub)
     from .evaluation.cli import add_commands as add_evaluation_commands
 
     add_evaluation_commands(sub)
@@ -150,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:

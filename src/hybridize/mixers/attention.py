@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+from torch.nn.attention.bias import CausalBias, causal_lower_right
+from transformers.cache_utils import StaticLayer
 
 from .base import Mixer, RMSNorm, SeqInfo, Tensor, apply_rope, dtype_bytes, hype_scale
+from .state import StaticKV
 
 
 class Attention(Mixer):
@@ -48,60 +50,79 @@ class Attention(Mixer):
         if self.hype_a is not None:
             q = q * hype_scale(info.position_ids, self.hype_a).to(q.dtype)[..., None, None]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
-        kv_start = info.past_length
-        if state is not None:
-            k, v = state.update(k, v)
-            # Dynamic layers return the tokens they kept, ending with the new ones; static layers their whole buffer.
-            kv_start = 0 if _is_static(state) else info.past_length + T - k.shape[2]
-        mask = self._mask(info, T, k.shape[2], kv_start, q.device)
-        if mask is None:
-            o = F.scaled_dot_product_attention(
-                q, k, v, is_causal=T > 1, scale=self.scaling, enable_gqa=self.num_kv_heads != self.num_heads
-            )
+        q_pos = info.query_positions(q.device)  # (T,) index of each query in the token stream
+        past = info.past_length
+        contiguous = True  # keys are the tokens past + T - Lk .. past + T - 1, in order
+        if isinstance(state, StaticKV):
+            k, v, k_pos = state.write(k, v, q_pos, past)
+            contiguous = T > 1 and (self.sliding_window is None or past == 0)
         else:
-            groups = self.num_heads // self.num_kv_heads
-            if groups > 1:  # the masked kernels do not all take grouped heads
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+            if state is not None:
+                _refuse_transformers_static(state)
+                k, v = state.update(k, v)  # dynamic layers return the tokens they kept, ending with the new ones
+            k_pos = torch.arange(past + T - k.shape[2], past + T, device=q.device)
+        mask = self._mask(info, q_pos, k_pos, contiguous)
+        o = self._attend(q, k, v, mask)
         o = o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
         if self.g_proj is not None:
             o = o * torch.sigmoid(self.g_proj(x))
         return self.o_proj(o), state
 
-    def _mask(self, info: SeqInfo, T: int, Lk: int, kv_start: int, device) -> Tensor | None:
-        """Boolean (B or 1, 1, T, Lk) mask, True where a query may attend; None when plain causal is exact."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
+        """SDPA over q (B, H, T, D) and k, v (B, Hkv, Lk, D) -> (B, H, T, D)."""
+        gqa = self.num_kv_heads != self.num_heads
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, scale=self.scaling,
+                                                  enable_gqa=gqa)
+        if isinstance(mask, CausalBias):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
+        B, H, T, D = q.shape
+        groups = self.num_heads // self.num_kv_heads
+        if T == 1 and groups > 1:
+            # One query per head: the `groups` query heads of a KV head become `groups` queries of that head, so the
+            # masked kernels need no copy of K/V per group; the (B, 1, 1, Lk) mask broadcasts over them.
+            o = F.scaled_dot_product_attention(q.reshape(B, self.num_kv_heads, groups, D), k, v, attn_mask=mask,
+                                               scale=self.scaling)
+            return o.reshape(B, H, 1, D)
+        if groups > 1:  # the masked kernels do not all take grouped heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+
+    def _mask(self, info: SeqInfo, q_pos: Tensor, k_pos: Tensor, contiguous: bool):
+        """Where each query (B or 1, 1, T, Lk) may attend: None when plain causal SDPA is exact, a lower-right
+        `CausalBias` for a chunk after a cached prefix (no mask tensor of chunk x context), else a boolean mask built
+        from tensors only (the captured decode step uses this one)."""
+        T, Lk = q_pos.shape[0], k_pos.shape[0]
         past, window = info.past_length, self.sliding_window
-        if info.padding_mask is None and info.cu_seqlens is None and kv_start + Lk == past + T:
+        if contiguous and info.padding_mask is None and info.cu_seqlens is None:
             if past == 0 and (window is None or T <= window):
                 return None  # ordinary causal attention over the new tokens
             if T == 1 and (window is None or Lk <= window):
                 return None  # one query that sees every key the cache kept
-        q_idx = torch.arange(past, past + T, device=device)  # index of each query in the token stream
-        k_idx = torch.arange(kv_start, kv_start + Lk, device=device)
-        allowed = k_idx[None, :] <= q_idx[:, None]
-        if self.sliding_window is not None:
-            allowed &= q_idx[:, None] - k_idx[None, :] < self.sliding_window
+            if window is None:
+                return causal_lower_right(T, Lk)  # a chunk that sees the whole cached prefix and itself, causally
+        allowed = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)  # (T, Lk); -1 marks an empty slot
+        if window is not None:
+            allowed &= q_pos[:, None] - k_pos[None, :] < window
         allowed = allowed[None, None]  # (1, 1, T, Lk)
         if info.padding_mask is not None:
-            valid = info.padding_mask
-            if valid.shape[1] < kv_start + Lk:  # a static buffer longer than what has been seen
-                valid = F.pad(valid, (0, kv_start + Lk - valid.shape[1]), value=False)
-            allowed = allowed & valid[:, None, None, kv_start : kv_start + Lk]
+            valid = info.padding_mask.index_select(1, k_pos.clamp(min=0))  # (B, Lk)
+            allowed = allowed & valid[:, None, None, :]
         if info.cu_seqlens is not None:
             doc = _document_ids(info.cu_seqlens, past + T)
-            allowed = allowed & (doc[q_idx][:, None] == doc[k_idx.clamp(max=past + T - 1)][None, :])
+            allowed = allowed & (doc[q_pos][:, None] == doc[k_pos.clamp(min=0, max=past + T - 1)][None, :])
         # Every query may see its own key: padded queries would otherwise have an empty row (NaN in softmax).
-        return allowed | (k_idx[None, :] == q_idx[:, None])
+        return allowed | (k_pos[None, :] == q_pos[:, None])
 
     def state_size(self, context_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
         kept = context_len if self.sliding_window is None else min(context_len, self.sliding_window)
         return 2 * kept * self.num_kv_heads * self.head_dim * dtype_bytes(dtype)
 
 
-def _is_static(layer) -> bool:
-    if isinstance(layer, StaticSlidingWindowLayer):
-        raise NotImplementedError("a static cache with sliding-window layers is not supported; use the dynamic cache")
-    return isinstance(layer, StaticLayer)
+def _refuse_transformers_static(layer) -> None:
+    if isinstance(layer, StaticLayer):  # its own position counter would drift from the model's
+        raise ValueError("transformers' StaticCache does not fit hybrid models; use hybridize.HybridStaticCache "
+                         "(generate(..., cache_implementation='static') builds one)")
 
 
 def _document_ids(cu_seqlens: Tensor, length: int) -> Tensor:

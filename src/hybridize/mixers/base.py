@@ -6,10 +6,11 @@ A mixer maps a sequence to a sequence of the same width and carries a state betw
 
 `info` (`SeqInfo`) holds what the model computed once for all layers: positions, rotary tables, the padding mask,
 packed-document boundaries. `state` is the layer's entry of a transformers cache (`DynamicLayer` /
-`StaticLayer` / `DynamicSlidingWindowLayer` for attention: a KV cache; `LinearAttentionLayer` for the others: a
-fixed-size recurrent state and, with a short convolution, its conv state), updated in place and returned; None
-means "no cache" (training, or a forward without use_cache). `state_size(context_len)` says how many bytes that
-state takes per sequence. The model never special-cases a mixer type: it builds `MIXERS[config.mixer_name(i)]`.
+`DynamicSlidingWindowLayer` / our `StaticKV` for attention: a KV cache; `LinearAttentionLayer` / our `StaticState`
+for the others: a fixed-size recurrent state and, with a short convolution, its conv state), updated in place and
+returned; None means "no cache" (training, or a forward without use_cache). `state_size(context_len)` says how
+many bytes that state takes per sequence. The model never special-cases a mixer type: it builds
+`MIXERS[config.mixer_name(i)]`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ class SeqInfo:
     cos, sin: (B, T, head_dim) rotary tables for those positions, or None when no layer uses RoPE.
     padding_mask: (B, past_length + T) bool, True for real tokens, over everything the cache has seen plus the new
         tokens; None when nothing is padded. Padding is expected on the left (the decoder-only convention).
+        With a static cache (`cache_position` set and `static_mask` given) it is the cache's (B, max_len) buffer
+        instead, one column per slot of the token stream.
     past_length: tokens already in the cache before this call.
     cu_seqlens: (N + 1,) document offsets for a packed batch of size 1, or None.
+    cache_position: (T,) long, the index of each new token in the token stream, as a device tensor: where a static
+        cache writes it. None: arange(past_length, past_length + T). A captured decode step reads positions only from
+        tensors, since `past_length` is frozen into the graph.
+    static_mask: (B, T) bool, which new tokens are real, when `padding_mask` is a static cache's whole buffer.
     """
 
     position_ids: Tensor
@@ -42,13 +49,23 @@ class SeqInfo:
     padding_mask: Tensor | None = None
     past_length: int = 0
     cu_seqlens: Tensor | None = None
+    cache_position: Tensor | None = None
+    static_mask: Tensor | None = None
 
     @property
     def token_mask(self) -> Tensor | None:
         """(B, T) bool: which of the new tokens are real."""
+        if self.static_mask is not None:
+            return self.static_mask
         if self.padding_mask is None:
             return None
         return self.padding_mask[:, -self.position_ids.shape[1] :]
+
+    def query_positions(self, device) -> Tensor:
+        """(T,) index of each new token in the token stream."""
+        if self.cache_position is not None:
+            return self.cache_position
+        return torch.arange(self.past_length, self.past_length + self.position_ids.shape[1], device=device)
 
 
 class Mixer(nn.Module):

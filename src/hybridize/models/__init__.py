@@ -1,5 +1,6 @@
-from .cache import HybridCache
+from .cache import HybridCache, HybridStaticCache
 from .configuration import HybridConfig
 from .modeling import HybridForCausalLM, HybridModel, HybridPreTrainedModel
 
-__all__ = ["HybridCache", "HybridConfig", "HybridForCausalLM", "HybridModel", "HybridPreTrainedModel"]
+__all__ = ["HybridCache", "HybridStaticCache", "HybridConfig", "HybridForCausalLM", "HybridModel",
+           "HybridPreTrainedModel"]

@@ -23,7 +23,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from ..mixers import SeqInfo, build_mixer
 from ..mixers.base import RMSNorm
 from ..mixers.gated_deltanet import GatedDeltaNet
-from .cache import HybridCache, past_length
+from .cache import HybridCache, HybridStaticCache, past_length
 from .configuration import HybridConfig
 
 
@@ -143,7 +143,12 @@ class HybridModel(HybridPreTrainedModel):
             past_key_values = HybridCache(self.config)
         if not use_cache:
             past_key_values = None
-        info = self.seq_info(x, attention_mask, position_ids, past_length(past_key_values), cu_seqlens)
+        if isinstance(past_key_values, HybridStaticCache):
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens (packed documents) cannot be combined with a cache")
+            info = self.static_seq_info(x, past_key_values, attention_mask, position_ids)
+        else:
+            info = self.seq_info(x, attention_mask, position_ids, past_length(past_key_values), cu_seqlens)
         hidden_states = [] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             if hidden_states is not None:
@@ -152,7 +157,7 @@ class HybridModel(HybridPreTrainedModel):
         x = self.norm(x)
         if hidden_states is not None:
             hidden_states.append(x)
-        if isinstance(past_key_values, HybridCache):
+        if isinstance(past_key_values, (HybridCache, HybridStaticCache)):
             past_key_values.advance(T)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
@@ -174,6 +179,26 @@ class HybridModel(HybridPreTrainedModel):
         if self.rotary_emb is not None:
             cos, sin = self.rotary_emb(x, position_ids)
         return SeqInfo(position_ids, cos, sin, padding_mask, past, cu_seqlens)
+
+    def static_seq_info(self, x: torch.Tensor, cache: HybridStaticCache, attention_mask=None,
+                        position_ids=None) -> SeqInfo:
+        """The same for a static cache. A one-token step computes everything from the cache's device tensors (no
+        host sync, no shape that depends on the past: it can be captured); longer calls may look at the host."""
+        B, T = x.shape[:2]
+        past = cache.seen_tokens
+        cache_position, new, positions = cache.begin(B, T, attention_mask)
+        if position_ids is None:
+            position_ids = positions
+        cos = sin = None
+        if self.rotary_emb is not None:
+            cos, sin = self.rotary_emb(x, position_ids)
+        if T == 1:  # the decode step: always the mask over the whole buffer
+            return SeqInfo(position_ids, cos, sin, cache.valid, past, None, cache_position, new)
+        if attention_mask is not None and not bool(new.all()):
+            cache.padded = True
+        if not cache.padded:
+            return SeqInfo(position_ids, cos, sin, None, past, None, cache_position)
+        return SeqInfo(position_ids, cos, sin, cache.valid, past, None, cache_position, new)
 
 
 class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
@@ -220,6 +245,49 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
         )
 
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, *,
+                chunk_size: int | None = None, cache: Cache | None = None,
+                all_logits: bool = False) -> CausalLMOutputWithPast:
+        """Run a prompt into a cache, `chunk_size` tokens at a time, so that prefill memory stays bounded at any
+        prompt length: each chunk's attention sees the cache so far plus itself (no chunk x context mask tensor
+        without padding), the linear mixers carry their state from chunk to chunk. Logits and cache equal a one-shot
+        prefill's (tested).
+
+        input_ids: (B, T), left-padded when rows differ in length, with `attention_mask` (B, T) 0/1; a cache that
+        already holds tokens continues (then the mask may also cover them: (B, past + T)).
+        cache: a `HybridCache` (dynamic) or `HybridStaticCache`; None makes a `HybridCache`.
+        Returns the logits of the last position (B, 1, V), or of every position with `all_logits=True` (which is
+        (B, T, V) and defeats the bounded memory), and the cache as `past_key_values`.
+        `generate(..., prefill_chunk_size=N)` (transformers' own option) runs the same chunks."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (batch, tokens) with at least one token, got {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if chunk_size is None:
+            chunk_size = T
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive integer (tokens per prefill chunk) or None, got "
+                             f"{chunk_size!r}")
+        cache = HybridCache(self.config) if cache is None else cache
+        past = past_length(cache)
+        if attention_mask is not None:
+            shape = tuple(attention_mask.shape)
+            if len(shape) != 2 or shape[0] != B or shape[1] not in (T, past + T):
+                raise ValueError(
+                    f"attention_mask must be a 2-D 0/1 padding mask of shape (batch, tokens) = ({B}, {T}) or "
+                    f"(batch, past + tokens) = ({B}, {past + T}), got {tuple(attention_mask.shape)}")
+            if attention_mask.shape[1] == T and past:
+                attention_mask = torch.cat([attention_mask.new_ones(B, past), attention_mask], dim=1)
+        logits = []
+        for start in range(0, T, chunk_size):
+            end = min(start + chunk_size, T)
+            out = self(input_ids[:, start:end], past_key_values=cache, use_cache=True,
+                       attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
+                       logits_to_keep=0 if all_logits else 1)
+            logits.append(out.logits)
+        return CausalLMOutputWithPast(logits=torch.cat(logits, dim=1) if all_logits else logits[-1],
+                                      past_key_values=cache)
+
     def state_size(self, context_len: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
         """Bytes of decode state (KV caches + recurrent and conv states) after `context_len` tokens."""
         dtype = dtype or self.dtype
@@ -229,6 +297,26 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         """generate turns the 2-D padding mask into 4-D masks when the cache is compileable (e.g. all-linear);
         our mixers build their own masks from the 2-D one, so keep it as it is."""
         return attention_mask
+
+    def _prepare_static_cache(self, cache_implementation: str, batch_size: int, max_cache_len: int,
+                              prefill_chunk_size: int | None, model_kwargs) -> HybridStaticCache:
+        """`generate(..., cache_implementation="static")`: our preallocated hybrid cache instead of transformers'
+        `StaticCache` (which has no notion of our tokens-seen count or of padding in a captured step)."""
+        if cache_implementation != "static":
+            raise ValueError(f"cache_implementation={cache_implementation!r} is not supported by hybrid models; "
+                             "allowed: 'static' (HybridStaticCache) or None (the dynamic HybridCache)")
+        return HybridStaticCache(self.config, max_cache_len, batch_size, dtype=self.dtype, device=self.device)
+
+    def get_compiled_call(self, compile_config=None) -> Callable:
+        """generate's hook for a fast decode step (transformers would `torch.compile` `__call__` here; it asks on CUDA
+        when the cache is static): one-token steps on a `HybridStaticCache` replay a CUDA graph, everything else runs
+        eagerly. Why a graph and not torch.compile: `hybridize/models/graphs.py`. `compile_config` is not used;
+        `generate(..., disable_compile=True)` runs the static cache eagerly."""
+        from .graphs import CudaGraphDecoder
+
+        if getattr(self, "_graph_decoder", None) is None:
+            self._graph_decoder = CudaGraphDecoder(self)
+        return self._graph_decoder
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

@@ -1,9 +1,16 @@
 """Shapes of the teacher families we benchmark against, as transformers config fields (weights are random in
-benchmarks: speed does not depend on their values). Sources: the public config.json of each checkpoint."""
+benchmarks: speed does not depend on their values). Sources: the public config.json of each checkpoint; "tiny" is
+ours, for CPU runs."""
 
 from __future__ import annotations
 
 SHAPES: dict[str, dict] = {
+    # A Qwen3-shaped toy for CPU runs of the benchmarks and their tests (not a real checkpoint).
+    "tiny": dict(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, qk_norm=True, tie_word_embeddings=True, max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
+    ),
     "qwen3-0.6b": dict(
         vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
         num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True, max_position_embeddings=40960,

@@ -1,0 +1,341 @@
+"""`hybridize bench`: prefill latency, time per output token (TPOT), decode throughput and peak memory of a hybrid
+against its teacher, by context length and batch size, each figure beside its roofline bound.
+
+Variants (same shape, random weights: speed does not depend on their values):
+  hybrid          our engine, attention kept in `budget` of the layers (placed like the `uniform` selector), the
+                  mixer elsewhere, HyPE on;
+  teacher-engine  our engine with every layer attention (RoPE, the teacher's own semantics), same decode path;
+  teacher-hf      the stock transformers model of the shape (Qwen3 / Llama class, SDPA) in its fastest stock setting:
+                  prefill with its dynamic cache, decode with its `StaticCache` and `torch.compile(mode=
+                  "reduce-overhead")` on CUDA (eager on the CPU, where compiling would dominate a test run).
+
+How each figure is taken:
+  prefill_s   median wall time of a prefill of batch x context tokens (ours: `model.prefill` into the static cache
+              the decode then uses, `prefill_chunk` tokens at a time; teacher-hf: one forward, dynamic cache,
+              last-position logits), after one warm-up run.
+  tpot_ms     wall time per decode step over `new_tokens` greedy steps after `warmup_steps` untimed ones. Ours
+              decode right after the measured prefill (the cache holds the real prompt; on CUDA the steps replay a
+              CUDA graph); teacher-hf decodes from a `StaticCache` whose length is set to the context over random
+              contents (for speed only the cache length matters).
+  peak_gib    peak allocated GPU memory over prefill and decode (None on the CPU).
+A variant that runs out of memory at some context is recorded there (`oom: true`) and not run at longer ones.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..convert.transfer import student_config
+from ..models import HybridConfig, HybridForCausalLM, HybridStaticCache
+from ..models.shapes import SHAPES, shape_config
+from ..selection.uniform import resolve_budget, uniform_layers
+from . import roofline
+
+VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+LINEAR_MIXERS = ("lightning", "gated_deltanet", "gla")
+
+
+@dataclass
+class Models:
+    name: str
+    teacher: HybridConfig  # every layer attention, the shape's own semantics
+    hybrid: HybridConfig
+    hf_config: object  # the stock transformers config of the same shape
+
+
+def load_shape(model: str) -> tuple[str, dict]:
+    """Config fields of `model`: a built-in shape name, a JSON file of `HybridConfig` fields, or a checkpoint folder
+    whose config.json is a Llama / Qwen2 / Qwen3 / Mistral teacher (its weights are not loaded)."""
+    path = Path(model)
+    if model in SHAPES:
+        return model, shape_config(model)
+    if path.is_file() and path.suffix == ".json":
+        fields = json.loads(path.read_text())
+        if not isinstance(fields, dict):
+            raise ValueError(f"--model {model}: expected a JSON object of HybridConfig fields")
+        return path.stem, fields
+    if path.is_dir() and (path / "config.json").exists():
+        from transformers import AutoConfig
+
+        from ..convert.teacher import teacher_config
+
+        fields = teacher_config(AutoConfig.from_pretrained(path)).to_diff_dict()
+        for key in ("model_type", "transformers_version", "architectures", "linear_mixers"):
+            fields.pop(key, None)
+        return path.name, fields
+    raise ValueError(f"model must be a built-in shape {sorted(SHAPES)}, a .json file of config fields or a checkpoint "
+                     f"folder with config.json, got {model!r}")
+
+
+def build_models(model: str, budget: float | int | str, mixer: str) -> Models:
+    if mixer not in LINEAR_MIXERS:
+        raise ValueError(f"mixer must be one of {list(LINEAR_MIXERS)}, got {mixer!r}")
+    name, fields = load_shape(model)
+    teacher = HybridConfig(**fields)
+    L = teacher.num_hidden_layers
+    keep = uniform_layers(L, resolve_budget(budget, L))
+    hybrid = student_config(teacher, keep, mixer)
+    return Models(name, teacher, hybrid, hf_config(teacher))
+
+
+def hf_config(config: HybridConfig):
+    """The stock transformers config of a teacher shape: Qwen3 when it has q/k norms, else Llama."""
+    from transformers import LlamaConfig, Qwen3Config
+
+    common = dict(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                  intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+                  num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
+                  head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
+                  rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=config.tie_word_embeddings,
+                  rope_parameters=dict(config.rope_parameters))
+    if config.qk_norm:
+        hf = Qwen3Config(attention_bias=config.attention_bias, **common)
+    else:
+        hf = LlamaConfig(attention_bias=config.attention_bias, mlp_bias=config.mlp_bias, **common)
+    hf._attn_implementation = "sdpa"
+    return hf
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _instantiate(config, device, dtype, hf: bool):
+    torch.manual_seed(0)
+    if hf:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        with torch.device(device):
+            model = HybridForCausalLM(config).to(dtype)
+    return model.eval()
+
+
+class _Runner:
+    """Prefill and decode of one variant (one model in memory) at a given batch and context."""
+
+    def __init__(self, variant: str, models: Models, device: torch.device, dtype: torch.dtype, prefill_chunk: int):
+        self.variant, self.device, self.dtype, self.prefill_chunk = variant, device, dtype, prefill_chunk
+        self.hf = variant == "teacher-hf"
+        self.config = models.hybrid if variant == "hybrid" else models.teacher  # what the bounds are counted on
+        self.model = _instantiate(models.hf_config if self.hf else self.config, device, dtype, self.hf)
+        self.weight_bytes = roofline.weight_bytes(self.model)
+        self._compiled = None
+
+    def prompt(self, batch: int, context: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(context)
+        return torch.randint(1, self.config.vocab_size, (batch, context), generator=g).to(self.device)
+
+    @torch.no_grad()
+    def prefill(self, ids: torch.Tensor, new_tokens: int):
+        if self.hf:
+            return self.model(ids, use_cache=True, logits_to_keep=1), None
+        cache = HybridStaticCache(self.config, ids.shape[1] + new_tokens, ids.shape[0], self.dtype, self.device)
+        return self.model.prefill(ids, cache=cache, chunk_size=self.prefill_chunk), cache
+
+    @torch.no_grad()
+    def decode(self, cache, batch: int, context: int, steps: int, warmup: int) -> float:
+        """Seconds per step of `steps` greedy steps after `warmup` untimed ones."""
+        if self.hf:
+            step, cache = self._hf_decoder(batch, context, steps + warmup)
+        else:
+            step = self.model.get_compiled_call()  # CUDA-graph replay on CUDA, eager elsewhere
+        token = torch.ones(batch, 1, dtype=torch.long, device=self.device)
+        for _ in range(warmup):
+            token = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(
+                -1, keepdim=True)
+
+        def run():
+            nonlocal token
+            for _ in range(steps):
+                logits = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                token = logits[:, -1].argmax(-1, keepdim=True)
+
+        seconds = _timed(run, self.device) / steps
+        if not self.hf:
+            step.release()  # the graph holds this cache: let the next measurement start from free memory
+        return seconds
+
+    def _hf_decoder(self, batch: int, context: int, steps: int):
+        from transformers import StaticCache
+
+        config = self.model.config
+        cache = StaticCache(config=config, max_cache_len=context + steps)
+        cache.early_initialization(batch_size=batch, num_heads=config.num_key_value_heads, head_dim=config.head_dim,
+                                   dtype=self.dtype, device=self.device)
+        for layer in cache.layers:  # a full cache over random contents: only its length matters for speed
+            layer.keys.normal_()
+            layer.values.normal_()
+            layer.cumulative_length.fill_(context)
+        if self.device.type != "cuda":
+            return self.model, cache
+        if self._compiled is None:  # transformers' own decode setting: static cache + reduce-overhead compile
+            # one static graph per (batch, cache length), as generate gets, and room for every one the sweep needs
+            # (past the recompile limit dynamo would silently fall back to eager)
+            torch._dynamo.config.automatic_dynamic_shapes = False
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
+            self._compiled = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=True)
+        return self._compiled, cache
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _positive_list(name: str, values) -> list[int]:
+    values = list(values)
+    if not values or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+        raise ValueError(f"{name} must be a non-empty list of positive integers, got {values!r}")
+    return values
+
+
+def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, budget: float | int | str = 0.25,
+              mixer: str = "lightning", contexts=(4096, 8192, 16384, 32768, 65536, 131072), batches=(1,),
+              variants=VARIANTS, device: str | None = None, dtype: str = "bfloat16", new_tokens: int = 32,
+              warmup_steps: int = 4, repeats: int = 3, prefill_chunk: int = 16384, commit: str | None = None,
+              command: str | None = None) -> list[dict]:
+    """Measure every (variant, batch, context), print each row as it is measured, write `out/summary.json` and the
+    plots (`out/latency.png`). Returns the rows. See the module docstring for what each figure means."""
+    contexts = sorted(_positive_list("contexts", contexts))
+    batches = _positive_list("batches", batches)
+    for name, value in (("new_tokens", new_tokens), ("repeats", repeats), ("prefill_chunk", prefill_chunk)):
+        _positive_list(name, [value])
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        raise ValueError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {list(variants)!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but torch sees no CUDA device")
+    torch_dtype = DTYPES[dtype]
+    models = build_models(model, budget, mixer)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    peaks = roofline.measure_peaks(device, torch_dtype)
+    header = dict(command=command or "hybridize.bench.run_bench(...)", device=_device_name(device),
+                  commit=commit or _commit(), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
+                  dtype=dtype, peak_matmul_tflops=peaks["matmul_flops"] / 1e12,
+                  copy_bandwidth_gbs=peaks["copy_bytes"] / 1e9, new_tokens=new_tokens,
+                  hybrid_attention_layers=models.hybrid.attention_layers)
+    print(f"bench {models.name} on {header['device']}: matmul peak {header['peak_matmul_tflops']:.1f} TFLOP/s, copy "
+          f"bandwidth {header['copy_bandwidth_gbs']:.0f} GB/s; hybrid keeps attention in layers "
+          f"{header['hybrid_attention_layers']}", flush=True)
+    rows: list[dict] = []
+    combos = [(v, b) for v in variants for b in batches]
+    bar = tqdm(total=len(combos) * len(contexts), desc="bench", unit="run", file=sys.stderr)
+    for variant in variants:
+        runner = _Runner(variant, models, device, torch_dtype, prefill_chunk)
+        for batch in batches:
+            for context in contexts:
+                row = _measure(runner, models, batch, context, new_tokens, warmup_steps, repeats, peaks, header,
+                               budget, mixer)
+                rows.append(row)
+                bar.update(1)
+                tqdm.write(_format(row), file=sys.stdout)
+                _write(out, header, rows)
+                if row["oom"]:
+                    bar.update(len(contexts) - contexts.index(context) - 1)
+                    break
+        del runner
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    bar.close()
+    from .plot import plot_latency
+
+    plot_latency(rows, out / "latency.png", title=f"{models.name}, {dtype}, {header['device']}")
+    return rows
+
+
+def _measure(runner: _Runner, models: Models, batch: int, context: int, new_tokens: int, warmup: int, repeats: int,
+             peaks: dict, header: dict, budget, mixer: str) -> dict:
+    device = runner.device
+    config = runner.config
+    row = dict(model=models.name, variant=runner.variant, mixer=mixer if runner.variant == "hybrid" else None,
+               budget=str(budget) if runner.variant == "hybrid" else "1.0", context=context, batch=batch,
+               prefill_s=None, tpot_ms=None, decode_tok_s=None,
+               prefill_bound_s=roofline.prefill_flops(config, batch, context) / peaks["matmul_flops"],
+               tpot_bound_ms=1e3 * roofline.decode_bytes(config, batch, context, runner.weight_bytes, runner.dtype)
+               / peaks["copy_bytes"],
+               peak_gib=None, oom=False, device=header["device"], commit=header["commit"])
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        ids = runner.prompt(batch, context)
+        cache = None
+        times = []
+        for i in range(repeats + 1):  # the first run warms up (kernel autotuning, allocator)
+            cache = None
+            _sync(device)
+            start = time.perf_counter()
+            _, cache = runner.prefill(ids, new_tokens + warmup)
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - start)
+        row["prefill_s"] = statistics.median(times)
+        tpot = runner.decode(cache, batch, context, new_tokens, warmup)
+        row["tpot_ms"] = 1e3 * tpot
+        row["decode_tok_s"] = batch / tpot
+    except torch.OutOfMemoryError:
+        row["oom"] = True
+    finally:
+        cache = None
+        if device.type == "cuda":
+            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            torch.cuda.empty_cache()
+    return row
+
+
+def _format(row: dict) -> str:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    status = "  OUT OF MEMORY" if row["oom"] else ""
+    return (f"{row['variant']:<15} B={row['batch']:<3} ctx={row['context']:<7} prefill {f(row['prefill_s'], '.4f')} s "
+            f"(bound {row['prefill_bound_s']:.4f})  TPOT {f(row['tpot_ms'], '.3f')} ms (bound "
+            f"{row['tpot_bound_ms']:.3f})  {f(row['decode_tok_s'], '.0f')} tok/s  peak {f(row['peak_gib'], '.2f')} GiB"
+            f"{status}")
+
+
+def _write(out: Path, header: dict, rows: list[dict]) -> None:
+    """Rewritten after every row, so that a run cut short keeps what it measured."""
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps({**header, "rows": rows}, indent=1))
+    tmp.replace(out / "summary.json")

@@ -1,0 +1,126 @@
+"""Roofline bounds beside every measured figure: what the device could do at best.
+
+* compute: the peak matmul rate, measured at startup (a large bf16 matmul on CUDA, the run's dtype on the CPU);
+  prefill bound = prefill FLOPs / that rate.
+* memory: the device copy bandwidth, measured at startup (bytes read + written by a large `copy_`);
+  decode bound = bytes one decode step must move (weights + KV read + linear states read and written) / that rate.
+
+FLOPs and bytes are counted from the config (`prefill_flops`, `decode_bytes`), so they say what the model needs, not
+what our kernels happen to do (e.g. the static step reads the whole KV buffer: the bound counts the context only).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..models import HybridConfig
+
+# Chunk length of the linear mixers' chunked kernels (fla and our reference use 64): sets their intra-chunk FLOPs.
+LINEAR_CHUNK = 64
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_time(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """{"matmul_flops": FLOP/s of a square matmul, "copy_bytes": bytes/s of a device copy (read + write)}."""
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 512
+    mm_dtype = torch.bfloat16 if cuda else dtype
+    a = torch.randn(n, n, device=device, dtype=mm_dtype)
+    b = torch.randn(n, n, device=device, dtype=mm_dtype)
+    t = _best_time(lambda: torch.mm(a, b), device, repeats=10 if cuda else 3)
+    flops = 2 * n**3 / t
+    del a, b
+    numel = (1 << 29 if cuda else 1 << 23) // 2  # 512 MiB (GPU) / 8 MiB (CPU) of bf16-sized elements
+    src = torch.empty(numel, device=device, dtype=torch.float16).normal_()
+    dst = torch.empty_like(src)
+    t = _best_time(lambda: dst.copy_(src), device, repeats=20 if cuda else 5)
+    copy = 2 * src.numel() * src.element_size() / t
+    del src, dst
+    if cuda:
+        torch.cuda.empty_cache()
+    return {"matmul_flops": flops, "copy_bytes": copy}
+
+
+def _matmul_params(config: HybridConfig) -> int:
+    """Weights multiplied per token in the blocks (embedding lookup and lm_head excluded)."""
+    h, i = config.hidden_size, config.intermediate_size
+    mlp = 3 * h * i
+    total = 0
+    for kind in config.layer_types:
+        if kind == "linear_attention":
+            H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
+            total += h * H * (2 * K + V) + 2 * h * H * V + mlp  # q, k, v; output gate and o_proj
+        else:
+            H, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+            gate = h * H * D if config.attention_output_gate else 0  # HyPE's sigmoid output gate
+            total += h * D * (2 * H + 2 * Hkv) + gate + mlp
+    return total
+
+
+def prefill_flops(config: HybridConfig, batch: int, context: int, all_logits: bool = False) -> float:
+    """Forward FLOPs of a prefill of `batch` x `context` tokens: 2 x weights per token, causal attention
+    (2 x H x D x T^2 per sequence for QK^T and PV together), the linear recurrences in their chunked form, and the
+    lm_head for the last position (or every position with `all_logits`)."""
+    T = context
+    flops = 2.0 * _matmul_params(config) * batch * T
+    for kind in config.layer_types:
+        if kind == "linear_attention":
+            H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
+            # state update + readout (4 H K V) and the intra-chunk products (2 H C (K + V)) per token
+            flops += batch * T * H * (4 * K * V + 2 * min(LINEAR_CHUNK, T) * (K + V))
+        else:
+            seen = T if kind == "full_attention" else min(T, config.sliding_window)
+            # causal: each query sees ~half the keys (or the window); QK^T and PV are 2 D FLOPs per pair each
+            pairs = T * seen / 2 if kind == "full_attention" else T * seen
+            flops += 4.0 * batch * config.num_attention_heads * config.head_dim * pairs
+    flops += 2.0 * config.hidden_size * config.vocab_size * batch * (T if all_logits else 1)
+    return flops
+
+
+def decode_bytes(config: HybridConfig, batch: int, context: int, weight_bytes: int, dtype: torch.dtype) -> float:
+    """Bytes one decode step must move at `context` tokens of cache: every weight once (lm_head included, the
+    embedding rows of the batch only), each attention layer's K and V (the window for sliding layers), each linear
+    layer's fp32 state read and written (and its conv window)."""
+    el = torch.empty((), dtype=dtype).element_size()
+    total = float(weight_bytes)
+    for kind in config.layer_types:
+        if kind == "linear_attention":
+            H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
+            state = H * K * V * 4 + H * (2 * K + V) * config.linear_conv_size * el
+            total += 2 * batch * state
+        else:
+            kept = context if kind == "full_attention" else min(context, config.sliding_window)
+            total += batch * 2 * config.num_key_value_heads * config.head_dim * kept * el
+    return total
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of weights a decode step reads: all parameters except the input embedding table (a row gather),
+    counted once when it is tied to the lm_head."""
+    seen, total = set(), 0
+    embed = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embed
+    for p in model.parameters():
+        if p.data_ptr() in seen or (p is embed and not tied):
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total

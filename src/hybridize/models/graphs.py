@@ -1,0 +1,115 @@
+"""CUDA-graph replay of the one-token decode step over a `HybridStaticCache`.
+
+Decode of a small model at small batch is launch-bound: a 28-layer step is some 400 small kernels, each a few
+microseconds of CPU work, while the GPU needs ~1.5 ms to stream the weights (METHODS.md: the stock Qwen3-1.7B
+eager step takes 37-73 ms, its compiled static step 8.2 ms, the bandwidth bound 1.5 ms at 8K). Replaying a
+captured graph launches the whole step at once.
+
+Why a manual `torch.cuda.CUDAGraph` capture and not `torch.compile(mode="reduce-overhead")`:
+* the linear mixers' decode kernels are fla's Triton kernels behind `torch.autograd.Function`s with their own
+  autotuners; a capture records whatever the step launches, while dynamo would have to trace through (or break
+  around) fla's Python wrappers, and a graph break splits the step into several graphs;
+* no compile time (minutes for 28 layers) and no recompile per batch size: a capture takes one eager step plus a
+  recording, per (cache, batch size);
+* the captured code is exactly the eager code the CPU tests run (`HybridStaticCache` on the CPU runs the same step
+  without graphs), so what the tests check is what replays.
+What it gives up: the kernel fusion inductor would do on the small elementwise ops (norms, rotary, gates); those
+read and write (B, hidden)-sized tensors, small next to the weights and the KV cache that bound the step.
+
+What keeps the step capturable (see `HybridModel.static_seq_info` and `hybridize.mixers.state`): every buffer the
+step touches has a fixed address; where the new token goes and its position are device tensors; T = 1 attends over
+the whole buffer under a mask built from tensors; nothing reads a value back to the host. RoPE scalings that
+recompute their tables from the largest position ("dynamic", "longrope") read back and run eagerly instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .cache import HybridStaticCache
+
+# generate's per-step arguments that the captured step takes care of (or that do not change its result)
+_HANDLED = {"input_ids", "attention_mask", "past_key_values", "use_cache", "return_dict", "logits_to_keep"}
+
+
+@dataclass
+class _Captured:
+    cache: HybridStaticCache
+    graph: torch.cuda.CUDAGraph
+    input_ids: torch.Tensor  # (B, 1) long: copied into before each replay
+    new_mask: torch.Tensor  # (B, 1) long
+    logits: torch.Tensor  # (B, 1, V): written by each replay
+
+
+class CudaGraphDecoder:
+    """Call it like the model. A one-token step on a CUDA `HybridStaticCache` replays a graph captured for that
+    cache and batch size (captured on first use: one eager step, which is a real step, then a recording); anything
+    else runs the model eagerly. The logits it returns live in the graph's output buffer and are overwritten by the
+    next replay (generate copies them at once). The last graph keeps its cache alive until `release()` or the next
+    capture."""
+
+    def __init__(self, model):
+        self.model = model
+        self.captured: _Captured | None = None
+        self.replays = 0
+
+    def capturable(self, input_ids, past_key_values, kwargs) -> bool:
+        return (
+            isinstance(past_key_values, HybridStaticCache)
+            and input_ids is not None
+            and input_ids.is_cuda
+            and input_ids.shape[1] == 1
+            and set(kwargs) <= _HANDLED
+            and not any(kwargs.get(k) for k in ("output_hidden_states", "output_attentions"))
+            and self.model.config.rope_parameters.get("rope_type", "default") not in ("dynamic", "longrope")
+            and not torch.is_grad_enabled()
+        )
+
+    def __call__(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+        if not self.capturable(input_ids, past_key_values, kwargs):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
+                              **kwargs)
+        cache = past_key_values
+        if cache.seen_tokens + 1 > cache.max_cache_len:  # the replay would write past the buffer, unchecked
+            raise ValueError(f"the static cache holds max_cache_len={cache.max_cache_len} tokens and is full")
+        B = input_ids.shape[0]
+        new_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -1:].long()
+        c = self.captured
+        if c is None or c.cache is not cache or c.input_ids.shape[0] != B:
+            return self._capture(cache, input_ids, new_mask)
+        c.input_ids.copy_(input_ids)
+        c.new_mask.copy_(new_mask)
+        c.graph.replay()
+        cache.advance(1)
+        self.replays += 1
+        return CausalLMOutputWithPast(logits=c.logits, past_key_values=cache)
+
+    def release(self) -> None:
+        """Drop the captured graph, its memory pool and its hold on the cache (the next step captures anew)."""
+        self.captured = None
+
+    def _step(self, cache, input_ids, new_mask):
+        return self.model(input_ids=input_ids, attention_mask=new_mask, past_key_values=cache, use_cache=True,
+                          logits_to_keep=1).logits
+
+    def _capture(self, cache: HybridStaticCache, input_ids, new_mask) -> CausalLMOutputWithPast:
+        self.captured = None  # release the previous graph's memory pool first
+        ids, mask = input_ids.clone(), new_mask.clone()
+        # The warm-up is this step, for real, on a side stream (lazy cuBLAS / Triton autotuning happen here, outside
+        # the capture, as torch.cuda.graphs asks).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            logits = self._step(cache, ids, mask).clone()
+        torch.cuda.current_stream().wait_stream(side)
+        # Recording runs the Python once but no kernel: undo the host-side count it advanced.
+        seen = cache.seen_tokens
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._step(cache, ids, mask)
+        cache.seen_tokens = seen
+        self.captured = _Captured(cache, graph, ids, mask, out)
+        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)

@@ -1,0 +1,260 @@
+"""The fast inference paths on the CPU: the static cache's decode step == the dynamic cache's, the step reads no
+value back to the host and keeps its buffers where they are (what a CUDA graph needs), chunked prefill == one-shot
+prefill, and `hybridize bench` end to end on a tiny shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers.cache_utils import StaticCache
+
+from hybridize import HybridCache, HybridForCausalLM, HybridStaticCache
+from conftest import PATTERNS, assert_close, tiny_config
+
+PATTERN_NAMES = list(PATTERNS)
+
+
+def _model(pattern, **kw) -> HybridForCausalLM:
+    model = HybridForCausalLM(tiny_config(pattern, **kw)).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def _left_padded(lengths, vocab=101):
+    T = max(lengths)
+    rows = [torch.randint(1, vocab, (n,)) for n in lengths]
+    ids = torch.stack([torch.cat([torch.zeros(T - len(r), dtype=torch.long), r]) for r in rows])
+    return ids, (ids != 0).long()
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """Everything a cache holds, layer by layer, in a fixed order."""
+    out = []
+    for layer in cache.layers:
+        if hasattr(layer, "recurrent_states"):
+            out.append(layer.recurrent_states[0])
+            if layer.is_conv_states_initialized[0]:
+                out.append(layer.conv_states[0])
+        else:
+            out += [layer.keys, layer.values]
+    if isinstance(cache, HybridStaticCache):
+        out += [cache.valid, cache.real, cache.length]
+    return out
+
+
+@pytest.mark.parametrize("pattern", PATTERN_NAMES)
+def test_static_decode_equals_dynamic_decode(pattern):
+    """Left-padded rows of different lengths, greedy decode long enough for the sliding layer's ring to wrap
+    (window 7): the same tokens and logits from both caches, step by step."""
+    model = _model(pattern)
+    ids, mask = _left_padded([9, 4, 7])
+    B, steps = ids.shape[0], 12
+    dynamic, static = HybridCache(model.config), HybridStaticCache(model.config, max_cache_len=24, batch_size=B)
+    with torch.no_grad():
+        d = model(ids, attention_mask=mask, past_key_values=dynamic).logits[:, -1]
+        s = model(ids, attention_mask=mask, past_key_values=static).logits[:, -1]
+        for step in range(steps):
+            assert_close(s, d, f"{pattern} step {step}")
+            token = d.argmax(-1, keepdim=True)
+            assert torch.equal(s.argmax(-1, keepdim=True), token)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+            d = model(token, attention_mask=mask, past_key_values=dynamic).logits[:, -1]
+            s = model(token, attention_mask=mask, past_key_values=static).logits[:, -1]
+    assert static.get_seq_length() == dynamic.get_seq_length() == 9 + steps
+    assert int(static.length) == 9 + steps and static.real.tolist() == [9 + steps, 4 + steps, 7 + steps]
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "all_attention", "gated_deltanet"])
+def test_generate_static_equals_dynamic_and_manual_loop(pattern):
+    model = _model(pattern)
+    ids, mask = _left_padded([8, 3, 6])
+    kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False)
+    dynamic = model.generate(ids, **kw)
+    static = model.generate(ids, cache_implementation="static", return_dict_in_generate=True, **kw)
+    chunked = model.generate(ids, cache_implementation="static", prefill_chunk_size=3, **kw)
+    assert isinstance(static.past_key_values, HybridStaticCache)
+    assert torch.equal(static.sequences, dynamic) and torch.equal(chunked, dynamic)
+    with torch.no_grad():  # the reference: the whole sequence again for every token, no cache
+        seq, m = ids, mask
+        for _ in range(10):
+            nxt = model(seq, attention_mask=m, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            seq, m = torch.cat([seq, nxt], 1), torch.cat([m, torch.ones_like(nxt)], 1)
+    assert torch.equal(dynamic, seq)
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear"])
+def test_decode_step_is_capturable(pattern, monkeypatch):
+    """What a CUDA graph replay needs, checked on the CPU: the one-token step (1) reads no tensor value back to the
+    host, (2) keeps every buffer at its address, (3) does not depend on the Python-side token count, which a replay
+    leaves frozen at its capture value."""
+    model = _model(pattern, linear_conv_size=4)
+    ids, mask = _left_padded([6, 3])
+    cache = HybridStaticCache(model.config, max_cache_len=16, batch_size=2)
+    frozen = HybridStaticCache(model.config, max_cache_len=16, batch_size=2)
+    addresses = [t.data_ptr() for t in _cache_tensors(cache)]
+    with torch.no_grad():
+        model(ids, attention_mask=mask, past_key_values=cache)
+        model(ids, attention_mask=mask, past_key_values=frozen)
+        token = torch.tensor([[5], [7]])
+
+        def host_read(*args, **kwargs):
+            raise AssertionError("the decode step read a tensor value back to the host")
+
+        with monkeypatch.context() as patch:
+            for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+                patch.setattr(torch.Tensor, name, host_read)
+            for step in range(8):
+                expected = model(token, attention_mask=torch.ones(2, 1), past_key_values=cache).logits
+                frozen.seen_tokens = 6  # as in a replay: the count the step was captured at
+                got = model(token, attention_mask=torch.ones(2, 1), past_key_values=frozen).logits
+                assert torch.equal(got, expected), f"step {step} depends on the host-side token count"
+    assert [t.data_ptr() for t in _cache_tensors(cache)] == addresses
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "all_attention", "lightning"])
+@pytest.mark.parametrize("chunk_size", [4, 5, 7, 19, 64])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_chunked_prefill_equals_one_shot(pattern, chunk_size, static):
+    """Logits at every position and the final cache, for chunk sizes that do and do not divide 19, with left
+    padding longer than a chunk (row 1 is padding for its first 11 positions)."""
+    model = _model(pattern, linear_conv_size=3)
+    ids, mask = _left_padded([19, 8, 13])
+
+    def new_cache():
+        return HybridStaticCache(model.config, 32, 3) if static else HybridCache(model.config)
+
+    one = model.prefill(ids, attention_mask=mask, cache=new_cache(), all_logits=True)
+    chunked = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=chunk_size, all_logits=True)
+    assert_close(chunked.logits, one.logits, f"{pattern} chunk {chunk_size} logits")
+    last = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=chunk_size)
+    assert last.logits.shape == (3, 1, 101)
+    assert_close(last.logits[:, 0], one.logits[:, -1], "last-position logits")
+    for i, (a, b) in enumerate(zip(_cache_tensors(chunked.past_key_values), _cache_tensors(one.past_key_values))):
+        if a.is_floating_point():
+            assert_close(a, b, f"{pattern} chunk {chunk_size} cache tensor {i}")
+        else:
+            assert torch.equal(a, b), f"cache tensor {i}"
+    assert chunked.past_key_values.get_seq_length() == 19
+
+
+def test_chunked_prefill_long_prompt_then_decode_matches_full_forward():
+    """A prompt 6x the sliding window, in chunks of 5, then decode: every logit equals the uncached forward."""
+    model = _model("mixed")
+    ids = torch.randint(1, 101, (2, 45))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+    for cache in (HybridCache(model.config), HybridStaticCache(model.config, 48, 2)):
+        out = model.prefill(ids[:, :40], cache=cache, chunk_size=5, all_logits=True)
+        parts = [out.logits]
+        with torch.no_grad():
+            for t in range(40, 45):
+                parts.append(model(ids[:, t : t + 1], past_key_values=cache).logits)
+        assert_close(torch.cat(parts, 1), full, type(cache).__name__)
+
+
+def test_static_cache_layout():
+    config = tiny_config("mixed", linear_conv_size=4)
+    cache = HybridStaticCache(config, max_cache_len=20, batch_size=3, dtype=torch.bfloat16)
+    kinds = [type(layer).__name__ for layer in cache.layers]
+    assert kinds == ["StaticState", "StaticKV", "StaticState", "StaticState", "StaticKV"]
+    full, ring = cache.layers[1], cache.layers[4]
+    assert full.keys.shape == (3, 2, 20, 10) and full.keys.dtype == torch.bfloat16
+    assert ring.keys.shape == (3, 2, 7, 10)  # the sliding layer holds its window only
+    lin = cache.layers[0]
+    assert lin.recurrent_states[0].shape == (3, 4, 10, 10) and lin.recurrent_states[0].dtype == torch.float32
+    assert lin.conv_states[0].shape == (3, 4 * 30, 4)
+    assert cache.is_compileable and cache.batch_size == 3 and cache.get_max_length() == 20
+
+
+def test_static_cache_errors_name_the_problem():
+    model = _model("mixed")
+    cache = HybridStaticCache(model.config, max_cache_len=8, batch_size=2)
+    with pytest.raises(ValueError, match="batch_size=2"):
+        model(torch.randint(1, 101, (3, 4)), past_key_values=cache)
+    with pytest.raises(ValueError, match="max_cache_len=8"):
+        model(torch.randint(1, 101, (2, 9)), past_key_values=cache)
+    with pytest.raises(ValueError, match="max_cache_len must be a positive integer"):
+        HybridStaticCache(model.config, max_cache_len=0, batch_size=1)
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        model.prefill(torch.randint(1, 101, (2, 4)), chunk_size=0)
+    with pytest.raises(ValueError, match="attention_mask must be a 2-D"):
+        model.prefill(torch.randint(1, 101, (2, 4)), attention_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="cache_implementation='offloaded_static' is not supported"):
+        model.generate(torch.randint(1, 101, (1, 3)), max_new_tokens=2, cache_implementation="offloaded_static")
+    with pytest.raises(ValueError, match="use hybridize.HybridStaticCache"):
+        model(torch.randint(1, 101, (1, 3)), past_key_values=StaticCache(config=model.config, max_cache_len=8))
+
+
+def _cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hybridize.cli", *args], capture_output=True, text=True)
+
+
+ROW_FIELDS = {"model", "variant", "mixer", "budget", "context", "batch", "prefill_s", "tpot_ms", "tpot_bound_ms",
+              "prefill_bound_s", "peak_gib", "device", "commit", "decode_tok_s", "oom"}
+
+
+def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32,48",
+               "--batches", "1,2", "--new-tokens", "3", "--repeats", "1", "--prefill-chunk", "20", "--mixer",
+               "gated_deltanet", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["command"].startswith("hybridize bench --model tiny")
+    assert summary["peak_matmul_tflops"] > 0 and summary["copy_bandwidth_gbs"] > 0
+    assert summary["hybrid_attention_layers"] == [3]  # 25% of 4 layers, uniform: the last of the group
+    rows = summary["rows"]
+    assert {(r["variant"], r["batch"], r["context"]) for r in rows} == {
+        (v, b, c) for v in ("hybrid", "teacher-engine", "teacher-hf") for b in (1, 2) for c in (32, 48)}
+    for r in rows:
+        assert ROW_FIELDS <= set(r), ROW_FIELDS - set(r)
+        assert not r["oom"] and r["prefill_s"] > 0 and r["tpot_ms"] > 0 and r["decode_tok_s"] > 0
+        assert r["prefill_bound_s"] > 0 and r["tpot_bound_ms"] > 0 and r["model"] == "tiny"
+        assert r["mixer"] == ("gated_deltanet" if r["variant"] == "hybrid" else None)
+    # every row printed as measured, one line each
+    assert sum(line.startswith(("hybrid ", "teacher-")) for line in out.stdout.splitlines()) == len(rows)
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+    out = _cli("bench", "--train", "--model", "tiny", "--device", "cpu", "--seq-len", "32", "--train-batch", "2",
+               "--steps", "2", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    train = json.loads((tmp_path / "train.json").read_text())
+    assert train["tokens_per_s"] > 0 and 0 < train["mfu"] and train["seq_len"] == 32
+    assert train["command"].startswith("hybridize bench --train")
+
+
+def test_bench_user_errors_are_one_line(capsys, tmp_path):
+    from hybridize.cli import main
+
+    for args, needle in ((["--variants", "hybrid,vllm"], "variants must be a non-empty subset"),
+                         (["--budget", "9"], "budget must be a fraction"),
+                         (["--model", "qwen9"], "model must be a built-in shape"),
+                         (["--contexts", "32,0"], "contexts must be a non-empty list of positive integers")):
+        code = main(["bench", "--device", "cpu", "--model", "tiny", "--out", str(tmp_path), *args])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_roofline_counts_agree_with_the_model():
+    """Two independent counts: the weights the FLOP count multiplies == the blocks' Linear weights, and the KV /
+    state bytes a decode step reads == what the mixers say their state takes (linear states read and written)."""
+    from hybridize.bench import roofline
+    from hybridize.bench.inference import build_models
+
+    models = build_models("tiny", 0.5, "gla")
+    for config in (models.teacher, models.hybrid):
+        model = HybridForCausalLM(config)
+        # the gates' small projections (GLA's rank-16 gk_proj) are left out of the FLOP count on purpose
+        linear = sum(m.weight.numel() for n, m in model.model.layers.named_modules()
+                     if isinstance(m, torch.nn.Linear) and "gk_proj" not in n)
+        assert roofline._matmul_params(config) == linear
+        state = model.state_size(100, batch_size=3, dtype=torch.bfloat16)
+        kv = 3 * sum(layer.mixer.state_size(100, torch.bfloat16) for layer in model.model.layers
+                     if config.layer_types[layer.mixer.layer_idx] != "linear_attention")
+        assert roofline.decode_bytes(config, 3, 100, 0, torch.bfloat16) == kv + 2 * (state - kv)
+    assert models.hybrid.layer_types.count("linear_attention") == 2
