@@ -203,11 +203,12 @@ def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
                "--batches", "1,2", "--new-tokens", "3", "--repeats", "1", "--prefill-chunk", "20", "--mixer",
                "gated_deltanet", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["command"].startswith("hybridize bench --model tiny")
-    assert summary["peak_matmul_tflops"] > 0 and summary["copy_bandwidth_gbs"] > 0
-    assert summary["hybrid_attention_layers"] == [3]  # 25% of 4 layers, uniform: the last of the group
-    rows = summary["rows"]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["command"].startswith("hybridize bench --model tiny")
+    assert run["peak_matmul_tflops"] > 0 and run["copy_bandwidth_gbs"] > 0
+    assert run["hybrid_attention_layers"] == [3]  # 25% of 4 layers, uniform: the last of the group
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert isinstance(rows, list) and all(r["command"] == run["command"] for r in rows)
     assert {(r["variant"], r["batch"], r["context"]) for r in rows} == {
         (v, b, c) for v in ("hybrid", "teacher-engine", "teacher-hf") for b in (1, 2) for c in (32, 48)}
     for r in rows:

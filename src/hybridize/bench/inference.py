@@ -335,7 +335,9 @@ def _format(row: dict) -> str:
 
 
 def _write(out: Path, header: dict, rows: list[dict]) -> None:
-    """Rewritten after every row, so that a run cut short keeps what it measured."""
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps({**header, "rows": rows}, indent=1))
-    tmp.replace(out / "summary.json")
+    """Rewritten after every row, so that a run cut short keeps what it measured. `summary.json` is the list of rows
+    (each naming its device and commit), `run.json` the run's command, peaks and versions."""
+    for name, data in (("run.json", header), ("summary.json", [{**r, "command": header["command"]} for r in rows])):
+        tmp = out / f"{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(out / name)
