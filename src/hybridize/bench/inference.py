@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..convert.transfer import student_config
+from ..provenance import git_commit
 from ..models import HybridConfig, HybridForCausalLM, HybridStaticCache
 from ..models.shapes import SHAPES, shape_config
 from ..selection.uniform import resolve_budget, uniform_layers
@@ -202,12 +202,7 @@ class _Runner:
 
 
 def _commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
+    return git_commit(short=True)
 
 
 def _device_name(device: torch.device) -> str:

@@ -20,6 +20,7 @@ from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import source_files, spec_items
 from ..models import HybridForCausalLM
+from ..provenance import provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
 from .loop import TrainResult, train
@@ -99,7 +100,7 @@ class Conversion:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def mark_done(self, stage: str, record: dict) -> dict:
-        record = {"stage": stage, "device": _device_name(self.device), **record}
+        record = {"stage": stage, "device": _device_name(self.device), **record, **provenance()}
         path = self.stage_dir(stage) / "done.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

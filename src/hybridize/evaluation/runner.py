@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data.sources import iter_documents
+from ..provenance import git_commit
 from ..data.synthetic import TASKS, FillerTokens, suite_tasks
 from .loading import DTYPES, check_model_dir, has_tokenizer, load_model, load_tokenizer, pick_device
 from .perplexity import perplexity_by_length, perplexity_windows
@@ -82,15 +82,6 @@ def _names(paths: list[Path]) -> list[str]:
             name, k = f"{p.resolve().name}-{k}", k + 1
         names.append(name)
     return names
-
-
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def run_eval(cfg: EvalConfig) -> list[Path]:
@@ -185,7 +176,7 @@ def run_eval(cfg: EvalConfig) -> list[Path]:
                    "perplexity: tokens bucketed by how many tokens precede them in the window.",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "hybridize": hybridize.__version__},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return write_report(out, entries, meta)

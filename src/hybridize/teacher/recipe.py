@@ -28,7 +28,8 @@ class TeacherRecipe:
     # Data: the corpus mixed with synthetic retrieval episodes, `episode_rows` of each micro-batch
     episode_rows: int = 4
     episode_min_len: int = 64  # episode prompts range from this to the training length: short ones are learned first
-    episode_tasks: tuple[str, ...] = ("passkey", "mqar", "niah_single_2")
+    # "repeat": random words, then the same words again (see teacher/train.py); the others are synthetic tasks
+    episode_tasks: tuple[str, ...] = ("repeat", "passkey", "mqar", "niah_single_2")
     passkey_words: int = 2
     mqar_queries: int = 2
     seed: int = 0
@@ -105,6 +106,15 @@ def teacher_recipe(size: str, overrides: list[str] | None = None) -> TeacherReci
     if not 16 <= recipe.episode_min_len <= recipe.train.seq_len - 32:
         raise ValueError(f"episode_min_len must be in [16, seq_len - 32 = {recipe.train.seq_len - 32}], "
                          f"got {recipe.episode_min_len}")
+    from ..data.synthetic import TASKS
+
+    if isinstance(recipe.episode_tasks, str):
+        recipe.episode_tasks = tuple(t for t in recipe.episode_tasks.split(",") if t)
+    recipe.episode_tasks = tuple(recipe.episode_tasks)
+    bad = [t for t in recipe.episode_tasks if t != "repeat" and t not in TASKS]
+    if bad or not recipe.episode_tasks:
+        raise ValueError(f"episode_tasks must be a non-empty comma-separated list of 'repeat' and synthetic tasks "
+                         f"{sorted(TASKS)}, got {list(recipe.episode_tasks)!r}")
     if not 0 <= recipe.episode_rows < recipe.train.micro_batch_size:
         raise ValueError(f"episode_rows must be in [0, micro_batch_size={recipe.train.micro_batch_size}), "
                          f"got {recipe.episode_rows}")

@@ -21,13 +21,38 @@ import torch
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from ..data import PackedSequences, SequenceLoader, corpus_info, iter_documents, tokenize_corpus
-from ..data.synthetic import IGNORE_INDEX, FillerTokens, generate, task_config
+from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _special_prefix, generate, task_config
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
 from ..distill.loop import TrainResult, train
+from ..provenance import provenance
 from .recipe import TeacherRecipe, teacher_recipe
 
 ANSWER_ROOM = 32  # tokens left after an episode's prompt for its answer; the rest of the row is padding
+REPEAT = "repeat"  # an episode task of the teacher only: a list of random words, then the same list again
+
+
+def repeat_episode(tokenizer, length: int, seed: int) -> tuple[list[int], list[int]]:
+    """Random words (from the synthetic tasks' word list) and then the same words again, at most `length` tokens;
+    labels on the second copy only. Every label is predictable only by looking back (an induction head), the
+    circuit passkey and key-value retrieval are built on, and each row carries dozens of such tokens where a passkey
+    carries a few: a small model learns to retrieve much sooner with it (the tiny teacher learned none without it
+    in 1,400 steps). A pure function of (tokenizer, length, seed)."""
+    rng = random.Random(f"{REPEAT}:{seed}")
+    head = _special_prefix(tokenizer) + _encode(tokenizer, "Repeat these words:")
+    again = _encode(tokenizer, "\nAgain:")
+    room = (length - len(head) - len(again)) // 2
+    if room < 4:
+        raise ValueError(f"a repeat episode needs length >= {len(head) + len(again) + 8}, got {length}")
+    words: list[int] = []
+    while True:
+        more = _encode(tokenizer, " " + rng.choice(WORDS))
+        if len(words) + len(more) > room:
+            break
+        words += more
+    ids = head + words + again + words
+    labels = [IGNORE_INDEX] * (len(ids) - len(words)) + words
+    return ids, labels
 
 
 @dataclass
@@ -58,6 +83,8 @@ class EpisodeMixer:
         self.min_length = {name: self._shortest(name) for name in recipe.episode_tasks}
 
     def _shortest(self, name: str) -> int:
+        if name == REPEAT:
+            return self.recipe.episode_min_len
         """The shortest prompt length, from episode_min_len up in steps of 16, that fits the task's template and
         needles in this tokenizer (NIAH's template alone is ~110 tokens of a 2K-entry BPE)."""
         longest = self.recipe.train.seq_len - ANSWER_ROOM
@@ -75,6 +102,11 @@ class EpisodeMixer:
         name = r.episode_tasks[n % len(r.episode_tasks)]
         longest = r.train.seq_len - ANSWER_ROOM
         length = random.Random(f"length:{r.seed}:{n}").randint(self.min_length[name], longest)
+        if name == REPEAT:
+            ids, labels = repeat_episode(self.tokenizer, length, r.seed * 1_000_003 + n)
+            pad = r.train.seq_len - len(ids)
+            return (torch.tensor(ids + [self.tokenizer.pad_token_id] * pad),
+                    torch.tensor(labels + [IGNORE_INDEX] * pad))
         while True:  # a draw's keys and values may tokenize longer than the probe's: lengthen until they fit
             try:
                 ex = generate(task_config(name, length=length, **self.options.get(name, {})), r.seed * 1_000_003 + n,
@@ -171,7 +203,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                   "result": result.as_dict(), "recipe": recipe.to_dict(), "device": _device_name(device),
                   "python": sys.version.split()[0], "torch": torch.__version__,
                   "data": recipe.data if recipe.data is not None else corpus_info(),
-                  "wall_seconds_last_run": time.perf_counter() - t0}
+                  "wall_seconds_last_run": time.perf_counter() - t0, **provenance()}
         (out / "teacher.json").write_text(json.dumps(record, indent=1))
     return result
 

@@ -1,0 +1,40 @@
+"""What produced a result: the command, the commit of the package, the versions. Every record we write (teacher.json,
+each stage's done.json, selection.json, the eval report, the bench files) carries it."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def git_commit(short: bool = False) -> str | None:
+    """The commit of the checkout the package runs from (None for an installed wheel or a copy without .git)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", *(["--short"] if short else []), "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def command_line() -> str:
+    """The command as the user typed it, with `hybridize` for the console script or `python -m hybridize.cli`."""
+    argv = list(sys.argv)
+    name = Path(argv[0]).name if argv else ""
+    head = "hybridize" if name in ("hybridize", "cli.py", "__main__.py") else name
+    return shlex.join([head, *argv[1:]])
+
+
+def provenance() -> dict:
+    import torch
+    import transformers
+
+    return {"command": command_line(), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+__all__ = ["command_line", "git_commit", "provenance"]

@@ -1,0 +1,139 @@
+"""`hybridize teacher`: the recipes meet the issue's sizes, episodes are what their labels say, and a tiny run is
+deterministic, resumable and saved as an ordinary HF checkpoint."""
+
+from __future__ import annotations
+
+import json
+import random
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
+
+from hybridize.cli import main
+from hybridize.data.synthetic import IGNORE_INDEX, FillerTokens
+from hybridize.data.tokenizer import train_bpe_tokenizer
+from hybridize.teacher import train_teacher
+from hybridize.teacher.recipe import SIZES, teacher_recipe
+from hybridize.teacher.train import EpisodeMixer, repeat_episode
+
+
+def _corpus(tmp_path: Path) -> Path:
+    """A few standard-library modules as text: present on every Python install, enough for a 2K BPE."""
+    path = tmp_path / "corpus.txt"
+    mods = [random, json, types, pytest]
+    path.write_text("\n\n".join(Path(m.__file__).read_text() for m in mods))
+    return path
+
+
+# A tiny run: 3 optimizer steps of 4 rows (2 of them episodes) at 256 tokens
+TINY_RUN = ["train.tokens=3072", "train.batch_size=4", "train.micro_batch_size=4", "episode_rows=2",
+            "train.warmup_steps=1", "train.save_every=1"]
+
+
+@pytest.mark.parametrize("size,min_layers,min_params", [("small", 12, 50e6), ("base", 24, 300e6)])
+def test_gpu_sizes_meet_their_floors(size, min_layers, min_params):
+    r = teacher_recipe(size)
+    tok = types.SimpleNamespace(bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    with torch.device("meta"):
+        model = Qwen3ForCausalLM(r.model_config(tok))
+    params = sum(p.numel() for p in model.parameters())
+    assert r.num_hidden_layers >= min_layers and params >= min_params, (r.num_hidden_layers, params)
+    assert model.config.tie_word_embeddings and r.num_key_value_heads < r.num_attention_heads  # GQA, tied
+    assert r.max_position_embeddings == r.train.seq_len
+
+
+@pytest.mark.parametrize("override,field", [
+    (["episode_rows=16"], "episode_rows"), (["episode_min_len=8"], "episode_min_len"),
+    (["episode_min_len=250"], "episode_min_len"), (["nonsense=1"], "nonsense"), (["train.lr=-1"], "lr"),
+    (["episode_rows"], "key=value"), (["episode_tasks=repeat,nope"], "episode_tasks")])
+def test_bad_recipe_values_name_their_field(override, field):
+    with pytest.raises(ValueError, match=field):
+        teacher_recipe("tiny", override)
+    with pytest.raises(ValueError, match="allowed"):
+        teacher_recipe("huge")
+    assert set(SIZES) == {"tiny", "small", "base"}
+
+
+def test_episodes_label_only_their_answers_and_are_a_function_of_the_seed(tmp_path):
+    corpus = _corpus(tmp_path)
+    docs = corpus.read_text().split("\n\n")
+    tok = train_bpe_tokenizer(docs, 2048)
+    recipe = teacher_recipe("tiny", TINY_RUN)
+    filler = FillerTokens.build(tok, docs)
+    from hybridize.data import tokenize_corpus
+
+    seqs = tokenize_corpus(str(corpus), tok)
+    a = EpisodeMixer(recipe, seqs, tok, filler)
+    lengths = set()
+    for n in range(12):
+        ids, labels = a.episode(n)
+        ids2, labels2 = a.episode(n)
+        assert torch.equal(ids, ids2) and torch.equal(labels, labels2)
+        assert ids.shape == labels.shape == (recipe.train.seq_len,)
+        answer = labels != IGNORE_INDEX
+        short = recipe.episode_tasks[n % len(recipe.episode_tasks)] != "repeat"  # repeat labels half its row
+        assert 0 < answer.sum() < (32 if short else recipe.train.seq_len // 2)
+        assert torch.equal(labels[answer], ids[answer])  # labels are the answer tokens themselves, in place
+        lengths.add(int((ids != tok.pad_token_id).sum()))
+        text = tok.decode(ids[answer])
+        prompt = tok.decode(ids[: int(answer.nonzero()[0])])
+        assert text.strip() and all(w in prompt for w in text.replace(",", " ").split())  # the answer was in the prompt
+    assert len(lengths) > 3  # prompt lengths vary (short episodes are learned first)
+    # the mixer resumes: batches after load_state_dict equal the uninterrupted ones
+    first = iter(EpisodeMixer(recipe, seqs, tok, filler))
+    next(first)
+    state = first.state_dict()
+    expected = next(first)
+    again = EpisodeMixer(recipe, seqs, tok, filler)
+    again.load_state_dict(json.loads(json.dumps(state)))
+    got = next(again)
+    assert torch.equal(got.input_ids, expected.input_ids) and torch.equal(got.labels, expected.labels)
+    assert got.episode_rows == 2 and got.input_ids.shape == (4, 256)
+
+
+def test_repeat_episode_labels_the_second_copy_of_the_first(tmp_path):
+    tok = train_bpe_tokenizer(_corpus(tmp_path).read_text().split("\n\n"), 2048)
+    for length in (40, 100, 224):
+        ids, labels = repeat_episode(tok, length, seed=length)
+        assert ids == repeat_episode(tok, length, seed=length)[0] and len(ids) <= length
+        answer = [t for t in labels if t != IGNORE_INDEX]
+        n = len(answer)
+        assert n >= 4 and ids[-n:] == answer and labels[:-n] == [IGNORE_INDEX] * (len(ids) - n)
+        first = tok.decode(ids[: len(ids) - n])
+        assert first.split("Repeat these words:")[1].split("\nAgain:")[0] == tok.decode(answer)
+    assert repeat_episode(tok, 100, seed=1)[0] != repeat_episode(tok, 100, seed=2)[0]
+    with pytest.raises(ValueError, match="length"):
+        repeat_episode(tok, 12, seed=0)
+
+
+def test_tiny_teacher_is_deterministic_resumable_and_a_plain_hf_checkpoint(tmp_path):
+    corpus = str(_corpus(tmp_path))
+    one = train_teacher("tiny", tmp_path / "one", TINY_RUN, data=[corpus], device="cpu")
+    assert one.finished and one.steps == 3
+    # interrupted after its first step (max_minutes=0 stops at the first step boundary), then continued
+    part = train_teacher("tiny", tmp_path / "two", TINY_RUN, data=[corpus], device="cpu", max_minutes=0)
+    assert not part.finished and not (tmp_path / "two" / "model.safetensors").exists()
+    code = main(["teacher", "--size", "tiny", "--out", str(tmp_path / "two"), "--data", corpus,
+                 *[a for s in TINY_RUN for a in ("--set", s)], "--device", "cpu"])
+    assert code in (0, None)
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "one")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "one")
+    assert type(model).__name__ == "Qwen3ForCausalLM" and model.config.max_position_embeddings == 256
+    ids = tok("def main():", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 4)
+    record = json.loads((tmp_path / "one" / "teacher.json").read_text())
+    assert record["size"] == "tiny" and record["result"]["steps"] == 3 and record["device"] == "cpu"
+    assert record["recipe"]["train"]["tokens"] == 3072
+    assert {"command", "commit", "torch", "transformers"} <= set(record)  # what produced it
+    # a different recipe in the same folder is refused rather than mixed
+    with pytest.raises(ValueError, match="another recipe"):
+        train_teacher("tiny", tmp_path / "one", [*TINY_RUN, "train.lr=1e-3"], data=[corpus], device="cpu")
