@@ -79,7 +79,9 @@ def test_episodes_label_only_their_answers_and_are_a_function_of_the_seed(tmp_pa
         assert 0 < answer.sum() < (32 if short else recipe.train.seq_len // 2)
         assert torch.equal(labels[answer], ids[answer])  # labels are the answer tokens themselves, in place
         lengths.add(int((ids != tok.pad_token_id).sum()))
-        text = tok.decode(ids[answer])
+        text = tok.decode(ids[answer], skip_special_tokens=True)
+        if short:  # the answer ends with a labelled EOS, so the teacher learns where answers stop
+            assert labels[answer][-1] == tok.eos_token_id
         prompt = tok.decode(ids[: int(answer.nonzero()[0])])
         assert text.strip() and all(w in prompt for w in text.replace(",", " ").split())  # the answer was in the prompt
     assert len(lengths) > 3  # prompt lengths vary (short episodes are learned first)

@@ -77,9 +77,10 @@ class EvalConfig:
 def _names(paths: list[Path]) -> list[str]:
     names = []
     for p in paths:
-        name, k = p.resolve().name, 2
+        base = p.name if p.name not in ("", ".", "..") else p.resolve().name  # a symlink keeps its own name
+        name, k = base, 2
         while name in names:
-            name, k = f"{p.resolve().name}-{k}", k + 1
+            name, k = f"{base}-{k}", k + 1
         names.append(name)
     return names
 

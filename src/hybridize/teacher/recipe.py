@@ -30,8 +30,8 @@ class TeacherRecipe:
     episode_min_len: int = 64  # episode prompts range from this to the training length: short ones are learned first
     # "repeat": random words, then the same words again (see teacher/train.py); the others are synthetic tasks
     episode_tasks: tuple[str, ...] = ("repeat", "passkey", "mqar", "niah_single_2")
-    passkey_words: int = 2
-    mqar_queries: int = 2
+    passkey_words: int = 5  # the evaluation's defaults (PasskeyConfig, MQARConfig)
+    mqar_queries: int = 4
     seed: int = 0
     data: str | list[str] | None = None  # None: the built-in corpus
 

@@ -116,11 +116,14 @@ class EpisodeMixer:
                 if length >= longest:
                     raise
                 length = min(length + 16, longest)
-        pad = r.train.seq_len - len(ex.input_ids)
+        # the answer ends with EOS, labelled too: a teacher that has not learned where an answer stops goes on
+        # copying ("1600818181818...") and exact match scores a right retrieval as wrong
+        eos = self.tokenizer.eos_token_id
+        pad = r.train.seq_len - len(ex.input_ids) - 1
         if pad < 0:
             raise ValueError(f"a {name} answer took {-pad + ANSWER_ROOM} tokens, more than the {ANSWER_ROOM} reserved")
-        ids = torch.tensor(ex.input_ids + [self.tokenizer.pad_token_id] * pad)
-        labels = torch.tensor(ex.labels + [IGNORE_INDEX] * pad)
+        ids = torch.tensor(ex.input_ids + [eos] + [self.tokenizer.pad_token_id] * pad)
+        labels = torch.tensor(ex.labels + [eos] + [IGNORE_INDEX] * pad)
         return ids, labels
 
     def __iter__(self):
