@@ -19,6 +19,7 @@ import torch
 
 SHIPPED_TEACHER = "teacher-tiny"
 TASKS = ["passkey", "niah_single_2", "mqar"]
+EPISODES = 3000  # retrieval episodes added to the built-in corpus for the conversion (~0.4M tokens)
 
 
 def shipped_teacher() -> Path | None:
@@ -49,7 +50,8 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     trained = json.loads((teacher / "config.json").read_text()).get("max_position_embeddings", 256)
     print(f"[2/4] converting at a 25% attention budget ({mixer} mixers, HyPE) ...", flush=True)
     recipe = load_recipe("demo", [f"mixer={mixer}", *(overrides or [])])
-    conv = Conversion(teacher, out / "hybrid", recipe, device=device)
+    data = ["builtin", str(_episodes(out / "data" / "episodes.jsonl", teacher, min(trained, 2048)))]
+    conv = Conversion(teacher, out / "hybrid", recipe, data=data, device=device)
     convert(conv)
     all_linear = out / "all-linear-stage1"  # a readable name in the report for stage 1's all-linear model
     if not all_linear.exists():
@@ -67,23 +69,43 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     return report
 
 
+def _episodes(path: Path, teacher: Path, seq_len: int, n: int = EPISODES) -> Path:
+    """The conversion's data is what the teacher was trained on: the built-in corpus and retrieval episodes (new
+    draws, seed 1). On the corpus alone the student never sees a question and forgets how to answer one."""
+    if path.is_file():
+        return path
+    from transformers import AutoTokenizer
+
+    from .data import iter_documents
+    from .data.synthetic import FillerTokens
+    from .teacher.train import episode_documents
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    docs = episode_documents(tokenizer, FillerTokens.build(tokenizer, iter_documents(None)), n, seq_len)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tmp.replace(path)
+    return path
+
+
 def summary_table(report: dict, lengths: list[int]) -> str:
-    """Rows: perplexity and exact-match recall per task; columns: model x length (1x, 2x, 4x training length)."""
+    """One row per model and length (1x, 2x, 4x the training length): perplexity and exact-match recall per task."""
     entries = report["results"]
     models = list(dict.fromkeys(e["model"] for e in entries))
-    cols = [f"{m}@{k}x" for m in models for k in (1, 2, 4)]
-    head = f"{'metric':<22}" + "".join(f"{c:>16}" for c in cols)
-    lines = [head, "-" * len(head)]
     metrics = [("perplexity", "perplexity", "perplexity")] + [(f"{t} recall", t, "exact_match") for t in TASKS]
-    for label, task, metric in metrics:
-        cells = []
-        for m in models:
-            for L in lengths:
+    width = max(len(m) for m in models) + 2
+    head = f"{'model':<{width}}{'length':>12}" + "".join(f"{label:>{len(label) + 3}}" for label, _, _ in metrics)
+    lines = [head, "-" * len(head)]
+    for m in models:
+        for k, L in enumerate(lengths):
+            cells = []
+            for label, task, metric in metrics:
                 vals = [e["value"] for e in entries if e["model"] == m and e["task"] == task
                         and e["metric"] == metric and e["length"] == L]
                 v = sum(vals) / len(vals) if vals else float("nan")
-                cells.append(f"{v:>16.2f}" if metric == "perplexity" else f"{v:>15.0%} ")
-        lines.append(f"{label:<22}" + "".join(cells))
+                cells.append(f"{v:>{len(label) + 3}.2f}" if metric == "perplexity" else f"{v:>{len(label) + 3}.0%}")
+            lines.append(f"{m:<{width}}{f'{L} ({2 ** k}x)':>12}" + "".join(cells))
     lines.append("(1x = the teacher's training length; 2x and 4x are beyond it. Recall is exact match on generated "
                  "answers; perplexity is on held-out windows of the built-in corpus.)")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ answer tokens: the answers are a few tokens per row, and counted into one mean t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -74,8 +75,9 @@ class EpisodeMixer:
         r = recipe.train
         self.recipe, self.tokenizer, self.filler = recipe, tokenizer, filler
         self.rows = recipe.episode_rows
-        self.corpus = SequenceLoader(PackedSequences(corpus, r.seq_len), r.micro_batch_size - self.rows,
-                                     seed=recipe.seed, rank=rank, world_size=world, document_masking=False)
+        self.corpus = None if corpus is None else SequenceLoader(  # None: episodes only (`episode_documents`)
+            PackedSequences(corpus, r.seq_len), r.micro_batch_size - self.rows, seed=recipe.seed, rank=rank,
+            world_size=world, document_masking=False)
         self.count = 0  # episodes drawn so far, over all ranks
         self.rank, self.world = rank, world
         self.options = {"passkey": {"words_per_passkey": recipe.passkey_words},
@@ -83,10 +85,10 @@ class EpisodeMixer:
         self.min_length = {name: self._shortest(name) for name in recipe.episode_tasks}
 
     def _shortest(self, name: str) -> int:
-        if name == REPEAT:
-            return self.recipe.episode_min_len
         """The shortest prompt length, from episode_min_len up in steps of 16, that fits the task's template and
         needles in this tokenizer (NIAH's template alone is ~110 tokens of a 2K-entry BPE)."""
+        if name == REPEAT:
+            return self.recipe.episode_min_len
         longest = self.recipe.train.seq_len - ANSWER_ROOM
         for length in range(self.recipe.episode_min_len, longest, 16):
             try:
@@ -144,6 +146,23 @@ class EpisodeMixer:
     def load_state_dict(self, state: dict) -> None:
         self.corpus.load_state_dict(state["corpus"])
         self.count = int(state["episodes"])
+
+
+def episode_documents(tokenizer, filler: FillerTokens, n: int, seq_len: int, seed: int = 1,
+                      recipe: TeacherRecipe | None = None) -> list[str]:
+    """`n` episodes of the teacher's mixture (prompt + answer, at most `seq_len` tokens) as text documents: data
+    for a conversion of a teacher trained on them. A student distilled on the corpus alone never sees the question
+    format, and forgets it (the demo's hybrid answered every passkey prompt with corpus text). `seed` differs from
+    the teacher's by default, so these are not the teacher's own training episodes."""
+    base = recipe or teacher_recipe("tiny")
+    recipe = dataclasses.replace(base, seed=seed, episode_rows=0,
+                                 train=dataclasses.replace(base.train, seq_len=seq_len))
+    mixer = EpisodeMixer(recipe, None, tokenizer, filler)
+    docs = []
+    for i in range(n):
+        ids, _ = mixer.episode(i)
+        docs.append(tokenizer.decode(ids[ids != tokenizer.pad_token_id], skip_special_tokens=True))
+    return docs
 
 
 def teacher_loss(model: Qwen3ForCausalLM, batch: TeacherBatch, chunk: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -227,4 +246,4 @@ def _check_same_recipe(path: Path, recipe: TeacherRecipe) -> None:
         path.write_text(json.dumps(new, indent=1))
 
 
-__all__ = ["EpisodeMixer", "TeacherBatch", "teacher_loss", "train_teacher"]
+__all__ = ["EpisodeMixer", "TeacherBatch", "episode_documents", "teacher_loss", "train_teacher"]
