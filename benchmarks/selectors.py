@@ -1,0 +1,130 @@
+"""Every layer selector on equal terms: one shared stage 1, then each selector at the same budget through the same
+stages 2-3 (distill, finetune), then one evaluation of all the hybrids against the teacher on identical tokens.
+
+    python benchmarks/selectors.py --teacher src/hybridize/assets/teacher-tiny --out out/selectors --recipe demo
+    python benchmarks/selectors.py --teacher out/teacher-small --out out/sel-small --recipe my.yaml \
+        --budget 0.125 --selectors uniform,flashmorph --lengths 1024,2048,4096 --device cuda
+
+Writes `OUT/selectors.json` (one row per selector: the layers kept, selection tokens and seconds, conversion seconds
+per stage, perplexity and its ratio to the teacher, exact-match recall per task and length) and `OUT/selectors.md`,
+plus the evaluation report in `OUT/report/`. Each selector's run folder is `OUT/<selector>/` (resumable: run the
+same command again after an interruption; finished stages are skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from hybridize.distill.recipe import load_recipe
+from hybridize.distill.stages import Conversion, align, convert
+from hybridize.evaluation.runner import EvalConfig, run_eval
+from hybridize.provenance import provenance
+from hybridize.selection import SELECTORS
+
+TASKS = ["passkey", "niah_single_2", "mqar"]
+
+
+def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list[str], lengths: list[int] | None,
+        samples: int, device: str | None, overrides: list[str]) -> dict:
+    bad = [s for s in selectors if s not in SELECTORS]
+    if bad:
+        raise SystemExit(f"unknown selector(s) {bad}; allowed: {sorted(SELECTORS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    base = [f"budget={budget}", *overrides]
+    shared = Conversion(teacher, out / "stage1", load_recipe(recipe_name, base), device=device)
+    t0 = time.perf_counter()
+    stage1 = align(shared)  # once: every learned selector and every hybrid starts from the same aligned mixers
+    print(f"stage 1 shared: {stage1['result']['tokens']:,} tokens", flush=True)
+    runs = {}
+    for name in selectors:
+        conv = Conversion(teacher, out / name, load_recipe(recipe_name, [*base, f"selector={name}"]), device=device)
+        if not conv.done("align"):
+            shutil.copytree(shared.stage_dir("align"), conv.stage_dir("align"), dirs_exist_ok=True)
+        print(f"--- {name}", flush=True)
+        convert(conv)
+        runs[name] = conv
+    trained = json.loads((Path(teacher) / "config.json").read_text()).get("max_position_embeddings", 4096)
+    lengths = lengths or [trained, 2 * trained, 4 * trained]
+    report = out / "report"
+    run_eval(EvalConfig(models=[str(out / n) for n in selectors], teacher=str(teacher), out=str(report),
+                        suites=["perplexity", *TASKS], lengths=lengths, depths=[0.1, 0.5, 0.9], samples=samples,
+                        device=device, command=" ".join(sys.argv)))
+    results = json.loads((report / "report.json").read_text())["results"]
+    teacher_name = next(e["model"] for e in results if e["role"] == "teacher")
+
+    def value(model, task, metric, length):
+        vals = [e["value"] for e in results if e["model"] == model and e["task"] == task and e["metric"] == metric
+                and e["length"] == length]
+        return sum(vals) / len(vals) if vals else None
+
+    rows = []
+    for name, conv in runs.items():
+        sel = conv.done("select")
+        stages = {s: conv.done(s) for s in ("distill", "finetune")}
+        row = {"selector": name, "layers": sel["layers"], "selection_tokens": sel.get("tokens"),
+               "selection_seconds": sel.get("seconds"), "device": sel.get("device"),
+               "stage_seconds": {s: r["result"]["seconds"] for s, r in stages.items() if r},
+               "stage_tokens": {s: r["result"]["tokens"] for s, r in stages.items() if r}}
+        for n in lengths:
+            ppl, ppl_t = value(name, "perplexity", "perplexity", n), value(teacher_name, "perplexity", "perplexity", n)
+            row[f"perplexity@{n}"] = ppl
+            row[f"perplexity_ratio@{n}"] = ppl / ppl_t if ppl and ppl_t else None
+            for task in TASKS:
+                row[f"{task}@{n}"] = value(name, task, "exact_match", n)
+        rows.append(row)
+    teacher_row = {f"{task}@{n}": value(teacher_name, task, "exact_match", n) for n in lengths for task in TASKS}
+    teacher_row.update({f"perplexity@{n}": value(teacher_name, "perplexity", "perplexity", n) for n in lengths})
+    record = {**provenance(), "teacher": str(teacher), "recipe": recipe_name, "overrides": overrides, "budget": budget,
+              "lengths": lengths, "samples_per_cell": samples, "stage1": stage1, "teacher_results": teacher_row,
+              "rows": rows, "seconds": time.perf_counter() - t0}
+    (out / "selectors.json").write_text(json.dumps(record, indent=1))
+    (out / "selectors.md").write_text(table(record))
+    print(table(record))
+    return record
+
+
+def table(record: dict) -> str:
+    n1 = record["lengths"][0]
+    head = (["selector", "layers", "selection tokens", "selection s", f"ppl ratio @{n1}"]
+            + [f"{t} @{n}" for t in TASKS for n in record["lengths"]])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    t = record["teacher_results"]
+    lines.append("| teacher | all | - | - | 1.000 | " + " | ".join(pct(t[f"{task}@{n}"]) for task in TASKS
+                                                                   for n in record["lengths"]) + " |")
+    for r in record["rows"]:
+        ratio = r[f"perplexity_ratio@{n1}"]
+        cells = [r["selector"], ",".join(map(str, r["layers"])), f"{r['selection_tokens'] or 0:,}",
+                 f"{r['selection_seconds'] or 0:.1f}", "-" if ratio is None else f"{ratio:.3f}"]
+        cells += [pct(r[f"{task}@{n}"]) for task in TASKS for n in record["lengths"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--recipe", default="demo")
+    p.add_argument("--budget", default="0.25")
+    p.add_argument("--selectors", default="uniform,random,halo,kl_guided,flashmorph")
+    p.add_argument("--lengths", default=None, help="comma-separated prompt lengths (default: 1x, 2x, 4x the "
+                   "teacher's max_position_embeddings)")
+    p.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a = p.parse_args()
+    run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
+        [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides)
+
+
+if __name__ == "__main__":
+    main()
