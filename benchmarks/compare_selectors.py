@@ -1,8 +1,9 @@
 """Every layer selector on equal terms: one shared stage 1, then each selector at the same budget through the same
 stages 2-3 (distill, finetune), then one evaluation of all the hybrids against the teacher on identical tokens.
 
-    python benchmarks/selectors.py --teacher src/hybridize/assets/teacher-tiny --out out/selectors --recipe demo
-    python benchmarks/selectors.py --teacher out/teacher-small --out out/sel-small --recipe my.yaml \
+    python benchmarks/compare_selectors.py --teacher src/hybridize/assets/teacher-tiny --out out/selectors --recipe demo \
+        --data builtin out/demo/data/episodes.jsonl         # the demo's data (hybridize demo writes it)
+    python benchmarks/compare_selectors.py --teacher out/teacher-small --out out/sel-small --recipe my.yaml \
         --budget 0.125 --selectors uniform,flashmorph --lengths 1024,2048,4096 --device cuda
 
 Writes `OUT/selectors.json` (one row per selector: the layers kept, selection tokens and seconds, conversion seconds
@@ -30,19 +31,20 @@ TASKS = ["passkey", "niah_single_2", "mqar"]
 
 
 def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list[str], lengths: list[int] | None,
-        samples: int, device: str | None, overrides: list[str]) -> dict:
+        samples: int, device: str | None, overrides: list[str], data: list[str] | None = None) -> dict:
     bad = [s for s in selectors if s not in SELECTORS]
     if bad:
         raise SystemExit(f"unknown selector(s) {bad}; allowed: {sorted(SELECTORS)}")
     out.mkdir(parents=True, exist_ok=True)
     base = [f"budget={budget}", *overrides]
-    shared = Conversion(teacher, out / "stage1", load_recipe(recipe_name, base), device=device)
+    shared = Conversion(teacher, out / "stage1", load_recipe(recipe_name, base), data=data, device=device)
     t0 = time.perf_counter()
     stage1 = align(shared)  # once: every learned selector and every hybrid starts from the same aligned mixers
     print(f"stage 1 shared: {stage1['result']['tokens']:,} tokens", flush=True)
     runs = {}
     for name in selectors:
-        conv = Conversion(teacher, out / name, load_recipe(recipe_name, [*base, f"selector={name}"]), device=device)
+        conv = Conversion(teacher, out / name, load_recipe(recipe_name, [*base, f"selector={name}"]), data=data,
+                          device=device)
         if not conv.done("align"):
             shutil.copytree(shared.stage_dir("align"), conv.stage_dir("align"), dirs_exist_ok=True)
         print(f"--- {name}", flush=True)
@@ -80,6 +82,7 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
     teacher_row = {f"{task}@{n}": value(teacher_name, task, "exact_match", n) for n in lengths for task in TASKS}
     teacher_row.update({f"perplexity@{n}": value(teacher_name, "perplexity", "perplexity", n) for n in lengths})
     record = {**provenance(), "teacher": str(teacher), "recipe": recipe_name, "overrides": overrides, "budget": budget,
+              "data": data,
               "lengths": lengths, "samples_per_cell": samples, "stage1": stage1, "teacher_results": teacher_row,
               "rows": rows, "seconds": time.perf_counter() - t0}
     (out / "selectors.json").write_text(json.dumps(record, indent=1))
@@ -120,10 +123,12 @@ def main() -> None:
                    "teacher's max_position_embeddings)")
     p.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth)")
     p.add_argument("--device", default=None)
+    p.add_argument("--data", nargs="+", default=None, help="conversion data (default: the recipe's, else the built-in "
+                   "corpus); the demo converts on `builtin out/demo/data/episodes.jsonl`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
     run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
-        [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides)
+        [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data)
 
 
 if __name__ == "__main__":
