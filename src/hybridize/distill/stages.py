@@ -254,7 +254,9 @@ def _prepare(student: HybridForCausalLM, r: StageRecipe) -> None:
 
 
 def _save(model: HybridForCausalLM, path: Path) -> None:
-    if getattr(model, "is_gradient_checkpointing", False):
+    on = (model.is_activation_checkpointing if hasattr(type(model), "is_activation_checkpointing")  # transformers >= 5.x
+          else getattr(model, "is_gradient_checkpointing", False))
+    if on:
         getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
     model.save_pretrained(path)
 
