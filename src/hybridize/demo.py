@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import torch
+
+from .provenance import command_line
 
 SHIPPED_TEACHER = "teacher-tiny"
 TASKS = ["passkey", "niah_single_2", "mqar"]
@@ -61,7 +64,8 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     report = out / "report"
     run_eval(EvalConfig(models=[str(out / "hybrid"), str(all_linear)], teacher=str(teacher), out=str(report),
                         suites=["perplexity", *TASKS], lengths=lengths, depths=[0.1, 0.5, 0.9], samples=samples,
-                        device=device, command=f"hybridize demo --out {out}"))
+                        device=device, command=command_line() if Path(sys.argv[0]).name in ("hybridize", "cli.py") else
+                        f"hybridize.demo.run_demo(out={str(out)!r}, overrides={overrides!r})"))
     print(f"[4/4] results ({time.perf_counter() - t0:.0f} s so far); report: {report / 'report.md'}\n", flush=True)
     print(summary_table(json.loads((report / "report.json").read_text()), lengths))
     print()
