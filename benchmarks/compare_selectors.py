@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from hybridize.distill.recipe import load_recipe
 from hybridize.distill.stages import Conversion, align, convert
+from hybridize.evaluation.report import mean_over_depths
 from hybridize.evaluation.runner import EvalConfig, run_eval
 from hybridize.provenance import provenance
 from hybridize.selection import SELECTORS
@@ -60,9 +62,8 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
     teacher_name = next(e["model"] for e in results if e["role"] == "teacher")
 
     def value(model, task, metric, length):
-        vals = [e["value"] for e in results if e["model"] == model and e["task"] == task and e["metric"] == metric
-                and e["length"] == length]
-        return sum(vals) / len(vals) if vals else None
+        v = mean_over_depths(results, model, task, metric, length)
+        return None if math.isnan(v) else v
 
     rows = []
     for name, conv in runs.items():

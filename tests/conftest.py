@@ -61,6 +61,16 @@ def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides
     return HybridConfig(**kwargs)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models are all per-op overhead; with 2 threads on a busy 2-core machine a (2, 1, 44) matmul takes ~8 ms
+    instead of 0.01 ms, which makes generation tests crawl. Use with `pytestmark = pytest.mark.usefixtures(...)`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -28,14 +28,7 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are all per-op overhead; with 2 threads on a busy 2-core machine a (2, 1, 44) matmul takes ~8 ms
-    # instead of 0.01 ms, which would make generation tests crawl.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 
 
@@ -19,7 +20,7 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(args.out, teacher=args.teacher, retrain_teacher=args.retrain_teacher, mixer=args.mixer,
-             device=args.device, samples=args.samples, overrides=args.overrides)
+             device=args.device, samples=args.samples, overrides=args.overrides, command=args.command)
 
 
 def _layer_list(text: str) -> list[int]:
@@ -117,12 +118,10 @@ def _int_list(text: str) -> list[int]:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    import shlex
-
     from .bench import run_bench, run_train_bench
 
     model = args.config or args.model
-    command = "hybridize " + shlex.join(args.argv)
+    command = args.command
     if args.train:
         run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
                         batch=args.train_batch, steps=args.steps, device=args.device, dtype=args.dtype,
@@ -214,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.command = "hybridize " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in results
     try:
         args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from .provenance import command_line
 
 SHIPPED_TEACHER = "teacher-tiny"
 TASKS = ["passkey", "niah_single_2", "mqar"]
@@ -32,7 +30,7 @@ def shipped_teacher() -> Path | None:
 
 def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, retrain_teacher: bool = False,
              mixer: str = "lightning", device: str | None = None, samples: int = 6,
-             overrides: list[str] | None = None) -> Path:
+             overrides: list[str] | None = None, command: str | None = None) -> Path:
     from .distill.recipe import load_recipe
     from .distill.stages import Conversion, convert
     from .evaluation.runner import EvalConfig, run_eval
@@ -64,8 +62,8 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     report = out / "report"
     run_eval(EvalConfig(models=[str(out / "hybrid"), str(all_linear)], teacher=str(teacher), out=str(report),
                         suites=["perplexity", *TASKS], lengths=lengths, depths=[0.1, 0.5, 0.9], samples=samples,
-                        device=device, command=command_line() if Path(sys.argv[0]).name in ("hybridize", "cli.py") else
-                        f"hybridize.demo.run_demo(out={str(out)!r}, overrides={overrides!r})"))
+                        device=device,
+                        command=command or f"hybridize.demo.run_demo(out={str(out)!r}, overrides={overrides!r})"))
     print(f"[4/4] results ({time.perf_counter() - t0:.0f} s so far); report: {report / 'report.md'}\n", flush=True)
     print(summary_table(json.loads((report / "report.json").read_text()), lengths))
     print()
@@ -95,6 +93,8 @@ def _episodes(path: Path, teacher: Path, seq_len: int, n: int = EPISODES) -> Pat
 
 def summary_table(report: dict, lengths: list[int]) -> str:
     """One row per model and length (1x, 2x, 4x the training length): perplexity and exact-match recall per task."""
+    from .evaluation.report import mean_over_depths  # here: the report module imports matplotlib
+
     entries = report["results"]
     models = list(dict.fromkeys(e["model"] for e in entries))
     metrics = [("perplexity", "perplexity", "perplexity")] + [(f"{t} recall", t, "exact_match") for t in TASKS]
@@ -105,9 +105,7 @@ def summary_table(report: dict, lengths: list[int]) -> str:
         for k, L in enumerate(lengths):
             cells = []
             for label, task, metric in metrics:
-                vals = [e["value"] for e in entries if e["model"] == m and e["task"] == task
-                        and e["metric"] == metric and e["length"] == L]
-                v = sum(vals) / len(vals) if vals else float("nan")
+                v = mean_over_depths(entries, m, task, metric, L)
                 cells.append(f"{v:>{len(label) + 3}.2f}" if metric == "perplexity" else f"{v:>{len(label) + 3}.0%}")
             lines.append(f"{m:<{width}}{f'{L} ({2 ** k}x)':>12}" + "".join(cells))
     lines.append("(1x = the teacher's training length; 2x and 4x are beyond it. Recall is exact match on generated "

@@ -21,6 +21,14 @@ def git_commit(short: bool = False) -> str | None:
     return out.stdout.strip() or None
 
 
+def device_name(device) -> str:
+    """The GPU's name (e.g. "NVIDIA H100 80GB HBM3"), or "cpu"."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def command_line() -> str:
     """The command as the user typed it, with `hybridize` for the console script or `python -m hybridize.cli`."""
     argv = list(sys.argv)
@@ -37,4 +45,4 @@ def provenance() -> dict:
             "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-__all__ = ["command_line", "git_commit", "provenance"]
+__all__ = ["command_line", "device_name", "git_commit", "provenance"]

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from ..convert.transfer import student_config
-from ..provenance import git_commit
+from ..provenance import device_name, git_commit
 from ..models import HybridConfig, HybridForCausalLM, HybridStaticCache
 from ..models.shapes import SHAPES, shape_config
 from ..selection.uniform import resolve_budget, uniform_layers
@@ -201,13 +201,9 @@ class _Runner:
         return self._compiled, cache
 
 
-def _commit() -> str | None:
-    return git_commit(short=True)
-
-
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return device_name(device)
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
@@ -245,7 +241,7 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
     out.mkdir(parents=True, exist_ok=True)
     peaks = roofline.measure_peaks(device, torch_dtype)
     header = dict(command=command or "hybridize.bench.run_bench(...)", device=_device_name(device),
-                  commit=commit or _commit(), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
+                  commit=commit or git_commit(short=True), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
                   dtype=dtype, peak_matmul_tflops=peaks["matmul_flops"] / 1e12,
                   copy_bandwidth_gbs=peaks["copy_bytes"] / 1e9, new_tokens=new_tokens,
                   hybrid_attention_layers=models.hybrid.attention_layers)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from ..distill.losses import chunked_kl
 from ..models import HybridForCausalLM
 from . import roofline
-from .inference import DTYPES, _commit, _device_name, _positive_list, _sync, build_models
+from ..provenance import git_commit
+from .inference import DTYPES, _device_name, _positive_list, _sync, build_models
 
 
 def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, budget: float | int | str = 0.25,
@@ -80,7 +81,7 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
                   model_flops_per_step=flops, mfu=flops / seconds / peaks["matmul_flops"],
                   peak_matmul_tflops=peaks["matmul_flops"] / 1e12, last_loss=loss,
                   peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-                  device=_device_name(device), dtype=dtype if cuda else "float32", commit=commit or _commit(),
+                  device=_device_name(device), dtype=dtype if cuda else "float32", commit=commit or git_commit(short=True),
                   date=time.strftime("%Y-%m-%d %H:%M"))
     print(f"train {models.name} {mixer} seq {seq_len} x batch {batch}: {record['tokens_per_s']:.0f} tok/s, "
           f"MFU {record['mfu']:.1%}, step {seconds:.3f} s, peak "

@@ -20,7 +20,7 @@ from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import source_files, spec_items
 from ..models import HybridForCausalLM
-from ..provenance import provenance
+from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
 from .loop import TrainResult, train
@@ -100,17 +100,13 @@ class Conversion:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def mark_done(self, stage: str, record: dict) -> dict:
-        record = {"stage": stage, "device": _device_name(self.device), **record, **provenance()}
+        record = {"stage": stage, "device": device_name(self.device), **record, **provenance()}
         path = self.stage_dir(stage) / "done.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=1))
         tmp.replace(path)
         return record
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _train_record(result: TrainResult, recipe: StageRecipe, data) -> dict:
@@ -160,7 +156,7 @@ def select(conv: Conversion) -> dict:
             raise ValueError(f"keep_layers {r.keep_layers} must be distinct layer indices in 0..{L - 1}")
         record = {"selector": "explicit", "budget": len(layers), "layers": layers,
                   "scores": [1.0 if i in layers else 0.0 for i in range(L)], "tokens": 0, "seconds": 0.0,
-                  "device": _device_name(conv.device), "details": {}}
+                  "device": device_name(conv.device), "details": {}}
         write_selection(run_dir, record)
     else:
         check_synthetic_data(r, teacher.tokenizer, conv.data)

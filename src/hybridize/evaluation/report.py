@@ -58,6 +58,12 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def mean_over_depths(entries: list[dict], model: str, task: str, metric: str, length: int) -> float:
+    """One model's `metric` on `task` at `length`, averaged over depths (NaN when it was not measured)."""
+    return _mean(e["value"] for e in entries if e["model"] == model and e["task"] == task and e["metric"] == metric
+                 and e["length"] == length)
+
+
 def _by_length(entries: list[dict], model: str) -> dict[int, float]:
     """Mean value over depths, per length, for one model."""
     acc = defaultdict(list)

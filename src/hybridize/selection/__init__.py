@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from ..data.sources import iter_documents
 from ..data.synthetic import FillerTokens, generate, task_config
+from ..provenance import device_name
 from . import flashmorph, halo, kl_guided, random_layers, uniform
 from .base import Selector, SelectionContext, SelectionResult, swap_config, swapped_model, top_k
 from .report import write_selection
@@ -76,8 +75,6 @@ def check_synthetic_data(recipe, tokenizer, data) -> None:
                 raise ValueError(f"select.{name}: {err}") from None
 
 
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 __all__ = ["SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",

@@ -26,7 +26,7 @@ from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _specia
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
 from ..distill.loop import TrainResult, train
-from ..provenance import provenance
+from ..provenance import device_name, provenance
 from .recipe import TeacherRecipe, teacher_recipe
 
 ANSWER_ROOM = 32  # tokens left after an episode's prompt for its answer; the rest of the row is padding
@@ -102,17 +102,22 @@ class EpisodeMixer:
     def episode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.recipe
         name = r.episode_tasks[n % len(r.episode_tasks)]
-        longest = r.train.seq_len - ANSWER_ROOM
-        length = random.Random(f"length:{r.seed}:{n}").randint(self.min_length[name], longest)
+        length = random.Random(f"length:{r.seed}:{n}").randint(self.min_length[name], r.train.seq_len - ANSWER_ROOM)
+        ids, labels = self._draw(name, length, r.seed * 1_000_003 + n)
+        pad = r.train.seq_len - len(ids)
+        if pad < 0:
+            raise ValueError(f"a {name} answer took {-pad + ANSWER_ROOM} tokens, more than the {ANSWER_ROOM} reserved")
+        return (torch.tensor(ids + [self.tokenizer.pad_token_id] * pad), torch.tensor(labels + [IGNORE_INDEX] * pad))
+
+    def _draw(self, name: str, length: int, seed: int) -> tuple[list[int], list[int]]:
+        """One episode's tokens and labels, unpadded."""
         if name == REPEAT:
-            ids, labels = repeat_episode(self.tokenizer, length, r.seed * 1_000_003 + n)
-            pad = r.train.seq_len - len(ids)
-            return (torch.tensor(ids + [self.tokenizer.pad_token_id] * pad),
-                    torch.tensor(labels + [IGNORE_INDEX] * pad))
+            return repeat_episode(self.tokenizer, length, seed)
+        longest = self.recipe.train.seq_len - ANSWER_ROOM
         while True:  # a draw's keys and values may tokenize longer than the probe's: lengthen until they fit
             try:
-                ex = generate(task_config(name, length=length, **self.options.get(name, {})), r.seed * 1_000_003 + n,
-                              self.tokenizer, self.filler)
+                ex = generate(task_config(name, length=length, **self.options.get(name, {})), seed, self.tokenizer,
+                              self.filler)
                 break
             except ValueError:
                 if length >= longest:
@@ -121,12 +126,7 @@ class EpisodeMixer:
         # the answer ends with EOS, labelled too: a teacher that has not learned where an answer stops goes on
         # copying ("1600818181818...") and exact match scores a right retrieval as wrong
         eos = self.tokenizer.eos_token_id
-        pad = r.train.seq_len - len(ex.input_ids) - 1
-        if pad < 0:
-            raise ValueError(f"a {name} answer took {-pad + ANSWER_ROOM} tokens, more than the {ANSWER_ROOM} reserved")
-        ids = torch.tensor(ex.input_ids + [eos] + [self.tokenizer.pad_token_id] * pad)
-        labels = torch.tensor(ex.labels + [eos] + [IGNORE_INDEX] * pad)
-        return ids, labels
+        return ex.input_ids + [eos], ex.labels + [eos]
 
     def __iter__(self):
         return self
@@ -222,16 +222,12 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         record = {"size": size, "parameters": sum(p.numel() for p in model.parameters()),
-                  "result": result.as_dict(), "recipe": recipe.to_dict(), "device": _device_name(device),
+                  "result": result.as_dict(), "recipe": recipe.to_dict(), "device": device_name(device),
                   "python": sys.version.split()[0], "torch": torch.__version__,
                   "data": recipe.data if recipe.data is not None else corpus_info(),
                   "wall_seconds_last_run": time.perf_counter() - t0, **provenance()}
         (out / "teacher.json").write_text(json.dumps(record, indent=1))
     return result
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _check_same_recipe(path: Path, recipe: TeacherRecipe) -> None:
