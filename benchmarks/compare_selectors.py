@@ -26,7 +26,7 @@ from hybridize.distill.recipe import load_recipe
 from hybridize.distill.stages import Conversion, align, convert
 from hybridize.evaluation.report import mean_over_depths
 from hybridize.evaluation.runner import EvalConfig, run_eval
-from hybridize.provenance import provenance
+from hybridize.provenance import device_name, provenance
 from hybridize.selection import SELECTORS
 
 TASKS = ["passkey", "niah_single_2", "mqar"]
@@ -83,7 +83,7 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
     teacher_row = {f"{task}@{n}": value(teacher_name, task, "exact_match", n) for n in lengths for task in TASKS}
     teacher_row.update({f"perplexity@{n}": value(teacher_name, "perplexity", "perplexity", n) for n in lengths})
     record = {**provenance(), "teacher": str(teacher), "recipe": recipe_name, "overrides": overrides, "budget": budget,
-              "data": data,
+              "data": data, "seed": shared.recipe.seed, "device": device_name(shared.device),
               "lengths": lengths, "samples_per_cell": samples, "stage1": stage1, "teacher_results": teacher_row,
               "rows": rows, "seconds": time.perf_counter() - t0}
     (out / "selectors.json").write_text(json.dumps(record, indent=1))
