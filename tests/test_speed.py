@@ -259,3 +259,28 @@ def test_roofline_counts_agree_with_the_model():
                      if config.layer_types[layer.mixer.layer_idx] != "linear_attention")
         assert roofline.decode_bytes(config, 3, 100, 0, torch.bfloat16) == kv + 2 * (state - kv)
     assert models.hybrid.layer_types.count("linear_attention") == 2
+
+
+def test_generate_steps_are_what_the_graph_decoder_captures(monkeypatch):
+    """On CUDA, generate hands each decode step of a static cache to our CUDA-graph decoder. Checked on the CPU: the
+    cache counts as compileable (what generate asks before it uses the hook), and every one-token step generate
+    makes would be captured: the only reason left for running it eagerly is that this machine has no GPU. (On
+    transformers 5.17 the per-step arguments and a non-compileable linear layer once made every step eager.)"""
+    from hybridize.models.graphs import CudaGraphDecoder
+
+    model = _model("mixed")
+    ids, mask = _left_padded([8, 3, 6])
+    assert HybridStaticCache(model.config, 16, 3).is_compileable
+    reasons = []
+    original = CudaGraphDecoder.why_not_capturable
+
+    def spy(self, input_ids, past_key_values, kwargs):
+        reasons.append(original(self, input_ids, past_key_values, kwargs))
+        return reasons[-1]
+
+    monkeypatch.setattr(CudaGraphDecoder, "why_not_capturable", spy)
+    monkeypatch.setattr(type(model), "_valid_auto_compile_criteria", lambda self, *a, **k: True)  # as on CUDA
+    out = model.generate(ids, attention_mask=mask, cache_implementation="static", max_new_tokens=6, do_sample=False)
+    steps = [r for r in reasons if r != "more than one new token"]
+    assert len(steps) >= 5 and set(steps) == {"input_ids are not on a CUDA device"}, reasons
+    assert torch.equal(out, model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False))

@@ -172,7 +172,10 @@ class _Runner:
                 logits = step(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
 
+        replays = getattr(step, "replays", 0)
         seconds = _timed(run, self.device) / steps
+        self.graph_replays = getattr(step, "replays", 0) - replays  # timed steps that replayed our CUDA graph
+        self.eager_reason = getattr(step, "eager_reason", None)
         if not self.hf:
             step.release()  # the graph holds this cache: let the next measurement start from free memory
         return seconds
@@ -303,6 +306,8 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
         row["prefill_s"] = statistics.median(times)
         tpot = runner.decode(cache, batch, context, new_tokens, warmup)
         row["tpot_ms"] = 1e3 * tpot
+        if not runner.hf:  # ours: how many timed steps replayed the CUDA graph (all of them on CUDA)
+            row["graph_replays"], row["eager_reason"] = runner.graph_replays, runner.eager_reason
         row["decode_tok_s"] = batch / tpot
     except torch.OutOfMemoryError:
         row["oom"] = True

@@ -100,6 +100,8 @@ class StaticState(LinearAttentionLayer):
     """A `LinearAttentionLayer` whose recurrent state (B, H, K, V) fp32 and conv window (B, C, W) are allocated up
     front and overwritten in place (the mixers always hand over the full new state / window)."""
 
+    is_compileable = True  # fixed shapes, written in place (transformers 5.17's LinearAttentionLayer says False)
+
     def __init__(self, batch_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, conv_channels: int,
                  conv_size: int, dtype, device):
         super().__init__()

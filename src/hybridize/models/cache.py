@@ -82,13 +82,28 @@ class HybridStaticCache(Cache):
                 layers.append(StaticKV(batch_size, config.num_key_value_heads, max_cache_len, config.head_dim, dtype,
                                        device, window=window))
         super().__init__(layers=layers)
-        self.max_cache_len = max_cache_len
-        self.max_batch_size = batch_size
+        self._max_cache_len = max_cache_len
+        self._max_batch_size = batch_size
         self.length = torch.zeros((), dtype=torch.long, device=device)
         self.valid = torch.zeros(batch_size, max_cache_len, dtype=torch.bool, device=device)
         self.real = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.seen_tokens = 0
         self.padded = False  # some prefill token was padding: longer calls then need the padding mask
+
+    # transformers 5.17 makes both read-only properties of the base class (computed from its layers)
+    @property
+    def max_cache_len(self) -> int:
+        return self._max_cache_len
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._max_batch_size
+
+    @property
+    def is_compileable(self) -> bool:
+        # generate replays its decode step (our CUDA graph, `get_compiled_call`) only for a compileable cache;
+        # transformers 5.17 counts a `LinearAttentionLayer` as not compileable, so say it for the whole cache
+        return True
 
     def begin(self, B: int, T: int, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                       torch.Tensor]:

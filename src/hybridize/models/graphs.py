@@ -31,8 +31,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .cache import HybridStaticCache
 
-# generate's per-step arguments that the captured step takes care of (or that do not change its result)
-_HANDLED = {"input_ids", "attention_mask", "past_key_values", "use_cache", "return_dict", "logits_to_keep"}
+# generate's per-step arguments that the captured step takes care of (or that do not change its result);
+# `position_ids` is replayed through a buffer of its own; `cache_position` is ignored: the static cache tracks
+# where each token goes on the device. Arguments that are None or False change nothing either.
+_HANDLED = {"input_ids", "attention_mask", "past_key_values", "use_cache", "return_dict", "logits_to_keep",
+            "position_ids", "cache_position"}
 
 
 @dataclass
@@ -42,6 +45,7 @@ class _Captured:
     input_ids: torch.Tensor  # (B, 1) long: copied into before each replay
     new_mask: torch.Tensor  # (B, 1) long
     logits: torch.Tensor  # (B, 1, V): written by each replay
+    position_ids: torch.Tensor | None  # (B, 1) long when the step was captured with them
 
 
 class CudaGraphDecoder:
@@ -55,21 +59,34 @@ class CudaGraphDecoder:
         self.model = model
         self.captured: _Captured | None = None
         self.replays = 0
+        self.eager_reason: str | None = None  # why the last call ran eagerly (None: it replayed or captured)
+
+    def why_not_capturable(self, input_ids, past_key_values, kwargs) -> str | None:
+        """None when this call can replay a graph, else the reason (kept in `eager_reason` for diagnosis)."""
+        extra = sorted(k for k, v in kwargs.items() if k not in _HANDLED and v is not None and v is not False)
+        position_ids = kwargs.get("position_ids")
+        rope = (self.model.config.rope_parameters or {}).get("rope_type", "default")
+        for failed, reason in (
+            (not isinstance(past_key_values, HybridStaticCache), "the cache is not a HybridStaticCache"),
+            (input_ids is None, "no input_ids (inputs_embeds run eagerly)"),
+            (input_ids is not None and input_ids.shape[1] != 1, "more than one new token"),
+            (bool(extra), f"arguments the captured step does not take: {extra}"),
+            (position_ids is not None and tuple(position_ids.shape) != (input_ids.shape[0], 1),
+             "position_ids are not (batch, 1)"),
+            (rope in ("dynamic", "longrope"), f"rope_type {rope!r} recomputes its tables on the host"),
+            (torch.is_grad_enabled(), "autograd is on (decode under torch.no_grad())"),
+            (not input_ids.is_cuda, "input_ids are not on a CUDA device"),  # last: the CPU tests check the rest
+        ):
+            if failed:
+                return reason
+        return None
 
     def capturable(self, input_ids, past_key_values, kwargs) -> bool:
-        return (
-            isinstance(past_key_values, HybridStaticCache)
-            and input_ids is not None
-            and input_ids.is_cuda
-            and input_ids.shape[1] == 1
-            and set(kwargs) <= _HANDLED
-            and not any(kwargs.get(k) for k in ("output_hidden_states", "output_attentions"))
-            and self.model.config.rope_parameters.get("rope_type", "default") not in ("dynamic", "longrope")
-            and not torch.is_grad_enabled()
-        )
+        return self.why_not_capturable(input_ids, past_key_values, kwargs) is None
 
     def __call__(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
-        if not self.capturable(input_ids, past_key_values, kwargs):
+        self.eager_reason = self.why_not_capturable(input_ids, past_key_values, kwargs)
+        if self.eager_reason is not None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
                               **kwargs)
         cache = past_key_values
@@ -77,11 +94,15 @@ class CudaGraphDecoder:
             raise ValueError(f"the static cache holds max_cache_len={cache.max_cache_len} tokens and is full")
         B = input_ids.shape[0]
         new_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask[:, -1:].long()
+        position_ids = kwargs.get("position_ids")
         c = self.captured
-        if c is None or c.cache is not cache or c.input_ids.shape[0] != B:
-            return self._capture(cache, input_ids, new_mask)
+        if (c is None or c.cache is not cache or c.input_ids.shape[0] != B
+                or (c.position_ids is None) != (position_ids is None)):
+            return self._capture(cache, input_ids, new_mask, position_ids)
         c.input_ids.copy_(input_ids)
         c.new_mask.copy_(new_mask)
+        if position_ids is not None:
+            c.position_ids.copy_(position_ids)
         c.graph.replay()
         cache.advance(1)
         self.replays += 1
@@ -91,25 +112,26 @@ class CudaGraphDecoder:
         """Drop the captured graph, its memory pool and its hold on the cache (the next step captures anew)."""
         self.captured = None
 
-    def _step(self, cache, input_ids, new_mask):
+    def _step(self, cache, input_ids, new_mask, position_ids):
         return self.model(input_ids=input_ids, attention_mask=new_mask, past_key_values=cache, use_cache=True,
-                          logits_to_keep=1).logits
+                          logits_to_keep=1, position_ids=position_ids).logits
 
-    def _capture(self, cache: HybridStaticCache, input_ids, new_mask) -> CausalLMOutputWithPast:
+    def _capture(self, cache: HybridStaticCache, input_ids, new_mask, position_ids) -> CausalLMOutputWithPast:
         self.captured = None  # release the previous graph's memory pool first
         ids, mask = input_ids.clone(), new_mask.clone()
+        pos = None if position_ids is None else position_ids.clone()
         # The warm-up is this step, for real, on a side stream (lazy cuBLAS / Triton autotuning happen here, outside
         # the capture, as torch.cuda.graphs asks).
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            logits = self._step(cache, ids, mask).clone()
+            logits = self._step(cache, ids, mask, pos).clone()
         torch.cuda.current_stream().wait_stream(side)
         # Recording runs the Python once but no kernel: undo the host-side count it advanced.
         seen = cache.seen_tokens
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = self._step(cache, ids, mask)
+            out = self._step(cache, ids, mask, pos)
         cache.seen_tokens = seen
-        self.captured = _Captured(cache, graph, ids, mask, out)
+        self.captured = _Captured(cache, graph, ids, mask, out, pos)
         return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
