@@ -16,7 +16,7 @@ import torch
 import hybridize  # noqa: F401
 import retrieval_teacher
 from conftest import assert_close
-from hybridize.distill.recipe import load_recipe, recipe_from_dict, save_recipe
+from hybridize.distill.recipe import builtin_recipes, load_recipe, recipe_from_dict, save_recipe
 from hybridize.distill.stages import Conversion, align
 from hybridize.selection import (SELECTORS, SelectionContext, get_selector, resolve_budget, run_selection,
                                  swapped_model, top_k, uniform_layers)
@@ -268,6 +268,15 @@ def test_kl_guided_finds_the_only_retrieving_layer(retrieval, tmp_path):
     d = record["details"]
     assert record["layers"] == [2], d
     assert d["kl"][2] < 0.01 * min(d["kl"][i] for i in (0, 1, 3)), d  # with layer 2 restored the student is the teacher
+
+
+def test_every_builtin_recipe_loads():
+    names = builtin_recipes()
+    assert {"smoke", "demo", "halo-qwen3-1.7b", "gpu-small"} <= set(names)
+    for name in names:
+        assert load_recipe(name).name == name  # parsed and validated, the select section included
+    small = load_recipe("gpu-small")  # the small teacher is trained at 1024 tokens: the selectors' prompts fit it
+    assert max(small.select.halo_lengths + small.select.flashmorph_lengths) < 1024 == small.align.seq_len
 
 
 def test_select_section_of_the_recipe(tmp_path):
