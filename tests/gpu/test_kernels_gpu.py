@@ -8,6 +8,8 @@ Errors are relative norm errors ||out - ref|| / ||ref||, the reference computed 
 
 from __future__ import annotations
 
+import copy
+
 import json
 import os
 
@@ -165,6 +167,17 @@ def test_model_prefill_decode_equals_forward_on_gpu(pattern, dtype):
         parts += [model(ids[:, t : t + 1], past_key_values=cache).logits for t in range(280, 300)]
         with kernels.force_backend("torch"):
             ref = model(ids, use_cache=False).logits.float()
-    _check(f"model {pattern} {str(dtype).split('.')[-1]} prefill+decode vs forward", torch.cat(parts, 1).float(),
-           full, dtype)
-    _check(f"model {pattern} {str(dtype).split('.')[-1]} fla forward vs reference forward", full, ref, dtype)
+            ref32 = copy.deepcopy(model).float()(ids, use_cache=False).logits.float()
+    name = f"model {pattern} {str(dtype).split('.')[-1]}"
+    _check(f"{name} prefill+decode vs forward", torch.cat(parts, 1).float(), full, dtype)
+    if dtype == torch.float32:
+        _check(f"{name} fla forward vs reference forward", full, ref, dtype)
+        return
+    # bf16 through a whole model: rounding compounds over the layers for the fla path and for our bf16 reference
+    # alike (measured on an H100: 1.6e-2 to 3.4e-2 between the two). What must hold is that fla's bf16 model is
+    # as close to the fp32 model as the reference's own bf16 run is.
+    fla_err, ref_err = _rel(full, ref32), _rel(ref, ref32)
+    ERRORS[f"{name} fla forward vs fp32 reference"] = fla_err
+    ERRORS[f"{name} reference bf16 forward vs fp32 reference"] = ref_err
+    print(f"{name}: fla bf16 vs fp32 reference {fla_err:.2e}, reference bf16 vs fp32 reference {ref_err:.2e}")
+    assert fla_err <= 1.5 * ref_err + 5e-3, f"{name}: fla bf16 error {fla_err:.2e} vs the reference's {ref_err:.2e}"
