@@ -78,14 +78,15 @@ class Attention(Mixer):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling, enable_gqa=gqa)
         B, H, T, D = q.shape
         groups = self.num_heads // self.num_kv_heads
-        if T == 1 and mask.dtype == torch.bool:
-            # The decode step over the whole static buffer: two matrix-vector products that read K and V once. The
-            # `groups` query heads of a KV head become `groups` rows against it (no copy of K/V per group), the
-            # (B, 1, 1, Lk) mask broadcasts over them. Measured on an H100 (results/bench), SDPA's masked kernels
-            # (cuDNN) took ~170 us per layer at 8K for what is 11 us of memory traffic.
-            scores = torch.matmul(q.reshape(B, self.num_kv_heads, groups, D), k.transpose(-1, -2)).float()
-            scores = (scores * self.scaling).masked_fill(~mask, float("-inf"))
-            o = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
+        if T == 1 and groups > 1:
+            # One query per head: the `groups` query heads of a KV head become `groups` queries of that head, so the
+            # masked kernels need no copy of K/V per group; the (B, 1, 1, Lk) mask broadcasts over them.
+            # Speed (results/bench/README.md): on an H100 the masked kernel SDPA picks (cuDNN) takes ~170 us per layer
+            # at 8K for 11 us of memory traffic. Two bf16 matmuls were faster, but they round the scores to bf16 (a
+            # measurable change of greedy tokens in bf16), so they are not used: the fix is a decode kernel that keeps
+            # fp32 scores (split-K flash decoding, or `torch.bmm(..., out_dtype=torch.float32)` on CUDA).
+            o = F.scaled_dot_product_attention(q.reshape(B, self.num_kv_heads, groups, D), k, v, attn_mask=mask,
+                                               scale=self.scaling)
             return o.reshape(B, H, 1, D)
         if groups > 1:  # the masked kernels do not all take grouped heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
