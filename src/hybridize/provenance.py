@@ -3,6 +3,7 @@ each stage's done.json, selection.json, the eval report, the bench files) carrie
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -11,7 +12,11 @@ from pathlib import Path
 
 
 def git_commit(short: bool = False) -> str | None:
-    """The commit of the checkout the package runs from (None for an installed wheel or a copy without .git)."""
+    """The commit of the checkout the package runs from (None for an installed wheel or a copy without .git).
+    `HYBRIDIZE_COMMIT` overrides it: a copy of a working tree sent to another machine may carry a stale .git (on the
+    lent GPU machine, `git rev-parse` named the session's first commit, not the one sent)."""
+    if env := os.environ.get("HYBRIDIZE_COMMIT"):
+        return env[:7] if short else env
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", *(["--short"] if short else []), "HEAD"],

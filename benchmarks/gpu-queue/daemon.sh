@@ -1,0 +1,20 @@
+#!/bin/bash
+# GPU work queue: runs .gpu/queue/*.sh in name order, each once, logs to /tmp/gq/logs. Started by poll.sh under
+# setsid so that it outlives the call; the working tree is re-sent on every call, so new steps can be queued.
+REPO=$1
+S=/tmp/gq
+mkdir -p $S/logs $S/done $S/res
+while true; do
+  next=""
+  for f in $(ls $REPO/.gpu/queue/*.sh 2>/dev/null | sort); do
+    n=$(basename $f .sh); [ -e $S/done/$n ] || { next=$f; break; }
+  done
+  if [ -z "$next" ]; then echo "idle" > $S/state; sleep 2; continue; fi
+  n=$(basename $next .sh)
+  echo "running $n since $(date +%T)" > $S/state
+  cp $next $S/logs/$n.sh   # bash reads scripts as it goes: run a copy the next sync cannot change
+  t0=$(date +%s)
+  ( cd $REPO && export PYTHONPATH=$REPO/src RES=$S/res SHA=$(cat $REPO/.gpu/ctl/sha) HYBRIDIZE_COMMIT=$(cat $REPO/.gpu/ctl/sha) && bash $S/logs/$n.sh ) > $S/logs/$n.log 2>&1
+  rc=$?
+  echo "$rc $(( $(date +%s) - t0 ))s" > $S/done/$n
+done
