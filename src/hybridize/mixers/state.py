@@ -100,7 +100,9 @@ class StaticState(LinearAttentionLayer):
     """A `LinearAttentionLayer` whose recurrent state (B, H, K, V) fp32 and conv window (B, C, W) are allocated up
     front and overwritten in place (the mixers always hand over the full new state / window)."""
 
-    is_compileable = True  # fixed shapes, written in place (transformers 5.17's LinearAttentionLayer says False)
+    # fixed shapes, written in place. generate replays its decode step (our CUDA graph) only for a compileable
+    # cache, which transformers computes from its layers; 5.17's LinearAttentionLayer says False
+    is_compileable = True
 
     def __init__(self, batch_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, conv_channels: int,
                  conv_size: int, dtype, device):

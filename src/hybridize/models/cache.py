@@ -99,12 +99,6 @@ class HybridStaticCache(Cache):
     def max_batch_size(self) -> int:
         return self._max_batch_size
 
-    @property
-    def is_compileable(self) -> bool:
-        # generate replays its decode step (our CUDA graph, `get_compiled_call`) only for a compileable cache;
-        # transformers 5.17 counts a `LinearAttentionLayer` as not compileable, so say it for the whole cache
-        return True
-
     def begin(self, B: int, T: int, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor,
                                                                                       torch.Tensor]:
         """Register T new tokens (B rows): mark their slots, advance the counters. Returns (cache_position (T,),

@@ -60,12 +60,14 @@ class CudaGraphDecoder:
         self.captured: _Captured | None = None
         self.replays = 0
         self.eager_reason: str | None = None  # why the last call ran eagerly (None: it replayed or captured)
+        rope = (model.config.rope_parameters or {}).get("rope_type", "default")  # fixed by the config: checked once
+        self._rope_reason = (f"rope_type {rope!r} recomputes its tables on the host"
+                             if rope in ("dynamic", "longrope") else None)
 
     def why_not_capturable(self, input_ids, past_key_values, kwargs) -> str | None:
         """None when this call can replay a graph, else the reason (kept in `eager_reason` for diagnosis)."""
         extra = sorted(k for k, v in kwargs.items() if k not in _HANDLED and v is not None and v is not False)
         position_ids = kwargs.get("position_ids")
-        rope = (self.model.config.rope_parameters or {}).get("rope_type", "default")
         for failed, reason in (
             (not isinstance(past_key_values, HybridStaticCache), "the cache is not a HybridStaticCache"),
             (input_ids is None, "no input_ids (inputs_embeds run eagerly)"),
@@ -73,16 +75,13 @@ class CudaGraphDecoder:
             (bool(extra), f"arguments the captured step does not take: {extra}"),
             (position_ids is not None and tuple(position_ids.shape) != (input_ids.shape[0], 1),
              "position_ids are not (batch, 1)"),
-            (rope in ("dynamic", "longrope"), f"rope_type {rope!r} recomputes its tables on the host"),
+            (self._rope_reason is not None, self._rope_reason),
             (torch.is_grad_enabled(), "autograd is on (decode under torch.no_grad())"),
             (not input_ids.is_cuda, "input_ids are not on a CUDA device"),  # last: the CPU tests check the rest
         ):
             if failed:
                 return reason
         return None
-
-    def capturable(self, input_ids, past_key_values, kwargs) -> bool:
-        return self.why_not_capturable(input_ids, past_key_values, kwargs) is None
 
     def __call__(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
         self.eager_reason = self.why_not_capturable(input_ids, past_key_values, kwargs)
