@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from hybridize import HybridConfig
+# Our own Triton kernels (hybridize/mixers/triton) run in Triton's interpreter when there is no GPU. It is chosen when
+# triton.jit decorates a kernel, i.e. when a kernel module is first imported, so it is set before any test runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hybridize import HybridConfig  # noqa: E402
 
 # (atol, rtol) per dtype. fp32 references agree to rounding; bf16 kernels carry ~3 significant digits.
 TOLERANCES = {
@@ -59,6 +66,13 @@ def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides
     )
     kwargs.update(overrides)
     return HybridConfig(**kwargs)
+
+
+@pytest.fixture
+def triton_device() -> str:
+    """Where our Triton kernels run in this test: "cuda" on a GPU, else "cpu" in Triton's interpreter."""
+    pytest.importorskip("triton", reason="Triton is part of the [test] extra: pip install -e '.[test]'")
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,12 @@
   single steps). Runs anywhere; it is what the CPU tests and CPU training use, and what the GPU tests compare the
   fla kernels against.
 
+* our own Triton kernels (`hybridize/mixers/triton/`) for the inference-only fused ops that neither torch nor fla
+  fuse for us: the one-token attention step over a static KV cache, RMSNorm, RoPE. `fused_inference(x)` says when
+  they run: CUDA tensors, autograd off, Triton importable, backend not forced to "torch". Their references are the
+  ordinary PyTorch code they replace; the tests run the kernels on the CPU in Triton's interpreter
+  (TRITON_INTERPRET=1) and on the GPU, against those references.
+
 "auto" picks fla for CUDA tensors when fla is installed, else torch. `HYBRIDIZE_BACKEND=torch|fla` or
 `with force_backend("torch"):` overrides it (used by the GPU tests to run both on the same inputs).
 The mode ("chunk" or "recurrent") defaults to recurrent for short inference calls (decode) and chunk otherwise,
@@ -51,6 +57,23 @@ def fla_available() -> bool:
     except Exception:  # ImportError, or Triton failing to find a driver
         return False
     return True
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def fused_inference(x: Tensor) -> bool:
+    """Whether inference-only fused Triton kernels replace the PyTorch ops for this tensor (see the module doc)."""
+    if _forced == "torch" or not x.is_cuda or torch.is_grad_enabled():
+        return False
+    return triton_available()
 
 
 def backend_for(x: Tensor) -> str:
