@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.cache_utils import StaticLayer
 
+from . import kernels
 from .base import Mixer, RMSNorm, SeqInfo, Tensor, apply_rope, dtype_bytes, hype_scale
 from .state import StaticKV
 
@@ -53,6 +54,13 @@ class Attention(Mixer):
         q_pos = info.query_positions(q.device)  # (T,) index of each query in the token stream
         past = info.past_length
         contiguous = True  # keys are the tokens past + T - Lk .. past + T - 1, in order
+        if (isinstance(state, StaticKV) and T == 1 and state.window is None and info.cu_seqlens is None
+                and kernels.fused_inference(q)):
+            # the decode step on a GPU: our split-K kernel reads the slots written so far, fp32 scores
+            state.store(k, v, q_pos)
+            o = kernels.decode_attention(q.reshape(B, self.num_kv_heads, -1, self.head_dim), state.keys,
+                                         state.values, q_pos, info.padding_mask, self.scaling)
+            return self._out(o.reshape(B, 1, self.num_heads * self.head_dim), x), state
         if isinstance(state, StaticKV):
             k, v, k_pos = state.write(k, v, q_pos, past)
             contiguous = T > 1 and (self.sliding_window is None or past == 0)
@@ -63,10 +71,13 @@ class Attention(Mixer):
             k_pos = torch.arange(past + T - k.shape[2], past + T, device=q.device)
         mask = self._mask(info, q_pos, k_pos, contiguous)
         o = self._attend(q, k, v, mask)
-        o = o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+        return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), x), state
+
+    def _out(self, o: Tensor, x: Tensor) -> Tensor:
+        """(B, T, H*D) attention output -> (B, T, hidden): the optional sigmoid gate, then o_proj."""
         if self.g_proj is not None:
             o = o * torch.sigmoid(self.g_proj(x))
-        return self.o_proj(o), state
+        return self.o_proj(o)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
         """SDPA over q (B, H, T, D) and k, v (B, Hkv, Lk, D) -> (B, H, T, D)."""
@@ -81,10 +92,7 @@ class Attention(Mixer):
         if T == 1 and groups > 1:
             # One query per head: the `groups` query heads of a KV head become `groups` queries of that head, so the
             # masked kernels need no copy of K/V per group; the (B, 1, 1, Lk) mask broadcasts over them.
-            # Speed (results/bench/README.md): on an H100 the masked kernel SDPA picks (cuDNN) takes ~170 us per layer
-            # at 8K for 11 us of memory traffic. Two bf16 matmuls were faster, but they round the scores to bf16 (a
-            # measurable change of greedy tokens in bf16), so they are not used: the fix is a decode kernel that keeps
-            # fp32 scores (split-K flash decoding, or `torch.bmm(..., out_dtype=torch.float32)` on CUDA).
+            # On a GPU the static-cache step takes our split-K kernel instead (see forward); this is its reference.
             o = F.scaled_dot_product_attention(q.reshape(B, self.num_kv_heads, groups, D), k, v, attn_mask=mask,
                                                scale=self.scaling)
             return o.reshape(B, H, 1, D)

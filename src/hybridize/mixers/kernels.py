@@ -76,6 +76,15 @@ def fused_inference(x: Tensor) -> bool:
     return triton_available()
 
 
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float) -> Tensor:
+    """The one-token attention step over a static KV buffer (Triton, split-K, fp32 scores); q (B, Hkv, G, D),
+    k/v (B, Hkv, N, D), pos the new token's slot (device tensor), valid (B, N) or None. Callers check
+    `fused_inference` first; without it the attention mixer runs masked SDPA, the kernel's reference."""
+    from .triton.decode_attention import decode_attention as kernel
+
+    return kernel(q, k, v, pos, valid, scale)
+
+
 def backend_for(x: Tensor) -> str:
     if _forced is not None:
         if _forced == "fla" and not x.is_cuda:

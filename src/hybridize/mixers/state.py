@@ -44,8 +44,7 @@ class StaticKV(CacheLayerMixin):
         slot. `past` (tokens before this call) only shapes what a longer, eager call returns."""
         T = k.shape[2]
         if self.window is None:
-            self.keys.index_copy_(2, cache_position, k)
-            self.values.index_copy_(2, cache_position, v)
+            self.store(k, v, cache_position)
             if T == 1:  # the captured step: the whole buffer, unwritten slots masked as being in the future
                 return self.keys, self.values, torch.arange(self.slots, device=k.device)
             end = past + T
@@ -66,6 +65,11 @@ class StaticKV(CacheLayerMixin):
         self.keys.index_copy_(2, slot, k[:, :, -kept:])
         self.values.index_copy_(2, slot, v[:, :, -kept:])
         return keys, values, positions
+
+    def store(self, k: Tensor, v: Tensor, cache_position: Tensor) -> None:
+        """Write k, v (B, Hkv, T, D) into the slots `cache_position` (T,) of a full-attention buffer."""
+        self.keys.index_copy_(2, cache_position, k)
+        self.values.index_copy_(2, cache_position, v)
 
     def _ring_positions(self, last: Tensor) -> Tensor:
         """(slots,) token held by each ring slot once token `last` (a 0-d tensor) is written; -1 where none yet."""
