@@ -63,13 +63,17 @@ def gates_for(name, T, H, K, dev):
             "beta": torch.rand(1, T, H, device=dev, dtype=torch.bfloat16).requires_grad_()}
 
 
+REVERSED = False  # --reversed: measure ours before the raw op, to see whether the order shapes the ratio
+
+
 def op_rows(T: int, H: int, D: int):
     dev, dt = "cuda", torch.bfloat16
     q, k, v = (torch.randn(1, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     for name in ("lightning", "gla", "gated_deltanet"):
         g = gates_for(name, T, H, D, dev)
         leaves = [q, k, v, *[x for x in g.values() if x.requires_grad]]
-        for impl, fns in (("fla raw op", raw_ops()), ("hybridize kernels", ours())):
+        pairs = (("fla raw op", raw_ops()), ("hybridize kernels", ours()))
+        for impl, fns in (pairs[::-1] if REVERSED else pairs):
             fn = fns[name]
             with torch.no_grad():
                 fwd = bench(lambda: fn(q, k, v, g))
@@ -114,7 +118,10 @@ def main():
     ap.add_argument("--T", type=int, nargs="+", default=[4096, 16384, 65536])
     ap.add_argument("--out", default=None)
     ap.add_argument("--commit", default=None, help="commit being measured (the GPU machine's copy has no .git)")
+    ap.add_argument("--reversed", action="store_true", help="time our dispatch before the raw fla op")
     args = ap.parse_args()
+    global REVERSED
+    REVERSED = args.reversed
     torch.manual_seed(0)
     rows = []
     print(f"{'what':<22} {'impl':<20} {'T':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'overhead fwd/fb':>16}", flush=True)
@@ -135,7 +142,8 @@ def main():
     if args.out:
         commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                                text=True).stdout.strip()
-        record = dict(command="python benchmarks/mixers.py --T " + " ".join(map(str, args.T)),
+        record = dict(command="python benchmarks/mixers.py --T " + " ".join(map(str, args.T))
+                      + (" --reversed" if args.reversed else ""),
                       device=torch.cuda.get_device_name(), torch=torch.__version__, commit=commit or None,
                       seed=0, date=time.strftime("%Y-%m-%d"), rows=rows)
         with open(args.out, "w") as f:

@@ -140,10 +140,10 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float,
-                     num_splits: int | None = None) -> Tensor:
+                     num_splits: int | None = None, block_n: int = BLOCK_N, num_warps: int = 4) -> Tensor:
     """q: (B, Hkv, G, D), the G query heads of each KV head; k, v: (B, Hkv, N, D) cache buffers (last dim
     contiguous); pos: (1,) or 0-d long, the new token's slot (< N); valid: (B, N) bool or None (every slot < pos is
-    real). Returns (B, Hkv, G, D) in q's dtype."""
+    real). Returns (B, Hkv, G, D) in q's dtype. `num_splits`, `block_n`, `num_warps`: tuning knobs (benchmarks)."""
     B, Hkv, G, D = q.shape
     N = k.shape[2]
     if k.shape != (B, Hkv, N, D) or v.shape != k.shape:
@@ -171,8 +171,8 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), s_valid,
         scale, G, Hkv,
-        HAS_VALID=valid is not None, NUM_SPLITS=splits, BLOCK_G=BLOCK_G, BLOCK_N=BLOCK_N, D=D, BLOCK_D=BLOCK_D,
-        IEEE=ieee, num_warps=4,
+        HAS_VALID=valid is not None, NUM_SPLITS=splits, BLOCK_G=BLOCK_G, BLOCK_N=block_n, D=D, BLOCK_D=BLOCK_D,
+        IEEE=ieee, num_warps=num_warps,
     )
     _combine_kernel[(B * Hkv,)](
         o_part, m_part, l_part, out, out.stride(0), out.stride(1), out.stride(2), G, Hkv,
