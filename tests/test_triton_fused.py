@@ -1,5 +1,5 @@
 """The fused inference kernels (`hybridize/mixers/triton/fused.py`: RMSNorm, RoPE, SiLU * up) against their PyTorch
-references.
+references, and the dispatch in `kernels.py` that chooses between the two.
 
 Without a GPU the kernels run in Triton's interpreter on CPU tensors (`triton_device`), so shapes stay small. The
 kernels round every intermediate as the references do, so beyond `assert_close` the tests count the elements that
@@ -9,12 +9,16 @@ can move an fp32 result by an ulp (and, rarely, a bf16 rounding with it). GPU si
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close
-from hybridize.mixers.base import apply_rope, rms_norm
+from conftest import assert_close, tiny_config
+from hybridize import HybridCache, HybridForCausalLM
+from hybridize.mixers import kernels
+from hybridize.mixers.base import RMSNorm, apply_rope, rms_norm
 
 DTYPES = [torch.bfloat16, torch.float32]
 DTYPE_IDS = ["bf16", "fp32"]
@@ -140,3 +144,98 @@ def test_silu_mul_non_contiguous_halves(fused, triton_device):
     out, ref = fused.silu_mul(gate, up), F.silu(gate) * up
     assert_close(out, ref, "silu_mul halves of one projection")
     _differ(out, ref, "silu_mul halves of one projection")
+
+
+# --------------------------------------------------------------------------------------------------------- dispatch
+
+
+def test_fused_inference_switch():
+    """The fused kernels run only for CUDA tensors, with autograd off and the backend not forced to torch (a
+    stand-in with is_cuda=True plays the CUDA tensor here)."""
+    on_cuda = types.SimpleNamespace(is_cuda=True)
+    with torch.no_grad():
+        assert kernels.fused_inference(on_cuda) == kernels.triton_available()
+        assert not kernels.fused_inference(torch.zeros(2))
+        with kernels.force_backend("torch"):
+            assert not kernels.fused_inference(on_cuda)
+    with torch.enable_grad():
+        assert not kernels.fused_inference(on_cuda)
+
+
+def _inputs(device):
+    x = torch.randn(2, 3, 44, device=device).to(torch.bfloat16)
+    w = torch.randn(44, device=device).to(torch.bfloat16)
+    q, k = torch.randn(2, 3, 4, 10, device=device), torch.randn(2, 3, 2, 10, device=device)
+    cos, sin = _rope_tables(2, 3, 10, torch.float32, device)
+    gate, up = torch.randn(2, 3, 76, device=device), torch.randn(2, 3, 76, device=device)
+    return x, w, q, k, cos, sin, gate, up
+
+
+DEVICES_WITH_GRAD = [("cpu", False), ("cpu", True)] + ([("cuda", True)] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device,grad", DEVICES_WITH_GRAD)
+def test_dispatch_runs_the_reference_on_cpu_and_while_training(monkeypatch, device, grad):
+    """CPU tensors, or autograd on (training, also on the GPU): the reference code, bit for bit."""
+
+    def no_fused():
+        raise AssertionError("the fused kernels must not run here")
+
+    monkeypatch.setattr(kernels, "_fused", no_fused)
+    x, w, q, k, cos, sin, gate, up = _inputs(device)
+    with torch.set_grad_enabled(grad):
+        norm = RMSNorm(44).to(device, torch.bfloat16)
+        assert torch.equal(kernels.rms_norm(x, w, 1e-6), rms_norm(x, w, 1e-6))
+        assert torch.equal(norm(x), rms_norm(x, norm.weight, norm.eps))
+        for a, b in zip(kernels.rope(q, k, cos, sin), apply_rope(q, k, cos, sin)):
+            assert torch.equal(a, b)
+        assert torch.equal(kernels.silu_mul(gate, up), F.silu(gate) * up)
+
+
+def test_dispatch_takes_the_fused_path_when_it_may(monkeypatch, fused, triton_device):
+    """With the switch on, the dispatch calls the kernels (here in the interpreter) with the right arguments, and
+    still runs the reference for what the kernels do not take (fp64, an odd rotary dim)."""
+    calls = []
+    for name in ("rms_norm", "apply_rope", "silu_mul"):
+        fn = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *a, _fn=fn, _name=name: calls.append(_name) or _fn(*a))
+    monkeypatch.setattr(kernels, "fused_inference", lambda x: True)
+    x, w, q, k, cos, sin, gate, up = _inputs(triton_device)
+    with torch.no_grad():
+        assert_close(kernels.rms_norm(x, w, 1e-6), rms_norm(x, w, 1e-6), "dispatched rms_norm")
+        for a, b in zip(kernels.rope(q, k, cos, sin), apply_rope(q, k, cos, sin)):
+            assert_close(a, b, "dispatched rope")
+        assert_close(kernels.silu_mul(gate, up), F.silu(gate) * up, "dispatched silu_mul")
+        assert calls == ["rms_norm", "apply_rope", "silu_mul"]
+        kernels.rms_norm(x.double(), w.double(), 1e-6)
+        q9, k9 = q[..., :9], k[..., :9]
+        kernels.rope(q9, k9, cos[..., :9], sin[..., :9])
+        kernels.silu_mul(gate, up[..., :1])  # broadcast: the reference's business
+    assert calls == ["rms_norm", "apply_rope", "silu_mul"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_model_with_fused_ops_matches_reference(monkeypatch, triton_device, dtype):
+    """The whole tiny model (every mixer, RoPE in attention and in the linear mixers, q/k norms, SwiGLU) with the
+    fused kernels switched on: prefill and a cached decode step give the reference model's logits. The mixers'
+    recurrences run the torch backend both times (fla does not take head_dim 10 on a GPU)."""
+    model = HybridForCausalLM(tiny_config("mixed")).to(triton_device, dtype).eval()
+    ids = torch.randint(0, 101, (2, 9), device=triton_device)
+
+    def run(fused_on: bool):
+        monkeypatch.setattr(kernels, "fused_inference", lambda x: fused_on)
+        spy = []
+        for name in ("rms_norm", "rope", "silu_mul"):
+            fn = getattr(kernels, name)
+            monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _name=name: spy.append(_name) or _fn(*a))
+        with torch.no_grad(), kernels.force_backend("torch"):
+            cache = HybridCache(model.config)
+            prefill = model(ids[:, :8], past_key_values=cache, use_cache=True).logits
+            step = model(ids[:, 8:], past_key_values=cache, use_cache=True).logits
+        monkeypatch.undo()
+        assert {"rms_norm", "rope", "silu_mul"} <= set(spy)
+        return torch.cat([prefill, step], dim=1).float()
+
+    ref, out = run(False), run(True)
+    assert_close(out, ref, "model logits, fused ops vs reference", dtype=dtype)
+    _differ(out, ref, f"model logits {dtype}")
