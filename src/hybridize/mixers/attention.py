@@ -14,7 +14,7 @@ from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.cache_utils import StaticLayer
 
 from . import kernels
-from .base import Mixer, RMSNorm, SeqInfo, Tensor, apply_rope, dtype_bytes, hype_scale
+from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
 from .state import StaticKV
 
 
@@ -47,7 +47,7 @@ class Attention(Mixer):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
-            q, k = apply_rope(q, k, info.cos, info.sin)
+            q, k = kernels.rope(q, k, info.cos, info.sin)
         if self.hype_a is not None:
             q = q * hype_scale(info.position_ids, self.hype_a).to(q.dtype)[..., None, None]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import kernels
+
 Tensor = torch.Tensor
 
 
@@ -91,10 +93,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm's PyTorch form (the reference of the fused kernel `kernels.rms_norm` picks at inference on the GPU)."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -103,7 +110,9 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """q, k: (B, T, H, D); cos, sin: (B, T, D). The rotate-half convention of Llama / Qwen checkpoints."""
+    """q, k: (B, T, H, D); cos, sin: (B, T, D). The rotate-half convention of Llama / Qwen checkpoints.
+
+    The PyTorch form: the mixers call `kernels.rope`, which runs this or, at inference on the GPU, a fused kernel."""
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 

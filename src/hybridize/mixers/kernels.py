@@ -8,9 +8,11 @@
 
 * our own Triton kernels (`hybridize/mixers/triton/`) for the inference-only fused ops that neither torch nor fla
   fuse for us: the one-token attention step over a static KV cache, RMSNorm, RoPE. `fused_inference(x)` says when
-  they run: CUDA tensors, autograd off, Triton importable, backend not forced to "torch". Their references are the
-  ordinary PyTorch code they replace; the tests run the kernels on the CPU in Triton's interpreter
-  (TRITON_INTERPRET=1) and on the GPU, against those references.
+  they run: CUDA tensors, autograd off, not inside torch.compile's tracing (inductor fuses these ops itself), Triton
+  importable, backend not forced to "torch". Their references are the ordinary PyTorch code they replace; the tests
+  run the kernels on the CPU in Triton's interpreter (TRITON_INTERPRET=1) and on the GPU, against those references.
+  `rms_norm`, `rope` and `silu_mul` below choose between a fused kernel (`triton/fused.py`) and its reference
+  (`base.rms_norm`, `base.apply_rope`, `F.silu(gate) * up`).
 
 "auto" picks fla for CUDA tensors when fla is installed, else torch. `HYBRIDIZE_BACKEND=torch|fla` or
 `with force_backend("torch"):` overrides it (used by the GPU tests to run both on the same inputs).
@@ -71,7 +73,7 @@ def triton_available() -> bool:
 
 def fused_inference(x: Tensor) -> bool:
     """Whether inference-only fused Triton kernels replace the PyTorch ops for this tensor (see the module doc)."""
-    if _forced == "torch" or not x.is_cuda or torch.is_grad_enabled():
+    if _forced == "torch" or not x.is_cuda or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     return triton_available()
 
@@ -83,6 +85,54 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor
     from .triton.decode_attention import decode_attention as kernel
 
     return kernel(q, k, v, pos, valid, scale)
+
+
+# dtypes the fused kernels take (others, fp64 say, run the reference)
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _fused():
+    from .triton import fused  # imports Triton: only ever on this path
+
+    return fused
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim (`RMSNorm.forward`): one fused kernel at inference on the GPU, else
+    `base.rms_norm`."""
+    if fused_inference(x) and x.dtype in _FUSED_DTYPES and weight.dtype in _FUSED_DTYPES and weight.dim() == 1:
+        return _fused().rms_norm(x, weight, eps)
+    from .base import rms_norm as reference_rms_norm  # base imports this module: import it here, not at the top
+
+    return reference_rms_norm(x, weight, eps)
+
+
+def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotate-half RoPE on q (B, T, H, D) and k (B, T, Hk, D) with cos, sin (B or 1, T, D): one fused kernel for
+    both at inference on the GPU, else `base.apply_rope`."""
+    if fused_inference(q) and _rope_fusable(q, k, cos, sin):
+        return _fused().apply_rope(q, k, cos, sin)
+    from .base import apply_rope
+
+    return apply_rope(q, k, cos, sin)
+
+
+def _rope_fusable(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> bool:
+    """The shapes the kernel takes; anything else (that the reference may still broadcast) runs the reference."""
+    if q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or cos.shape != sin.shape or cos.dtype != sin.dtype:
+        return False
+    B, T, _, D = q.shape
+    return (k.shape[:2] == (B, T) and k.shape[3] == D and cos.shape[2] == D and D % 2 == 0
+            and cos.shape[0] in (1, B) and cos.shape[1] in (1, T)
+            and all(t.dtype in _FUSED_DTYPES for t in (q, k, cos)))
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """SwiGLU's `F.silu(gate) * up`: one fused kernel at inference on the GPU, else those two ops."""
+    if (fused_inference(gate) and gate.shape == up.shape and gate.dtype in _FUSED_DTYPES
+            and up.dtype in _FUSED_DTYPES):
+        return _fused().silu_mul(gate, up)
+    return F.silu(gate) * up
 
 
 def backend_for(x: Tensor) -> str:

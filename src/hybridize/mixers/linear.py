@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Mixer, RMSNorm, SeqInfo, Tensor, apply_rope, dtype_bytes
+from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes
 from . import kernels
 
 
@@ -79,7 +79,7 @@ class LinearMixer(Mixer):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
-            q, k = apply_rope(q, k, info.cos, info.sin)
+            q, k = kernels.rope(q, k, info.cos, info.sin)
         o, rec = self._recur(x, q, k, v, mask, rec, info.cu_seqlens)
         if state is not None:
             state.update_recurrent_state(rec)

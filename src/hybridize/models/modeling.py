@@ -20,7 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
-from ..mixers import SeqInfo, build_mixer
+from ..mixers import SeqInfo, build_mixer, kernels
 from ..mixers.base import RMSNorm
 from ..mixers.gated_deltanet import GatedDeltaNet
 from .cache import HybridCache, HybridStaticCache, past_length
@@ -64,7 +64,8 @@ class HybridRotaryEmbedding(nn.Module):
 
 
 class HybridMLP(nn.Module):
-    """SwiGLU: down(act(gate(x)) * up(x))."""
+    """SwiGLU: down(act(gate(x)) * up(x)); with SiLU, act(.) * up is one fused kernel at inference on the GPU
+    (`kernels.silu_mul`)."""
 
     def __init__(self, config: HybridConfig):
         super().__init__()
@@ -73,8 +74,11 @@ class HybridMLP(nn.Module):
         self.up_proj = nn.Linear(h, i, bias=config.mlp_bias)
         self.down_proj = nn.Linear(i, h, bias=config.mlp_bias)
         self.act_fn = ACT2FN[config.hidden_act]
+        self.silu = config.hidden_act == "silu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.silu:
+            return self.down_proj(kernels.silu_mul(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 

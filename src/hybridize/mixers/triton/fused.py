@@ -1,0 +1,212 @@
+"""Fused inference kernels for the small elementwise ops of a decoder layer: RMSNorm, RoPE, SiLU(gate) * up.
+
+In eager PyTorch each of these is a handful of kernels (RMSNorm alone: to(float), pow, mean, add, rsqrt, mul,
+to(dtype), mul weight); at decode, where every tensor is a few KB, the step is bound by those launches. Each kernel
+here is one launch that reads its inputs once and writes its output once. Inference only: no backward.
+
+References (the PyTorch code they replace; `hybridize.mixers.kernels` chooses between the two):
+* `rms_norm`: `hybridize.mixers.base.rms_norm` (`RMSNorm.forward`).
+* `apply_rope`: `hybridize.mixers.base.apply_rope` (rotate-half RoPE on q and k, one launch for both).
+* `silu_mul`: `F.silu(gate) * up` (`HybridMLP` with hidden_act="silu").
+
+Rounding follows the references step by step: every intermediate torch rounds to the tensor dtype (bf16 / fp16) is
+rounded here too, so outputs agree bit for bit except where the fp32 arithmetic itself differs: the order of the
+RMSNorm sum and the rsqrt / exp implementations (an fp32 ulp, which at times flips one bf16 rounding).
+
+Importing this module imports Triton; only `kernels.py` imports it, on first use.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _round(x, dtype: tl.constexpr, INTERPRETER: tl.constexpr):
+    """fp32 x rounded to `dtype` (to nearest, ties to even, as torch rounds), returned as fp32.
+
+    On the GPU that is `.to(dtype)`. Triton's CPU interpreter (INTERPRETER: the kernel runs on CPU tensors) truncates
+    fp32 -> bf16 instead, so there the rounding is done on the bits: the interpreter then rounds as the GPU does, and
+    the CPU tests can hold the kernels to the reference's exact roundings. (fp32 -> fp16 it rounds correctly.)"""
+    if INTERPRETER and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(dtype).to(tl.float32)
+
+
+def _warps(elements: int) -> int:
+    """Warps for a program that handles `elements` values: ~8-16 values a thread, 1 to 8 warps."""
+    return max(1, min(8, triton.next_power_of_2(elements) // 512))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RMSNorm: y = weight * (x.float() * rsqrt(mean(x.float()**2) + eps)).to(x.dtype)
+
+
+@triton.jit
+def _rms_norm_kernel(X, W, Y, n_rows, n_inner, stride_outer, stride_inner, D, inv_D, eps,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRETER: tl.constexpr):
+    # Rows are x viewed as (outer, inner, D): row r sits at (r // n_inner) * stride_outer + (r % n_inner) *
+    # stride_inner, so a strided view (a slice of a fused projection split into heads) needs no copy.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = rows < n_rows
+    col_ok = cols < D
+    mask = row_ok[:, None] & col_ok[None, :]
+    offs = (rows // n_inner).to(tl.int64) * stride_outer + (rows % n_inner).to(tl.int64) * stride_inner
+    x = tl.load(X + offs[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    ms = tl.sum(x * x, axis=1) * inv_D  # torch's CUDA mean multiplies the sum by 1 / D
+    r = tl.math.rsqrt(ms + eps)
+    n = _round(x * r[:, None], X.dtype.element_ty, INTERPRETER)  # the reference's .to(x.dtype)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    y = _round(w[None, :] * n, Y.dtype.element_ty, INTERPRETER)  # one product in fp32, rounded once, as torch's mul
+    tl.store(Y + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim of x (any leading shape, any row strides); weight: (D,). Returns a contiguous tensor
+    of x's shape in torch's promotion of (weight.dtype, x.dtype)."""
+    D = x.shape[-1]
+    if weight.shape != (D,):
+        raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")
+    out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    if x.numel() == 0:
+        return out
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if x.dim() == 1:
+        x = x.view(1, D)
+    try:  # (outer, inner, D) without a copy when the leading dims but the last collapse into one stride
+        x3 = x.view(-1, x.shape[-2], D)
+    except RuntimeError:
+        x3 = x.contiguous().view(-1, x.shape[-2], D)
+    n_rows = x3.shape[0] * x3.shape[1]
+    BLOCK_D = triton.next_power_of_2(D)
+    BLOCK_R = max(1, min(triton.next_power_of_2(n_rows), 4096 // BLOCK_D))
+    _rms_norm_kernel[(triton.cdiv(n_rows, BLOCK_R),)](
+        x3, weight.contiguous(), out, n_rows, x3.shape[1], x3.stride(0), x3.stride(1), D, 1.0 / D, float(eps),
+        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, INTERPRETER=not x.is_cuda, num_warps=_warps(BLOCK_R * BLOCK_D),
+        enable_fp_fusion=False,  # x * x summed as torch does: each square rounded, no fma
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# RoPE (rotate half): out = x * cos + cat(-x2, x1) * sin, for q and k in one launch.
+
+
+@triton.jit
+def _rope_heads(X, O, stride_h, n_heads, c1, c2, s1, s2, half, h_mask,
+                HALF: tl.constexpr, BLOCK_H: tl.constexpr, INTERPRETER: tl.constexpr):
+    """Rotate the n_heads head vectors of one token: X + h * stride_h -> O + h * 2 * HALF (contiguous)."""
+    heads = tl.arange(0, BLOCK_H)
+    mask = (heads < n_heads)[:, None] & h_mask[None, :]
+    src = X + heads.to(tl.int64)[:, None] * stride_h + half[None, :]
+    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    odt = O.dtype.element_ty
+    # The reference rounds x * cos, rotate_half(x) * sin and their sum to the output dtype, each on its own.
+    a1 = _round(x1 * c1[None, :], odt, INTERPRETER)
+    b1 = _round(-x2 * s1[None, :], odt, INTERPRETER)
+    a2 = _round(x2 * c2[None, :], odt, INTERPRETER)
+    b2 = _round(x1 * s2[None, :], odt, INTERPRETER)
+    o1 = _round(a1 + b1, odt, INTERPRETER)
+    o2 = _round(a2 + b2, odt, INTERPRETER)
+    dst = O + heads.to(tl.int64)[:, None] * (2 * HALF) + half[None, :]
+    tl.store(dst, o1.to(odt), mask=mask)
+    tl.store(dst + HALF, o2.to(odt), mask=mask)
+
+
+@triton.jit
+def _rope_kernel(Q, K, COS, SIN, QO, KO, T, H, HK,
+                 sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sc_b, sc_t, ss_b, ss_t,
+                 HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HK: tl.constexpr,
+                 INTERPRETER: tl.constexpr):
+    tok = tl.program_id(0)  # one program per token (b, t): all its q heads and k heads
+    b = (tok // T).to(tl.int64)
+    t = (tok % T).to(tl.int64)
+    half = tl.arange(0, BLOCK_HALF)
+    h_mask = half < HALF
+    c = COS + b * sc_b + t * sc_t + half
+    s = SIN + b * ss_b + t * ss_t + half
+    c1 = tl.load(c, mask=h_mask, other=0.0).to(tl.float32)
+    c2 = tl.load(c + HALF, mask=h_mask, other=0.0).to(tl.float32)
+    s1 = tl.load(s, mask=h_mask, other=0.0).to(tl.float32)
+    s2 = tl.load(s + HALF, mask=h_mask, other=0.0).to(tl.float32)
+    tok64 = tok.to(tl.int64)
+    _rope_heads(Q + b * sq_b + t * sq_t, QO + tok64 * H * (2 * HALF), sq_h, H, c1, c2, s1, s2, half, h_mask,
+                HALF, BLOCK_H, INTERPRETER)
+    _rope_heads(K + b * sk_b + t * sk_t, KO + tok64 * HK * (2 * HALF), sk_h, HK, c1, c2, s1, s2, half, h_mask,
+                HALF, BLOCK_HK, INTERPRETER)
+
+
+def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """q: (B, T, H, D), k: (B, T, Hk, D) (any strides but the last); cos, sin: (B or 1, T or 1, D), broadcast over
+    heads as the reference's `unsqueeze(2)` does. D even. Returns new contiguous (q, k), each in torch's promotion
+    of its dtype with cos's."""
+    B, T, H, D = q.shape
+    HK = k.shape[2]
+    if k.dim() != 4 or k.shape[:2] != (B, T) or k.shape[3] != D:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must be (B, T, heads, D) alike")
+    if D % 2:
+        raise ValueError(f"rotate-half RoPE needs an even head dim, got {D}")
+    if cos.dim() != 3 or sin.shape != cos.shape or cos.dtype != sin.dtype:
+        raise ValueError(f"cos {tuple(cos.shape)} / sin {tuple(sin.shape)} must be (B, T, D) alike, one dtype")
+    cos, sin = cos.expand(B, T, D), sin.expand(B, T, D)  # stride 0 where they broadcast
+    q, k, cos, sin = (a if a.stride(-1) == 1 else a.contiguous() for a in (q, k, cos, sin))
+    qo = torch.empty(q.shape, dtype=torch.promote_types(q.dtype, cos.dtype), device=q.device)
+    ko = torch.empty(k.shape, dtype=torch.promote_types(k.dtype, cos.dtype), device=k.device)
+    if B * T == 0:
+        return qo, ko
+    half = D // 2
+    BLOCK_HALF = triton.next_power_of_2(half)
+    BLOCK_H, BLOCK_HK = triton.next_power_of_2(max(H, 1)), triton.next_power_of_2(max(HK, 1))
+    _rope_kernel[(B * T,)](
+        q, k, cos, sin, qo, ko, T, H, HK,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        cos.stride(0), cos.stride(1), sin.stride(0), sin.stride(1),
+        HALF=half, BLOCK_HALF=BLOCK_HALF, BLOCK_H=BLOCK_H, BLOCK_HK=BLOCK_HK, INTERPRETER=not q.is_cuda,
+        num_warps=_warps(2 * BLOCK_HALF * max(BLOCK_H, BLOCK_HK)),
+        enable_fp_fusion=False,  # in fp32, x * cos + rot * sin as torch computes it: two rounded products, no fma
+    )
+    return qo, ko
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SwiGLU's elementwise part: silu(gate) * up.
+
+
+@triton.jit
+def _silu_mul_kernel(G, U, O, n, BLOCK: tl.constexpr, INTERPRETER: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+    # F.silu's formula as torch's CUDA kernel computes it (expf, an IEEE division), rounded to gate's dtype.
+    # The interpreter has no libdevice: numpy's exp there.
+    if INTERPRETER:
+        e = tl.exp(-g)
+    else:
+        e = libdevice.exp(-g)
+    s = _round(tl.div_rn(g, 1.0 + e), G.dtype.element_ty, INTERPRETER)
+    tl.store(O + offs, _round(s * u, O.dtype.element_ty, INTERPRETER).to(O.dtype.element_ty), mask=mask)
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """F.silu(gate) * up for gate and up of one shape; returns a contiguous tensor in their promoted dtype."""
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
+    gate, up = gate.contiguous(), up.contiguous()
+    out = torch.empty(gate.shape, dtype=torch.promote_types(gate.dtype, up.dtype), device=gate.device)
+    n = gate.numel()
+    if n:
+        BLOCK = 1024
+        _silu_mul_kernel[(triton.cdiv(n, BLOCK),)](gate, up, out, n, BLOCK=BLOCK, INTERPRETER=not gate.is_cuda,
+                                                     num_warps=4)
+    return out
