@@ -68,7 +68,9 @@ def test_rms_norm_at_model_sizes(fused, B, T):
     w32 = w.float()  # fp32 weight, bf16 input: fp32 out
     out, ref = fused.rms_norm(x, w32, 1e-6), rms_norm(x, w32, 1e-6)
     assert out.dtype == ref.dtype == torch.float32
-    assert_close(out, ref, f"rms_norm fp32 weight B={B} T={T}")
+    # the normalised value is rounded to bf16 before the fp32 weight, as in the reference: a rare flip of that rounding
+    # (1 bf16 ulp, as in the bf16 cases above) shows in the fp32 output, so the bf16 tolerance applies
+    assert_close(out, ref, f"rms_norm fp32 weight B={B} T={T}", dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
