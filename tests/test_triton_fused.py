@@ -59,6 +59,25 @@ def test_rms_norm_matches_reference(fused, triton_device, dtype, shape):
     _differ(out, ref, f"rms_norm {shape} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("activation", ["sigmoid", "silu"])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 10), (1, 1, 2, 128)])
+def test_gated_rms_norm_matches_reference(fused, triton_device, dtype, activation, shape):
+    """The linear mixers' output: RMSNorm(o) * act(gate) in one kernel, against those ops."""
+    x = 3 * torch.randn(shape, device=triton_device).to(dtype)
+    g = 2 * torch.randn(shape, device=triton_device).to(dtype)
+    w = (1 + 0.5 * torch.randn(shape[-1], device=triton_device)).to(dtype)
+    act = torch.sigmoid(g) if activation == "sigmoid" else F.silu(g)
+    out, ref = fused.rms_norm(x, w, 1e-6, g, activation), rms_norm(x, w, 1e-6) * act
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    assert_close(out, ref, f"gated rms_norm {activation} {shape}")
+    _differ(out, ref, f"gated rms_norm {activation} {shape} {dtype}")
+    with pytest.raises(ValueError, match="activation must be"):
+        fused.rms_norm(x, w, 1e-6, g, "tanh")
+    with pytest.raises(ValueError, match="gate must have"):
+        fused.rms_norm(x, w, 1e-6, g[..., :1], activation)
+
+
 def test_rms_norm_fp32_weight_bf16_input(fused, triton_device):
     x = torch.randn(3, 5, 44, device=triton_device).to(torch.bfloat16)
     w = 1 + 0.5 * torch.randn(44, device=triton_device)
@@ -207,6 +226,11 @@ def test_dispatch_takes_the_fused_path_when_it_may(monkeypatch, fused, triton_de
             assert_close(a, b, "dispatched rope")
         assert_close(kernels.silu_mul(gate, up), F.silu(gate) * up, "dispatched silu_mul")
         assert calls == ["rms_norm", "apply_rope", "silu_mul"]
+        g = torch.randn_like(x)
+        assert_close(kernels.rms_norm_gated(x, w, 1e-6, g, "sigmoid"), rms_norm(x, w, 1e-6) * torch.sigmoid(g),
+                     "dispatched gated rms_norm")
+        assert calls[-1] == "rms_norm"
+        del calls[-1]
         kernels.rms_norm(x.double(), w.double(), 1e-6)
         q9, k9 = q[..., :9], k[..., :9]
         kernels.rope(q9, k9, cos[..., :9], sin[..., :9])
@@ -225,7 +249,7 @@ def test_model_with_fused_ops_matches_reference(monkeypatch, triton_device, dtyp
     def run(fused_on: bool):
         monkeypatch.setattr(kernels, "fused_inference", lambda x: fused_on)
         spy = []
-        for name in ("rms_norm", "rope", "silu_mul"):
+        for name in ("rms_norm", "rope", "silu_mul", "rms_norm_gated"):
             fn = getattr(kernels, name)
             monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _name=name: spy.append(_name) or _fn(*a))
         with torch.no_grad(), kernels.force_backend("torch"):
@@ -233,7 +257,7 @@ def test_model_with_fused_ops_matches_reference(monkeypatch, triton_device, dtyp
             prefill = model(ids[:, :8], past_key_values=cache, use_cache=True).logits
             step = model(ids[:, 8:], past_key_values=cache, use_cache=True).logits
         monkeypatch.undo()
-        assert {"rms_norm", "rope", "silu_mul"} <= set(spy)
+        assert {"rms_norm", "rope", "silu_mul", "rms_norm_gated"} <= set(spy)
         return torch.cat([prefill, step], dim=1).float()
 
     ref, out = run(False), run(True)

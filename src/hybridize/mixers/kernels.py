@@ -107,6 +107,19 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return reference_rms_norm(x, weight, eps)
 
 
+def rms_norm_gated(x: Tensor, weight: Tensor, eps: float, gate: Tensor, activation: str) -> Tensor:
+    """RMSNorm(x) * act(gate) with act "sigmoid" or "silu" (the linear mixers' output norm and gate): one fused
+    kernel at inference on the GPU, else those ops."""
+    out_dtype = torch.promote_types(weight.dtype, x.dtype)
+    if (fused_inference(x) and x.dtype in _FUSED_DTYPES and weight.dtype in _FUSED_DTYPES and weight.dim() == 1
+            and gate.shape == x.shape and gate.dtype == out_dtype):
+        return _fused().rms_norm(x, weight, eps, gate, activation)
+    from .base import rms_norm as reference_rms_norm
+
+    act = torch.sigmoid(gate) if activation == "sigmoid" else F.silu(gate)
+    return reference_rms_norm(x, weight, eps) * act
+
+
 def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     """Rotate-half RoPE on q (B, T, H, D) and k (B, T, Hk, D) with cos, sin (B or 1, T, D): one fused kernel for
     both at inference on the GPU, else `base.apply_rope`."""

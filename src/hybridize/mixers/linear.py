@@ -86,8 +86,7 @@ class LinearMixer(Mixer):
             if conv_state is not None:
                 state.update_conv_state(conv_state)  # given a full (N, D, W) window, this stores it as is
         gate = self.g_proj(x).view(B, T, H, V)
-        gate = torch.sigmoid(gate) if self.gate_activation == "sigmoid" else F.silu(gate)
-        o = self.o_norm(o.to(x.dtype)) * gate
+        o = kernels.rms_norm_gated(o.to(x.dtype), self.o_norm.weight, self.o_norm.eps, gate, self.gate_activation)
         return self.o_proj(o.reshape(B, T, H * V)), state
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens) -> tuple[Tensor, Tensor]:

@@ -97,31 +97,29 @@ def _split_kernel(Q, K, V, VALID, POS, O_PART, M_PART, L_PART,
 
 
 @triton.jit
-def _combine_kernel(O_PART, M_PART, L_PART, OUT, s_ob, s_oh, s_og, G, Hkv,
-                    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr):
+def _combine_kernel(O_PART, M_PART, L_PART, OUT, s_ob, s_oh, s_og, Hkv,
+                    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """One program per (row, KV head, query head of the group): all splits' partials loaded at once (a serial loop
+    over them measured 10 us per layer at 8K on an H100, a third of the attention step)."""
     bh = tl.program_id(0)
+    g = tl.program_id(1)
     b = bh // Hkv
     h = bh % Hkv
-    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
-    g_ok = offs_g < G
-    d_ok = offs_d < D
-    m_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    for s in range(NUM_SPLITS):
-        m_max = tl.maximum(m_max, tl.load(M_PART + (bh * NUM_SPLITS + s) * BLOCK_G + offs_g))
+    s_ok = offs_s < NUM_SPLITS
+    part = (bh * NUM_SPLITS + offs_s) * BLOCK_G + g  # (BLOCK_S,) index of each split's row for this head
+    m = tl.load(M_PART + part, mask=s_ok, other=float("-inf"))
+    l = tl.load(L_PART + part, mask=s_ok, other=0.0)
+    m_max = tl.max(m, 0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    denom = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    for s in range(NUM_SPLITS):
-        part = bh * NUM_SPLITS + s
-        w = tl.exp(tl.load(M_PART + part * BLOCK_G + offs_g) - m_max)  # 0 for an empty split
-        denom += w * tl.load(L_PART + part * BLOCK_G + offs_g)
-        o = tl.load(O_PART + (part * BLOCK_G + offs_g[:, None]) * BLOCK_D + offs_d[None, :],
-                    mask=g_ok[:, None] & d_ok[None, :], other=0.0)
-        acc += w[:, None] * o
-    out = acc / denom[:, None]
-    tl.store(OUT + b * s_ob + h * s_oh + offs_g[:, None] * s_og + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=g_ok[:, None] & d_ok[None, :])
+    w = tl.exp(m - m_max)  # 0 for an empty split
+    denom = tl.sum(w * l, 0)
+    o = tl.load(O_PART + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_ok[:, None] & (offs_d[None, :] < D),
+                other=0.0)
+    out = tl.sum(w[:, None] * o, 0) / denom
+    tl.store(OUT + b * s_ob + h * s_oh + g * s_og + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
 
 
 def num_splits_for(batch: int, kv_heads: int, max_len: int, device: torch.device) -> int:
@@ -177,9 +175,10 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor
         HAS_VALID=valid is not None, NUM_SPLITS=splits, BLOCK_G=BLOCK_G, BLOCK_N=block_n, D=D, BLOCK_D=BLOCK_D,
         IEEE=ieee, num_warps=num_warps,
     )
-    _combine_kernel[(B * Hkv,)](
-        o_part, m_part, l_part, out, out.stride(0), out.stride(1), out.stride(2), G, Hkv,
-        NUM_SPLITS=splits, BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D, num_warps=4,
+    _combine_kernel[(B * Hkv, G)](
+        o_part, m_part, l_part, out, out.stride(0), out.stride(1), out.stride(2), Hkv,
+        NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D,
+        num_warps=4,
     )
     return out
 

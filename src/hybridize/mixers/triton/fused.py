@@ -50,8 +50,21 @@ def _warps(elements: int) -> int:
 
 
 @triton.jit
-def _rms_norm_kernel(X, W, Y, n_rows, n_inner, stride_outer, stride_inner, D, inv_D, eps,
-                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRETER: tl.constexpr):
+def _act(g, ACT: tl.constexpr, INTERPRETER: tl.constexpr):
+    """fp32 sigmoid (ACT 1) or SiLU (ACT 2) as torch's CUDA kernels compute them (expf, IEEE division)."""
+    if INTERPRETER:  # no libdevice in the interpreter: numpy's exp there
+        e = tl.exp(-g)
+    else:
+        e = libdevice.exp(-g)
+    if ACT == 1:
+        return tl.div_rn(tl.full(g.shape, 1.0, tl.float32), 1.0 + e)
+    return tl.div_rn(g, 1.0 + e)
+
+
+@triton.jit
+def _rms_norm_kernel(X, W, Y, G, n_rows, n_inner, stride_outer, stride_inner, D, inv_D, eps,
+                     BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRETER: tl.constexpr,
+                     ACT: tl.constexpr = 0):
     # Rows are x viewed as (outer, inner, D): row r sits at (r // n_inner) * stride_outer + (r % n_inner) *
     # stride_inner, so a strided view (a slice of a fused projection split into heads) needs no copy.
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -66,13 +79,30 @@ def _rms_norm_kernel(X, W, Y, n_rows, n_inner, stride_outer, stride_inner, D, in
     n = _round(x * r[:, None], X.dtype.element_ty, INTERPRETER)  # the reference's .to(x.dtype)
     w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     y = _round(w[None, :] * n, Y.dtype.element_ty, INTERPRETER)  # one product in fp32, rounded once, as torch's mul
+    if ACT != 0:  # the output gate of the linear mixers: y * act(g), g contiguous rows like y
+        g = tl.load(G + rows.to(tl.int64)[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        a = _round(_act(g, ACT, INTERPRETER), G.dtype.element_ty, INTERPRETER)
+        y = _round(y * a, Y.dtype.element_ty, INTERPRETER)
     tl.store(Y + rows.to(tl.int64)[:, None] * D + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, activation: str | None = None
+             ) -> Tensor:
     """RMSNorm over the last dim of x (any leading shape, any row strides); weight: (D,). Returns a contiguous tensor
-    of x's shape in torch's promotion of (weight.dtype, x.dtype)."""
+    of x's shape in torch's promotion of (weight.dtype, x.dtype).
+
+    With `gate` (x's shape, the output's dtype) and `activation` ("sigmoid" or "silu"): RMSNorm(x) * act(gate), the
+    linear mixers' output norm and gate in one kernel (reference: `rms_norm(x, w, eps) * torch.sigmoid(gate)`)."""
     D = x.shape[-1]
+    act = 0
+    if gate is not None:
+        act = {"sigmoid": 1, "silu": 2}.get(activation, 0)
+        if not act:
+            raise ValueError(f"activation must be 'sigmoid' or 'silu' with a gate, got {activation!r}")
+        if gate.shape != x.shape or gate.dtype != torch.promote_types(weight.dtype, x.dtype):
+            raise ValueError(f"gate must have x's shape {tuple(x.shape)} and the output dtype, got "
+                             f"{tuple(gate.shape)} {gate.dtype}")
+        gate = gate.contiguous()
     if weight.shape != (D,):
         raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")
     out = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
@@ -90,8 +120,9 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     BLOCK_D = triton.next_power_of_2(D)
     BLOCK_R = max(1, min(triton.next_power_of_2(n_rows), 4096 // BLOCK_D))
     _rms_norm_kernel[(triton.cdiv(n_rows, BLOCK_R),)](
-        x3, weight.contiguous(), out, n_rows, x3.shape[1], x3.stride(0), x3.stride(1), D, 1.0 / D, float(eps),
-        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, INTERPRETER=not x.is_cuda, num_warps=_warps(BLOCK_R * BLOCK_D),
+        x3, weight.contiguous(), out, out if gate is None else gate, n_rows, x3.shape[1], x3.stride(0), x3.stride(1),
+        D, 1.0 / D, float(eps),
+        BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D, INTERPRETER=not x.is_cuda, ACT=act, num_warps=_warps(BLOCK_R * BLOCK_D),
         enable_fp_fusion=False,  # x * x summed as torch does: each square rounded, no fma
     )
     return out
@@ -188,13 +219,7 @@ def _silu_mul_kernel(G, U, O, n, BLOCK: tl.constexpr, INTERPRETER: tl.constexpr)
     mask = offs < n
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
-    # F.silu's formula as torch's CUDA kernel computes it (expf, an IEEE division), rounded to gate's dtype.
-    # The interpreter has no libdevice: numpy's exp there.
-    if INTERPRETER:
-        e = tl.exp(-g)
-    else:
-        e = libdevice.exp(-g)
-    s = _round(tl.div_rn(g, 1.0 + e), G.dtype.element_ty, INTERPRETER)
+    s = _round(_act(g, 2, INTERPRETER), G.dtype.element_ty, INTERPRETER)  # F.silu, rounded to gate's dtype
     tl.store(O + offs, _round(s * u, O.dtype.element_ty, INTERPRETER).to(O.dtype.element_ty), mask=mask)
 
 
