@@ -68,6 +68,19 @@ def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides
     return HybridConfig(**kwargs)
 
 
+def require_gpu(*, fla: bool = True, triton: bool = False) -> None:
+    """The GPU test modules call this first: without what they need they fail (they are selected with -m gpu, so a
+    skip would hide a misconfigured GPU run), saying what to install."""
+    from hybridize.mixers import kernels
+
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA device (deselect them with -m 'not gpu')")
+    if fla and not kernels.fla_available():
+        pytest.fail("the gpu tests need fla-core installed (pip install -e '.[gpu]')")
+    if triton and not kernels.triton_available():
+        pytest.fail("these gpu tests need Triton (pip install -e '.[test]')")
+
+
 @pytest.fixture
 def triton_device() -> str:
     """Where our Triton kernels run in this test: "cuda" on a GPU, else "cpu" in Triton's interpreter."""

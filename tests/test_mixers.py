@@ -119,7 +119,7 @@ def test_import_does_not_load_triton_or_fla():
     # hybridize, its model and the kernel switch, and check that the fused kernels' module was not reached.
     code = ("import sys; sys.modules['triton'] = sys.modules['fla'] = None; "
             "import hybridize; from hybridize import HybridForCausalLM; import hybridize.mixers.kernels; "
-            "assert 'hybridize.mixers.triton.fused' not in sys.modules; "
+            "assert not any(m.startswith('hybridize.mixers.triton.') for m in sys.modules); "
             "bad = [m for m, v in sys.modules.items() if v is not None and m.split('.')[0] in ('triton', 'fla')]; "
             "assert not bad, bad; print('clean')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

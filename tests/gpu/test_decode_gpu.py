@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hybridize import HybridConfig, HybridForCausalLM, HybridStaticCache
-from hybridize.mixers import kernels
+
+from conftest import require_gpu
 
 pytestmark = pytest.mark.gpu
 
@@ -28,10 +29,7 @@ PATTERNS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_gpu():
-    if not torch.cuda.is_available():
-        pytest.fail("the gpu tests need a CUDA device (deselect them with -m 'not gpu')")
-    if not kernels.fla_available():
-        pytest.fail("the gpu tests need fla-core installed (pip install -e '.[gpu]')")
+    require_gpu(fla=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close, tiny_config
+from conftest import assert_close, tiny_config, require_gpu
 from hybridize import HybridCache, HybridForCausalLM
 from hybridize.mixers import kernels
 from hybridize.mixers.base import apply_rope, rms_norm
@@ -28,10 +28,7 @@ SHAPES = [(1, 1), (8, 1), (1, 4096), (8, 4096)]  # (B, T)
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_gpu():
-    if not torch.cuda.is_available():
-        pytest.fail("the gpu tests need a CUDA device (deselect them with -m 'not gpu')")
-    if not kernels.triton_available():
-        pytest.fail("the fused kernels need Triton (pip install -e '.[test]')")
+    require_gpu(fla=False, triton=True)
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from hybridize import HybridCache, HybridForCausalLM
 from hybridize.mixers import kernels
 
+from conftest import require_gpu
+
 pytestmark = pytest.mark.gpu
 
 # Relative-norm error allowed: fla accumulates in fp32 but keeps bf16 operands in bf16 (and uses tf32 dots for
@@ -30,10 +32,7 @@ ERRORS: dict[str, float] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _need_gpu_and_fla():
-    if not torch.cuda.is_available():
-        pytest.fail("the gpu tests need a CUDA device (deselect them with -m 'not gpu')")
-    if not kernels.fla_available():
-        pytest.fail("the gpu tests need fla-core installed (pip install -e '.[gpu]')")
+    require_gpu(fla=True)
     yield
 
 
