@@ -55,7 +55,7 @@ class Attention(Mixer):
         past = info.past_length
         contiguous = True  # keys are the tokens past + T - Lk .. past + T - 1, in order
         if (isinstance(state, StaticKV) and T == 1 and state.window is None and info.cu_seqlens is None
-                and kernels.fused_inference(q)):
+                and kernels.decode_attention_ok(q)):
             # the decode step on a GPU: our split-K kernel reads the slots written so far, fp32 scores
             state.store(k, v, q_pos)
             o = kernels.decode_attention(q.reshape(B, self.num_kv_heads, -1, self.head_dim), state.keys,

@@ -78,10 +78,16 @@ def fused_inference(x: Tensor) -> bool:
     return triton_available()
 
 
+def decode_attention_ok(q: Tensor) -> bool:
+    """Whether `decode_attention` takes this query: `fused_inference`, a kernel dtype, head_dim <= 256 (one tile of
+    the head in registers)."""
+    return fused_inference(q) and q.dtype in _FUSED_DTYPES and q.shape[-1] <= 256
+
+
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float) -> Tensor:
     """The one-token attention step over a static KV buffer (Triton, split-K, fp32 scores); q (B, Hkv, G, D),
     k/v (B, Hkv, N, D), pos the new token's slot (device tensor), valid (B, N) or None. Callers check
-    `fused_inference` first; without it the attention mixer runs masked SDPA, the kernel's reference."""
+    `decode_attention_ok` first; without it the attention mixer runs masked SDPA, the kernel's reference."""
     from .triton.decode_attention import decode_attention as kernel
 
     return kernel(q, k, v, pos, valid, scale)
