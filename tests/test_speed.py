@@ -216,6 +216,14 @@ def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
         assert not r["oom"] and r["prefill_s"] > 0 and r["tpot_ms"] > 0 and r["decode_tok_s"] > 0
         assert r["prefill_bound_s"] > 0 and r["tpot_bound_ms"] > 0 and r["model"] == "tiny"
         assert r["mixer"] == ("gated_deltanet" if r["variant"] == "hybrid" else None)
+        assert (r["cache_gib"] is None) == (r["variant"] == "teacher-hf")  # stock transformers: not our cache
+        assert r["prefill_peak_gib"] is None and r["decode_peak_gib"] is None  # GPU-only figures
+    # the hybrid's static cache is smaller than the teacher's at the same batch and context
+    by = {(r["variant"], r["batch"], r["context"]): r for r in rows}
+    for b in (1, 2):
+        for c in (32, 48):
+            assert by["hybrid", b, c]["cache_gib"] < by["teacher-engine", b, c]["cache_gib"]
+        assert by["teacher-engine", b, 48]["cache_gib"] > by["teacher-engine", b, 32]["cache_gib"]
     # every row printed as measured, one line each
     assert sum(line.startswith(("hybrid ", "teacher-")) for line in out.stdout.splitlines()) == len(rows)
     assert (tmp_path / "latency.png").stat().st_size > 10_000

@@ -17,7 +17,9 @@ How each figure is taken:
               decode right after the measured prefill (the cache holds the real prompt; on CUDA the steps replay a
               CUDA graph); teacher-hf decodes from a `StaticCache` whose length is set to the context over random
               contents (for speed only the cache length matters).
-  peak_gib    peak allocated GPU memory over prefill and decode (None on the CPU).
+  peak_gib    peak allocated GPU memory over prefill and decode (None on the CPU); `prefill_peak_gib` and
+              `decode_peak_gib` split it by phase (the decode phase starts with the prefilled cache allocated), and
+              `cache_gib` is what the static cache itself holds.
 A variant that runs out of memory at some context is recorded there (`oom: true`) and not run at longer ones.
 """
 
@@ -287,7 +289,9 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
                prefill_bound_s=roofline.prefill_flops(config, batch, context) / peaks["matmul_flops"],
                tpot_bound_ms=1e3 * roofline.decode_bytes(config, batch, context, runner.weight_bytes, runner.dtype)
                / peaks["copy_bytes"],
-               peak_gib=None, oom=False, device=header["device"], commit=header["commit"])
+               peak_gib=None, prefill_peak_gib=None, decode_peak_gib=None, cache_gib=None, oom=False,
+               device=header["device"], commit=header["commit"])
+    cuda = device.type == "cuda"
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -304,7 +308,14 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
             if i:
                 times.append(time.perf_counter() - start)
         row["prefill_s"] = statistics.median(times)
+        if cache is not None:
+            row["cache_gib"] = _cache_bytes(cache) / 2**30
+        if cuda:
+            row["prefill_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            torch.cuda.reset_peak_memory_stats(device)
         tpot = runner.decode(cache, batch, context, new_tokens, warmup)
+        if cuda:
+            row["decode_peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         row["tpot_ms"] = 1e3 * tpot
         if not runner.hf:  # ours: how many timed steps replayed the CUDA graph (all of them on CUDA)
             row["graph_replays"], row["eager_reason"] = runner.graph_replays, runner.eager_reason
@@ -313,10 +324,24 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
         row["oom"] = True
     finally:
         cache = None
-        if device.type == "cuda":
-            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        if cuda:
+            row["peak_gib"] = max(torch.cuda.max_memory_allocated(device) / 2**30, row["prefill_peak_gib"] or 0.0)
             torch.cuda.empty_cache()
     return row
+
+
+def _cache_bytes(cache) -> int:
+    """Bytes of every tensor a static cache holds (KV buffers, recurrent and conv states, its counters)."""
+    seen, total = set(), 0
+    tensors = [cache.length, cache.valid, cache.real]
+    for layer in cache.layers:
+        tensors += [getattr(layer, "keys", None), getattr(layer, "values", None)]
+        tensors += list(getattr(layer, "recurrent_states", {}).values()) + list(getattr(layer, "conv_states", {}).values())
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
 
 
 def _format(row: dict) -> str:
