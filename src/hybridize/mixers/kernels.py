@@ -90,7 +90,14 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor
     `decode_attention_ok` first; without it the attention mixer runs masked SDPA, the kernel's reference."""
     from .triton.decode_attention import decode_attention as kernel
 
-    return kernel(q, k, v, pos, valid, scale)
+    with _on_device(q):
+        return kernel(q, k, v, pos, valid, scale)
+
+
+def _on_device(x: Tensor):
+    """Triton launches on the current CUDA device, not on its arguments' one: a model placed on another GPU (a
+    `device_map` over several) needs the current device switched around each launch, as fla's kernels do."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 # dtypes the fused kernels take (others, fp64 say, run the reference)
@@ -107,7 +114,8 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm over the last dim (`RMSNorm.forward`): one fused kernel at inference on the GPU, else
     `base.rms_norm`."""
     if fused_inference(x) and x.dtype in _FUSED_DTYPES and weight.dtype in _FUSED_DTYPES and weight.dim() == 1:
-        return _fused().rms_norm(x, weight, eps)
+        with _on_device(x):
+            return _fused().rms_norm(x, weight, eps)
     from .base import rms_norm as reference_rms_norm  # base imports this module: import it here, not at the top
 
     return reference_rms_norm(x, weight, eps)
@@ -119,7 +127,8 @@ def rms_norm_gated(x: Tensor, weight: Tensor, eps: float, gate: Tensor, activati
     out_dtype = torch.promote_types(weight.dtype, x.dtype)
     if (fused_inference(x) and x.dtype in _FUSED_DTYPES and weight.dtype in _FUSED_DTYPES and weight.dim() == 1
             and gate.shape == x.shape and gate.dtype == out_dtype):
-        return _fused().rms_norm(x, weight, eps, gate, activation)
+        with _on_device(x):
+            return _fused().rms_norm(x, weight, eps, gate, activation)
     from .base import rms_norm as reference_rms_norm
 
     act = torch.sigmoid(gate) if activation == "sigmoid" else F.silu(gate)
@@ -130,7 +139,8 @@ def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor
     """Rotate-half RoPE on q (B, T, H, D) and k (B, T, Hk, D) with cos, sin (B or 1, T, D): one fused kernel for
     both at inference on the GPU, else `base.apply_rope`."""
     if fused_inference(q) and _rope_fusable(q, k, cos, sin):
-        return _fused().apply_rope(q, k, cos, sin)
+        with _on_device(q):
+            return _fused().apply_rope(q, k, cos, sin)
     from .base import apply_rope
 
     return apply_rope(q, k, cos, sin)
@@ -150,7 +160,8 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SwiGLU's `F.silu(gate) * up`: one fused kernel at inference on the GPU, else those two ops."""
     if (fused_inference(gate) and gate.shape == up.shape and gate.dtype in _FUSED_DTYPES
             and up.dtype in _FUSED_DTYPES):
-        return _fused().silu_mul(gate, up)
+        with _on_device(gate):
+            return _fused().silu_mul(gate, up)
     return F.silu(gate) * up
 
 
