@@ -33,7 +33,8 @@ TASKS = ["passkey", "niah_single_2", "mqar"]
 
 
 def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list[str], lengths: list[int] | None,
-        samples: int, device: str | None, overrides: list[str], data: list[str] | None = None) -> dict:
+        samples: int, device: str | None, overrides: list[str], data: list[str] | None = None,
+        eval_data: str | None = None) -> dict:
     bad = [s for s in selectors if s not in SELECTORS]
     if bad:
         raise SystemExit(f"unknown selector(s) {bad}; allowed: {sorted(SELECTORS)}")
@@ -57,7 +58,7 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
     report = out / "report"
     run_eval(EvalConfig(models=[str(out / n) for n in selectors], teacher=str(teacher), out=str(report),
                         suites=["perplexity", *TASKS], lengths=lengths, depths=[0.1, 0.5, 0.9], samples=samples,
-                        device=device, command=" ".join(sys.argv)))
+                        device=device, data=eval_data, command=" ".join(sys.argv)))
     results = json.loads((report / "report.json").read_text())["results"]
     teacher_name = next(e["model"] for e in results if e["role"] == "teacher")
 
@@ -126,10 +127,13 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--data", nargs="+", default=None, help="conversion data (default: the recipe's, else the built-in "
                    "corpus); the demo converts on `builtin out/demo/data/episodes.jsonl`")
+    p.add_argument("--eval-data", default=None, help="text for perplexity and haystacks (default: the built-in corpus; "
+                   "builtin:heldout for text a teacher trained on builtin:train never saw)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args()
     run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
-        [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data)
+        [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data,
+        a.eval_data)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,27 @@ def test_builtin_corpus_is_the_default_source(tok, monkeypatch):
         assert_corpus(tokenize_corpus(spec, tok), *hand_tokenize(tok, DOCS))
 
 
+def test_builtin_train_and_heldout_split_the_corpus(tok, monkeypatch):
+    """Two disjoint parts that together are the corpus, chosen by each document's own text (not its position), readable
+    as data specs and cached apart from the whole corpus; an unknown part is refused, naming the allowed ones."""
+    from hybridize.data import sources
+
+    docs = tuple(f"document {i}: " + "word " * (i % 7 + 1) for i in range(400))
+    monkeypatch.setattr(sources, "builtin_corpus", lambda: docs)
+    train, heldout = sources.builtin_split("train"), sources.builtin_split("heldout")
+    assert set(train).isdisjoint(heldout) and len(train) + len(heldout) == len(docs)
+    assert 0.07 < len(heldout) / len(docs) < 0.19  # one in eight, by hash
+    monkeypatch.setattr(sources, "builtin_corpus", lambda: docs[::-1])  # the order does not move a document
+    assert set(sources.builtin_split("heldout")) == set(heldout)
+    assert list(sources.iter_documents("builtin:heldout")) == list(heldout[::-1])
+    assert list(sources.iter_documents(["builtin:train"])) == list(train[::-1])
+    assert_corpus(tokenize_corpus("builtin:heldout", tok), *hand_tokenize(tok, heldout[::-1]))
+    with pytest.raises(ValueError, match=r"unknown part of the built-in corpus 'builtin:test'.*builtin:heldout"):
+        list(sources.iter_documents("builtin:test"))
+    with pytest.raises(ValueError, match="'train' and 'heldout'"):
+        sources.builtin_split("dev")
+
+
 def _without_eos(tok):
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()))
 

@@ -8,7 +8,9 @@ A data spec is a path or a name, or a list of them, read in the order given (fol
 * ``*.parquet``: one document per row, from its ``text`` column (needs pyarrow);
 * anything else: a Hugging Face dataset name (``name``, ``name:config``, ``name:config:split``; split defaults to
   ``train``, column ``text``), when the `datasets` package is installed and the hub is reachable;
-* ``None`` / ``"builtin"``: the built-in offline corpus (`builtin_corpus`).
+* ``None`` / ``"builtin"``: the built-in offline corpus (`builtin_corpus`); ``"builtin:train"`` and
+  ``"builtin:heldout"`` are its two fixed, disjoint parts (`builtin_split`): train a teacher on the first and score
+  perplexity on the second to measure text the model has not seen.
 
 Errors name the file (and line) and what was expected.
 """
@@ -25,6 +27,10 @@ from functools import cache
 from pathlib import Path
 
 BUILTIN = "builtin"
+BUILTIN_SPLITS = ("builtin:train", "builtin:heldout")
+# One document in HELDOUT_EVERY (by hash) goes to the held-out part: on Python 3.11, 66 of 549 documents, 361K of
+# 1.93M characters (documents differ in size): enough for 8 perplexity windows of 4 x 1024 tokens, or more.
+HELDOUT_EVERY = 8
 
 
 def cache_dir() -> Path:
@@ -55,6 +61,18 @@ def builtin_corpus() -> tuple[str, ...]:
     except OSError:
         pass  # a read-only home still gets the corpus, just not cached
     return tuple(docs)
+
+
+def builtin_split(part: str) -> tuple[str, ...]:
+    """"train" or "heldout": the built-in corpus's documents whose stable hash (sha256 of the text, so independent of
+    order, Python's hash seed and the corpus growing by a module) falls in the held-out eighth, or all the others."""
+    import hashlib
+
+    if part not in ("train", "heldout"):
+        raise ValueError(f"the built-in corpus splits are 'train' and 'heldout', got {part!r}")
+    heldout = part == "heldout"
+    return tuple(d for d in builtin_corpus()
+                 if (int(hashlib.sha256(d.encode("utf-8")).hexdigest()[:8], 16) % HELDOUT_EVERY == 0) == heldout)
 
 
 def _build_builtin_corpus() -> list[str]:
@@ -99,8 +117,10 @@ def spec_items(spec: str | os.PathLike | Sequence[str | os.PathLike] | None) -> 
 def source_files(item: str) -> list[Path] | None:
     """The local files one spec item reads, in reading order; None when it is not local (the built-in corpus, a
     Hugging Face dataset name). Raises the same errors as reading it: a missing path, an empty folder."""
-    if item == BUILTIN:
+    if item == BUILTIN or item in BUILTIN_SPLITS:
         return None
+    if item.startswith(BUILTIN + ":"):
+        raise ValueError(f"unknown part of the built-in corpus {item!r}; allowed: {[BUILTIN, *BUILTIN_SPLITS]}")
     path = Path(item).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -123,6 +143,9 @@ def iter_documents(spec: str | os.PathLike | Sequence[str | os.PathLike] | None)
 def _iter_one(item: str) -> Iterator[str]:
     if item == BUILTIN:
         yield from builtin_corpus()
+        return
+    if item in BUILTIN_SPLITS:
+        yield from builtin_split(item.split(":", 1)[1])
         return
     files = source_files(item)
     if files is None:
