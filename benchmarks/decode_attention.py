@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 
 import torch
@@ -48,9 +50,8 @@ def rows_for(B: int, N: int, copy_bw: float, tuning: list[tuple[int, int]]):
     scale = D**-0.5
     bound_us = 2 * B * HKV * (N + 1) * D * 2 / copy_bw * 1e6
     mask = (torch.arange(N + 1, device="cuda") <= pos)[None, None, None, :].expand(B, 1, 1, N + 1)
-    qs = q.reshape(B, HKV, G, D)
     out = {"batch": B, "context": N, "bound_us": bound_us}
-    out["sdpa_masked_us"] = bench(lambda: F.scaled_dot_product_attention(qs, k, v, attn_mask=mask, scale=scale)) * 1e3
+    out["sdpa_masked_us"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)) * 1e3
     kq = q.reshape(B, HKV * G, 1, D)
     out["sdpa_nomask_us"] = bench(lambda: F.scaled_dot_product_attention(kq, k[:, :, :N + 1], v[:, :, :N + 1],
                                                                         scale=scale, enable_gqa=True)) * 1e3
@@ -90,9 +91,7 @@ def main():
             rows.append(r)
             torch.cuda.empty_cache()
     if args.out:
-        record = dict(command="python benchmarks/decode_attention.py " + " ".join(
-                          f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                          for k, v in vars(args).items() if k != "out" and v is not None),
+        record = dict(command="python " + shlex.join(sys.argv),
                       device=torch.cuda.get_device_name(), torch=torch.__version__, commit=git_commit(short=True),
                       seed=0, date=time.strftime("%Y-%m-%d"), copy_bandwidth_bytes_s=copy_bw,
                       shape=dict(kv_heads=HKV, groups=G, head_dim=D, dtype="bfloat16"), rows=rows)

@@ -63,17 +63,16 @@ def gates_for(name, T, H, K, dev):
             "beta": torch.rand(1, T, H, device=dev, dtype=torch.bfloat16).requires_grad_()}
 
 
-REVERSED = False  # --reversed: measure ours before the raw op, to see whether the order shapes the ratio
-
-
-def op_rows(T: int, H: int, D: int):
+def op_rows(T: int, H: int, D: int, reversed_order: bool = False):
+    """The raw fla op then our dispatch, per mixer (`reversed_order`: ours first, to see whether the order shapes the
+    ratio)."""
     dev, dt = "cuda", torch.bfloat16
     q, k, v = (torch.randn(1, T, H, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     for name in ("lightning", "gla", "gated_deltanet"):
         g = gates_for(name, T, H, D, dev)
         leaves = [q, k, v, *[x for x in g.values() if x.requires_grad]]
         pairs = (("fla raw op", raw_ops()), ("hybridize kernels", ours()))
-        for impl, fns in (pairs[::-1] if REVERSED else pairs):
+        for impl, fns in (pairs[::-1] if reversed_order else pairs):
             fn = fns[name]
             with torch.no_grad():
                 fwd = bench(lambda: fn(q, k, v, g))
@@ -120,13 +119,11 @@ def main():
     ap.add_argument("--commit", default=None, help="commit being measured (the GPU machine's copy has no .git)")
     ap.add_argument("--reversed", action="store_true", help="time our dispatch before the raw fla op")
     args = ap.parse_args()
-    global REVERSED
-    REVERSED = args.reversed
     torch.manual_seed(0)
     rows = []
     print(f"{'what':<22} {'impl':<20} {'T':>6} {'fwd ms':>9} {'fwd+bwd ms':>11} {'overhead fwd/fb':>16}", flush=True)
     for T in args.T:
-        for r in itertools.chain(op_rows(T, 16, 128), layer_rows(T)):
+        for r in itertools.chain(op_rows(T, 16, 128, args.reversed), layer_rows(T)):
             show(r)
             rows.append(r)
         torch.cuda.empty_cache()

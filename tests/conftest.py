@@ -40,6 +40,15 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str = "", d
     assert torch.allclose(a, e, atol=atol, rtol=rtol), msg
 
 
+def differing(actual: torch.Tensor, expected: torch.Tensor, name: str) -> int:
+    """How many elements differ at all (the fused kernels round where torch rounds: most should not), printed with
+    the fraction and the largest difference."""
+    n = int((actual != expected).sum())
+    print(f"{name}: {n} of {actual.numel()} elements differ ({n / actual.numel():.2e}), max abs difference "
+          f"{(actual.double() - expected.double()).abs().max().item():.2e}")
+    return n
+
+
 # Layer patterns over 5 layers: every mixer, alone and mixed with attention (full and sliding).
 PATTERNS = {
     "lightning": ["lightning"] * 2 + [None] + ["lightning"] * 2,

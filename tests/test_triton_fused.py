@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close, tiny_config
+from conftest import assert_close, differing, tiny_config
 from hybridize import HybridCache, HybridForCausalLM
 from hybridize.mixers import kernels
 from hybridize.mixers.base import RMSNorm, apply_rope, rms_norm
@@ -29,12 +29,6 @@ def fused(triton_device):
     from hybridize.mixers.triton import fused
 
     return fused
-
-
-def _differ(a: torch.Tensor, b: torch.Tensor, name: str) -> int:
-    n = int((a != b).sum())
-    print(f"{name}: {n} of {a.numel()} elements differ from the reference")
-    return n
 
 
 def _rope_tables(B: int, T: int, D: int, dtype, device, offset: int = 0):
@@ -56,7 +50,7 @@ def test_rms_norm_matches_reference(fused, triton_device, dtype, shape):
     out, ref = fused.rms_norm(x, w, 1e-6), rms_norm(x, w, 1e-6)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert_close(out, ref, f"rms_norm {shape}")
-    _differ(out, ref, f"rms_norm {shape} {dtype}")
+    differing(out, ref, f"rms_norm {shape} {dtype}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -71,7 +65,7 @@ def test_gated_rms_norm_matches_reference(fused, triton_device, dtype, activatio
     out, ref = fused.rms_norm(x, w, 1e-6, g, activation), rms_norm(x, w, 1e-6) * act
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert_close(out, ref, f"gated rms_norm {activation} {shape}")
-    _differ(out, ref, f"gated rms_norm {activation} {shape} {dtype}")
+    differing(out, ref, f"gated rms_norm {activation} {shape} {dtype}")
     with pytest.raises(ValueError, match="activation must be"):
         fused.rms_norm(x, w, 1e-6, g, "tanh")
     with pytest.raises(ValueError, match="gate must have"):
@@ -84,7 +78,7 @@ def test_rms_norm_fp32_weight_bf16_input(fused, triton_device):
     out, ref = fused.rms_norm(x, w, 1e-5), rms_norm(x, w, 1e-5)
     assert out.dtype == ref.dtype == torch.float32  # torch's promotion: an fp32 weight times a bf16 normed x
     assert_close(out, ref, "rms_norm fp32 weight, bf16 x")
-    _differ(out, ref, "rms_norm fp32 weight, bf16 x")
+    differing(out, ref, "rms_norm fp32 weight, bf16 x")
 
 
 @pytest.mark.parametrize("case", ["heads_of_fused_projection", "last_dim_strided", "leading_dims_not_collapsible"])
@@ -103,7 +97,7 @@ def test_rms_norm_strided_inputs(fused, triton_device, case):
     out, ref = fused.rms_norm(x, w, 1e-6), rms_norm(x, w, 1e-6)
     assert torch.equal(x, before)
     assert_close(out, ref, f"rms_norm {case}")
-    _differ(out, ref, f"rms_norm {case}")
+    differing(out, ref, f"rms_norm {case}")
 
 
 # ------------------------------------------------------------------------------------------------------------- RoPE
@@ -125,7 +119,7 @@ def test_rope_matches_reference(fused, triton_device, dtype, B, T, H, Hk, D, cos
     assert_close(fq, rq, "rope q")
     assert_close(fk, rk, "rope k")
     # the same products and sums, rounded where torch rounds: equal bits
-    assert _differ(fq, rq, f"rope q {dtype}") == 0 and _differ(fk, rk, f"rope k {dtype}") == 0
+    assert differing(fq, rq, f"rope q {dtype}") == 0 and differing(fk, rk, f"rope k {dtype}") == 0
 
 
 def test_rope_strided_heads_and_mixed_dtypes(fused, triton_device):
@@ -136,11 +130,11 @@ def test_rope_strided_heads_and_mixed_dtypes(fused, triton_device):
     q, k, _ = (t.view(B, T, H, D) for t in qkv.split(H * D, dim=-1))
     cos, sin = _rope_tables(B, T, D, torch.bfloat16, triton_device)
     (fq, fk), (rq, rk) = fused.apply_rope(q, k, cos, sin), apply_rope(q, k, cos, sin)
-    assert _differ(fq, rq, "rope strided q") == 0 and _differ(fk, rk, "rope strided k") == 0
+    assert differing(fq, rq, "rope strided q") == 0 and differing(fk, rk, "rope strided k") == 0
     q32 = q.float()
     (fq, fk), (rq, rk) = fused.apply_rope(q32, k, cos, sin), apply_rope(q32, k, cos, sin)
     assert fq.dtype == rq.dtype == torch.float32 and fk.dtype == rk.dtype == torch.bfloat16
-    assert _differ(fq, rq, "rope fp32 q, bf16 tables") == 0 and _differ(fk, rk, "rope bf16 k") == 0
+    assert differing(fq, rq, "rope fp32 q, bf16 tables") == 0 and differing(fk, rk, "rope bf16 k") == 0
 
 
 # ------------------------------------------------------------------------------------------------------ SiLU * up
@@ -154,7 +148,7 @@ def test_silu_mul_matches_reference(fused, triton_device, dtype, shape):
     out, ref = fused.silu_mul(gate, up), F.silu(gate) * up
     assert out.dtype == ref.dtype
     assert_close(out, ref, f"silu_mul {shape}")
-    _differ(out, ref, f"silu_mul {shape} {dtype}")
+    differing(out, ref, f"silu_mul {shape} {dtype}")
 
 
 def test_silu_mul_non_contiguous_halves(fused, triton_device):
@@ -162,7 +156,7 @@ def test_silu_mul_non_contiguous_halves(fused, triton_device):
     assert not gate.is_contiguous()
     out, ref = fused.silu_mul(gate, up), F.silu(gate) * up
     assert_close(out, ref, "silu_mul halves of one projection")
-    _differ(out, ref, "silu_mul halves of one projection")
+    differing(out, ref, "silu_mul halves of one projection")
 
 
 # --------------------------------------------------------------------------------------------------------- dispatch
@@ -262,4 +256,4 @@ def test_model_with_fused_ops_matches_reference(monkeypatch, triton_device, dtyp
 
     ref, out = run(False), run(True)
     assert_close(out, ref, "model logits, fused ops vs reference", dtype=dtype)
-    _differ(out, ref, f"model logits {dtype}")
+    differing(out, ref, f"model logits {dtype}")

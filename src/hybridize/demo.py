@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-
 SHIPPED_TEACHER = "teacher-tiny"
 TASKS = ["passkey", "niah_single_2", "mqar"]
 EPISODES = 3000  # retrieval episodes added to the built-in corpus for the conversion (~0.4M tokens)

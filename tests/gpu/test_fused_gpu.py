@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close, tiny_config, require_gpu
+from conftest import assert_close, differing, require_gpu, tiny_config
 from hybridize import HybridCache, HybridForCausalLM
 from hybridize.mixers import kernels
 from hybridize.mixers.base import apply_rope, rms_norm
@@ -41,10 +41,8 @@ def fused():
 
 
 def _differ(a: torch.Tensor, b: torch.Tensor, name: str) -> float:
-    n = int((a != b).sum())
-    print(f"{name}: {n} of {a.numel()} elements differ ({n / a.numel():.2e}), "
-          f"max abs difference {(a.double() - b.double()).abs().max().item():.2e}")
-    return n / a.numel()
+    """The fraction of elements that differ."""
+    return differing(a, b, name) / a.numel()
 
 
 @pytest.mark.parametrize("B,T", SHAPES)

@@ -246,7 +246,8 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
     out.mkdir(parents=True, exist_ok=True)
     peaks = roofline.measure_peaks(device, torch_dtype)
     header = dict(command=command or "hybridize.bench.run_bench(...)", device=_device_name(device),
-                  commit=commit or git_commit(short=True), torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M"),
+                  commit=commit or git_commit(short=True), torch=torch.__version__,
+                  date=time.strftime("%Y-%m-%d %H:%M"),
                   dtype=dtype, peak_matmul_tflops=peaks["matmul_flops"] / 1e12,
                   copy_bandwidth_gbs=peaks["copy_bytes"] / 1e9, new_tokens=new_tokens,
                   hybrid_attention_layers=models.hybrid.attention_layers)
@@ -292,7 +293,7 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
                peak_gib=None, prefill_peak_gib=None, decode_peak_gib=None, cache_gib=None, oom=False,
                device=header["device"], commit=header["commit"])
     cuda = device.type == "cuda"
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     try:
@@ -336,7 +337,8 @@ def _cache_bytes(cache) -> int:
     tensors = [cache.length, cache.valid, cache.real]
     for layer in cache.layers:
         tensors += [getattr(layer, "keys", None), getattr(layer, "values", None)]
-        tensors += list(getattr(layer, "recurrent_states", {}).values()) + list(getattr(layer, "conv_states", {}).values())
+        for states in ("recurrent_states", "conv_states"):
+            tensors += list(getattr(layer, states, {}).values())
     for t in tensors:
         if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
             seen.add(t.data_ptr())

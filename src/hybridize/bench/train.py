@@ -81,8 +81,8 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
                   model_flops_per_step=flops, mfu=flops / seconds / peaks["matmul_flops"],
                   peak_matmul_tflops=peaks["matmul_flops"] / 1e12, last_loss=loss,
                   peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
-                  device=_device_name(device), dtype=dtype if cuda else "float32", commit=commit or git_commit(short=True),
-                  date=time.strftime("%Y-%m-%d %H:%M"))
+                  device=_device_name(device), dtype=dtype if cuda else "float32",
+                  commit=commit or git_commit(short=True), date=time.strftime("%Y-%m-%d %H:%M"))
     print(f"train {models.name} {mixer} seq {seq_len} x batch {batch}: {record['tokens_per_s']:.0f} tok/s, "
           f"MFU {record['mfu']:.1%}, step {seconds:.3f} s, peak "
           f"{'-' if record['peak_gib'] is None else format(record['peak_gib'], '.2f')} GiB", flush=True)

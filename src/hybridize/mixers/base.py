@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .reference import apply_rope, rms_norm, rotate_half  # noqa: F401 (the layers' PyTorch forms, re-exported)
 
 Tensor = torch.Tensor
 
@@ -94,27 +95,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return kernels.rms_norm(x, self.weight, self.eps)
-
-
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """RMSNorm's PyTorch form (the reference of the fused kernel `kernels.rms_norm` picks at inference on the GPU)."""
-    dtype = x.dtype
-    x = x.float()
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-    """q, k: (B, T, H, D); cos, sin: (B, T, D). The rotate-half convention of Llama / Qwen checkpoints.
-
-    The PyTorch form: the mixers call `kernels.rope`, which runs this or, at inference on the GPU, a fused kernel."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 def hype_scale(position_ids: Tensor, a: float) -> Tensor:

@@ -11,8 +11,8 @@
   they run: CUDA tensors, autograd off, not inside torch.compile's tracing (inductor fuses these ops itself), Triton
   importable, backend not forced to "torch". Their references are the ordinary PyTorch code they replace; the tests
   run the kernels on the CPU in Triton's interpreter (TRITON_INTERPRET=1) and on the GPU, against those references.
-  `rms_norm`, `rope` and `silu_mul` below choose between a fused kernel (`triton/fused.py`) and its reference
-  (`base.rms_norm`, `base.apply_rope`, `F.silu(gate) * up`).
+  `rms_norm`, `rms_norm_gated`, `rope` and `silu_mul` below choose between a fused kernel (`triton/fused.py`) and
+  its reference (`reference.rms_norm`, `reference.apply_rope`, `F.silu(gate) * up`).
 
 "auto" picks fla for CUDA tensors when fla is installed, else torch. `HYBRIDIZE_BACKEND=torch|fla` or
 `with force_backend("torch"):` overrides it (used by the GPU tests to run both on the same inputs).
@@ -78,10 +78,15 @@ def fused_inference(x: Tensor) -> bool:
     return triton_available()
 
 
+def _fusable(x: Tensor, *others: Tensor) -> bool:
+    """`fused_inference(x)`, and x and the others in dtypes the kernels take (others, fp64 say, run the reference)."""
+    return fused_inference(x) and all(t.dtype in _FUSED_DTYPES for t in (x, *others))
+
+
 def decode_attention_ok(q: Tensor) -> bool:
-    """Whether `decode_attention` takes this query: `fused_inference`, a kernel dtype, head_dim <= 256 (one tile of
-    the head in registers)."""
-    return fused_inference(q) and q.dtype in _FUSED_DTYPES and q.shape[-1] <= 256
+    """Whether `decode_attention` takes this query: `_fusable`, head_dim <= 256 (one tile of the head in
+    registers)."""
+    return _fusable(q) and q.shape[-1] <= 256
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float) -> Tensor:
@@ -100,7 +105,6 @@ def _on_device(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-# dtypes the fused kernels take (others, fp64 say, run the reference)
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -112,38 +116,31 @@ def _fused():
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm over the last dim (`RMSNorm.forward`): one fused kernel at inference on the GPU, else
-    `base.rms_norm`."""
-    if fused_inference(x) and x.dtype in _FUSED_DTYPES and weight.dtype in _FUSED_DTYPES and weight.dim() == 1:
+    `reference.rms_norm`."""
+    if _fusable(x, weight) and weight.dim() == 1:
         with _on_device(x):
             return _fused().rms_norm(x, weight, eps)
-    from .base import rms_norm as reference_rms_norm  # base imports this module: import it here, not at the top
-
-    return reference_rms_norm(x, weight, eps)
+    return reference.rms_norm(x, weight, eps)
 
 
 def rms_norm_gated(x: Tensor, weight: Tensor, eps: float, gate: Tensor, activation: str) -> Tensor:
     """RMSNorm(x) * act(gate) with act "sigmoid" or "silu" (the linear mixers' output norm and gate): one fused
     kernel at inference on the GPU, else those ops."""
-    out_dtype = torch.promote_types(weight.dtype, x.dtype)
-    if (fused_inference(x) and x.dtype in _FUSED_DTYPES and weight.dtype in _FUSED_DTYPES and weight.dim() == 1
-            and gate.shape == x.shape and gate.dtype == out_dtype):
+    if (_fusable(x, weight) and weight.dim() == 1 and gate.shape == x.shape
+            and gate.dtype == torch.promote_types(weight.dtype, x.dtype)):
         with _on_device(x):
             return _fused().rms_norm(x, weight, eps, gate, activation)
-    from .base import rms_norm as reference_rms_norm
-
     act = torch.sigmoid(gate) if activation == "sigmoid" else F.silu(gate)
-    return reference_rms_norm(x, weight, eps) * act
+    return reference.rms_norm(x, weight, eps) * act
 
 
 def rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     """Rotate-half RoPE on q (B, T, H, D) and k (B, T, Hk, D) with cos, sin (B or 1, T, D): one fused kernel for
-    both at inference on the GPU, else `base.apply_rope`."""
-    if fused_inference(q) and _rope_fusable(q, k, cos, sin):
+    both at inference on the GPU, else `reference.apply_rope`."""
+    if _fusable(q, k, cos) and _rope_fusable(q, k, cos, sin):
         with _on_device(q):
             return _fused().apply_rope(q, k, cos, sin)
-    from .base import apply_rope
-
-    return apply_rope(q, k, cos, sin)
+    return reference.apply_rope(q, k, cos, sin)
 
 
 def _rope_fusable(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> bool:
@@ -152,14 +149,12 @@ def _rope_fusable(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> bool:
         return False
     B, T, _, D = q.shape
     return (k.shape[:2] == (B, T) and k.shape[3] == D and cos.shape[2] == D and D % 2 == 0
-            and cos.shape[0] in (1, B) and cos.shape[1] in (1, T)
-            and all(t.dtype in _FUSED_DTYPES for t in (q, k, cos)))
+            and cos.shape[0] in (1, B) and cos.shape[1] in (1, T))
 
 
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SwiGLU's `F.silu(gate) * up`: one fused kernel at inference on the GPU, else those two ops."""
-    if (fused_inference(gate) and gate.shape == up.shape and gate.dtype in _FUSED_DTYPES
-            and up.dtype in _FUSED_DTYPES):
+    if _fusable(gate, up) and gate.shape == up.shape:
         with _on_device(gate):
             return _fused().silu_mul(gate, up)
     return F.silu(gate) * up

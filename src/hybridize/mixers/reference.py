@@ -17,6 +17,9 @@ Two recurrences cover all our mixers:
       S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,   o_t = scale * q_t S_t
       g, beta: (B, T, H); q and k are expected L2-normalised by the caller.
 Everything is computed in fp32; outputs come back in v's dtype.
+
+Also here, as the references of the fused inference kernels `kernels.py` picks on a GPU: `rms_norm` (RMSNorm's
+PyTorch form) and `apply_rope` (rotate-half RoPE).
 """
 
 from __future__ import annotations
@@ -28,6 +31,25 @@ import torch.nn.functional as F
 from einops import rearrange
 
 Tensor = torch.Tensor
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dim, computed in fp32 and cast back before the weight, as Llama / Qwen do."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """q, k: (B, T, H, D); cos, sin: (B, T, D). The rotate-half convention of Llama / Qwen checkpoints."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
 def _per_document(fn: Callable) -> Callable:

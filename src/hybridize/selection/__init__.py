@@ -75,8 +75,6 @@ def check_synthetic_data(recipe, tokenizer, data) -> None:
                 raise ValueError(f"select.{name}: {err}") from None
 
 
-
-
 __all__ = ["SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",
            "resolve_budget",
            "run_selection", "swap_config", "swapped_model", "top_k", "uniform_layers", "write_selection"]

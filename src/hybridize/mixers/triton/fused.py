@@ -5,8 +5,8 @@ to(dtype), mul weight); at decode, where every tensor is a few KB, the step is b
 here is one launch that reads its inputs once and writes its output once. Inference only: no backward.
 
 References (the PyTorch code they replace; `hybridize.mixers.kernels` chooses between the two):
-* `rms_norm`: `hybridize.mixers.base.rms_norm` (`RMSNorm.forward`).
-* `apply_rope`: `hybridize.mixers.base.apply_rope` (rotate-half RoPE on q and k, one launch for both).
+* `rms_norm`: `hybridize.mixers.reference.rms_norm` (`RMSNorm.forward`).
+* `apply_rope`: `hybridize.mixers.reference.apply_rope` (rotate-half RoPE on q and k, one launch for both).
 * `silu_mul`: `F.silu(gate) * up` (`HybridMLP` with hidden_act="silu").
 
 Rounding follows the references step by step: every intermediate torch rounds to the tensor dtype (bf16 / fp16) is
