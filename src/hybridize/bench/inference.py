@@ -121,8 +121,11 @@ def _timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+SEED = 0  # the random weights every variant is drawn from (prompts are seeded by their context length); in each row
+
+
 def _instantiate(config, device, dtype, hf: bool):
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     if hf:
         from transformers import AutoModelForCausalLM
 
@@ -291,7 +294,7 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
                tpot_bound_ms=1e3 * roofline.decode_bytes(config, batch, context, runner.weight_bytes, runner.dtype)
                / peaks["copy_bytes"],
                peak_gib=None, prefill_peak_gib=None, decode_peak_gib=None, cache_gib=None, oom=False,
-               device=header["device"], commit=header["commit"])
+               device=header["device"], commit=header["commit"], seed=SEED)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()

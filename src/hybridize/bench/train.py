@@ -25,7 +25,7 @@ from ..distill.losses import chunked_kl
 from ..models import HybridForCausalLM
 from . import roofline
 from ..provenance import git_commit
-from .inference import DTYPES, _device_name, _positive_list, _sync, build_models
+from .inference import DTYPES, SEED, _device_name, _positive_list, _sync, build_models
 
 
 def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, budget: float | int | str = 0.25,
@@ -42,12 +42,12 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
     half = DTYPES[dtype]
     models = build_models(model, budget, mixer)
     peaks = roofline.measure_peaks(device, half)
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     with torch.device(device):
         teacher = HybridForCausalLM(models.teacher).to(half if cuda else torch.float32).eval()
         student = HybridForCausalLM(models.hybrid).float().train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(SEED)
     ids = torch.randint(1, models.teacher.vocab_size, (batch, seq_len), generator=g).to(device)
 
     def step() -> float:
@@ -82,7 +82,7 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
                   peak_matmul_tflops=peaks["matmul_flops"] / 1e12, last_loss=loss,
                   peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
                   device=_device_name(device), dtype=dtype if cuda else "float32",
-                  commit=commit or git_commit(short=True), date=time.strftime("%Y-%m-%d %H:%M"))
+                  commit=commit or git_commit(short=True), seed=SEED, date=time.strftime("%Y-%m-%d %H:%M"))
     print(f"train {models.name} {mixer} seq {seq_len} x batch {batch}: {record['tokens_per_s']:.0f} tok/s, "
           f"MFU {record['mfu']:.1%}, step {seconds:.3f} s, peak "
           f"{'-' if record['peak_gib'] is None else format(record['peak_gib'], '.2f')} GiB", flush=True)
