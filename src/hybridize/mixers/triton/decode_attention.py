@@ -150,8 +150,8 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor
         raise ValueError("k and v need a contiguous last dimension")
     q = q.contiguous()
     splits = num_splits or num_splits_for(B, Hkv, N, q.device)
-    # H100, Qwen3-1.7B shape (results/gpu/decode-attention-8f5daba.json): 64-key blocks are best at B x Hkv = 8, 32-key
-    # blocks at 64 and more (1.13x instead of 1.40x the bound at B = 8, 128K)
+    # H100, Qwen3-1.7B shape (results/gpu/decode-attention-8f5daba.json): 64-key blocks are best at
+    # B x Hkv = 8, 32-key blocks at 64 and more (1.13x instead of 1.40x the bound at B = 8, 128K)
     block_n = block_n or (BLOCK_N if B * Hkv < 64 else 32)
     BLOCK_G = max(16, triton.next_power_of_2(G))
     BLOCK_D = max(16, triton.next_power_of_2(D))
