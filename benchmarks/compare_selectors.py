@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from hybridize.distill.recipe import load_recipe
 from hybridize.distill.stages import Conversion, align, convert
 from hybridize.evaluation.report import mean_over_depths
@@ -30,11 +32,26 @@ from hybridize.provenance import device_name, provenance
 from hybridize.selection import SELECTORS
 
 TASKS = ["passkey", "niah_single_2", "mqar"]
+ALL_LINEAR = "all-linear"  # the name of stage 1's all-linear student in the evaluation (--all-linear)
+
+
+def state_bytes(model_dir: Path, lengths: list[int], all_attention: bool = False) -> dict[int, int]:
+    """Decode state of one sequence in bf16 (KV of the attention layers + the mixers' fixed states) at each length,
+    from the model's config alone (built on the meta device). `all_attention`: the same shapes with attention in
+    every layer, i.e. the teacher's KV cache."""
+    from hybridize.models import HybridConfig, HybridForCausalLM
+
+    cfg = HybridConfig.from_pretrained(model_dir)
+    if all_attention:
+        cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
+    with torch.device("meta"):
+        model = HybridForCausalLM(cfg)
+    return {n: model.state_size(n, dtype=torch.bfloat16) for n in lengths}
 
 
 def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list[str], lengths: list[int] | None,
         samples: int, device: str | None, overrides: list[str], data: list[str] | None = None,
-        eval_data: str | None = None) -> dict:
+        eval_data: str | None = None, evaluate: bool = True, all_linear: bool = False) -> dict | None:
     bad = [s for s in selectors if s not in SELECTORS]
     if bad:
         raise SystemExit(f"unknown selector(s) {bad}; allowed: {sorted(SELECTORS)}")
@@ -53,10 +70,19 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
         print(f"--- {name}", flush=True)
         convert(conv)
         runs[name] = conv
+    if not evaluate:  # conversions only (e.g. selectors split over GPUs); the same command without --no-eval evaluates
+        print(f"converted: {', '.join(runs) or 'stage 1 only'}; not evaluated (--no-eval)", flush=True)
+        return None
+    models = [str(out / n) for n in selectors]
+    if all_linear:  # stage 1's all-linear student: the check that the recall tasks need attention at all
+        link = out / ALL_LINEAR
+        if not link.exists():
+            link.symlink_to((shared.stage_dir("align") / "model").resolve())
+        models.append(str(link))
     trained = json.loads((Path(teacher) / "config.json").read_text()).get("max_position_embeddings", 4096)
     lengths = lengths or [trained, 2 * trained, 4 * trained]
     report = out / "report"
-    run_eval(EvalConfig(models=[str(out / n) for n in selectors], teacher=str(teacher), out=str(report),
+    run_eval(EvalConfig(models=models, teacher=str(teacher), out=str(report),
                         suites=["perplexity", *TASKS], lengths=lengths, depths=[0.1, 0.5, 0.9], samples=samples,
                         device=device, data=eval_data, command=" ".join(sys.argv)))
     results = json.loads((report / "report.json").read_text())["results"]
@@ -67,13 +93,17 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
         return None if math.isnan(v) else v
 
     rows = []
-    for name, conv in runs.items():
-        sel = conv.done("select")
-        stages = {s: conv.done(s) for s in ("distill", "finetune")}
+    entries = [(name, conv.done("select"), {s: conv.done(s) for s in ("distill", "finetune")}, out / name)
+               for name, conv in runs.items()]
+    if all_linear:
+        entries.append((ALL_LINEAR, {"layers": [], "tokens": 0, "seconds": 0.0, "device": stage1.get("device")}, {},
+                        out / ALL_LINEAR))
+    for name, sel, stages, model_dir in entries:
         row = {"selector": name, "layers": sel["layers"], "selection_tokens": sel.get("tokens"),
                "selection_seconds": sel.get("seconds"), "device": sel.get("device"),
                "stage_seconds": {s: r["result"]["seconds"] for s, r in stages.items() if r},
                "stage_tokens": {s: r["result"]["tokens"] for s, r in stages.items() if r}}
+        row.update({f"state_bytes@{n}": size for n, size in state_bytes(model_dir, lengths).items()})
         for n in lengths:
             ppl, ppl_t = value(name, "perplexity", "perplexity", n), value(teacher_name, "perplexity", "perplexity", n)
             row[f"perplexity@{n}"] = ppl
@@ -83,9 +113,11 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
         rows.append(row)
     teacher_row = {f"{task}@{n}": value(teacher_name, task, "exact_match", n) for n in lengths for task in TASKS}
     teacher_row.update({f"perplexity@{n}": value(teacher_name, "perplexity", "perplexity", n) for n in lengths})
+    teacher_row.update({f"state_bytes@{n}": size
+                        for n, size in state_bytes(out / selectors[0], lengths, all_attention=True).items()})
     record = {**provenance(), "teacher": str(teacher), "recipe": recipe_name, "overrides": overrides, "budget": budget,
               "data": data, "seed": shared.recipe.seed, "device": device_name(shared.device),
-              "lengths": lengths, "samples_per_cell": samples, "stage1": stage1, "teacher_results": teacher_row,
+              "eval_data": eval_data, "lengths": lengths, "samples_per_cell": samples, "stage1": stage1, "teacher_results": teacher_row,
               "rows": rows, "seconds": time.perf_counter() - t0}
     (out / "selectors.json").write_text(json.dumps(record, indent=1))
     (out / "selectors.md").write_text(table(record))
@@ -95,20 +127,24 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
 
 def table(record: dict) -> str:
     n1 = record["lengths"][0]
-    head = (["selector", "layers", "selection tokens", "selection s", f"ppl ratio @{n1}"]
+    head = (["selector", "layers", "selection tokens", "selection s", f"ppl ratio @{n1}", f"state @{n1}"]
             + [f"{t} @{n}" for t in TASKS for n in record["lengths"]])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(v):
         return "-" if v is None else f"{100 * v:.0f}%"
 
+    def size(v):
+        return "-" if v is None else f"{v / 2**20:.2f} MiB"
+
     t = record["teacher_results"]
-    lines.append("| teacher | all | - | - | 1.000 | " + " | ".join(pct(t[f"{task}@{n}"]) for task in TASKS
-                                                                   for n in record["lengths"]) + " |")
+    lines.append(f"| teacher | all | - | - | 1.000 | {size(t.get(f'state_bytes@{n1}'))} | "
+                 + " | ".join(pct(t[f"{task}@{n}"]) for task in TASKS for n in record["lengths"]) + " |")
     for r in record["rows"]:
         ratio = r[f"perplexity_ratio@{n1}"]
         cells = [r["selector"], ",".join(map(str, r["layers"])), f"{r['selection_tokens'] or 0:,}",
-                 f"{r['selection_seconds'] or 0:.1f}", "-" if ratio is None else f"{ratio:.3f}"]
+                 f"{r['selection_seconds'] or 0:.1f}", "-" if ratio is None else f"{ratio:.3f}",
+                 size(r.get(f"state_bytes@{n1}"))]
         cells += [pct(r[f"{task}@{n}"]) for task in TASKS for n in record["lengths"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -130,10 +166,14 @@ def main() -> None:
     p.add_argument("--eval-data", default=None, help="text for perplexity and haystacks (default: the built-in corpus; "
                    "builtin:heldout for text a teacher trained on builtin:train never saw)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-eval", action="store_true", help="convert only (e.g. the selectors split over GPUs); run "
+                   "the command again with every selector and without --no-eval to evaluate them together")
+    p.add_argument("--all-linear", action="store_true", help="also evaluate stage 1's all-linear student (a row "
+                   f"named {ALL_LINEAR!r}): the check that recall needs the attention layers at all")
     a = p.parse_args()
     run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
         [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data,
-        a.eval_data)
+        a.eval_data, evaluate=not a.no_eval, all_linear=a.all_linear)
 
 
 if __name__ == "__main__":

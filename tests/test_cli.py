@@ -31,3 +31,12 @@ def test_user_errors_are_one_line_without_traceback():
     out = _run("demo", "--mixer", "mamba9")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_python_dash_m_hybridize_exits_non_zero_on_a_user_error(tmp_path):
+    """`python -m hybridize` (what machines without the console script run) must fail the way `hybridize` does:
+    it once printed the error and exited 0, so a shell script went on as if the teacher had trained."""
+    out = subprocess.run([sys.executable, "-m", "hybridize", "teacher", "--size", "tiny", "--out", str(tmp_path),
+                          "--set", "episode_rows=99"], capture_output=True, text=True)
+    assert out.returncode == 2, (out.returncode, out.stderr[-500:])
+    assert "episode_rows" in out.stderr and "Traceback" not in out.stderr

@@ -9,16 +9,17 @@
 set -uo pipefail
 # tqdm redraws its bar at every step: keep a bar at every 20%, drop blank lines and weight loading/saving bars
 progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
-TEACHER_TOKENS=${TEACHER_TOKENS:-120000000}   # <- the one line to edit (steps = tokens / 131072)
+TEACHER_TOKENS=${TEACHER_TOKENS:-120000000}   # <- the one line to edit (steps = tokens / (TEACHER_BATCH * 1024))
+TEACHER_BATCH=${TEACHER_BATCH:-128}            # sequences per optimizer step (the recipe's train.batch_size)
 TEACHER_MINUTES=${TEACHER_MINUTES:-9}          # training-loop minutes; setup (tokenizer, data) comes on top
 TEACHER=${TEACHER:-/tmp/work/teacher-small}
-OUTDIR=$RES/teacher-small
+OUTDIR=$RES/${NAME:-teacher-small}
 # Warmup: the recipe's ~10% of the steps (300 of 3052 at its 400M tokens), at least 50 steps.
-WARMUP=$(( TEACHER_TOKENS / (128 * 1024) / 10 )); [ "$WARMUP" -lt 50 ] && WARMUP=50
+WARMUP=$(( TEACHER_TOKENS / (TEACHER_BATCH * 1024) / 10 )); [ "$WARMUP" -lt 50 ] && WARMUP=50
 mkdir -p /tmp/work "$OUTDIR"
 
-CMD=(python3 -m hybridize teacher --size small --out "$TEACHER" --max-minutes "$TEACHER_MINUTES"
-     --set "train.tokens=$TEACHER_TOKENS" --set "train.warmup_steps=$WARMUP" --device "${DEVICE:-cuda}" "$@")
+CMD=(python3 -m hybridize teacher --size "${SIZE:-small}" --out "$TEACHER" --max-minutes "$TEACHER_MINUTES"
+     --set "train.tokens=$TEACHER_TOKENS" --set "train.batch_size=$TEACHER_BATCH" --set "train.warmup_steps=$WARMUP" --device "${DEVICE:-cuda}" "$@")
 printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/command.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 

@@ -70,9 +70,11 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     return report
 
 
-def _episodes(path: Path, teacher: Path, seq_len: int, n: int = EPISODES) -> Path:
+def _episodes(path: Path, teacher: Path, seq_len: int, n: int = EPISODES, data=None) -> Path:
     """The conversion's data is what the teacher was trained on: the built-in corpus and retrieval episodes (new
-    draws, seed 1). On the corpus alone the student never sees a question and forgets how to answer one."""
+    draws, seed 1). On the corpus alone the student never sees a question and forgets how to answer one. `data`:
+    the spec the episodes' filler text comes from (None: the built-in corpus; `builtin:train` keeps held-out text
+    out of them)."""
     if path.is_file():
         return path
     from transformers import AutoTokenizer
@@ -82,7 +84,7 @@ def _episodes(path: Path, teacher: Path, seq_len: int, n: int = EPISODES) -> Pat
     from .teacher.train import episode_documents
 
     tokenizer = AutoTokenizer.from_pretrained(teacher)
-    docs = episode_documents(tokenizer, FillerTokens.build(tokenizer, iter_documents(None)), n, seq_len)
+    docs = episode_documents(tokenizer, FillerTokens.build(tokenizer, iter_documents(data)), n, seq_len)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Step 60 (two GPUs): issue 4's selector comparison and issue 6's mixer x budget rows on one teacher, in two lanes.
+# Same recipe (gpu-small) and evaluation everywhere; conversion data = builtin:train + retrieval episodes drawn on
+# builtin:train filler; evaluation (perplexity windows and haystacks) on builtin:heldout, text the teacher never saw.
+#
+#   lane 0: lightning 25%: stage 1 + uniform, random, halo (no eval) -> gla 25% uniform (+ its all-linear student)
+#           -> [waits for lane 1's kl_guided + flashmorph] -> one evaluation of all five selectors + all-linear
+#   lane 1: gated_deltanet 25% uniform (+ all-linear) -> [waits for lightning's stage 1] lightning 25% kl_guided +
+#           flashmorph (no eval) -> lightning 12.5% uniform -> gated_deltanet 12.5% -> gla 12.5% (each row reuses
+#           its mixer's stage 1)
+# Rows that are done are skipped when the step runs again (the stages resume). Results (json / md / png / yaml) go
+# to $RES/selectors-small-lightning-25/ and $RES/mixers-small/<mixer>-<budget>/; weights stay in /tmp/work.
+# Needs /tmp/work/teacher-small (step 10 or 50). Extra arguments go to every compare_selectors call (e.g. the
+# small --set values of README.md's CPU check). CPU check: DEVICE_0=cpu DEVICE_1=cpu, with those --set values.
+set -uo pipefail
+progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
+TEACHER=${TEACHER:-/tmp/work/teacher-small}
+WORK=${WORK:-/tmp/work}
+DEVICE_0=${DEVICE_0:-cuda:0}
+DEVICE_1=${DEVICE_1:-cuda:1}
+EPISODES=$WORK/episodes-train.jsonl
+N_EPISODES=${N_EPISODES:-800}
+SEL=$WORK/selectors-small-lightning-25
+MIX=$WORK/mixers-small
+EXTRA=("$@")
+[ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 or 50 did not finish)"; exit 1; }
+case "$DEVICE_0" in cuda*) mkdir -p ~/.triton/cache && tar xzf benchmarks/triton-autotune/autotune-h100-triton3.7.1-fla0.6.0.tgz -C ~/.triton/cache ;; esac
+mkdir -p "$WORK" "$RES/selectors-small-lightning-25" "$RES/mixers-small"
+cp src/hybridize/recipes/gpu-small.yaml "$RES/mixers-small/"
+[ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$RES/selectors-small-lightning-25/teacher.json"
+
+python3 - "$EPISODES" "$TEACHER" "$N_EPISODES" <<'PY' || exit 1
+import json, sys
+from pathlib import Path
+from hybridize.demo import _episodes
+path, teacher, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+trained = json.loads((teacher / "config.json").read_text())["max_position_embeddings"]
+_episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
+print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
+PY
+
+# compare DEVICE OUT_FOLDER RESULT_FOLDER LOG_NAME ARGS...: one compare_selectors call, results copied after it
+compare() {
+  local device=$1 work=$2 res=$3 log=$4; shift 4
+  mkdir -p "$work" "$res"
+  local cmd=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$work" --recipe gpu-small
+             --device "$device" --data builtin:train "$EPISODES" --eval-data builtin:heldout "$@" "${EXTRA[@]}")
+  printf '%s\n' "commit: ${SHA:-unknown}" "command: ${cmd[*]}" > "$res/command-$log.txt"
+  echo "[$(date +%T)] start $log on $device"
+  timeout "${ROW_TIMEOUT:-1200}" "${cmd[@]}" 2>&1 | tr '\r' '\n' | progress > "$res/run-$log.log"
+  local rc=${PIPESTATUS[0]}
+  (cd "$work" && find . \( -name checkpoints -o -name tb \) -prune -o -type f \
+     \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) \
+     ! -name 'tokenizer*.json' -print0 | xargs -0 -r cp --parents -t "$res")
+  echo "[$(date +%T)] end $log rc=$rc"
+  return "$rc"
+}
+# row DEVICE MIXER BUDGET ARGS...: the uniform selection of one mixer and budget; stage 1 reused from the mixer's
+# 25% row (or lightning's from the selector comparison) when that exists
+row() {
+  local device=$1 mixer=$2 budget=$3; shift 3
+  local name=$mixer-$(python3 -c "print(f'{100 * float(\"$budget\"):g}'.replace('.', '_'))")
+  local work=$MIX/$name src=$MIX/$mixer-25/stage1/stages/align
+  [ "$mixer" = lightning ] && src=$SEL/stage1/stages/align
+  if [ "$name" != "$mixer-25" ] && [ -f "$src/done.json" ] && [ ! -e "$work/stage1/stages/align" ]; then
+    mkdir -p "$work/stage1/stages" && cp -r "$src" "$work/stage1/stages/align" && echo "$name: stage 1 reused from $src"
+  fi
+  compare "$device" "$work" "$RES/mixers-small/$name" "$name" --budget "$budget" --selectors uniform \
+    --set "mixer=$mixer" "$@"
+}
+wait_for() {  # file seconds
+  local t=0
+  while [ ! -e "$1" ] && [ "$t" -lt "$2" ]; do sleep 5; t=$((t + 5)); done
+  [ -e "$1" ]
+}
+
+lane0() {
+  compare "$DEVICE_0" "$SEL" "$RES/selectors-small-lightning-25" part-a --budget 0.25 \
+    --selectors uniform,random,halo --no-eval && touch "$WORK/.part-a-done"
+  row "$DEVICE_0" gla 0.25 --all-linear
+  wait_for "$WORK/.part-b-done" 1500 || echo "lane 0: kl_guided / flashmorph not done; evaluating what is"
+  local sels=uniform,random,halo
+  [ -e "$WORK/.part-b-done" ] && sels=$sels,kl_guided,flashmorph
+  compare "$DEVICE_0" "$SEL" "$RES/selectors-small-lightning-25" eval --budget 0.25 --selectors "$sels" --all-linear
+}
+lane1() {
+  row "$DEVICE_1" gated_deltanet 0.25 --all-linear
+  wait_for "$SEL/stage1/stages/align/done.json" 900 || { echo "lane 1: no lightning stage 1"; return 1; }
+  compare "$DEVICE_1" "$SEL" "$RES/selectors-small-lightning-25" part-b --budget 0.25 \
+    --selectors kl_guided,flashmorph --no-eval && touch "$WORK/.part-b-done"
+  row "$DEVICE_1" lightning 0.125
+  row "$DEVICE_1" gated_deltanet 0.125
+  wait_for "$MIX/gla-25/stage1/stages/align/done.json" 600 && row "$DEVICE_1" gla 0.125
+}
+rm -f "$WORK/.part-a-done" "$WORK/.part-b-done"
+lane0 > "$RES/lane0.log" 2>&1 &
+p0=$!
+lane1 > "$RES/lane1.log" 2>&1 &
+p1=$!
+wait $p0; r0=$?
+wait $p1; r1=$?
+cat "$RES/lane0.log" "$RES/lane1.log"
+
+# One table of the mixer rows: mixer, budget, layers, perplexity ratio and recall per length, state at 1x
+python3 - "$RES" <<'PY'
+import json, sys
+from pathlib import Path
+res = Path(sys.argv[1])
+paths = [res / "selectors-small-lightning-25" / "selectors.json", *sorted((res / "mixers-small").glob("*/selectors.json"))]
+lines = []
+for path in paths:
+    if not path.is_file():
+        continue
+    rec = json.loads(path.read_text())
+    mixer = next((o.split("=", 1)[1] for o in rec["overrides"] if o.startswith("mixer=")), "lightning")
+    ls = rec["lengths"]
+    if not lines:
+        tasks = ["passkey", "niah_single_2", "mqar"]
+        head = ["mixer", "budget", "selector", "layers"] + [f"ppl ratio @{n}" for n in ls] + [f"state @{ls[0]}"] + [
+            f"{t} @{n}" for t in tasks for n in ls]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        t = rec["teacher_results"]
+        pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
+        mib = lambda v: "-" if v is None else f"{v / 2**20:.2f} MiB"
+        lines.append("| teacher | 1 | - | all | " + " | ".join("1.000" for _ in ls) + f" | {mib(t.get(f'state_bytes@{ls[0]}'))} | "
+                     + " | ".join(pct(t.get(f"{k}@{n}")) for k in tasks for n in ls) + " |")
+    for r in rec["rows"]:
+        if path.parent.name.startswith("selectors") and r["selector"] not in ("uniform", "flashmorph", "all-linear"):
+            continue
+        ratios = ["-" if r.get(f"perplexity_ratio@{n}") is None else f"{r[f'perplexity_ratio@{n}']:.3f}" for n in ls]
+        lines.append(f"| {mixer} | {rec['budget']} | {r['selector']} | {','.join(map(str, r['layers'])) or '-'} | "
+                     + " | ".join(ratios) + f" | {mib(r.get(f'state_bytes@{ls[0]}'))} | "
+                     + " | ".join(pct(r.get(f"{k}@{n}")) for k in tasks for n in ls) + " |")
+if lines:
+    (res / "mixers-small" / "mixers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+PY
+(cd ~/.triton/cache 2>/dev/null && find . -name '*.autotune.json' -print0 | tar czf "$RES/triton-autotune-cache.tgz" --null -T -) || true
+[ "$r0" -eq 0 ] && [ "$r1" -eq 0 ]
