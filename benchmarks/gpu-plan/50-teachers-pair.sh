@@ -25,7 +25,7 @@ run_teacher() {  # name device overrides...
   local name=$1 device=$2; shift 2
   NAME=$name TEACHER=/tmp/work/$name DEVICE=$device bash benchmarks/gpu-plan/10-teacher-small.sh --data "$DATA" \
     --set "train.micro_batch_size=${TEACHER_MICRO:-32}" "$@" \
-    > "$LOGS/$name.out" 2>&1
+    > "$LOGS/$name.log" 2>&1
 }
 run_teacher teacher-small-a "$DEVICE_A" --set episode_rows=16 &
 pa=$!
@@ -33,7 +33,7 @@ run_teacher teacher-small-b "$DEVICE_B" --set episode_rows=20 --set train.lr=6e-
 pb=$!
 wait $pa; ra=$?
 wait $pb; rb=$?
-tail -n 3 "$LOGS/teacher-small-a.out" "$LOGS/teacher-small-b.out"
+tail -n 3 "$LOGS/teacher-small-a.log" "$LOGS/teacher-small-b.log"
 [ "$ra" -ne 0 ] && [ "$rb" -ne 0 ] && { echo "ERROR: neither teacher finished"; exit 1; }
 
 pick() {  # name device -> $RES/<name>/recall.json
