@@ -42,8 +42,10 @@ def state_bytes(model_dir: Path, lengths: list[int], all_attention: bool = False
     from hybridize.models import HybridConfig, HybridForCausalLM
 
     cfg = HybridConfig.from_pretrained(model_dir)
-    if all_attention:
-        cfg.layer_types = ["full_attention"] * cfg.num_hidden_layers
+    if all_attention:  # a new config, so that the per-layer mixer list is derived again (none)
+        d = cfg.to_dict()
+        d.update(layer_types=["full_attention"] * cfg.num_hidden_layers, linear_mixers=None)
+        cfg = HybridConfig(**d)
     with torch.device("meta"):
         model = HybridForCausalLM(cfg)
     return {n: model.state_size(n, dtype=torch.bfloat16) for n in lengths}

@@ -1,0 +1,53 @@
+"""benchmarks/compare_selectors.py as the GPU plan runs it: selectors converted by separate calls (--no-eval), then
+one call that evaluates them together with the all-linear student, with each row's decode state."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from teachers import TEXTS, make_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("compare_selectors", ROOT / "benchmarks" / "compare_selectors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_path):
+    os.environ["HYBRIDIZE_CACHE"] = str(tmp_path / "cache")
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        (data / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
+    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    cs, out = _module(), tmp_path / "sel"
+    args = dict(teacher=teacher, out=out, recipe_name="smoke", budget="0.25", lengths=[320], samples=1, device="cpu",
+                overrides=[], data=[str(data)], eval_data=str(data))
+    # two "GPUs": each converts its selectors, nothing is evaluated and no table is written
+    assert cs.run(selectors=["uniform"], evaluate=False, **args) is None
+    assert cs.run(selectors=["random"], evaluate=False, **args) is None
+    assert (out / "uniform" / "config.json").is_file() and (out / "random" / "config.json").is_file()
+    assert not (out / "selectors.json").exists()
+    stage1 = json.loads((out / "stage1" / "stages" / "align" / "done.json").read_text())
+    # the evaluating call reuses every finished stage (stage 1 is not trained again) and adds the all-linear row
+    record = cs.run(selectors=["uniform", "random"], all_linear=True, **args)
+    assert json.loads((out / "stage1" / "stages" / "align" / "done.json").read_text()) == stage1
+    rows = {r["selector"]: r for r in record["rows"]}
+    assert list(rows) == ["uniform", "random", cs.ALL_LINEAR]
+    assert rows[cs.ALL_LINEAR]["layers"] == [] and len(rows["uniform"]["layers"]) == 1
+    # decode state at 320 tokens: the all-linear student < one attention layer of four < the teacher's KV cache
+    s = {name: r["state_bytes@320"] for name, r in rows.items()}
+    teacher_kv = record["teacher_results"]["state_bytes@320"]
+    assert s[cs.ALL_LINEAR] < s["uniform"] < teacher_kv, (s, teacher_kv)
+    assert teacher_kv == 4 * 2 * 2 * 16 * 320 * 2  # layers x (K, V) x kv heads x head_dim x tokens x bf16 bytes
+    assert record["eval_data"] == str(data)
+    assert (out / "selectors.md").read_text().count("\n| ") == 4  # teacher + three rows
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert {e["model"] for e in report["results"]} >= {"uniform", "random", cs.ALL_LINEAR}
