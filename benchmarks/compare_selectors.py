@@ -115,12 +115,12 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
         rows.append(row)
     teacher_row = {f"{task}@{n}": value(teacher_name, task, "exact_match", n) for n in lengths for task in TASKS}
     teacher_row.update({f"perplexity@{n}": value(teacher_name, "perplexity", "perplexity", n) for n in lengths})
-    teacher_row.update({f"state_bytes@{n}": size
-                        for n, size in state_bytes(out / selectors[0], lengths, all_attention=True).items()})
+    teacher_row.update({f"state_bytes@{n}": size for n, size in  # the shapes of stage 1's model, attention everywhere
+                        state_bytes(shared.stage_dir("align") / "model", lengths, all_attention=True).items()})
     record = {**provenance(), "teacher": str(teacher), "recipe": recipe_name, "overrides": overrides, "budget": budget,
               "data": data, "seed": shared.recipe.seed, "device": device_name(shared.device),
-              "eval_data": eval_data, "lengths": lengths, "samples_per_cell": samples, "stage1": stage1, "teacher_results": teacher_row,
-              "rows": rows, "seconds": time.perf_counter() - t0}
+              "eval_data": eval_data, "lengths": lengths, "samples_per_cell": samples, "stage1": stage1,
+              "teacher_results": teacher_row, "rows": rows, "seconds": time.perf_counter() - t0}
     (out / "selectors.json").write_text(json.dumps(record, indent=1))
     (out / "selectors.md").write_text(table(record))
     print(table(record))
