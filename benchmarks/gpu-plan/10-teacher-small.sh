@@ -7,8 +7,7 @@
 # weights + teacher.json) is written only once all its tokens are trained. A run stopped by --max-minutes leaves a
 # checkpoint and no teacher; running this script again continues it (same tokens, same out folder).
 set -uo pipefail
-# tqdm redraws its bar at every step: keep a bar at every 20%, drop blank lines and weight loading/saving bars
-progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
+source benchmarks/gpu-plan/lib.sh
 TEACHER_TOKENS=${TEACHER_TOKENS:-120000000}   # <- the one line to edit (steps = tokens / (TEACHER_BATCH * 1024))
 TEACHER_BATCH=${TEACHER_BATCH:-128}            # sequences per optimizer step (the recipe's train.batch_size)
 TEACHER_MINUTES=${TEACHER_MINUTES:-9}          # training-loop minutes; setup (tokenizer, data) comes on top

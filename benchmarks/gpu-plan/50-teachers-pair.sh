@@ -39,31 +39,21 @@ tail -n 3 "$LOGS/teacher-small-a.log" "$LOGS/teacher-small-b.log"
 pick() {  # name device -> $RES/<name>/recall.json
   local name=$1 device=$2
   [ -f /tmp/work/$name/config.json ] || return 0
-  python3 - "$name" "$device" "${PICK_LENGTH:-1024}" "$RES" <<'PY'
-import json, sys
-from hybridize.evaluation.report import mean_over_depths
-from hybridize.evaluation.runner import EvalConfig, run_eval
-name, device, length, res = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-out = f"/tmp/work/pick-{name}"
-tasks = ["passkey", "niah_single_2", "mqar"]
-run_eval(EvalConfig(models=[f"/tmp/work/{name}"], out=out, suites=tasks, lengths=[length], depths=[0.1, 0.5, 0.9],
-                    samples=8, device=device, data="builtin:heldout", progress=False))
-results = json.load(open(f"{out}/report.json"))["results"]
-scores = {t: mean_over_depths(results, name, t, "exact_match", length) for t in tasks}
-rec = {"teacher": name, "length": length, "exact_match": scores, "mean": sum(scores.values()) / len(scores)}
-json.dump(rec, open(f"{res}/{name}/recall.json", "w"), indent=1)
-print(json.dumps(rec))
-PY
+  python3 benchmarks/gpu-plan/teacher_recall.py "/tmp/work/$name" --lengths "${PICK_LENGTH:-1024}" --device "$device" \
+    --out "$RES/$name/recall.json"
 }
 pick teacher-small-a "$DEVICE_A" &
 pick teacher-small-b "$DEVICE_B" &
 wait
 python3 - "$RES" <<'PY'
-import json, os, sys
+import json, sys
 from pathlib import Path
 res = Path(sys.argv[1])
-scores = {n: json.loads((res / n / "recall.json").read_text()) for n in ("teacher-small-a", "teacher-small-b")
-          if (res / n / "recall.json").is_file()}
+scores = {}
+for n in ("teacher-small-a", "teacher-small-b"):
+    if (res / n / "recall.json").is_file():  # exact match per task at the one pick length
+        em = json.loads((res / n / "recall.json").read_text())["exact_match"][n]
+        scores[n] = {"exact_match": {t: v[0] for t, v in em.items()}, "mean": sum(v[0] for v in em.values()) / len(em)}
 best = max(scores, key=lambda n: (scores[n]["mean"], n == "teacher-small-a"))
 link = Path("/tmp/work/teacher-small")
 if link.is_symlink() or link.exists():

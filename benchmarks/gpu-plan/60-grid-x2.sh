@@ -13,7 +13,7 @@
 # Needs /tmp/work/teacher-small (step 10 or 50). Extra arguments go to every compare_selectors call (e.g. the
 # small --set values of README.md's CPU check). CPU check: DEVICE_0=cpu DEVICE_1=cpu, with those --set values.
 set -uo pipefail
-progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
+source benchmarks/gpu-plan/lib.sh
 TEACHER=${TEACHER:-/tmp/work/teacher-small}
 WORK=${WORK:-/tmp/work}
 DEVICE_0=${DEVICE_0:-cuda:0}
@@ -24,7 +24,7 @@ SEL=$WORK/selectors-small-lightning-25
 MIX=$WORK/mixers-small
 EXTRA=("$@")
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 or 50 did not finish)"; exit 1; }
-case "$DEVICE_0" in cuda*) mkdir -p ~/.triton/cache && tar xzf benchmarks/triton-autotune/autotune-h100-triton3.7.1-fla0.6.0.tgz -C ~/.triton/cache ;; esac
+case "$DEVICE_0" in cuda*) unpack_autotune ;; esac
 mkdir -p "$WORK" "$RES/selectors-small-lightning-25" "$RES/mixers-small"
 cp src/hybridize/recipes/gpu-small.yaml "$RES/mixers-small/"
 [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$RES/selectors-small-lightning-25/teacher.json"
@@ -49,9 +49,7 @@ compare() {
   echo "[$(date +%T)] start $log on $device"
   timeout "${ROW_TIMEOUT:-1200}" "${cmd[@]}" 2>&1 | tr '\r' '\n' | progress > "$res/run-$log.log"
   local rc=${PIPESTATUS[0]}
-  (cd "$work" && find . \( -name checkpoints -o -name tb \) -prune -o -type f \
-     \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) \
-     ! -name 'tokenizer*.json' -print0 | xargs -0 -r cp --parents -t "$res")
+  copy_results "$work" "$res"
   echo "[$(date +%T)] end $log rc=$rc"
   return "$rc"
 }
@@ -101,39 +99,8 @@ wait $p0; r0=$?
 wait $p1; r1=$?
 cat "$RES/lane0.log" "$RES/lane1.log"
 
-# One table of the mixer rows: mixer, budget, layers, perplexity ratio and recall per length, state at 1x
-python3 - "$RES" <<'PY'
-import json, sys
-from pathlib import Path
-res = Path(sys.argv[1])
-paths = [res / "selectors-small-lightning-25" / "selectors.json", *sorted((res / "mixers-small").glob("*/selectors.json"))]
-lines = []
-for path in paths:
-    if not path.is_file():
-        continue
-    rec = json.loads(path.read_text())
-    mixer = next((o.split("=", 1)[1] for o in rec["overrides"] if o.startswith("mixer=")), "lightning")
-    ls = rec["lengths"]
-    if not lines:
-        tasks = ["passkey", "niah_single_2", "mqar"]
-        head = ["mixer", "budget", "selector", "layers"] + [f"ppl ratio @{n}" for n in ls] + [f"state @{ls[0]}"] + [
-            f"{t} @{n}" for t in tasks for n in ls]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        t = rec["teacher_results"]
-        pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"
-        mib = lambda v: "-" if v is None else f"{v / 2**20:.2f} MiB"
-        lines.append("| teacher | 1 | - | all | " + " | ".join("1.000" for _ in ls) + f" | {mib(t.get(f'state_bytes@{ls[0]}'))} | "
-                     + " | ".join(pct(t.get(f"{k}@{n}")) for k in tasks for n in ls) + " |")
-    for r in rec["rows"]:
-        if path.parent.name.startswith("selectors") and r["selector"] not in ("uniform", "flashmorph", "all-linear"):
-            continue
-        ratios = ["-" if r.get(f"perplexity_ratio@{n}") is None else f"{r[f'perplexity_ratio@{n}']:.3f}" for n in ls]
-        lines.append(f"| {mixer} | {rec['budget']} | {r['selector']} | {','.join(map(str, r['layers'])) or '-'} | "
-                     + " | ".join(ratios) + f" | {mib(r.get(f'state_bytes@{ls[0]}'))} | "
-                     + " | ".join(pct(r.get(f"{k}@{n}")) for k in tasks for n in ls) + " |")
-if lines:
-    (res / "mixers-small" / "mixers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-PY
-(cd ~/.triton/cache 2>/dev/null && find . -name '*.autotune.json' -print0 | tar czf "$RES/triton-autotune-cache.tgz" --null -T -) || true
+# One table of the mixer rows (and the selector comparison's uniform / flashmorph / all-linear rows)
+python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
+  "$RES/mixers-small"/*/selectors.json --selectors uniform,flashmorph,all-linear --out "$RES/mixers-small/mixers.md"
+save_autotune "$RES"
 [ "$r0" -eq 0 ] && [ "$r1" -eq 0 ]

@@ -3,6 +3,7 @@ each stage's done.json, selection.json, the eval report, the bench files) carrie
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import subprocess
@@ -12,18 +13,29 @@ from pathlib import Path
 
 
 def git_commit(short: bool = False) -> str | None:
-    """The commit of the checkout the package runs from (None for an installed wheel or a copy without .git).
+    """The commit of the checkout the package runs from (None for an installed wheel or a copy without .git), as it
+    was when this module was imported: a record written at the end of a long run (a teacher trains for minutes to
+    hours) names the code the process loaded, not a commit made while it ran.
     `HYBRIDIZE_COMMIT` overrides it: a copy of a working tree sent to another machine may carry a stale .git (on the
     lent GPU machine, `git rev-parse` named the session's first commit, not the one sent)."""
     if env := os.environ.get("HYBRIDIZE_COMMIT"):
         return env[:7] if short else env
+    commit = _checkout_commit()
+    return commit[:7] if commit and short else commit
+
+
+@functools.cache
+def _checkout_commit() -> str | None:
     root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", *(["--short"] if short else []), "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None
+
+
+_checkout_commit()  # resolved at import, with the code (see git_commit)
 
 
 def device_name(device) -> str:

@@ -64,8 +64,7 @@ def fla_available() -> bool:
 @functools.cache
 def triton_available() -> bool:
     try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
+        import triton.language  # noqa: F401 (imports triton too)
     except Exception:
         return False
     return True

@@ -211,7 +211,6 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     rank, world = _rank_world()
     loader = EpisodeMixer(recipe, corpus, tokenizer, filler, rank, world)
     t0 = time.perf_counter()
-    started = provenance()  # the code this run imported: a commit made while it trains is not the one it ran
     result = train(name="teacher", run_dir=run_dir, model=model,
                    param_groups=_weight_decay_groups(model, recipe.train.lr),
                    loss_fn=lambda b: teacher_loss(model, b, recipe.train.kl_chunk_tokens), loader=loader,
@@ -226,7 +225,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                   "result": result.as_dict(), "recipe": recipe.to_dict(), "device": device_name(device),
                   "python": sys.version.split()[0], "torch": torch.__version__,
                   "data": recipe.data if recipe.data is not None else corpus_info(),
-                  "wall_seconds_last_run": time.perf_counter() - t0, **started}
+                  "wall_seconds_last_run": time.perf_counter() - t0, **provenance()}
         (out / "teacher.json").write_text(json.dumps(record, indent=1))
     return result
 

@@ -1,0 +1,22 @@
+# Shared by the gpu-plan steps (`source benchmarks/gpu-plan/lib.sh`, from the repository root).
+
+# tqdm redraws its bar at every step: keep a bar at every 20%, drop blank lines and weight loading/saving bars
+progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
+
+# fla's autotune results from an earlier run, so that its kernels compile only the winning configuration
+unpack_autotune() {
+  mkdir -p ~/.triton/cache && tar xzf benchmarks/triton-autotune/autotune-h100-triton3.7.1-fla0.6.0.tgz -C ~/.triton/cache
+}
+
+# ... and this run's (JSON, tens of KB), for the next one: save_autotune DEST_FOLDER
+save_autotune() {
+  (cd ~/.triton/cache 2>/dev/null && find . -name '*.autotune.json' -print0 | tar czf "$1/triton-autotune-cache.tgz" --null -T -) || true
+}
+
+# copy_results RUN_FOLDER DEST_FOLDER: results only (json / jsonl / md / png / yaml); no weights, no checkpoints, no
+# TensorBoard logs, no tokenizer copies
+copy_results() {
+  (cd "$1" && find . \( -name checkpoints -o -name tb \) -prune -o -type f \
+     \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) \
+     ! -name 'tokenizer*.json' -print0 | xargs -0 -r cp --parents -t "$2")
+}
