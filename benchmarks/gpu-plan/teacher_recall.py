@@ -15,9 +15,15 @@ from pathlib import Path
 
 from hybridize.evaluation.report import mean_over_depths
 from hybridize.evaluation.runner import EvalConfig, run_eval
-from hybridize.provenance import provenance
+from hybridize.provenance import device_name, provenance
 
 TASKS = ["passkey", "niah_single_2", "mqar"]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def main() -> None:
@@ -30,13 +36,14 @@ def main() -> None:
     p.add_argument("--out", default=None, help="json file for the scores (default: print only)")
     a = p.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
-    record = {**provenance(), "command": " ".join(sys.argv), "data": a.data, "samples_per_cell": a.samples,
+    record = {**provenance(), "command": " ".join(sys.argv), "device": device_name(a.device or default_device()),
+              "seed": 0, "data": a.data, "samples_per_cell": a.samples,
               "depths": [0.1, 0.5, 0.9], "lengths": lengths, "exact_match": {}}
     for teacher in a.teachers:
         name = Path(teacher).name
         report = Path(f"/tmp/teacher-recall-{name}")
         run_eval(EvalConfig(models=[teacher], out=str(report), suites=TASKS, lengths=lengths, depths=[0.1, 0.5, 0.9],
-                            samples=a.samples, device=a.device, data=a.data, progress=False))
+                            samples=a.samples, device=a.device, data=a.data, seed=0, progress=False))
         results = json.loads((report / "report.json").read_text())["results"]
         scores = {t: [mean_over_depths(results, name, t, "exact_match", n) for n in lengths] for t in TASKS}
         record["exact_match"][name] = scores
