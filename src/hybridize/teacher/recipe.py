@@ -71,7 +71,7 @@ SIZES = {
     # 67M parameters, >= 12 layers. Measured on an H200 (results/gpu/teachers-small/): 3,051 steps, 100M tokens in
     # 589 s; passkey 88% and NIAH 83% exact match at 1024 on held-out filler, MQAR 0%. Its first recipe (batch 128,
     # 8 of 32 rows episodes, lr 1.5e-3: 495 steps in 65M tokens) learned no retrieval; retrieval is learned late
-    # (the answer loss falls from ~1.8 to 0.1 between steps ~1,200 and ~2,500), so optimizer steps count more than
+    # (the answer loss falls from ~1.7 to 0.1 between steps ~1,000 and ~2,500), so optimizer steps count more than
     # tokens, and a lower LR with more of each batch in episodes got there first.
     "small": lambda: _recipe(
         "small",
