@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import hybridize  # noqa: F401  (registers the Auto classes)
 from hybridize import HybridCache, HybridForCausalLM
+from hybridize.models.cache import output_cache
 from conftest import PATTERNS, assert_close, tiny_config
 
 PATTERN_NAMES = list(PATTERNS)
@@ -35,6 +36,25 @@ def test_prefill_then_decode_equals_full_forward(pattern, hype):
             parts.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
     assert cache.get_seq_length() == 19
     assert_close(torch.cat(parts, dim=1), full, f"{pattern} prefill+decode")
+
+
+def test_cache_is_taken_under_either_transformers_name():
+    """transformers 5.24 renamed `past_key_values` to `cache` (argument and output field); both must work, and a
+    cache given twice under different names is refused."""
+    model = _model("mixed")
+    ids = torch.randint(0, 101, (2, 9))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        old, new = HybridCache(model.config), HybridCache(model.config)
+        a = [model(ids[:, :5], past_key_values=old).logits, model(ids[:, 5:], past_key_values=old).logits]
+        b = [model(ids[:, :5], cache=new).logits, model(ids[:, 5:], cache=new).logits]
+        out = model(ids[:, :1], cache=HybridCache(model.config))
+        with pytest.raises(ValueError, match="give the cache once"):
+            model(ids, cache=HybridCache(model.config), past_key_values=HybridCache(model.config))
+    assert output_cache(out).get_seq_length() == 1
+    assert old.get_seq_length() == new.get_seq_length() == 9
+    assert torch.equal(torch.cat(a, 1), torch.cat(b, 1))
+    assert_close(torch.cat(b, 1), full, "cache= prefill + continuation")
 
 
 @pytest.mark.parametrize("pattern", PATTERN_NAMES)

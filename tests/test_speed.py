@@ -11,6 +11,7 @@ import torch
 from transformers.cache_utils import StaticCache
 
 from hybridize import HybridCache, HybridForCausalLM, HybridStaticCache
+from hybridize.models.cache import output_cache
 from conftest import PATTERNS, assert_close, tiny_config
 
 PATTERN_NAMES = list(PATTERNS)
@@ -74,7 +75,7 @@ def test_generate_static_equals_dynamic_and_manual_loop(pattern):
     dynamic = model.generate(ids, **kw)
     static = model.generate(ids, cache_implementation="static", return_dict_in_generate=True, **kw)
     chunked = model.generate(ids, cache_implementation="static", prefill_chunk_size=3, **kw)
-    assert isinstance(static.past_key_values, HybridStaticCache)
+    assert isinstance(output_cache(static), HybridStaticCache)
     assert torch.equal(static.sequences, dynamic) and torch.equal(chunked, dynamic)
     with torch.no_grad():  # the reference: the whole sequence again for every token, no cache
         seq, m = ids, mask
@@ -131,12 +132,12 @@ def test_chunked_prefill_equals_one_shot(pattern, chunk_size, static):
     last = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=chunk_size)
     assert last.logits.shape == (3, 1, 101)
     assert_close(last.logits[:, 0], one.logits[:, -1], "last-position logits")
-    for i, (a, b) in enumerate(zip(_cache_tensors(chunked.past_key_values), _cache_tensors(one.past_key_values))):
+    for i, (a, b) in enumerate(zip(_cache_tensors(output_cache(chunked)), _cache_tensors(output_cache(one)))):
         if a.is_floating_point():
             assert_close(a, b, f"{pattern} chunk {chunk_size} cache tensor {i}")
         else:
             assert torch.equal(a, b), f"cache tensor {i}"
-    assert chunked.past_key_values.get_seq_length() == 19
+    assert output_cache(chunked).get_seq_length() == 19
 
 
 def test_chunked_prefill_long_prompt_then_decode_matches_full_forward():

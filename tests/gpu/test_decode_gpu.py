@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hybridize import HybridConfig, HybridForCausalLM, HybridStaticCache
+from hybridize.models.cache import output_cache
 
 from conftest import require_gpu
 
@@ -72,7 +73,7 @@ def test_graph_decode_equals_eager(pattern, B):
         graph = model.generate(ids, cache_implementation="static", **kw)
         assert model._graph_decoder.replays >= 20, "the decode steps did not replay a CUDA graph"
         eager = model.generate(ids, cache_implementation="static", disable_compile=True, **kw)
-        assert isinstance(graph.past_key_values, HybridStaticCache)
+        assert isinstance(output_cache(graph), HybridStaticCache)
         assert torch.equal(graph.sequences, eager.sequences), f"{pattern} B={B} {dtype}: graph != eager static"
         for step, (a, b) in enumerate(zip(graph.logits, eager.logits)):
             rel = ((a.double() - b.double()).norm() / b.double().norm()).item()

@@ -8,6 +8,31 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5.24 renamed the cache argument of `forward`/`generate` and the output field from `past_key_values` to
+# `cache` (the old name is still accepted with a deprecation warning); 5.17-5.23 know only `past_key_values`. Our
+# models take either name and fill in the field this transformers has, so both work.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def cache_kwargs(cache: Cache | None) -> dict:
+    """{CACHE_FIELD: cache}: the keyword under which an output class of this transformers holds a cache."""
+    return {CACHE_FIELD: cache}
+
+
+def output_cache(out) -> Cache | None:
+    """The cache a model output holds, under either transformers' name."""
+    return getattr(out, CACHE_FIELD)
+
+
+def resolve_cache(past_key_values: Cache | None, cache: Cache | None) -> Cache | None:
+    """One cache from the two names a forward may be given it under (`cache` since transformers 5.24)."""
+    if cache is None:
+        return past_key_values
+    if past_key_values is not None and past_key_values is not cache:
+        raise ValueError("give the cache once: as `cache` or as `past_key_values` (the same argument), not both")
+    return cache
 
 
 class HybridCache(DynamicCache):

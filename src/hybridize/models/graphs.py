@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .cache import HybridStaticCache
+from .cache import HybridStaticCache, cache_kwargs, resolve_cache
 
 # generate's per-step arguments that the captured step takes care of (or that do not change its result);
 # `position_ids` is replayed through a buffer of its own; `cache_position` is ignored: the static cache tracks
 # where each token goes on the device. Arguments that are None or False change nothing either.
-_HANDLED = {"input_ids", "attention_mask", "past_key_values", "use_cache", "return_dict", "logits_to_keep",
+_HANDLED = {"input_ids", "attention_mask", "past_key_values", "cache", "use_cache", "return_dict", "logits_to_keep",
             "position_ids", "cache_position"}
 
 
@@ -83,7 +83,8 @@ class CudaGraphDecoder:
                 return reason
         return None
 
-    def __call__(self, input_ids=None, attention_mask=None, past_key_values=None, **kwargs):
+    def __call__(self, input_ids=None, attention_mask=None, past_key_values=None, cache=None, **kwargs):
+        past_key_values = resolve_cache(past_key_values, cache)  # `cache` is generate's name since transformers 5.24
         self.eager_reason = self.why_not_capturable(input_ids, past_key_values, kwargs)
         if self.eager_reason is not None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
@@ -105,7 +106,7 @@ class CudaGraphDecoder:
         c.graph.replay()
         cache.advance(1)
         self.replays += 1
-        return CausalLMOutputWithPast(logits=c.logits, past_key_values=cache)
+        return CausalLMOutputWithPast(logits=c.logits, **cache_kwargs(cache))
 
     def release(self) -> None:
         """Drop the captured graph, its memory pool and its hold on the cache (the next step captures anew)."""
@@ -133,4 +134,4 @@ class CudaGraphDecoder:
             out = self._step(cache, ids, mask, pos)
         cache.seen_tokens = seen
         self.captured = _Captured(cache, graph, ids, mask, out, pos)
-        return CausalLMOutputWithPast(logits=logits, past_key_values=cache)
+        return CausalLMOutputWithPast(logits=logits, **cache_kwargs(cache))

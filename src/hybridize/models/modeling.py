@@ -23,7 +23,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from ..mixers import SeqInfo, build_mixer, kernels
 from ..mixers.base import RMSNorm
 from ..mixers.gated_deltanet import GatedDeltaNet
-from .cache import HybridCache, HybridStaticCache, past_length
+from .cache import CACHE_FIELD, HybridCache, HybridStaticCache, cache_kwargs, past_length, resolve_cache
 from .configuration import HybridConfig
 
 
@@ -135,8 +135,10 @@ class HybridModel(HybridPreTrainedModel):
         use_cache: bool | None = None,
         cu_seqlens: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = resolve_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -165,8 +167,8 @@ class HybridModel(HybridPreTrainedModel):
             past_key_values.advance(T)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=past_key_values,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            **cache_kwargs(past_key_values),
         )
 
 
@@ -227,8 +229,10 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         cu_seqlens: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        past_key_values = resolve_cache(past_key_values, cache)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -246,7 +250,7 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **cache_kwargs(getattr(out, CACHE_FIELD))
         )
 
     @torch.no_grad()
@@ -262,7 +266,8 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         already holds tokens continues (then the mask may also cover them: (B, past + T)).
         cache: a `HybridCache` (dynamic) or `HybridStaticCache`; None makes a `HybridCache`.
         Returns the logits of the last position (B, 1, V), or of every position with `all_logits=True` (which is
-        (B, T, V) and defeats the bounded memory), and the cache as `past_key_values`.
+        (B, T, V) and defeats the bounded memory), and the cache (`out.cache`; `out.past_key_values` before
+        transformers 5.24).
         `generate(..., prefill_chunk_size=N)` (transformers' own option) runs the same chunks."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (batch, tokens) with at least one token, got {tuple(input_ids.shape)}")
@@ -290,7 +295,7 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
                        logits_to_keep=0 if all_logits else 1)
             logits.append(out.logits)
         return CausalLMOutputWithPast(logits=torch.cat(logits, dim=1) if all_logits else logits[-1],
-                                      past_key_values=cache)
+                                      **cache_kwargs(cache))
 
     def state_size(self, context_len: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
         """Bytes of decode state (KV caches + recurrent and conv states) after `context_len` tokens."""
@@ -325,8 +330,9 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
         # generate's default is a plain DynamicCache; ours is that cache plus a token count (see cache.py).
-        if type(model_kwargs.get("past_key_values")) is DynamicCache:
-            model_kwargs["past_key_values"] = HybridCache(self.config)
+        for key in ("cache", "past_key_values"):  # the name generate uses since transformers 5.24, and before
+            if type(model_kwargs.get(key)) is DynamicCache:
+                model_kwargs[key] = HybridCache(self.config)
 
 
 def _padding_mask(attention_mask: torch.Tensor | None, B: int, past: int, T: int) -> torch.Tensor | None:
