@@ -97,6 +97,36 @@ def test_episodes_label_only_their_answers_and_are_a_function_of_the_seed(tmp_pa
     assert got.episode_rows == 2 and got.input_ids.shape == (4, 256)
 
 
+def test_episode_workers_give_the_same_batches_and_resume(tmp_path):
+    """Episodes drawn ahead in worker processes: the same batches as drawn in-process, across a resume that moves
+    the position under the prefetched ones, and on two ranks."""
+    corpus = _corpus(tmp_path)
+    docs = corpus.read_text().split("\n\n")
+    tok = train_bpe_tokenizer(docs, 2048)
+    recipe = teacher_recipe("tiny", TINY_RUN)
+    filler = FillerTokens.build(tok, docs)
+    from hybridize.data import tokenize_corpus
+
+    seqs = tokenize_corpus(str(corpus), tok)
+    for rank, world in ((0, 1), (1, 2)):
+        plain = EpisodeMixer(recipe, seqs, tok, filler, rank, world)
+        expected = [next(plain) for _ in range(6)]
+        fast = EpisodeMixer(recipe, seqs, tok, filler, rank, world, workers=2, prefetch=3)
+        try:
+            got = [next(fast) for _ in range(2)]
+            state = fast.state_dict()
+            got += [next(fast) for _ in range(3)]  # prefetched past the saved position ...
+            fast.load_state_dict(json.loads(json.dumps(state)))  # ... then moved back to it
+            got += [next(fast) for _ in range(4)]
+        finally:
+            fast.close()
+        order = [0, 1, 2, 3, 4, 2, 3, 4, 5]
+        for i, (g, e) in enumerate(zip(got, (expected[j] for j in order))):
+            assert torch.equal(g.input_ids, e.input_ids) and torch.equal(g.labels, e.labels), (rank, i)
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        EpisodeMixer(recipe, seqs, tok, filler, workers=-1)
+
+
 def test_repeat_episode_labels_the_second_copy_of_the_first(tmp_path):
     tok = train_bpe_tokenizer(_corpus(tmp_path).read_text().split("\n\n"), 2048)
     for length in (40, 100, 224):

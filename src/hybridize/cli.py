@@ -93,11 +93,21 @@ def _one_stage(stage: str):
     return run
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
 def _teacher(args: argparse.Namespace) -> None:
     from .teacher import train_teacher
 
     result = train_teacher(args.size, args.out, args.overrides, data=args.data, device=args.device,
-                           max_minutes=args.max_minutes)
+                           max_minutes=args.max_minutes, data_workers=args.data_workers)
     if result.finished:
         print(f"hybridize: teacher written to {args.out} ({result.steps} steps, {result.tokens:,} tokens)")
     else:
@@ -202,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a recipe field, e.g. --set train.lr=1e-3 (repeatable)")
     teacher.add_argument("--max-minutes", type=float, default=None,
                          help="stop after this long with a checkpoint; the same command continues")
+    teacher.add_argument("--data-workers", type=_non_negative_int, default=None,
+                         help="processes drawing retrieval episodes ahead of the GPU (default: up to 8 on CUDA, 0 on "
+                         "the CPU); the batches do not depend on it")
     teacher.add_argument("--device", default=None)
     teacher.set_defaults(func=_teacher)
     _add_bench(sub)

@@ -218,13 +218,16 @@ def train(
                 loss, extra = loss_fn(batch)
             (loss / accum).backward()
             loss_sum += loss.detach().float() / accum
-            for k, v in extra.items():
-                extras[k] = extras.get(k, 0.0) + v / accum
+            for k, v in extra.items():  # floats, or 0-d tensors read once per step below (no sync mid-step)
+                extras[k] = extras.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v) / accum
             tokens_done += batch.num_tokens * world
         if world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
-        loss_value, norm_value = loss_sum.item(), grad_norm.item()
+        on_device = [k for k, v in extras.items() if torch.is_tensor(v)]
+        values = torch.stack([loss_sum, grad_norm.float(), *(extras[k].float() for k in on_device)]).tolist()
+        loss_value, norm_value = values[0], values[1]  # the step's one host sync
+        extras.update(zip(on_device, values[2:]))
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             bar.close()
             kept = latest_checkpoint(run_dir)

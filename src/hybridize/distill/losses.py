@@ -20,10 +20,10 @@ Tensor = torch.Tensor
 
 
 def layer_alignment_loss(teacher: nn.Module, student_mixers: nn.ModuleList, input_ids: Tensor,
-                         cu_seqlens: Tensor | None = None) -> tuple[Tensor, list[float]]:
+                         cu_seqlens: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
     """Sum over layers of MSE(student mixer_i(a_i), teacher attention_i(a_i)), a_i the teacher's own normed input
     to layer i. The teacher runs on (its outputs flow on), only the student mixers get gradients.
-    Returns (loss, per-layer losses)."""
+    Returns (loss, per-layer losses as detached 0-d tensors: reading them is left to the caller, once per step)."""
     model = teacher.model
     with torch.no_grad():
         x = model.embed_tokens(input_ids)
@@ -40,7 +40,7 @@ def layer_alignment_loss(teacher: nn.Module, student_mixers: nn.ModuleList, inpu
         with torch.no_grad():
             x = x + target
             x = x + block.mlp(block.post_attention_layernorm(x))
-    return total, [v.item() for v in per_layer]
+    return total, per_layer
 
 
 def _over_chunks(fn: Callable, chunk_tokens: int, *tensors: Tensor) -> Tensor:

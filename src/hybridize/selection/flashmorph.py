@@ -184,8 +184,8 @@ def select(ctx: SelectionContext, k: int) -> SelectionResult:
     def loss_fn(batch: Batch):
         model.project_()  # the projection of the previous step's update (see the module docstring)
         loss, mse = morph_loss(model, batch, s.flashmorph_lambda)
-        gates = model.gates.detach().tolist()
-        return loss, {"mse": mse.item(), **{f"gate/{l}": gates[l] for l in range(L)}}
+        gates = model.gates.detach().clone()  # 0-d tensors, read by the loop once per step
+        return loss, {"mse": mse.detach(), **{f"gate/{l}": gates[l] for l in range(L)}}
 
     run_dir = ctx.run_dir / "flashmorph"
     recipe = gate_recipe(s)
