@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Step 20: the five layer selectors on the small teacher at a 25% budget (3 of 12 layers), lightning mixers, recipe
-# gpu-small (src/hybridize/recipes/gpu-small.yaml): one shared stage 1, then per selector selection + distill +
-# finetune, then one evaluation (perplexity, passkey, niah_single_2, mqar at 1024 / 2048 / 4096). ~11 min on an H100.
+# gpu-small (src/hybridize/recipes/gpu-small.yaml): one shared stage 1, then per selector its selection, distill and
+# finetune, then one evaluation of every hybrid, the all-linear stage-1 student and the teacher (perplexity, passkey,
+# niah_single_2, mqar at 1x / 2x / 4x the teacher's length). Converted on builtin:train + retrieval episodes (what
+# the teacher trained on), evaluated on builtin:heldout (text it never saw). ~13 min on an H100.
 # Run folders (weights, checkpoints) stay under /tmp/work; only json / jsonl / md / png / yaml files go to $RES.
 # Resumable: run again after an interruption and finished stages are skipped.
 set -uo pipefail
@@ -26,12 +28,13 @@ from pathlib import Path
 from hybridize.demo import _episodes
 path, teacher, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 trained = json.loads((teacher / "config.json").read_text())["max_position_embeddings"]
-_episodes(path, teacher, min(trained, 2048), n)
-print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens)")
+_episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
+print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
 PY
 
 CMD=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$WORK" --recipe gpu-small --budget 0.25
-     --selectors uniform,random,halo,kl_guided,flashmorph --device "$DEVICE" --data builtin "$EPISODES" "$@")
+     --selectors "${SELECTORS:-uniform,flashmorph,halo,kl_guided,random}" --device "$DEVICE"
+     --data builtin:train "$EPISODES" --eval-data builtin:heldout --all-linear "$@")
 printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/command.txt"
 cp src/hybridize/recipes/gpu-small.yaml "$OUTDIR/"
 [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$OUTDIR/teacher.json"

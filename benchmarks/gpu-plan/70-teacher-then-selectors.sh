@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Step 70 (one GPU, ~25 min): the `small` teacher from its recipe, its recall at 1024 / 2048, then step 20 (the five
+# selectors at 25%, lightning, evaluated with the all-linear student on builtin:heldout) on it.
+#
+# Why one step: a session holds one GPU for ~30 minutes and the teacher's weights (133 MB) do not outlive it, so
+# the comparison must run on a teacher trained in the same session. The teacher needs no Triton; step 20 needs fla
+# with Triton >= 3.7.1, which ../shared/gpu/install.sh may still be installing while the teacher trains: this step
+# waits for it (TRITON_WAIT seconds) before step 20.
+# Run from the repository root with PYTHONPATH=<repo>/src, $RES and $SHA (benchmarks/gpu-queue/daemon.sh does).
+# CPU check (~4 min on 2 cores): SIZE=tiny DEVICE=cpu TRITON_WAIT=0 TEACHER_ARGS="--set train.tokens=300000" \
+#   bash benchmarks/gpu-plan/70-teacher-then-selectors.sh <README.md's CPU --set values for step 20>
+set -uo pipefail
+source benchmarks/gpu-plan/lib.sh
+SIZE=${SIZE:-small}
+DEVICE=${DEVICE:-cuda}
+TEACHER=${TEACHER:-/tmp/work/teacher-$SIZE}
+OUTDIR=$RES/teacher-$SIZE
+mkdir -p "$OUTDIR" /tmp/work
+
+# 1. The teacher: the recipe's defaults (the small recipe is the one that learned to retrieve on the H200)
+if [ ! -f "$TEACHER/teacher.json" ]; then
+  # shellcheck disable=SC2206
+  CMD=(python3 -m hybridize teacher --size "$SIZE" --out "$TEACHER" --device "$DEVICE" ${TEACHER_ARGS:-})
+  printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/command.txt"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
+  timeout "${TEACHER_TIMEOUT:-1200}" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress > "$OUTDIR/train.log"
+  rc=${PIPESTATUS[0]}
+  tail -n 3 "$OUTDIR/train.log"
+  for f in teacher.json config.json run/recipe.json run/metrics.jsonl; do
+    [ -f "$TEACHER/$f" ] && cp "$TEACHER/$f" "$OUTDIR/$(basename "$f")"
+  done
+  [ "$rc" -eq 0 ] && [ -f "$TEACHER/teacher.json" ] || { echo "ERROR: the teacher did not finish (rc=$rc)"; exit 1; }
+fi
+python3 - "$TEACHER/teacher.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1])); r = t["result"]
+print(f"teacher: {r['steps']} steps, {r['tokens']:,} tokens, {r['seconds']:.0f} s, {r['tokens_per_s']:,.0f} tok/s, "
+      f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}, peak {r['peak_memory_gib']} GiB, "
+      f"{t.get('data_workers')} episode workers")
+PY
+
+# 2. Triton >= 3.7.1 for fla's kernels (installed by the calls that send its parts)
+t=0
+until python3 -c 'import triton,sys; sys.exit(tuple(int(x) for x in triton.__version__.split(".")[:3]) < (3,7,1))' \
+    2>/dev/null || [ "$DEVICE" = cpu ]; do
+  [ "$t" -ge "${TRITON_WAIT:-900}" ] && { echo "ERROR: no Triton >= 3.7.1 after ${t}s"; exit 1; }
+  sleep 10; t=$((t + 10))
+done
+
+# 3. Does it retrieve? Exact match at 1x and 2x on held-out filler (a few seconds; step 20's evaluation repeats 1x)
+trained=$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")
+python3 benchmarks/gpu-plan/teacher_recall.py "$TEACHER" --lengths "$trained,$((2 * trained))" --device "$DEVICE" \
+  --out "$OUTDIR/recall.json" 2>&1 | tr '\r' '\n' | progress | tail -n 12
+
+# 4. The selectors on it
+TEACHER=$TEACHER DEVICE=$DEVICE bash benchmarks/gpu-plan/20-selectors-small.sh "$@"
