@@ -3,11 +3,10 @@
 # selectors at 25%, lightning, evaluated with the all-linear student on builtin:heldout) on it.
 #
 # Why one step: a session holds one GPU for ~30 minutes and the teacher's weights (133 MB) do not outlive it, so
-# the comparison must run on a teacher trained in the same session. The teacher needs no Triton; step 20 needs fla
-# with Triton >= 3.7.1, which ../shared/gpu/install.sh may still be installing while the teacher trains: this step
-# waits for it (TRITON_WAIT seconds) before step 20.
+# the comparison must run on a teacher trained in the same session. The teacher needs no fla; step 20 needs fla,
+# which this step installs from .gpu/send/wheels, and for lightning nothing newer than the image's Triton.
 # Run from the repository root with PYTHONPATH=<repo>/src, $RES and $SHA (benchmarks/gpu-queue/daemon.sh does).
-# CPU check (~4 min on 2 cores): SIZE=tiny DEVICE=cpu TRITON_WAIT=0 TEACHER_ARGS="--set train.tokens=300000" \
+# CPU check (~2 min on 2 cores): SIZE=tiny DEVICE=cpu TEACHER_ARGS="--set train.tokens=300000" \
 #   bash benchmarks/gpu-plan/70-teacher-then-selectors.sh <README.md's CPU --set values for step 20>
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
@@ -39,13 +38,19 @@ print(f"teacher: {r['steps']} steps, {r['tokens']:,} tokens, {r['seconds']:.0f} 
       f"{t.get('data_workers')} episode workers")
 PY
 
-# 2. Triton >= 3.7.1 for fla's kernels (installed by the calls that send its parts)
-t=0
-until python3 -c 'import triton,sys; sys.exit(tuple(int(x) for x in triton.__version__.split(".")[:3]) < (3,7,1))' \
-    2>/dev/null || [ "$DEVICE" = cpu ]; do
-  [ "$t" -ge "${TRITON_WAIT:-900}" ] && { echo "ERROR: no Triton >= 3.7.1 after ${t}s"; exit 1; }
-  sleep 10; t=$((t + 10))
-done
+# 2. fla for the mixers' kernels. Its wheels ride along in .gpu/send/wheels (1.5 MB). Lightning's fixed-decay
+# kernels are right under the image's Triton 3.6 (fla refuses only the backward of its gated kernels there), so the
+# lightning comparison needs no Triton parts; NEED_TRITON_371=1 (GatedDeltaNet / GLA rows) waits for them.
+if [ "$DEVICE" != cpu ]; then
+  python3 -c "import fla" 2>/dev/null || python3 -m pip install -q --no-deps .gpu/send/wheels/*.whl 2>&1 | grep -v WARN
+  python3 -c "import fla, triton; print('fla', fla.__version__, 'triton', triton.__version__)" || exit 1
+  t=0
+  until [ "${NEED_TRITON_371:-0}" != 1 ] || python3 -c \
+      'import triton,sys; sys.exit(tuple(int(x) for x in triton.__version__.split(".")[:3]) < (3,7,1))' 2>/dev/null; do
+    [ "$t" -ge "${TRITON_WAIT:-900}" ] && { echo "ERROR: no Triton >= 3.7.1 after ${t}s"; exit 1; }
+    sleep 10; t=$((t + 10))
+  done
+fi
 
 # 3. Does it retrieve? Exact match at 1x and 2x on held-out filler (a few seconds; step 20's evaluation repeats 1x)
 trained=$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")
