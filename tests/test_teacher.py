@@ -34,6 +34,16 @@ TINY_RUN = ["train.tokens=3072", "train.batch_size=4", "train.micro_batch_size=4
             "train.warmup_steps=1", "train.save_every=1"]
 
 
+def _episode_sources(tmp_path: Path):
+    """(recipe, corpus sequences, tokenizer, filler) of a tiny run on `_corpus`."""
+    from hybridize.data import tokenize_corpus
+
+    corpus = _corpus(tmp_path)
+    docs = corpus.read_text().split("\n\n")
+    tok = train_bpe_tokenizer(docs, 2048)
+    return teacher_recipe("tiny", TINY_RUN), tokenize_corpus(str(corpus), tok), tok, FillerTokens.build(tok, docs)
+
+
 @pytest.mark.parametrize("size,min_layers,min_params", [("small", 12, 50e6), ("base", 24, 300e6)])
 def test_gpu_sizes_meet_their_floors(size, min_layers, min_params):
     r = teacher_recipe(size)
@@ -59,14 +69,7 @@ def test_bad_recipe_values_name_their_field(override, field):
 
 
 def test_episodes_label_only_their_answers_and_are_a_function_of_the_seed(tmp_path):
-    corpus = _corpus(tmp_path)
-    docs = corpus.read_text().split("\n\n")
-    tok = train_bpe_tokenizer(docs, 2048)
-    recipe = teacher_recipe("tiny", TINY_RUN)
-    filler = FillerTokens.build(tok, docs)
-    from hybridize.data import tokenize_corpus
-
-    seqs = tokenize_corpus(str(corpus), tok)
+    recipe, seqs, tok, filler = _episode_sources(tmp_path)
     a = EpisodeMixer(recipe, seqs, tok, filler)
     lengths = set()
     for n in range(12):
@@ -100,14 +103,7 @@ def test_episodes_label_only_their_answers_and_are_a_function_of_the_seed(tmp_pa
 def test_episode_workers_give_the_same_batches_and_resume(tmp_path):
     """Episodes drawn ahead in worker processes: the same batches as drawn in-process, across a resume that moves
     the position under the prefetched ones, and on two ranks."""
-    corpus = _corpus(tmp_path)
-    docs = corpus.read_text().split("\n\n")
-    tok = train_bpe_tokenizer(docs, 2048)
-    recipe = teacher_recipe("tiny", TINY_RUN)
-    filler = FillerTokens.build(tok, docs)
-    from hybridize.data import tokenize_corpus
-
-    seqs = tokenize_corpus(str(corpus), tok)
+    recipe, seqs, tok, filler = _episode_sources(tmp_path)
     for rank, world in ((0, 1), (1, 2)):
         plain = EpisodeMixer(recipe, seqs, tok, filler, rank, world)
         expected = [next(plain) for _ in range(6)]
