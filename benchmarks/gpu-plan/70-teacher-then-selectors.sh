@@ -16,27 +16,11 @@ TEACHER=${TEACHER:-/tmp/work/teacher-$SIZE}
 OUTDIR=$RES/teacher-$SIZE
 mkdir -p "$OUTDIR" /tmp/work
 
-# 1. The teacher: the recipe's defaults (the small recipe is the one that learned to retrieve on the H200)
+# 1. The teacher, with the recipe's defaults (step 10; skipped when it is already there)
 if [ ! -f "$TEACHER/teacher.json" ]; then
-  # shellcheck disable=SC2206
-  CMD=(python3 -m hybridize teacher --size "$SIZE" --out "$TEACHER" --device "$DEVICE" ${TEACHER_ARGS:-})
-  printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/command.txt"
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-  timeout "${TEACHER_TIMEOUT:-1200}" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress > "$OUTDIR/train.log"
-  rc=${PIPESTATUS[0]}
-  tail -n 3 "$OUTDIR/train.log"
-  for f in teacher.json config.json run/recipe.json run/metrics.jsonl; do
-    [ -f "$TEACHER/$f" ] && cp "$TEACHER/$f" "$OUTDIR/$(basename "$f")"
-  done
-  [ "$rc" -eq 0 ] && [ -f "$TEACHER/teacher.json" ] || { echo "ERROR: the teacher did not finish (rc=$rc)"; exit 1; }
+  # shellcheck disable=SC2086
+  SIZE=$SIZE TEACHER=$TEACHER DEVICE=$DEVICE bash benchmarks/gpu-plan/10-teacher-small.sh ${TEACHER_ARGS:-} || exit 1
 fi
-python3 - "$TEACHER/teacher.json" <<'PY'
-import json, sys
-t = json.load(open(sys.argv[1])); r = t["result"]
-print(f"teacher: {r['steps']} steps, {r['tokens']:,} tokens, {r['seconds']:.0f} s, {r['tokens_per_s']:,.0f} tok/s, "
-      f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}, peak {r['peak_memory_gib']} GiB, "
-      f"{t.get('data_workers')} episode workers")
-PY
 
 # 2. fla for the mixers' kernels. Its wheels ride along in .gpu/send/wheels (1.5 MB). Lightning's fixed-decay
 # kernels are right under the image's Triton 3.6 (fla refuses only the backward of its gated kernels there), so the

@@ -23,7 +23,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 from ..mixers import SeqInfo, build_mixer, kernels
 from ..mixers.base import RMSNorm
 from ..mixers.gated_deltanet import GatedDeltaNet
-from .cache import CACHE_FIELD, HybridCache, HybridStaticCache, cache_kwargs, past_length, resolve_cache
+from .cache import HybridCache, HybridStaticCache, cache_kwargs, output_cache, past_length, resolve_cache
 from .configuration import HybridConfig
 
 
@@ -250,7 +250,7 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, hidden_states=out.hidden_states, **cache_kwargs(getattr(out, CACHE_FIELD))
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **cache_kwargs(output_cache(out))
         )
 
     @torch.no_grad()

@@ -74,7 +74,7 @@ _WORKER_MIXER: EpisodeMixer | None = None  # the mixer a forked episode worker d
 
 
 def _worker_episodes(indices: range) -> list[tuple[list[int], list[int]]]:
-    return [tuple(t.tolist() for t in _WORKER_MIXER.episode(n)) for n in indices]
+    return [_WORKER_MIXER.episode_tokens(n) for n in indices]
 
 
 class EpisodeMixer:
@@ -121,6 +121,12 @@ class EpisodeMixer:
         return longest
 
     def episode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Episode n's (input_ids, labels), each (seq_len,), padded."""
+        ids, labels = self.episode_tokens(n)
+        return torch.tensor(ids), torch.tensor(labels)
+
+    def episode_tokens(self, n: int) -> tuple[list[int], list[int]]:
+        """The same as lists (what a worker process sends back)."""
         r = self.recipe
         name = r.episode_tasks[n % len(r.episode_tasks)]
         length = random.Random(f"length:{r.seed}:{n}").randint(self.min_length[name], r.train.seq_len - ANSWER_ROOM)
@@ -128,7 +134,7 @@ class EpisodeMixer:
         pad = r.train.seq_len - len(ids)
         if pad < 0:
             raise ValueError(f"a {name} answer took {-pad + ANSWER_ROOM} tokens, more than the {ANSWER_ROOM} reserved")
-        return (torch.tensor(ids + [self.tokenizer.pad_token_id] * pad), torch.tensor(labels + [IGNORE_INDEX] * pad))
+        return ids + [self.tokenizer.pad_token_id] * pad, labels + [IGNORE_INDEX] * pad
 
     def _draw(self, name: str, length: int, seed: int) -> tuple[list[int], list[int]]:
         """One episode's tokens and labels, unpadded."""
@@ -152,10 +158,10 @@ class EpisodeMixer:
     def __iter__(self):
         return self
 
-    def _episodes(self, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _episodes(self, start: int) -> list[tuple[list[int], list[int]]]:
         """The episodes start .. start + rows - 1: drawn here, or taken from the workers' prefetched batches."""
         if not self.workers or not self.rows:
-            return [self.episode(n) for n in range(start, start + self.rows)]
+            return [self.episode_tokens(n) for n in range(start, start + self.rows)]
         if self._pool is None:
             global _WORKER_MIXER
             _WORKER_MIXER = self  # inherited by the forked workers, never pickled
@@ -167,8 +173,7 @@ class EpisodeMixer:
         while len(self._pending) < self.prefetch:
             first = start + step * len(self._pending)
             self._pending.append((first, self._pool.apply_async(_worker_episodes, (range(first, first + self.rows),))))
-        got = self._pending.popleft()[1].get()
-        return [(torch.tensor(ids), torch.tensor(labels)) for ids, labels in got]
+        return self._pending.popleft()[1].get()
 
     def close(self) -> None:
         """Stop the episode workers (a later batch starts them again)."""
@@ -183,8 +188,8 @@ class EpisodeMixer:
         start = self.count + self.rank * self.rows
         episodes = self._episodes(start)
         self.count += self.rows * self.world
-        ids = torch.cat([torch.stack([e[0] for e in episodes]), corpus.input_ids]) if episodes else corpus.input_ids
-        labels = torch.cat([torch.stack([e[1] for e in episodes]), corpus.labels]) if episodes else corpus.labels
+        ids = torch.cat([torch.tensor([e[0] for e in episodes]), corpus.input_ids]) if episodes else corpus.input_ids
+        labels = torch.cat([torch.tensor([e[1] for e in episodes]), corpus.labels]) if episodes else corpus.labels
         return TeacherBatch(ids, labels, self.rows, ids.numel())
 
     def state_dict(self) -> dict:
@@ -192,8 +197,7 @@ class EpisodeMixer:
 
     def load_state_dict(self, state: dict) -> None:
         self.corpus.load_state_dict(state["corpus"])
-        self.count = int(state["episodes"])
-        self._pending.clear()
+        self.count = int(state["episodes"])  # prefetched batches for another position are dropped by _episodes
 
 
 def episode_documents(tokenizer, filler: FillerTokens, n: int, seq_len: int, seed: int = 1,
