@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Step 70 (one GPU, ~25 min): the `small` teacher from its recipe, its recall at 1024 / 2048, then step 20 (the five
-# selectors at 25%, lightning, evaluated with the all-linear student on builtin:heldout) on it.
+# Step 70 (one GPU; ~22 min: the teacher 491-535 s measured, step 20 ~13 min estimated): the `small` teacher from
+# its recipe, its recall at 1024 / 2048, then step 20 (the five selectors at 25%, lightning, evaluated with the
+# all-linear student on builtin:heldout) on it.
 #
 # Why one step: a session holds one GPU for ~30 minutes and the teacher's weights (133 MB) do not outlive it, so
 # the comparison must run on a teacher trained in the same session. The teacher needs no fla; step 20 needs fla,
