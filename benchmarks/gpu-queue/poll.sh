@@ -24,4 +24,9 @@ cur=$(sed -n 's/running \([^ ]*\) .*/\1/p' $S/state)
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 (cd $S/logs && tar czf $OUT/logs.tgz *.log 2>/dev/null)
 (cd $S/res && tar czf $OUT/res.tgz . 2>/dev/null)
+# the run folders' small files as they stand (a step copies its results to $S/res only when it ends): what a lost
+# machine or a spent budget would otherwise take with it
+[ -d /tmp/work ] && (cd /tmp/work && find . \( -name checkpoints -o -name tb \) -prune -o -type f \( -name '*.json' \
+  -o -name '*.md' -o -name '*.png' -o -name '*.yaml' -o -name '*.log' \) ! -name 'tokenizer*.json' -size -2M -print0 \
+  | tar czf $OUT/work.tgz --null -T - 2>/dev/null)
 true
