@@ -5,7 +5,8 @@ progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } 
 
 # fla's autotune results from an earlier run, so that its kernels compile only the winning configuration
 unpack_autotune() {
-  mkdir -p ~/.triton/cache && tar xzf benchmarks/triton-autotune/autotune-h100-triton3.7.1-fla0.6.0.tgz -C ~/.triton/cache
+  # (each archive is keyed by Triton's own cache hashes, which name the Triton version and GPU: unpack them all)
+  mkdir -p ~/.triton/cache && for f in benchmarks/triton-autotune/*.tgz; do tar xzf "$f" -C ~/.triton/cache; done
 }
 
 # ... and this run's (JSON, tens of KB), for the next one: save_autotune DEST_FOLDER
