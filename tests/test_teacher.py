@@ -165,3 +165,46 @@ def test_tiny_teacher_is_deterministic_resumable_and_a_plain_hf_checkpoint(tmp_p
     # a different recipe in the same folder is refused rather than mixed
     with pytest.raises(ValueError, match="another recipe"):
         train_teacher("tiny", tmp_path / "one", [*TINY_RUN, "train.lr=1e-3"], data=[corpus], device="cpu")
+
+
+# 3 optimizer steps of 4 rows: one rank accumulating two micro-batches of 2, or two ranks with one each
+DP_RUN = ["train.tokens=3072", "train.batch_size=4", "train.micro_batch_size=2", "episode_rows=1",
+          "train.warmup_steps=1", "train.save_every=1"]
+
+
+def test_torchrun_two_ranks_train_the_same_teacher_as_one(tmp_path):
+    """`torchrun --nproc_per_node 2 -m hybridize teacher` (gloo on the CPU): the ranks average their gradients, so
+    two ranks with micro-batch 2 give the weights of one rank accumulating two micro-batches of 2. Before the
+    gradients were averaged, each rank trained on half the data and rank 0 saved its own half-trained model."""
+    import subprocess
+    import sys
+
+    corpus = str(_corpus(tmp_path))
+    args = ["teacher", "--size", "tiny", "--data", corpus, *[a for s in DP_RUN for a in ("--set", s)],
+            "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "one")]) in (0, None)
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "hybridize", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    worst = max(((w1[k] - w2[k]).abs().max().item(), k) for k in w1)
+    # fp32; only the summation order of the gradients differs (one sum of two halves against two accumulated halves)
+    assert worst[0] < 1e-5, f"largest difference {worst[0]:.3g} in {worst[1]}"
+    rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "one" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # one writer: rank 0
+    for a, b in zip(rows, ref):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens"] == b["tokens"]
+    record = json.loads((tmp_path / "two" / "teacher.json").read_text())
+    assert record["result"]["steps"] == 3
+
+
+def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["convert", "--teacher", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "`hybridize convert` runs in one process" in err and "WORLD_SIZE=2" in err and "`hybridize teacher`" in err

@@ -224,10 +224,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that train data-parallel under torchrun (hybridize.distributed). The others would run whole on every rank
+# and write the same files at once, so under torchrun they refuse instead.
+DATA_PARALLEL = ("teacher",)
+
+
+def _join_torchrun(subcommand: str) -> None:
+    from .distributed import init_from_env, requested_world
+
+    world = requested_world()
+    if world <= 1:
+        return
+    if subcommand not in DATA_PARALLEL:
+        raise UserError(f"`hybridize {subcommand}` runs in one process; under torchrun (WORLD_SIZE={world}) only "
+                        f"{', '.join('`hybridize ' + c + '`' for c in DATA_PARALLEL)} trains data-parallel. Run it "
+                        "without torchrun (one GPU)")
+    init_from_env()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    subcommand = args.command
     args.command = "hybridize " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in results
     try:
+        _join_torchrun(subcommand)
         args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         print(f"hybridize: error: {err}", file=sys.stderr)
@@ -242,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hybridize: interrupted", file=sys.stderr)
         return 130
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

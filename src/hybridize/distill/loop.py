@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..distributed import all_reduce_grads_, all_reduce_mean_, rank_world
 from .recipe import StageRecipe
 
 KEEP_CHECKPOINTS = 2
@@ -59,10 +60,7 @@ class TrainResult:
         return dict(self.__dict__)
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+_rank_world = rank_world  # kept for the callers that import it from here
 
 
 def lr_factor(step: int, recipe: StageRecipe) -> float:
@@ -221,8 +219,9 @@ def train(
             for k, v in extra.items():  # floats, or 0-d tensors read once per step below (no sync mid-step)
                 extras[k] = extras.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v) / accum
             tokens_done += batch.num_tokens * world
-        if world > 1:
-            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        if world > 1:  # data parallel (torchrun): every rank steps with the gradient of the whole global batch
+            all_reduce_grads_(params)
+            all_reduce_mean_([loss_sum])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
         on_device = [k for k, v in extras.items() if torch.is_tensor(v)]
         values = torch.stack([loss_sum, grad_norm.float(), *(extras[k].float() for k in on_device)]).tolist()

@@ -29,6 +29,7 @@ from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _specia
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
 from ..distill.loop import TrainResult, train
+from ..distributed import barrier, is_main, rank_world
 from ..provenance import device_name, provenance
 from .recipe import TeacherRecipe, teacher_recipe
 
@@ -242,29 +243,31 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     `data_workers`: processes that draw the retrieval episodes ahead of the GPU (None: up to 8 on CUDA, where the
     GPU would otherwise wait for them, none on the CPU, where they would take cores from the training itself); the
     batches, and so the result, do not depend on it."""
-    from ..distill.loop import _rank_world
-
     recipe = teacher_recipe(size, overrides)
     if data is not None:
         recipe.data = data
     out = Path(out)
     run_dir = out / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_recipe(run_dir / "recipe.json", recipe)
+    main_rank = is_main()  # under torchrun only rank 0 writes; the others read what it wrote after a barrier
+    if main_rank:
+        _check_same_recipe(run_dir / "recipe.json", recipe)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok_dir = run_dir / "tokenizer"
-    if (tok_dir / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    else:  # deterministic for the same corpus; kept so that a resumed run tokenizes the same way
-        tokenizer = train_bpe_tokenizer(iter_documents(recipe.data), recipe.vocab_size)
-        tokenizer.save_pretrained(tok_dir)
+    if main_rank and not (tok_dir / "tokenizer.json").is_file():
+        # deterministic for the same corpus; kept so that a resumed run tokenizes the same way
+        train_bpe_tokenizer(iter_documents(recipe.data), recipe.vocab_size).save_pretrained(tok_dir)
+    barrier()
+    if not main_rank:
+        _check_same_recipe(run_dir / "recipe.json", recipe)  # reads rank 0's file: a mismatch fails on every rank
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(recipe.seed)
     model = Qwen3ForCausalLM(recipe.model_config(tokenizer)).to(device)
     if recipe.train.checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     corpus = tokenize_corpus(recipe.data, tokenizer)
     filler = FillerTokens.build(tokenizer, iter_documents(recipe.data))
-    rank, world = _rank_world()
+    rank, world = rank_world()
     if data_workers is None:
         data_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
     loader = EpisodeMixer(recipe, corpus, tokenizer, filler, rank, world, workers=data_workers)
@@ -277,7 +280,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                        max_seconds=None if max_minutes is None else 60 * max_minutes, lr_option="train.lr")
     finally:
         loader.close()
-    if result.finished:
+    if result.finished and main_rank:
         if recipe.train.checkpointing:
             getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
         model.save_pretrained(out)
@@ -288,6 +291,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                   "data": recipe.data if recipe.data is not None else corpus_info(), "data_workers": data_workers,
                   "wall_seconds_last_run": time.perf_counter() - t0, **provenance()}
         (out / "teacher.json").write_text(json.dumps(record, indent=1))
+    barrier()  # the other ranks return once the checkpoint is there
     return result
 
 
