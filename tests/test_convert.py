@@ -270,3 +270,30 @@ class _Batch:
 
     def to(self, device):
         return self
+
+
+def test_torchrun_two_ranks_convert_to_the_same_weights_as_one(teachers, text_data, tmp_path):
+    """`torchrun --nproc_per_node 2 -m hybridize convert` (gloo on the CPU): stages 1-3 data parallel (the smoke
+    recipe's batches are two micro-batches: one per rank, or two accumulated on one), the KL-guided selection, which
+    trains inside, on rank 0 alone. Same layers, and the same weights up to the order gradients are summed in."""
+    args = ["convert", "--teacher", str(teachers["qwen3"]), "--data", str(text_data), "--device", "cpu",
+            "--mixer", "lightning", "--budget", "0.5", "--selector", "kl_guided"]
+    one = _cli(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "hybridize", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote") == 1  # one writer
+    sel = [json.loads((tmp_path / d / "stages" / "select" / "selection.json").read_text()) for d in ("one", "two")]
+    assert sel[0]["layers"] == sel[1]["layers"] and sel[0]["scores"] == pytest.approx(sel[1]["scores"], rel=1e-5)
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    worst = max(((w1[k].float() - w2[k].float()).abs().max().item(), k) for k in w1)
+    assert worst[0] < 1e-4, f"largest difference {worst[0]:.3g} in {worst[1]}"
+    for stage in ("align", "distill", "finetune"):
+        rows = [[json.loads(x) for x in (tmp_path / d / "stages" / stage / "metrics.jsonl").read_text().splitlines()]
+                for d in ("one", "two")]
+        assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]], stage  # rank 0 writes, once
+        assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]], rel=1e-4), stage

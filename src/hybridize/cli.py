@@ -74,9 +74,11 @@ def _conversion(args: argparse.Namespace):
 
 def _convert(args: argparse.Namespace) -> None:
     from .distill.stages import convert
+    from .distributed import is_main
 
     out = convert(_conversion(args), args.stages)
-    print(f"hybridize: wrote {out} (load it with AutoModelForCausalLM.from_pretrained after `import hybridize`)")
+    if is_main():
+        print(f"hybridize: wrote {out} (load it with AutoModelForCausalLM.from_pretrained after `import hybridize`)")
 
 
 def _one_stage(stage: str):
@@ -224,9 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that train data-parallel under torchrun (hybridize.distributed). The others would run whole on every rank
-# and write the same files at once, so under torchrun they refuse instead.
-DATA_PARALLEL = ("teacher",)
+# Commands that train data-parallel under torchrun (hybridize.distributed; a conversion's layer selection runs on rank
+# 0 alone). The others (evaluation, benchmarks, the demo) would run whole on every rank and write the same files at
+# once, so under torchrun they refuse instead.
+DATA_PARALLEL = ("teacher", "convert", "align", "select", "distill", "finetune")
 
 
 def _join_torchrun(subcommand: str) -> None:

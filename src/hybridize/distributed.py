@@ -4,8 +4,9 @@
 LOCAL_RANK set; `init_from_env` joins them into one process group (NCCL on CUDA, gloo on the CPU, where the tests
 run it), and the training loop averages the gradients across ranks after each step's micro-batches, so N ranks of
 micro-batch B train the same model as one rank accumulating N micro-batches of B (the loaders give rank r the r-th
-slice of each global batch). Only rank 0 writes files. Without torchrun (WORLD_SIZE unset or 1) nothing here does
-anything.
+slice of each global batch). Only rank 0 writes files. Work that is not data parallel (a conversion's layer
+selection) runs on rank 0 alone under `single_process()` while the others wait. Without torchrun (WORLD_SIZE unset
+or 1) nothing here does anything.
 
 Why not DistributedDataParallel: the loss functions call parts of the model (the decoder, then a chunked output
 head; the frozen teacher beside the student), not the wrapped module's forward, which DDP needs to see; averaging
@@ -14,15 +15,20 @@ the gradients once per optimizer step is also what DDP's `no_sync` accumulation 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
+_alone = False  # inside `single_process()`: this rank works as if it were the only one
+
+
 def rank_world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size) of this process; (0, 1) outside a process group and inside `single_process()`."""
+    if not _alone and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -40,12 +46,27 @@ def init_from_env() -> tuple[int, int]:
     """Join torchrun's process group when it started more than one process; returns (rank, world size)."""
     if requested_world() <= 1 or dist.is_initialized():
         return rank_world()
+    # The other ranks wait at a barrier while rank 0 selects layers alone (HALO / KL-guided / FlashMorph: minutes to
+    # hours on a large teacher), longer than the default timeouts (10 min NCCL, 30 min gloo)
+    timeout = timedelta(hours=float(os.environ.get("HYBRIDIZE_DIST_TIMEOUT_HOURS", "6")))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" then means this rank's GPU
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return rank_world()
+
+
+@contextlib.contextmanager
+def single_process():
+    """Run the block on this rank alone, as if without torchrun (no collectives, files written): for work that is
+    not data parallel, done by rank 0 while the others wait at a barrier after it."""
+    global _alone
+    before, _alone = _alone, True
+    try:
+        yield
+    finally:
+        _alone = before
 
 
 def is_main() -> bool:
@@ -87,4 +108,4 @@ def all_reduce_grads_(params: list[torch.nn.Parameter]) -> None:
 
 
 __all__ = ["all_reduce_grads_", "all_reduce_mean_", "barrier", "init_from_env", "is_main", "rank_world",
-           "requested_world"]
+           "requested_world", "single_process"]

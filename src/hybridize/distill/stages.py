@@ -19,6 +19,7 @@ import torch
 from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import source_files, spec_items
+from ..distributed import barrier, is_main, single_process
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
@@ -46,7 +47,11 @@ class Conversion:
             self.data = self.recipe.data
         for item in spec_items(self.data):  # a missing file fails now, not after an hour of stage 1
             source_files(item)
-        self._check_recipe()
+        if is_main():  # under torchrun rank 0 writes recipe.yaml; the others check theirs against it
+            self._check_recipe()
+        barrier()
+        if not is_main():
+            self._check_recipe()
 
     def _check_recipe(self) -> None:
         """An output folder belongs to one recipe: resuming with different numbers would mix two runs."""
@@ -100,12 +105,15 @@ class Conversion:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def mark_done(self, stage: str, record: dict) -> dict:
+        """Write the stage's done.json (rank 0 under torchrun; every rank returns once it is there)."""
         record = {"stage": stage, "device": device_name(self.device), **record, **provenance()}
-        path = self.stage_dir(stage) / "done.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(path)
+        if is_main():
+            path = self.stage_dir(stage) / "done.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(path)
+        barrier()
         return record
 
 
@@ -136,7 +144,8 @@ def align(conv: Conversion) -> dict:
     result = train(name="align", run_dir=run_dir, model=model,
                    param_groups=[{"name": "mixers", "params": list(mixers.parameters()), "lr": r.lr}],
                    loss_fn=loss_fn, loader=conv.loader("align", r), recipe=r, device=conv.device)
-    model.save_pretrained(run_dir / "model")
+    if is_main():
+        model.save_pretrained(run_dir / "model")
     return conv.mark_done("align", _train_record(result, r, conv.data))
 
 
@@ -146,6 +155,16 @@ def select(conv: Conversion) -> dict:
     selection.json and scores.png into stages/select/."""
     if (done := conv.done("select")) is not None:
         return done
+    if not is_main():  # under torchrun rank 0 selects alone (selectors are not data parallel); wait for its result
+        barrier()
+        return conv.done("select")
+    with single_process():
+        record = _select(conv)
+    barrier()
+    return record
+
+
+def _select(conv: Conversion) -> dict:
     teacher = conv.load_teacher()
     L = teacher.model.config.num_hidden_layers
     r = conv.recipe
@@ -213,7 +232,8 @@ def distill(conv: Conversion) -> dict:
 
     result = train(name="distill", run_dir=run_dir, model=student, param_groups=groups, loss_fn=loss_fn,
                    loader=conv.loader("distill", r), recipe=r, device=conv.device)
-    _save(student, run_dir / "model")
+    if is_main():
+        _save(student, run_dir / "model")
     return conv.mark_done("distill", _train_record(result, r, conv.data))
 
 
@@ -236,7 +256,8 @@ def finetune(conv: Conversion) -> dict:
     result = train(name="finetune", run_dir=run_dir, model=student,
                    param_groups=[{"name": "all", "params": list(student.parameters()), "lr": r.lr}],
                    loss_fn=loss_fn, loader=conv.loader("finetune", r), recipe=r, device=conv.device)
-    _save(student, run_dir / "model")
+    if is_main():
+        _save(student, run_dir / "model")
     return conv.mark_done("finetune", _train_record(result, r, conv.data))
 
 
@@ -273,16 +294,21 @@ def convert(conv: Conversion, stages: list[str] | None = None) -> Path:
 
 
 def export(conv: Conversion) -> Path:
-    """Write the newest model of the pipeline to `out/` as a standalone HF checkpoint with tokenizer and model card."""
-    for stage in ("finetune", "distill"):
-        if (conv.stage_dir(stage) / "model").is_dir() and conv.done(stage):
-            model = HybridForCausalLM.from_pretrained(conv.stage_dir(stage) / "model")
-            break
-    else:
-        model = assemble(conv)
-    model.to(conv.load_teacher().saved_dtype).save_pretrained(conv.out)
-    conv.load_teacher().tokenizer.save_pretrained(conv.out)
-    from .card import write_model_card
+    """Write the newest model of the pipeline to `out/` as a standalone HF checkpoint with tokenizer and model card
+    (rank 0 under torchrun; every rank returns once it is written)."""
+    newest = next((stage for stage in ("finetune", "distill")
+                   if (conv.stage_dir(stage) / "model").is_dir() and conv.done(stage)), None)
+    if newest is None:  # the model is assembled: the selection first, on every rank (under torchrun it waits for one)
+        _attention_layers(conv)
+    if is_main():
+        if newest is not None:
+            model = HybridForCausalLM.from_pretrained(conv.stage_dir(newest) / "model")
+        else:
+            model = assemble(conv)
+        model.to(conv.load_teacher().saved_dtype).save_pretrained(conv.out)
+        conv.load_teacher().tokenizer.save_pretrained(conv.out)
+        from .card import write_model_card
 
-    write_model_card(conv, model)
+        write_model_card(conv, model)
+    barrier()
     return conv.out
