@@ -4,6 +4,7 @@ deterministic, resumable and saved as an ordinary HF checkpoint."""
 from __future__ import annotations
 
 import json
+import math
 import random
 import types
 from pathlib import Path
@@ -208,3 +209,27 @@ def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path, monkeypat
     assert code == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err
     assert "`hybridize demo` runs in one process" in err and "WORLD_SIZE=2" in err and "`hybridize convert`" in err
+
+
+def test_heldout_evaluation_is_logged_and_leaves_the_weights_alone(tmp_path):
+    """`--eval-data` scores held-out windows every `--eval-every` steps: the values land in the metrics and in
+    teacher.json, and the weights are bit-identical to a run without evaluation."""
+    corpus = str(_corpus(tmp_path))
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(Path(json.__file__).read_text())  # text the run does not train on
+    args = ["teacher", "--size", "tiny", "--data", corpus, *[a for s in TINY_RUN for a in ("--set", s)],
+            "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "plain"), "--eval-every", "0"]) in (0, None)
+    assert main([*args, "--out", str(tmp_path / "eval"), "--eval-data", str(heldout), "--eval-every", "2"]) in (0, None)
+    w1, w2 = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "eval" / "model.safetensors")
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/heldout_loss" in r] == [2, 3]  # every 2 steps and the last
+    plain = [json.loads(x) for x in (tmp_path / "plain" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert not any("eval/heldout_loss" in r for r in plain)
+    record = json.loads((tmp_path / "eval" / "teacher.json").read_text())["heldout"]
+    assert record["step"] == 3 and record["data"] == [str(heldout)]
+    assert record["perplexity"] == pytest.approx(math.exp(rows[-1]["eval/heldout_loss"]))
+    assert 0 < record["loss"] < math.log(2048) + 3  # a real cross-entropy over the 2K vocabulary
+    assert json.loads((tmp_path / "plain" / "teacher.json").read_text())["heldout"] is None

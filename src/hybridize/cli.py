@@ -108,8 +108,15 @@ def _non_negative_int(text: str) -> int:
 def _teacher(args: argparse.Namespace) -> None:
     from .teacher import train_teacher
 
+    from .teacher.train import EVAL_DEFAULT
+
+    if args.eval_every == 0 or args.eval_data == ["none"]:
+        eval_data = None
+    else:
+        eval_data = EVAL_DEFAULT if args.eval_data is None else args.eval_data
     result = train_teacher(args.size, args.out, args.overrides, data=args.data, device=args.device,
-                           max_minutes=args.max_minutes, data_workers=args.data_workers)
+                           max_minutes=args.max_minutes, data_workers=args.data_workers, eval_data=eval_data,
+                           eval_every=args.eval_every or None)
     if result.finished:
         print(f"hybridize: teacher written to {args.out} ({result.steps} steps, {result.tokens:,} tokens)")
     else:
@@ -217,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--data-workers", type=_non_negative_int, default=None,
                          help="processes drawing retrieval episodes ahead of the GPU (default: up to 8 on CUDA, 0 on "
                          "the CPU); the batches do not depend on it")
+    teacher.add_argument("--eval-data", nargs="+", default=None,
+                         help="held-out text scored during training (default: builtin:heldout when training on "
+                         "builtin:train, else none; 'none': no evaluation); it does not change the weights")
+    teacher.add_argument("--eval-every", type=_non_negative_int, default=None,
+                         help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
     teacher.add_argument("--device", default=None)
     teacher.set_defaults(func=_teacher)
     _add_bench(sub)

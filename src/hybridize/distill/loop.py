@@ -174,12 +174,15 @@ def train(
     device: torch.device,
     max_seconds: float | None = None,
     lr_option: str | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    eval_every: int = 0,
 ) -> TrainResult:
     """Run (or resume) one stage. `loss_fn(batch) -> (loss, extra metrics)`; `param_groups` are AdamW groups with
     their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters).
     With `max_seconds`, the run stops at the first step boundary after that long, with a checkpoint, and reports
     `finished=False`: the same call continues it. `lr_option` is the `--set` key a user lowers when the loss blows
-    up (default `<name>.lr`)."""
+    up (default `<name>.lr`). `evaluate() -> {name: value}` runs every `eval_every` steps and at the last step (rank 0,
+    eval mode, no gradients); its values join that step's metrics as `eval/<name>`."""
     rank, world = _rank_world()
     is_main = rank == 0
     run_dir = Path(run_dir)
@@ -239,10 +242,16 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
+        evaluated = {}
+        if evaluate is not None and eval_every > 0 and is_main and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            model.eval()
+            with torch.no_grad(), autocast:
+                evaluated = {f"eval/{k}": float(v) for k, v in evaluate().items()}
+            model.train()
         row = {"step": step + 1, "loss": loss_value, "grad_norm": norm_value,
                "tokens": (step + 1) * tokens_per_step, "tokens_per_s": tokens_done / max(elapsed, 1e-9),
                "elapsed_s": elapsed, **{f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)},
-               **extras}
+               **extras, **evaluated}
         history.append(row)
         if is_main:
             with metrics_path.open("a") as f:
@@ -252,6 +261,8 @@ def train(
                     if k != "step":
                         writer.add_scalar(f"{name}/{k}", v, step + 1)
             bar.set_postfix(loss=f"{loss_value:.4g}", tok_s=f"{row['tokens_per_s']:.3g}")
+            if evaluated:
+                bar.write(f"{name} step {step + 1}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items()))
             bar.update(1)
         last = step + 1
         out_of_time = max_seconds is not None and time.perf_counter() - t0 >= max_seconds

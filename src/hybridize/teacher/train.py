@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import random
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from ..distill.loop import TrainResult, train
 from ..distributed import barrier, is_main, rank_world
 from ..provenance import device_name, provenance
 from .recipe import TeacherRecipe, teacher_recipe
+
+EVAL_DEFAULT = "default"  # train_teacher's eval_data: held-out text chosen from the training data
 
 ANSWER_ROOM = 32  # tokens left after an episode's prompt for its answer; the rest of the row is padding
 REPEAT = "repeat"  # an episode task of the teacher only: a list of random words, then the same list again
@@ -236,13 +240,41 @@ def _weight_decay_groups(model, lr: float) -> list[dict]:
                                                             "weight_decay": 0.0}]
 
 
+def heldout_evaluator(model, tokenizer, data, seq_len: int, windows: int = 16) -> Callable[[], dict[str, float]]:
+    """`() -> {"heldout_loss", "heldout_ppl"}`: the model's mean next-token loss on `windows` consecutive windows of
+    `seq_len` tokens of `data` (text the teacher does not train on). Beside the training loss it shows memorisation:
+    a teacher that repeats its corpus (the built-in one is small) drives the one down while the other climbs."""
+    from ..evaluation.perplexity import token_nll
+
+    need, stream = windows * (seq_len + 1), []
+    for doc in iter_documents(data):
+        stream.extend(tokenizer.encode(doc, add_special_tokens=False) + [tokenizer.eos_token_id])
+        if len(stream) >= need:
+            break
+    n = min(windows, len(stream) // (seq_len + 1))  # as many windows as the text holds, up to `windows`
+    if n == 0:
+        raise ValueError(f"--eval-data {data} holds {len(stream)} tokens, fewer than one window of {seq_len + 1}; "
+                         "give more held-out text, or --eval-data none")
+    ids = torch.tensor(stream[:n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+
+    def evaluate() -> dict[str, float]:
+        device = next(model.parameters()).device
+        loss = token_nll(model, ids.to(device)).mean().item()
+        return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0))}
+
+    return evaluate
+
+
 def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None, data=None,
                   device: str | None = None, max_minutes: float | None = None,
-                  data_workers: int | None = None) -> TrainResult:
+                  data_workers: int | None = None, eval_data=EVAL_DEFAULT, eval_every: int | None = None,
+                  eval_windows: int = 16) -> TrainResult:
     """Train (or resume) the teacher of `size`; writes the HF checkpoint to `out` once the recipe's tokens are done.
     `data_workers`: processes that draw the retrieval episodes ahead of the GPU (None: up to 8 on CUDA, where the
     GPU would otherwise wait for them, none on the CPU, where they would take cores from the training itself); the
-    batches, and so the result, do not depend on it."""
+    batches, and so the result, do not depend on it. `eval_data`: held-out text scored every `eval_every` steps
+    (default: `builtin:heldout` when training on `builtin:train`, else none; None: no evaluation) and recorded in
+    the metrics and teacher.json; it does not change the weights. `eval_every` defaults to a twentieth of the run."""
     recipe = teacher_recipe(size, overrides)
     if data is not None:
         recipe.data = data
@@ -271,13 +303,20 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     if data_workers is None:
         data_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
     loader = EpisodeMixer(recipe, corpus, tokenizer, filler, rank, world, workers=data_workers)
+    if eval_data is EVAL_DEFAULT:
+        eval_data = "builtin:heldout" if recipe.data in ("builtin:train", ["builtin:train"]) else None
+    evaluate = (None if eval_data is None
+                else heldout_evaluator(model, tokenizer, eval_data, recipe.max_position_embeddings, eval_windows))
+    if eval_every is None:
+        eval_every = max(1, recipe.train.steps // 20)
     t0 = time.perf_counter()
     try:
         result = train(name="teacher", run_dir=run_dir, model=model,
                        param_groups=_weight_decay_groups(model, recipe.train.lr),
                        loss_fn=lambda b: teacher_loss(model, b, recipe.train.kl_chunk_tokens), loader=loader,
                        recipe=recipe.train, device=device,
-                       max_seconds=None if max_minutes is None else 60 * max_minutes, lr_option="train.lr")
+                       max_seconds=None if max_minutes is None else 60 * max_minutes, lr_option="train.lr",
+                       evaluate=evaluate, eval_every=eval_every)
     finally:
         loader.close()
     if result.finished and main_rank:
@@ -289,10 +328,22 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                   "result": result.as_dict(), "recipe": recipe.to_dict(), "device": device_name(device),
                   "python": sys.version.split()[0], "torch": torch.__version__,
                   "data": recipe.data if recipe.data is not None else corpus_info(), "data_workers": data_workers,
+                  "heldout": _last_eval(run_dir / "metrics.jsonl", eval_data),
                   "wall_seconds_last_run": time.perf_counter() - t0, **provenance()}
         (out / "teacher.json").write_text(json.dumps(record, indent=1))
     barrier()  # the other ranks return once the checkpoint is there
     return result
+
+
+def _last_eval(metrics: Path, eval_data) -> dict | None:
+    """The last held-out evaluation of the run (its final step) with the training corpus loss beside it."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    rows = [r for r in rows if "eval/heldout_loss" in r]
+    if eval_data is None or not rows:
+        return None
+    last = rows[-1]
+    return {"data": eval_data, "step": last["step"], "loss": last["eval/heldout_loss"],
+            "perplexity": last["eval/heldout_ppl"], "train_corpus_loss_that_step": last.get("lm_loss")}
 
 
 def _check_same_recipe(path: Path, recipe: TeacherRecipe) -> None:
