@@ -56,6 +56,17 @@ def _context(conv: Conversion, run_dir: Path, aligned: bool = True) -> Selection
                             aligned_dir=conv.stage_dir("align") / "model" if aligned else None)
 
 
+def test_halo_says_when_its_tie_break_chose():
+    """The small teacher's run (results/gpu/selectors-small-retrieving/): 9 of 12 layers at the cap, 3 kept."""
+    from hybridize.selection.halo import CAP, tie_note
+
+    scores = [0.05, CAP, CAP, CAP, CAP, 0.0, 8.2, CAP, CAP, CAP, CAP, CAP]
+    note = tie_note(scores, [1, 8, 10])
+    assert note is not None and note.startswith("9 layers (1, 2, 3, 4, 7, 8, 9, 10, 11) score the cap (50) and 3")
+    assert tie_note([0.0, 3.0, 2.0, CAP], [1, 3]) is None  # the score decided
+    assert "score 2 and 1 of them" in tie_note([1.0, 2.0, 2.0], [1])
+
+
 def test_halo_scores_match_a_hand_computation():
     R = [0.9, 0.5, 0.9, 0.2, 0.6]
     C = [-2.0, -2.5, -2.1, -2.0, -2.01]

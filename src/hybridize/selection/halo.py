@@ -139,8 +139,25 @@ def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], 
     details = {"R": R, "C": C, "s": scores, "teacher": {"R": teacher["R"], "C": teacher["C"]},
                "R_definition": "mean exact match" if isinstance(recall, RecallEval) else _name(recall),
                "C_definition": "mean log-likelihood per token" if isinstance(lm, LogLikelihoodEval) else _name(lm),
-               "eps": EPS, "cap": CAP}
+               "eps": EPS, "cap": CAP, "capped": [i for i, x in enumerate(scores) if x >= CAP]}
+    if (note := tie_note(scores, layers)) is not None:
+        details["note"] = note
+        tqdm.write(f"halo: {note}")
     return SelectionResult(layers, scores, tokens=per_call * (ctx.num_layers + 1), details=details)
+
+
+def tie_note(scores: Sequence[float], layers: Sequence[int]) -> str | None:
+    """A sentence when the chosen layers were not decided by the score alone: a chosen and an unchosen layer score
+    the same (typically both at the cap, when swapping one layer costs next to no LM quality: C_i ~ max C), so the
+    tie-break (recall lost, then LM quality lost) chose between them."""
+    chosen = set(layers)
+    cut = min(scores[i] for i in chosen)
+    tied = [i for i, x in enumerate(scores) if x == cut]
+    if all(i in chosen for i in tied):
+        return None
+    where = f"the cap ({CAP:g})" if cut >= CAP else f"{cut:.4g}"
+    return (f"{len(tied)} layers ({', '.join(map(str, tied))}) score {where} and {sum(i in chosen for i in tied)} of "
+            "them are kept: the tie-break (recall lost, then LM quality lost) chose, not the score")
 
 
 def _cache_key(ctx: SelectionContext, recall, lm) -> str:
