@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -297,3 +298,37 @@ def test_torchrun_two_ranks_convert_to_the_same_weights_as_one(teachers, text_da
                 for d in ("one", "two")]
         assert [r["step"] for r in rows[1]] == [r["step"] for r in rows[0]], stage  # rank 0 writes, once
         assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]], rel=1e-4), stage
+
+
+def test_heldout_evaluation_during_the_stages_leaves_the_weights_alone(teachers, text_data, tmp_path):
+    """`--eval-data`: each training stage scores held-out windows (alignment MSE, KL to the teacher, CE) into its
+    metrics and done.json; the weights are bit-identical to a run without it."""
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(" ".join(TEXTS[::-1]) * 40)
+    args = ["convert", "--teacher", str(teachers["qwen3"]), "--data", str(text_data), "--device", "cpu",
+            "--mixer", "lightning", "--budget", "0.5"]
+    plain = _cli(*args, "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    ev = _cli(*args, "--out", str(tmp_path / "eval"), "--eval-data", str(heldout), "--eval-every", "1")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    w1, w2 = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "eval" / "model.safetensors")
+    for k in w1:
+        assert torch.equal(w1[k], w2[k]), k
+    for stage, key in (("align", "heldout_mse"), ("distill", "heldout_kl"), ("finetune", "heldout_loss")):
+        rows = [json.loads(x) for x in (tmp_path / "eval" / "stages" / stage / "metrics.jsonl").read_text().splitlines()]
+        values = [r[f"eval/{key}"] for r in rows]  # every step (--eval-every 1)
+        assert all(v > 0 and v == v for v in values), (stage, values)
+        done = json.loads((tmp_path / "eval" / "stages" / stage / "done.json").read_text())
+        assert done["heldout"]["step"] == rows[-1]["step"] and done["heldout"][key] == values[-1]
+        assert "heldout" not in json.loads((tmp_path / "plain" / "stages" / stage / "done.json").read_text())
+        if stage != "finetune":  # the stages that learn from the teacher come closer to it on text they never saw
+            assert values[-1] < 0.9 * values[0], (stage, values)
+    assert rows[-1]["eval/heldout_ppl"] == pytest.approx(math.exp(rows[-1]["eval/heldout_loss"]))
+    short = _cli(*args, "--out", str(tmp_path / "short"), "--eval-data", str(_short_text(tmp_path)))
+    assert short.returncode == 2 and "--eval-data" in short.stderr and "fewer than one window" in short.stderr
+
+
+def _short_text(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text("too short")
+    return path

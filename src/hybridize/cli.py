@@ -50,6 +50,11 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hype", action="store_true", help="keep RoPE in attention, no query scaling or output gate, "
                    "no RoPE in the mixers")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-data", nargs="+", default=None, help="held-out text scored while stages 1-3 train "
+                   "(alignment MSE, KL to the teacher, CE: eval/* in the metrics and done.json), e.g. builtin:heldout "
+                   "when training on builtin:train; it does not change the weights (default: none)")
+    p.add_argument("--eval-every", type=_non_negative_int, default=None,
+                   help="steps between held-out evaluations (default: a tenth of each stage)")
     p.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
 
 
@@ -69,7 +74,9 @@ def _conversion(args: argparse.Namespace):
         print("hybridize: recipe 'smoke' (a quick setup check, not a quality recipe; give --recipe "
               "halo-qwen3-1.7b or your own YAML for a real conversion)", file=sys.stderr)
     recipe = load_recipe(args.recipe, overrides)
-    return Conversion(teacher=args.teacher, out=args.out, recipe=recipe, data=args.data, device=args.device)
+    eval_data = None if args.eval_data in (None, ["none"]) or args.eval_every == 0 else args.eval_data
+    return Conversion(teacher=args.teacher, out=args.out, recipe=recipe, data=args.data, device=args.device,
+                      eval_data=eval_data, eval_every=args.eval_every)
 
 
 def _convert(args: argparse.Namespace) -> None:

@@ -55,7 +55,7 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     # converted on the text the shipped teacher trained on (builtin:train, plus retrieval episodes with filler from
     # it), evaluated on builtin:heldout, which neither saw
     data = [TRAIN_DATA, str(_episodes(out / "data" / "episodes.jsonl", teacher, min(trained, 2048), data=TRAIN_DATA))]
-    conv = Conversion(teacher, out / "hybrid", recipe, data=data, device=device)
+    conv = Conversion(teacher, out / "hybrid", recipe, data=data, device=device, eval_data=EVAL_DATA)
     convert(conv)
     all_linear = out / "all-linear-stage1"  # a readable name in the report for stage 1's all-linear model
     if not all_linear.exists():

@@ -154,6 +154,13 @@ def _read_metrics(path: Path, upto: int) -> list[dict]:
     return [r for r in rows if r["step"] <= upto]
 
 
+def last_eval(metrics_path: Path) -> dict | None:
+    """The last metrics row of a run that holds held-out values (`eval/...`), or None."""
+    rows = _read_metrics(Path(metrics_path), upto=math.inf)
+    rows = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    return rows[-1] if rows else None
+
+
 def _summary_writer(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -11,6 +11,7 @@ output model) and is resumable: run again, it continues from its last checkpoint
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
-from .loop import TrainResult, train
+from ..evaluation.perplexity import token_nll
+from .loop import TrainResult, last_eval, train
 from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
 
 TRAINING_STAGES = ("align", "distill", "finetune")
@@ -37,6 +39,12 @@ class Conversion:
     recipe: Recipe
     data: str | list[str] | None = None  # data spec (None: the recipe's, else the built-in corpus)
     device: str | torch.device | None = None  # None: CUDA when available
+    # Held-out text scored during stages 1-3 (alignment MSE, KL to the teacher, CE) every `eval_every` steps (None:
+    # a tenth of the stage) on up to `eval_windows` windows of the stage's length; None: no evaluation. It does not
+    # change the weights, so it is not part of the recipe.
+    eval_data: str | list[str] | None = None
+    eval_every: int | None = None
+    eval_windows: int = 8
     _teacher: Teacher | None = field(default=None, repr=False)
     _corpus: object = field(default=None, repr=False)
 
@@ -117,9 +125,26 @@ class Conversion:
         return record
 
 
-def _train_record(result: TrainResult, recipe: StageRecipe, data) -> dict:
-    return {"result": result.as_dict(), "recipe": recipe.__dict__ | {"betas": list(recipe.betas)},
-            "data": data if data is not None else corpus_info()}
+def _train_record(result: TrainResult, recipe: StageRecipe, data, run_dir: Path | None = None,
+                  eval_data=None) -> dict:
+    record = {"result": result.as_dict(), "recipe": recipe.__dict__ | {"betas": list(recipe.betas)},
+              "data": data if data is not None else corpus_info()}
+    if eval_data is not None and run_dir is not None and (row := last_eval(run_dir / "metrics.jsonl")) is not None:
+        record["heldout"] = {"data": eval_data, "step": row["step"],
+                             **{k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}}
+    return record
+
+
+def _evaluation(conv: Conversion, r: StageRecipe, fn) -> dict:
+    """train()'s evaluate / eval_every arguments for a stage: `fn(ids) -> {name: value}` on the held-out windows
+    (B, seq_len + 1), on the conversion's device; none without eval_data."""
+    if conv.eval_data is None:
+        return {}
+    from ..evaluation.perplexity import heldout_windows
+
+    ids = heldout_windows(conv.load_teacher().tokenizer, conv.eval_data, r.seq_len, conv.eval_windows).to(conv.device)
+    every = conv.eval_every if conv.eval_every is not None else max(1, r.steps // 10)
+    return {"evaluate": lambda: fn(ids), "eval_every": every}
 
 
 def align(conv: Conversion) -> dict:
@@ -141,12 +166,17 @@ def align(conv: Conversion) -> dict:
         return loss, {f"mse/layer{i}": v for i, v in enumerate(per_layer)}
 
     r = conv.recipe.align
+
+    def heldout(ids):
+        return {"heldout_mse": float(layer_alignment_loss(teacher.model, mixers, ids[:, :-1], None)[0])}
+
     result = train(name="align", run_dir=run_dir, model=model,
                    param_groups=[{"name": "mixers", "params": list(mixers.parameters()), "lr": r.lr}],
-                   loss_fn=loss_fn, loader=conv.loader("align", r), recipe=r, device=conv.device)
+                   loss_fn=loss_fn, loader=conv.loader("align", r), recipe=r, device=conv.device,
+                   **_evaluation(conv, r, heldout))
     if is_main():
         model.save_pretrained(run_dir / "model")
-    return conv.mark_done("align", _train_record(result, r, conv.data))
+    return conv.mark_done("align", _train_record(result, r, conv.data, run_dir, conv.eval_data))
 
 
 def select(conv: Conversion) -> dict:
@@ -230,11 +260,18 @@ def distill(conv: Conversion) -> dict:
         s_hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
         return chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.model.lm_head, r.kl_chunk_tokens), {}
 
+    def heldout(ids):
+        x = ids[:, :-1]
+        t_hidden = teacher.model.model(x, use_cache=False).last_hidden_state
+        s_hidden = student.model(x, use_cache=False).last_hidden_state
+        kl = chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.model.lm_head, r.kl_chunk_tokens)
+        return {"heldout_kl": float(kl)}
+
     result = train(name="distill", run_dir=run_dir, model=student, param_groups=groups, loss_fn=loss_fn,
-                   loader=conv.loader("distill", r), recipe=r, device=conv.device)
+                   loader=conv.loader("distill", r), recipe=r, device=conv.device, **_evaluation(conv, r, heldout))
     if is_main():
         _save(student, run_dir / "model")
-    return conv.mark_done("distill", _train_record(result, r, conv.data))
+    return conv.mark_done("distill", _train_record(result, r, conv.data, run_dir, conv.eval_data))
 
 
 def finetune(conv: Conversion) -> dict:
@@ -253,12 +290,17 @@ def finetune(conv: Conversion) -> dict:
         hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
         return chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens), {}
 
+    def heldout(ids):
+        loss = float(token_nll(student, ids).mean())
+        return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0))}
+
     result = train(name="finetune", run_dir=run_dir, model=student,
                    param_groups=[{"name": "all", "params": list(student.parameters()), "lr": r.lr}],
-                   loss_fn=loss_fn, loader=conv.loader("finetune", r), recipe=r, device=conv.device)
+                   loss_fn=loss_fn, loader=conv.loader("finetune", r), recipe=r, device=conv.device,
+                   **_evaluation(conv, r, heldout))
     if is_main():
         _save(student, run_dir / "model")
-    return conv.mark_done("finetune", _train_record(result, r, conv.data))
+    return conv.mark_done("finetune", _train_record(result, r, conv.data, run_dir, conv.eval_data))
 
 
 def _prepare(student: HybridForCausalLM, r: StageRecipe) -> None:

@@ -33,6 +33,24 @@ def perplexity_windows(tokenizer, documents: Iterable[str], max_length: int, sam
     return torch.tensor(stream[:need], dtype=torch.long).view(samples, max_length + 1)
 
 
+def heldout_windows(tokenizer, data, seq_len: int, windows: int, flag: str = "--eval-data") -> torch.Tensor:
+    """(n, seq_len + 1) token ids of `data` for a training run's held-out evaluation: as many consecutive windows as
+    the text holds, up to `windows` (at least one, or a ValueError naming `flag`)."""
+    from ..data.sources import iter_documents
+
+    need, stream = windows * (seq_len + 1), []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for doc in iter_documents(data):
+        stream.extend(tokenizer.encode(doc, add_special_tokens=False) + eos)
+        if len(stream) >= need:
+            break
+    n = min(windows, len(stream) // (seq_len + 1))
+    if n == 0:
+        raise ValueError(f"{flag} {data} holds {len(stream)} tokens, fewer than one window of {seq_len + 1}; give "
+                         f"more held-out text, or {flag} none")
+    return torch.tensor(stream[:n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+
+
 @torch.inference_mode()
 def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """(B, T - 1) fp32 negative log-likelihood of tokens 1 .. T - 1.

@@ -30,7 +30,7 @@ from ..data import PackedSequences, SequenceLoader, corpus_info, iter_documents,
 from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _special_prefix, generate, task_config
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
-from ..distill.loop import TrainResult, train
+from ..distill.loop import TrainResult, last_eval, train
 from ..distributed import barrier, is_main, rank_world
 from ..provenance import device_name, provenance
 from .recipe import TeacherRecipe, teacher_recipe
@@ -244,18 +244,9 @@ def heldout_evaluator(model, tokenizer, data, seq_len: int, windows: int = 16) -
     """`() -> {"heldout_loss", "heldout_ppl"}`: the model's mean next-token loss on `windows` consecutive windows of
     `seq_len` tokens of `data` (text the teacher does not train on). Beside the training loss it shows memorisation:
     a teacher that repeats its corpus (the built-in one is small) drives the one down while the other climbs."""
-    from ..evaluation.perplexity import token_nll
+    from ..evaluation.perplexity import heldout_windows, token_nll
 
-    need, stream = windows * (seq_len + 1), []
-    for doc in iter_documents(data):
-        stream.extend(tokenizer.encode(doc, add_special_tokens=False) + [tokenizer.eos_token_id])
-        if len(stream) >= need:
-            break
-    n = min(windows, len(stream) // (seq_len + 1))  # as many windows as the text holds, up to `windows`
-    if n == 0:
-        raise ValueError(f"--eval-data {data} holds {len(stream)} tokens, fewer than one window of {seq_len + 1}; "
-                         "give more held-out text, or --eval-data none")
-    ids = torch.tensor(stream[:n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+    ids = heldout_windows(tokenizer, data, seq_len, windows)
 
     def evaluate() -> dict[str, float]:
         device = next(model.parameters()).device
@@ -336,14 +327,12 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
 
 
 def _last_eval(metrics: Path, eval_data) -> dict | None:
-    """The last held-out evaluation of the run (its final step) with the training corpus loss beside it."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
-    rows = [r for r in rows if "eval/heldout_loss" in r]
-    if eval_data is None or not rows:
+    """The last held-out evaluation of the run (its final step) with the training corpus loss of that step."""
+    row = last_eval(metrics)
+    if eval_data is None or row is None:
         return None
-    last = rows[-1]
-    return {"data": eval_data, "step": last["step"], "loss": last["eval/heldout_loss"],
-            "perplexity": last["eval/heldout_ppl"], "train_corpus_loss_that_step": last.get("lm_loss")}
+    return {"data": eval_data, "step": row["step"], "loss": row["eval/heldout_loss"],
+            "perplexity": row["eval/heldout_ppl"], "train_corpus_loss_that_step": row.get("lm_loss")}
 
 
 def _check_same_recipe(path: Path, recipe: TeacherRecipe) -> None:
