@@ -233,3 +233,23 @@ def test_heldout_evaluation_is_logged_and_leaves_the_weights_alone(tmp_path):
     assert record["perplexity"] == pytest.approx(math.exp(rows[-1]["eval/heldout_loss"]))
     assert 0 < record["loss"] < math.log(2048) + 3  # a real cross-entropy over the 2K vocabulary
     assert json.loads((tmp_path / "plain" / "teacher.json").read_text())["heldout"] is None
+
+
+def test_a_finished_run_draws_its_curves(tmp_path):
+    corpus = str(_corpus(tmp_path))
+    train_teacher("tiny", tmp_path / "t", TINY_RUN, data=[corpus], device="cpu", eval_data=[corpus], eval_every=1,
+                  eval_windows=2)
+    png = tmp_path / "t" / "run" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_failing_figure_warns_and_keeps_the_run(tmp_path, monkeypatch, capsys):
+    import hybridize.distill.curves as curves
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(curves, "plot_curves", broken)
+    result = train_teacher("tiny", tmp_path / "t", TINY_RUN, data=[str(_corpus(tmp_path))], device="cpu")
+    assert result.finished and (tmp_path / "t" / "model.safetensors").is_file()
+    assert "could not draw" in capsys.readouterr().out

@@ -161,6 +161,16 @@ def last_eval(metrics_path: Path) -> dict | None:
     return rows[-1] if rows else None
 
 
+def _draw_curves(run_dir: Path, name: str) -> None:
+    """run_dir/curves.png. The checkpoint is written by then: a plotting failure warns and loses nothing."""
+    from .curves import plot_curves
+
+    try:
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", f"{name} ({run_dir})")
+    except Exception as err:  # noqa: BLE001 - a figure must not fail a finished run
+        print(f"hybridize: warning: could not draw {run_dir / 'curves.png'}: {type(err).__name__}: {err}")
+
+
 def _summary_writer(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -287,6 +297,8 @@ def train(
     bar.close()
     if writer is not None:
         writer.close()
+    if is_main:
+        _draw_curves(run_dir, name)
     elapsed = time.perf_counter() - t0
     losses = [r["loss"] for r in history]
     tail = max(1, len(losses) // 10)
