@@ -253,3 +253,18 @@ def test_a_failing_figure_warns_and_keeps_the_run(tmp_path, monkeypatch, capsys)
     result = train_teacher("tiny", tmp_path / "t", TINY_RUN, data=[str(_corpus(tmp_path))], device="cpu")
     assert result.finished and (tmp_path / "t" / "model.safetensors").is_file()
     assert "could not draw" in capsys.readouterr().out
+
+
+def test_torchrun_refuses_a_batch_the_ranks_cannot_split(tmp_path):
+    """batch 4 of micro-batches 4 cannot go over 2 ranks: a clear error naming the field, not zero micro-batches."""
+    import subprocess
+    import sys
+
+    corpus = str(_corpus(tmp_path))
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "hybridize", "teacher", "--size", "tiny", "--data", corpus, "--out", str(tmp_path / "t"),
+                          *[a for s in TINY_RUN for a in ("--set", s)], "--device", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode != 0
+    assert "train.batch_size=4 must be a multiple of micro_batch_size=4 x 2 process(es)" in run.stderr

@@ -205,6 +205,8 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = recipe.steps
+    # under torchrun the global batch splits over the ranks: check it divides (the recipe was checked for one rank)
+    recipe.validate((lr_option or f"{name}.lr").rsplit(".", 1)[0], world)
     accum = recipe.batch_size // (recipe.micro_batch_size * world)
     for g in param_groups:
         g["initial_lr"] = g["lr"]
