@@ -6,7 +6,7 @@
 #
 # The recipe's own numbers unless these are set: TEACHER_TOKENS (train.tokens; warmup then 10% of the steps, at
 # least 50), TEACHER_BATCH (train.batch_size, sequences per optimizer step), TEACHER_MINUTES (--max-minutes: a run
-# stopped there leaves a checkpoint and no teacher; running this script again continues it).
+# stopped there leaves a checkpoint and no teacher; running this script again continues it), NPROC (GPUs, below).
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
 SIZE=${SIZE:-small}
@@ -21,7 +21,16 @@ if [ -n "${TEACHER_TOKENS:-}" ]; then
   OVERRIDES+=(--set "train.tokens=$TEACHER_TOKENS" --set "train.batch_size=$BATCH" --set "train.warmup_steps=$WARMUP")
 fi
 [ -n "${TEACHER_MINUTES:-}" ] && OVERRIDES+=(--max-minutes "$TEACHER_MINUTES")
-CMD=(python3 -m hybridize teacher --size "$SIZE" --out "$TEACHER" --device "${DEVICE:-cuda}" "${OVERRIDES[@]}" "$@")
+# NPROC=N: data parallel over N GPUs (torchrun). The recipe's micro-batch (small: 32 rows, 20 of them episodes) is
+# split so that the N ranks together hold the same global batch: micro_batch_size / N rows, episode_rows / N of them
+LAUNCH=(python3 -m hybridize)
+if [ "${NPROC:-1}" -gt 1 ]; then
+  read -r MICRO ROWS < <(python3 -c "from hybridize.teacher.recipe import teacher_recipe as t; r = t('$SIZE'); \
+print(r.train.micro_batch_size, r.episode_rows)")
+  LAUNCH=(torchrun --standalone --nproc_per_node "$NPROC" -m hybridize)
+  OVERRIDES+=(--set "train.micro_batch_size=$((MICRO / NPROC))" --set "episode_rows=$((ROWS / NPROC))")
+fi
+CMD=("${LAUNCH[@]}" teacher --size "$SIZE" --out "$TEACHER" --device "${DEVICE:-cuda}" "${OVERRIDES[@]}" "$@")
 printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/command.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 

@@ -3,6 +3,9 @@
 # its recipe, its recall at 1024 / 2048, then step 20 (the five selectors at 25%, lightning, evaluated with the
 # all-linear student on builtin:heldout) on it.
 #
+# On two GPUs (nvidia-h200-x2): NPROC=2 NEED_TRITON_371=1 THEN=60-grid-x2.sh trains the teacher data parallel
+# (torchrun), waits for Triton 3.7.1 (the GatedDeltaNet / GLA rows), then runs step 60's two lanes.
+#
 # Why one step: a session holds one GPU for ~30 minutes and the teacher's weights (133 MB) do not outlive it, so
 # the comparison must run on a teacher trained in the same session. The teacher needs no fla; step 20 needs fla,
 # which this step installs from .gpu/send/wheels, and for lightning nothing newer than the image's Triton.
@@ -42,5 +45,5 @@ trained=$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))
 python3 benchmarks/gpu-plan/teacher_recall.py "$TEACHER" --lengths "$trained,$((2 * trained))" --device "$DEVICE" \
   --out "$OUTDIR/recall.json" 2>&1 | tr '\r' '\n' | progress | tail -n 12
 
-# 4. The selectors on it
-TEACHER=$TEACHER DEVICE=$DEVICE bash benchmarks/gpu-plan/20-selectors-small.sh "$@"
+# 4. The selectors on it (step 20, one GPU), or THEN=60-grid-x2.sh: the selectors and the mixer rows on two GPUs
+TEACHER=$TEACHER DEVICE=$DEVICE bash "benchmarks/gpu-plan/${THEN:-20-selectors-small.sh}" "$@"
