@@ -249,13 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
 # 0 alone). The others (evaluation, benchmarks, the demo) would run whole on every rank and write the same files at
 # once, so under torchrun they refuse instead.
 DATA_PARALLEL = ("teacher", "convert", "align", "select", "distill", "finetune")
+# lm-eval's HFLM splits the requests over the processes of `accelerate launch` itself: left to it
+OWN_LAUNCHER = ("lm-eval",)
 
 
 def _join_torchrun(subcommand: str) -> None:
     from .distributed import init_from_env, requested_world
 
     world = requested_world()
-    if world <= 1:
+    if world <= 1 or subcommand in OWN_LAUNCHER:
         return
     if subcommand not in DATA_PARALLEL:
         raise UserError(f"`hybridize {subcommand}` runs in one process; under torchrun (WORLD_SIZE={world}) only "
