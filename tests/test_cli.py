@@ -25,6 +25,11 @@ def test_demo_runs_end_to_end_on_the_shipped_teacher(tmp_path):
     assert models == {"teacher-tiny", "hybrid", "all-linear-stage1"}, models
     assert (tmp_path / "report" / "recall_vs_length.png").is_file()
     assert (tmp_path / "hybrid" / "model.safetensors").is_file()
+    # each stage scored builtin:heldout as it trained and drew its curves; the demo points at them
+    for stage, key in (("align", "heldout_mse"), ("distill", "heldout_kl"), ("finetune", "heldout_ppl")):
+        done = json.loads((tmp_path / "hybrid" / "stages" / stage / "done.json").read_text())
+        assert done["heldout"]["data"] == "builtin:heldout" and done["heldout"][key] > 0, stage
+        assert str(tmp_path / "hybrid" / "stages" / stage / "curves.png") in out.stdout
 
 
 def test_user_errors_are_one_line_without_traceback():

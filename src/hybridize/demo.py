@@ -71,6 +71,10 @@ def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, re
     print(summary_table(json.loads((report / "report.json").read_text()), lengths))
     print()
     print(state_size_table(mixer))
+    curves = sorted((out / "hybrid" / "stages").glob("*/curves.png"))
+    if curves:
+        print("\ntraining curves (loss, held-out values, learning rate) of each stage:")
+        print("\n".join(f"  {path}" for path in curves))
     return report
 
 
