@@ -176,7 +176,8 @@ DP_RUN = ["train.tokens=3072", "train.batch_size=4", "train.micro_batch_size=2",
 def test_torchrun_two_ranks_train_the_same_teacher_as_one(tmp_path):
     """`torchrun --nproc_per_node 2 -m hybridize teacher` (gloo on the CPU): the ranks average their gradients, so
     two ranks with micro-batch 2 give the weights of one rank accumulating two micro-batches of 2. Before the
-    gradients were averaged, each rank trained on half the data and rank 0 saved its own half-trained model."""
+    gradients were averaged, each rank trained on half the data and rank 0 saved its own half-trained model. Both
+    ranks stop at the same step and resume from rank 0's checkpoint to the uninterrupted run's weights."""
     import subprocess
     import sys
 
@@ -201,6 +202,21 @@ def test_torchrun_two_ranks_train_the_same_teacher_as_one(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["tokens"] == b["tokens"]
     record = json.loads((tmp_path / "two" / "teacher.json").read_text())
     assert record["result"]["steps"] == 3
+    # killed after its first step on both ranks (--max-minutes 0), then the same command: the same weights again
+    for _ in range(2):
+        part = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "hybridize", *args, "--out", str(tmp_path / "resumed"), "--max-minutes", "0"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert part.returncode == 0, part.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and not (tmp_path / "resumed" / "model.safetensors").exists()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "hybridize", *args, "--out", str(tmp_path / "resumed")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    w3 = load_file(tmp_path / "resumed" / "model.safetensors")
+    for k in w2:
+        assert torch.equal(w2[k], w3[k]), k  # the same two ranks, interrupted twice: bit-identical
 
 
 def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path, monkeypatch, capsys):
