@@ -326,6 +326,9 @@ def test_heldout_evaluation_during_the_stages_leaves_the_weights_alone(teachers,
     assert rows[-1]["eval/heldout_ppl"] == pytest.approx(math.exp(rows[-1]["eval/heldout_loss"]))
     short = _cli(*args, "--out", str(tmp_path / "short"), "--eval-data", str(_short_text(tmp_path)))
     assert short.returncode == 2 and "--eval-data" in short.stderr and "fewer than one window" in short.stderr
+    missing = _cli(*args, "--out", str(tmp_path / "missing"), "--eval-data", str(tmp_path / "nowhere.txt"))
+    assert missing.returncode == 2 and "not found" in missing.stderr and "nowhere.txt" in missing.stderr
+    assert not (tmp_path / "missing").exists()  # refused before anything was written
 
 
 def _short_text(tmp_path: Path) -> Path:

@@ -53,7 +53,8 @@ class Conversion:
         self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.data is None:
             self.data = self.recipe.data
-        for item in spec_items(self.data):  # a missing file fails now, not after an hour of stage 1
+        held_out = spec_items(self.eval_data) if self.eval_data is not None else []
+        for item in [*spec_items(self.data), *held_out]:  # a missing file fails now, not after an hour of stage 1
             source_files(item)
         if is_main():  # under torchrun rank 0 writes recipe.yaml; the others check theirs against it
             self._check_recipe()

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from ..data import PackedSequences, SequenceLoader, corpus_info, iter_documents, tokenize_corpus
+from ..data.sources import source_files, spec_items
 from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _special_prefix, generate, task_config
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
@@ -269,6 +270,11 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     recipe = teacher_recipe(size, overrides)
     if data is not None:
         recipe.data = data
+    if eval_data is EVAL_DEFAULT:
+        eval_data = "builtin:heldout" if recipe.data in ("builtin:train", ["builtin:train"]) else None
+    if eval_data is not None:  # a missing held-out file fails now, before the tokenizer is trained
+        for item in spec_items(eval_data):
+            source_files(item)
     out = Path(out)
     run_dir = out / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,8 +300,6 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     if data_workers is None:
         data_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
     loader = EpisodeMixer(recipe, corpus, tokenizer, filler, rank, world, workers=data_workers)
-    if eval_data is EVAL_DEFAULT:
-        eval_data = "builtin:heldout" if recipe.data in ("builtin:train", ["builtin:train"]) else None
     evaluate = (None if eval_data is None
                 else heldout_evaluator(model, tokenizer, eval_data, recipe.max_position_embeddings, eval_windows))
     if eval_every is None:
