@@ -86,11 +86,14 @@ def test_generate_static_equals_dynamic_and_manual_loop(pattern):
 
 
 @pytest.mark.parametrize("pattern", ["mixed", "all_linear"])
-def test_decode_step_is_capturable(pattern, monkeypatch):
+@pytest.mark.parametrize("fused", [False, True])
+def test_decode_step_is_capturable(pattern, fused, monkeypatch):
     """What a CUDA graph replay needs, checked on the CPU: the one-token step (1) reads no tensor value back to the
     host, (2) keeps every buffer at its address, (3) does not depend on the Python-side token count, which a replay
-    leaves frozen at its capture value."""
+    leaves frozen at its capture value. Also with fused input projections (`fuse_projections`)."""
     model = _model(pattern, linear_conv_size=4)
+    if fused:
+        assert model.fuse_projections() > 0
     ids, mask = _left_padded([6, 3])
     cache = HybridStaticCache(model.config, max_cache_len=16, batch_size=2)
     frozen = HybridStaticCache(model.config, max_cache_len=16, batch_size=2)
@@ -235,6 +238,19 @@ def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
     train = json.loads((tmp_path / "train.json").read_text())
     assert train["tokens_per_s"] > 0 and 0 < train["mfu"] and train["seq_len"] == 32
     assert train["command"].startswith("hybridize bench --train")
+
+
+def test_bench_measures_fused_projections_side_by_side(tmp_path):
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32",
+               "--new-tokens", "2", "--repeats", "1", "--variants", "hybrid,hybrid-fused,teacher-engine-fused",
+               "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert set(rows) == {"hybrid", "hybrid-fused", "teacher-engine-fused"}
+    assert rows["hybrid-fused"]["mixer"] == "lightning" and rows["teacher-engine-fused"]["budget"] == "1.0"
+    # the same model and cache; only the projections' matmuls differ
+    assert rows["hybrid-fused"]["cache_gib"] == rows["hybrid"]["cache_gib"]
+    assert rows["hybrid-fused"]["tpot_bound_ms"] == rows["hybrid"]["tpot_bound_ms"]
 
 
 def test_bench_user_errors_are_one_line(capsys, tmp_path):

@@ -161,7 +161,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench.inference import DTYPES, VARIANTS
+    from .bench.inference import ALL_VARIANTS, DTYPES, VARIANTS
 
     bench = sub.add_parser("bench", help="speed of a hybrid vs its teacher: prefill latency, time per output token, "
                            "decode throughput, peak memory, each beside its roofline bound (--train: distillation "
@@ -177,7 +177,8 @@ def _add_bench(sub) -> None:
                        help="context lengths (default 4K,8K,16K,32K,64K,128K)")
     bench.add_argument("--batches", type=_int_list, default=[1], help="batch sizes, e.g. 1,8,64 (default 1)")
     bench.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
-                       default=list(VARIANTS), help=f"subset of {','.join(VARIANTS)} (default: all)")
+                       default=list(VARIANTS), help=f"subset of {','.join(ALL_VARIANTS)} (default: "
+                       f"{','.join(VARIANTS)}; the -fused ones add fused input projections)")
     bench.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     bench.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
     bench.add_argument("--new-tokens", type=int, default=32, help="timed decode steps per measurement")

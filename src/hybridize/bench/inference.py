@@ -5,6 +5,9 @@ Variants (same shape, random weights: speed does not depend on their values):
   hybrid          our engine, attention kept in `budget` of the layers (placed like the `uniform` selector), the
                   mixer elsewhere, HyPE on;
   teacher-engine  our engine with every layer attention (RoPE, the teacher's own semantics), same decode path;
+  hybrid-fused, teacher-engine-fused
+                  the same with `model.fuse_projections()` (one matmul for q|k|v|gate and for gate|up; not in the
+                  default set);
   teacher-hf      the stock transformers model of the shape (Qwen3 / Llama class, SDPA) in its fastest stock setting:
                   prefill with its dynamic cache, decode with its `StaticCache` and `torch.compile(mode=
                   "reduce-overhead")` on CUDA (eager on the CPU, where compiling would dominate a test run).
@@ -42,7 +45,11 @@ from ..models.shapes import SHAPES, shape_config
 from ..selection.uniform import resolve_budget, uniform_layers
 from . import roofline
 
-VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")
+VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")  # the default set
+# the same engines with fused input projections (hybridize.mixers.fusion): `--variants hybrid,hybrid-fused` measures
+# the fusion side by side in one run
+FUSED = ("hybrid-fused", "teacher-engine-fused")
+ALL_VARIANTS = VARIANTS + FUSED
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LINEAR_MIXERS = ("lightning", "gated_deltanet", "gla")
 
@@ -143,8 +150,11 @@ class _Runner:
     def __init__(self, variant: str, models: Models, device: torch.device, dtype: torch.dtype, prefill_chunk: int):
         self.variant, self.device, self.dtype, self.prefill_chunk = variant, device, dtype, prefill_chunk
         self.hf = variant == "teacher-hf"
-        self.config = models.hybrid if variant == "hybrid" else models.teacher  # what the bounds are counted on
+        self.is_hybrid = variant.startswith("hybrid")
+        self.config = models.hybrid if self.is_hybrid else models.teacher  # what the bounds are counted on
         self.model = _instantiate(models.hf_config if self.hf else self.config, device, dtype, self.hf)
+        if variant in FUSED:
+            self.model.fuse_projections()
         self.weight_bytes = roofline.weight_bytes(self.model)
         self._compiled = None
 
@@ -235,9 +245,9 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
     batches = _positive_list("batches", batches)
     for name, value in (("new_tokens", new_tokens), ("repeats", repeats), ("prefill_chunk", prefill_chunk)):
         _positive_list(name, [value])
-    bad = [v for v in variants if v not in VARIANTS]
+    bad = [v for v in variants if v not in ALL_VARIANTS]
     if bad or not variants:
-        raise ValueError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {list(variants)!r}")
+        raise ValueError(f"variants must be a non-empty subset of {list(ALL_VARIANTS)}, got {list(variants)!r}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -287,8 +297,8 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
              peaks: dict, header: dict, budget, mixer: str) -> dict:
     device = runner.device
     config = runner.config
-    row = dict(model=models.name, variant=runner.variant, mixer=mixer if runner.variant == "hybrid" else None,
-               budget=str(budget) if runner.variant == "hybrid" else "1.0", context=context, batch=batch,
+    row = dict(model=models.name, variant=runner.variant, mixer=mixer if runner.is_hybrid else None,
+               budget=str(budget) if runner.is_hybrid else "1.0", context=context, batch=batch,
                prefill_s=None, tpot_ms=None, decode_tok_s=None,
                prefill_bound_s=roofline.prefill_flops(config, batch, context) / peaks["matmul_flops"],
                tpot_bound_ms=1e3 * roofline.decode_bytes(config, batch, context, runner.weight_bytes, runner.dtype)

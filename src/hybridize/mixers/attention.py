@@ -16,6 +16,9 @@ from transformers.cache_utils import StaticLayer
 from . import kernels
 from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
 from .state import StaticKV
+from .fusion import project
+
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads the mixer's input x (g_proj: HyPE's gate)
 
 
 class Attention(Mixer):
@@ -41,9 +44,10 @@ class Attention(Mixer):
 
     def forward(self, x: Tensor, info: SeqInfo, state=None) -> tuple[Tensor, object]:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k, v, gate = project(self, x, PROJECTIONS)  # one matmul once fused (fusion.py)
+        q = q.view(B, T, self.num_heads, self.head_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
@@ -60,7 +64,7 @@ class Attention(Mixer):
             state.store(k, v, q_pos)
             o = kernels.decode_attention(q.reshape(B, self.num_kv_heads, -1, self.head_dim), state.keys,
                                          state.values, q_pos, info.padding_mask, self.scaling)
-            return self._out(o.reshape(B, 1, self.num_heads * self.head_dim), x), state
+            return self._out(o.reshape(B, 1, self.num_heads * self.head_dim), gate), state
         if isinstance(state, StaticKV):
             k, v, k_pos = state.write(k, v, q_pos, past)
             contiguous = T > 1 and (self.sliding_window is None or past == 0)
@@ -71,12 +75,12 @@ class Attention(Mixer):
             k_pos = torch.arange(past + T - k.shape[2], past + T, device=q.device)
         mask = self._mask(info, q_pos, k_pos, contiguous)
         o = self._attend(q, k, v, mask)
-        return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), x), state
+        return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
 
-    def _out(self, o: Tensor, x: Tensor) -> Tensor:
+    def _out(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """(B, T, H*D) attention output -> (B, T, hidden): the optional sigmoid gate, then o_proj."""
-        if self.g_proj is not None:
-            o = o * torch.sigmoid(self.g_proj(x))
+        if gate is not None:  # g_proj(x), projected with q, k, v
+            o = o * torch.sigmoid(gate)
         return self.o_proj(o)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:

@@ -18,6 +18,7 @@ from torch import nn
 
 from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes
 from . import kernels
+from .fusion import project
 
 
 class ShortConv(nn.Conv1d):
@@ -66,7 +67,7 @@ class LinearMixer(Mixer):
         if mask is not None:
             x = x * mask.unsqueeze(-1).to(x.dtype)
         rec, conv_state = _read(state)
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v, gate = project(self, x, ("q_proj", "k_proj", "v_proj", "g_proj"))  # one matmul once fused
         if mask is not None and self.v_proj.bias is not None:  # biases would make padded k, v non-zero
             keep = mask.unsqueeze(-1).to(x.dtype)
             q, k, v = q * keep, k * keep, v * keep
@@ -85,7 +86,7 @@ class LinearMixer(Mixer):
             state.update_recurrent_state(rec)
             if conv_state is not None:
                 state.update_conv_state(conv_state)  # given a full (N, D, W) window, this stores it as is
-        gate = self.g_proj(x).view(B, T, H, V)
+        gate = gate.view(B, T, H, V)
         o = kernels.rms_norm_gated(o.to(x.dtype), self.o_norm.weight, self.o_norm.eps, gate, self.gate_activation)
         return self.o_proj(o.reshape(B, T, H * V)), state
 

@@ -22,6 +22,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_u
 
 from ..mixers import SeqInfo, build_mixer, kernels
 from ..mixers.base import RMSNorm
+from ..mixers.fusion import fuse_projections, project
 from ..mixers.gated_deltanet import GatedDeltaNet
 from .cache import HybridCache, HybridStaticCache, cache_kwargs, output_cache, past_length, resolve_cache
 from .configuration import HybridConfig
@@ -77,9 +78,10 @@ class HybridMLP(nn.Module):
         self.silu = config.hidden_act == "silu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = project(self, x, ("gate_proj", "up_proj"))  # one matmul once fused (fusion.py)
         if self.silu:
-            return self.down_proj(kernels.silu_mul(self.gate_proj(x), self.up_proj(x)))
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(kernels.silu_mul(gate, up))
+        return self.down_proj(self.act_fn(gate) * up)
 
 
 class HybridBlock(GradientCheckpointingLayer):
@@ -296,6 +298,12 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             logits.append(out.logits)
         return CausalLMOutputWithPast(logits=torch.cat(logits, dim=1) if all_logits else logits[-1],
                                       **cache_kwargs(cache))
+
+    def fuse_projections(self) -> int:
+        """Inference: one matmul for q|k|v(|gate) of each mixer and for gate|up of each MLP, with no memory added
+        (the projections' weights become views of the fused ones; saving, loading and training are unchanged).
+        Returns the number of fused groups. See hybridize.mixers.fusion."""
+        return fuse_projections(self)
 
     def state_size(self, context_len: int, batch_size: int = 1, dtype: torch.dtype | None = None) -> int:
         """Bytes of decode state (KV caches + recurrent and conv states) after `context_len` tokens."""

@@ -1,0 +1,109 @@
+"""One matmul for the projections that read the same input: q|k|v(|gate) of every attention and linear mixer, gate|up
+of every MLP (issue 7: at batch-1 decode each projection is its own matrix-vector product, and the 4-8 MB ones do not
+stream their weights at full bandwidth).
+
+`fuse_projections(model)` concatenates each group's weights into one tensor and makes the original `nn.Linear`
+weights row-slices (views) of it: no memory is added, training and loading still go through the original modules
+(an in-place optimizer step or `load_state_dict` writes into the fused tensor), and `state_dict` returns copies so
+`save_pretrained` writes the usual keys. The fused matmul is used only without autograd (`torch.no_grad`, inference:
+generate, the CUDA-graph decode, the benchmark), and only while the views still alias it: after `.to(dtype)` or a
+device move the modules hold new tensors and the projections run one by one again, correct and unfused.
+
+Results equal the unfused projections up to the matmul's summation order (tested on the CPU); whether it is faster
+is measured by `hybridize bench --variants hybrid,hybrid-fused` side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# per module class name: the groups of Linear attributes that read the same input, in output order
+GROUPS = {
+    "Attention": ("q_proj", "k_proj", "v_proj", "g_proj"),
+    "LinearMixer": ("q_proj", "k_proj", "v_proj", "g_proj"),
+    "HybridMLP": ("gate_proj", "up_proj"),
+}
+_ATTR = "_fused_in"
+
+
+@dataclass
+class Fused:
+    names: tuple[str, ...]
+    weight: torch.Tensor  # (sum of out_features, in_features)
+    bias: torch.Tensor | None
+    sizes: list[int]
+    pointers: list[int]  # where each module's weight view starts
+
+
+def project(module: nn.Module, x: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor | None]:
+    """`[getattr(module, n)(x) for n in names]` (None for a missing module), by one matmul when `module` was fused
+    and no gradient is being recorded."""
+    fused: Fused | None = module.__dict__.get(_ATTR)
+    if fused is not None and not torch.is_grad_enabled() and _intact(module, fused):
+        outs = iter(F.linear(x, fused.weight, fused.bias).split(fused.sizes, dim=-1))
+        return [next(outs) if n in fused.names else None for n in names]
+    return [None if getattr(module, n, None) is None else getattr(module, n)(x) for n in names]
+
+
+def _intact(module: nn.Module, fused: Fused) -> bool:
+    """The modules' weights are still the fused tensor's rows, not tensors that `.to()`, `load_state_dict(assign=True)`
+    or a new Parameter put in their place (the fused tensor stays alive, so no new tensor can reuse its address)."""
+    return all(getattr(module, n).weight.data_ptr() == p for n, p in zip(fused.names, fused.pointers))
+
+
+def _fuse(module: nn.Module, names: tuple[str, ...]) -> bool:
+    linears = [(n, getattr(module, n)) for n in names if isinstance(getattr(module, n, None), nn.Linear)]
+    if len(linears) < 2:
+        return False
+    first = linears[0][1].weight
+    if any(lin.weight.dtype != first.dtype or lin.weight.device != first.device or
+           lin.in_features != linears[0][1].in_features for _, lin in linears):
+        return False
+    with torch.no_grad():
+        weight = torch.cat([lin.weight for _, lin in linears])
+        has_bias = any(lin.bias is not None for _, lin in linears)
+        bias = None
+        if has_bias:
+            bias = torch.cat([lin.bias if lin.bias is not None else
+                              torch.zeros(lin.out_features, dtype=first.dtype, device=first.device) for _, lin in linears])
+    offset = 0
+    for _, lin in linears:
+        lin.weight.data = weight[offset:offset + lin.out_features]  # a view: the old storage is freed
+        if lin.bias is not None:
+            lin.bias.data = bias[offset:offset + lin.out_features]
+        offset += lin.out_features
+    module.__dict__[_ATTR] = Fused(tuple(n for n, _ in linears), weight, bias, [lin.out_features for _, lin in linears],
+                                   [lin.weight.data_ptr() for _, lin in linears])
+    if not getattr(module, "_fusion_hook", False):
+        module._register_state_dict_hook(_copy_views)
+        module._fusion_hook = True
+    return True
+
+
+def _copy_views(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """state_dict of a fused module: each weight as its own tensor (safetensors refuses tensors sharing storage)."""
+    fused: Fused | None = module.__dict__.get(_ATTR)
+    if fused is None:
+        return
+    for name in fused.names:
+        for part in ("weight", "bias"):
+            key = f"{prefix}{name}.{part}"
+            if key in state_dict and state_dict[key] is not None:
+                state_dict[key] = state_dict[key].clone()
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse every group of projections in `model`; returns how many groups were fused."""
+    count = 0
+    for module in model.modules():
+        names = next((g for cls, g in GROUPS.items() if any(c.__name__ == cls for c in type(module).__mro__)), None)
+        if names is not None and _fuse(module, names):
+            count += 1
+    return count
+
+
+__all__ = ["fuse_projections", "project"]
