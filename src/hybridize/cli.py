@@ -74,9 +74,8 @@ def _conversion(args: argparse.Namespace):
         print("hybridize: recipe 'smoke' (a quick setup check, not a quality recipe; give --recipe "
               "halo-qwen3-1.7b or your own YAML for a real conversion)", file=sys.stderr)
     recipe = load_recipe(args.recipe, overrides)
-    eval_data = None if args.eval_data in (None, ["none"]) or args.eval_every == 0 else args.eval_data
     return Conversion(teacher=args.teacher, out=args.out, recipe=recipe, data=args.data, device=args.device,
-                      eval_data=eval_data, eval_every=args.eval_every)
+                      eval_data=_eval_data(args, default=None), eval_every=args.eval_every)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -102,6 +101,13 @@ def _one_stage(stage: str):
     return run
 
 
+def _eval_data(args: argparse.Namespace, default):
+    """--eval-data as given; `default` without it; None (no evaluation) for `--eval-data none` or --eval-every 0."""
+    if args.eval_every == 0 or args.eval_data == ["none"]:
+        return None
+    return default if args.eval_data is None else args.eval_data
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -113,17 +119,11 @@ def _non_negative_int(text: str) -> int:
 
 
 def _teacher(args: argparse.Namespace) -> None:
-    from .teacher import train_teacher
+    from .teacher.train import EVAL_DEFAULT, train_teacher
 
-    from .teacher.train import EVAL_DEFAULT
-
-    if args.eval_every == 0 or args.eval_data == ["none"]:
-        eval_data = None
-    else:
-        eval_data = EVAL_DEFAULT if args.eval_data is None else args.eval_data
     result = train_teacher(args.size, args.out, args.overrides, data=args.data, device=args.device,
-                           max_minutes=args.max_minutes, data_workers=args.data_workers, eval_data=eval_data,
-                           eval_every=args.eval_every or None)
+                           max_minutes=args.max_minutes, data_workers=args.data_workers,
+                           eval_data=_eval_data(args, default=EVAL_DEFAULT), eval_every=args.eval_every or None)
     if result.finished:
         print(f"hybridize: teacher written to {args.out} ({result.steps} steps, {result.tokens:,} tokens)")
     else:

@@ -78,6 +78,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def rank0_first(fn) -> None:
+    """`fn()` on rank 0, then, once it is done, on the others: rank 0 writes what is missing (a recipe file, a
+    tokenizer), the others find it there and only check it."""
+    if is_main():
+        fn()
+    barrier()
+    if not is_main():
+        fn()
+
+
 def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
     """Average each tensor over the ranks, in place: one all-reduce per dtype (flattened), not one per tensor."""
     world = rank_world()[1]
@@ -107,5 +117,5 @@ def all_reduce_grads_(params: list[torch.nn.Parameter]) -> None:
     all_reduce_mean_([p.grad for p in params])
 
 
-__all__ = ["all_reduce_grads_", "all_reduce_mean_", "barrier", "init_from_env", "is_main", "rank_world",
-           "requested_world", "single_process"]
+__all__ = ["all_reduce_grads_", "all_reduce_mean_", "barrier", "init_from_env", "is_main", "rank0_first",
+           "rank_world", "requested_world", "single_process"]

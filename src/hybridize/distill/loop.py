@@ -60,9 +60,6 @@ class TrainResult:
         return dict(self.__dict__)
 
 
-_rank_world = rank_world  # kept for the callers that import it from here
-
-
 def lr_factor(step: int, recipe: StageRecipe) -> float:
     """Multiplier of the peak LR at optimizer step `step` (0-based): linear warmup, then cosine down to
     min_lr / lr at the last step, or constant."""
@@ -200,7 +197,7 @@ def train(
     `finished=False`: the same call continues it. `lr_option` is the `--set` key a user lowers when the loss blows
     up (default `<name>.lr`). `evaluate() -> {name: value}` runs every `eval_every` steps and at the last step (rank 0,
     eval mode, no gradients); its values join that step's metrics as `eval/<name>`."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     is_main = rank == 0
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

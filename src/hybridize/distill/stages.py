@@ -11,7 +11,6 @@ output model) and is resumable: run again, it continues from its last checkpoint
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +19,12 @@ import torch
 from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import source_files, spec_items
-from ..distributed import barrier, is_main, single_process
+from ..distributed import barrier, is_main, rank0_first, rank_world, single_process
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
-from ..evaluation.perplexity import token_nll
+from ..evaluation.perplexity import heldout_lm
 from .loop import TrainResult, last_eval, train
 from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
 
@@ -56,11 +55,7 @@ class Conversion:
         held_out = spec_items(self.eval_data) if self.eval_data is not None else []
         for item in [*spec_items(self.data), *held_out]:  # a missing file fails now, not after an hour of stage 1
             source_files(item)
-        if is_main():  # under torchrun rank 0 writes recipe.yaml; the others check theirs against it
-            self._check_recipe()
-        barrier()
-        if not is_main():
-            self._check_recipe()
+        rank0_first(self._check_recipe)  # under torchrun rank 0 writes recipe.yaml; the others check theirs against it
 
     def _check_recipe(self) -> None:
         """An output folder belongs to one recipe: resuming with different numbers would mix two runs."""
@@ -91,11 +86,9 @@ class Conversion:
         return self._teacher
 
     def loader(self, stage: str, stage_recipe: StageRecipe) -> SequenceLoader:
-        from .loop import _rank_world
-
         if self._corpus is None:
             self._corpus = tokenize_corpus(self.data, self.load_teacher().tokenizer)
-        rank, world = _rank_world()
+        rank, world = rank_world()
         sequences = PackedSequences(self._corpus, stage_recipe.seq_len)
         return SequenceLoader(sequences, stage_recipe.micro_batch_size, seed=self.recipe.seed + STAGES.index(stage),
                               rank=rank, world_size=world, document_masking=self.recipe.document_masking)
@@ -291,14 +284,10 @@ def finetune(conv: Conversion) -> dict:
         hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
         return chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens), {}
 
-    def heldout(ids):
-        loss = float(token_nll(student, ids).mean())
-        return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0))}
-
     result = train(name="finetune", run_dir=run_dir, model=student,
                    param_groups=[{"name": "all", "params": list(student.parameters()), "lr": r.lr}],
                    loss_fn=loss_fn, loader=conv.loader("finetune", r), recipe=r, device=conv.device,
-                   **_evaluation(conv, r, heldout))
+                   **_evaluation(conv, r, lambda ids: heldout_lm(student, ids)))
     if is_main():
         _save(student, run_dir / "model")
     return conv.mark_done("finetune", _train_record(result, r, conv.data, run_dir, conv.eval_data))

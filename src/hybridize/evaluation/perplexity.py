@@ -16,15 +16,21 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
-def perplexity_windows(tokenizer, documents: Iterable[str], max_length: int, samples: int) -> torch.Tensor:
-    """(samples, max_length + 1) token ids: consecutive windows of the documents' token stream."""
-    need = samples * (max_length + 1)
+def _token_stream(tokenizer, documents: Iterable[str], need: int) -> list[int]:
+    """The documents' tokens, each followed by EOS, read until `need` tokens are there (or the text ends)."""
     stream: list[int] = []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     for doc in documents:
         stream.extend(tokenizer.encode(doc, add_special_tokens=False) + eos)
         if len(stream) >= need:
             break
+    return stream
+
+
+def perplexity_windows(tokenizer, documents: Iterable[str], max_length: int, samples: int) -> torch.Tensor:
+    """(samples, max_length + 1) token ids: consecutive windows of the documents' token stream."""
+    need = samples * (max_length + 1)
+    stream = _token_stream(tokenizer, documents, need)
     if len(stream) < need:
         raise ValueError(
             f"the perplexity data holds {len(stream)} tokens, but {samples} windows of {max_length + 1} tokens need "
@@ -38,17 +44,18 @@ def heldout_windows(tokenizer, data, seq_len: int, windows: int, flag: str = "--
     the text holds, up to `windows` (at least one, or a ValueError naming `flag`)."""
     from ..data.sources import iter_documents
 
-    need, stream = windows * (seq_len + 1), []
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for doc in iter_documents(data):
-        stream.extend(tokenizer.encode(doc, add_special_tokens=False) + eos)
-        if len(stream) >= need:
-            break
+    stream = _token_stream(tokenizer, iter_documents(data), windows * (seq_len + 1))
     n = min(windows, len(stream) // (seq_len + 1))
     if n == 0:
         raise ValueError(f"{flag} {data} holds {len(stream)} tokens, fewer than one window of {seq_len + 1}; give "
                          f"more held-out text, or {flag} none")
     return torch.tensor(stream[:n * (seq_len + 1)], dtype=torch.long).view(n, seq_len + 1)
+
+
+def heldout_lm(model, ids: torch.Tensor) -> dict[str, float]:
+    """{"heldout_loss", "heldout_ppl"}: the model's mean next-token loss on held-out windows (`heldout_windows`)."""
+    loss = token_nll(model, ids.to(next(model.parameters()).device)).mean().item()
+    return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0))}
 
 
 @torch.inference_mode()

@@ -18,10 +18,9 @@ from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
 from .state import StaticKV
 from .fusion import project
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads the mixer's input x (g_proj: HyPE's gate)
-
 
 class Attention(Mixer):
+    fused_projections = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads x (g_proj: HyPE's gate); fusion.py
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
@@ -44,7 +43,7 @@ class Attention(Mixer):
 
     def forward(self, x: Tensor, info: SeqInfo, state=None) -> tuple[Tensor, object]:
         B, T, _ = x.shape
-        q, k, v, gate = project(self, x, PROJECTIONS)  # one matmul once fused (fusion.py)
+        q, k, v, gate = project(self, x, self.fused_projections)  # one matmul once fused
         q = q.view(B, T, self.num_heads, self.head_dim)
         k = k.view(B, T, self.num_kv_heads, self.head_dim)
         v = v.view(B, T, self.num_kv_heads, self.head_dim)

@@ -21,12 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# per module class name: the groups of Linear attributes that read the same input, in output order
-GROUPS = {
-    "Attention": ("q_proj", "k_proj", "v_proj", "g_proj"),
-    "LinearMixer": ("q_proj", "k_proj", "v_proj", "g_proj"),
-    "HybridMLP": ("gate_proj", "up_proj"),
-}
+# A module class opts in with `fused_projections = (names of its Linear modules that read the same input, in output
+# order)`, and computes them with `project(self, x, self.fused_projections)`: Attention, LinearMixer, HybridMLP.
 _ATTR = "_fused_in"
 
 
@@ -100,7 +96,7 @@ def fuse_projections(model: nn.Module) -> int:
     """Fuse every group of projections in `model`; returns how many groups were fused."""
     count = 0
     for module in model.modules():
-        names = next((g for cls, g in GROUPS.items() if any(c.__name__ == cls for c in type(module).__mro__)), None)
+        names = getattr(type(module), "fused_projections", None)
         if names is not None and _fuse(module, names):
             count += 1
     return count

@@ -33,6 +33,7 @@ class ShortConv(nn.Conv1d):
 
 class LinearMixer(Mixer):
     layer_type = "linear_attention"
+    fused_projections = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads x (g_proj: the output gate); fusion.py
     #: activation applied to q, k, v when there is no short convolution (fla: SiLU for GatedDeltaNet)
     qkv_activation: str | None = None
     #: output gate nonlinearity: "sigmoid" (Lightning) or "silu" (fla's swish gate for GatedDeltaNet and GLA)
@@ -67,7 +68,7 @@ class LinearMixer(Mixer):
         if mask is not None:
             x = x * mask.unsqueeze(-1).to(x.dtype)
         rec, conv_state = _read(state)
-        q, k, v, gate = project(self, x, ("q_proj", "k_proj", "v_proj", "g_proj"))  # one matmul once fused
+        q, k, v, gate = project(self, x, self.fused_projections)  # one matmul once fused
         if mask is not None and self.v_proj.bias is not None:  # biases would make padded k, v non-zero
             keep = mask.unsqueeze(-1).to(x.dtype)
             q, k, v = q * keep, k * keep, v * keep

@@ -68,6 +68,8 @@ class HybridMLP(nn.Module):
     """SwiGLU: down(act(gate(x)) * up(x)); with SiLU, act(.) * up is one fused kernel at inference on the GPU
     (`kernels.silu_mul`)."""
 
+    fused_projections = ("gate_proj", "up_proj")
+
     def __init__(self, config: HybridConfig):
         super().__init__()
         h, i = config.hidden_size, config.intermediate_size
@@ -78,7 +80,7 @@ class HybridMLP(nn.Module):
         self.silu = config.hidden_act == "silu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = project(self, x, ("gate_proj", "up_proj"))  # one matmul once fused (fusion.py)
+        gate, up = project(self, x, self.fused_projections)  # one matmul once fused (mixers/fusion.py)
         if self.silu:
             return self.down_proj(kernels.silu_mul(gate, up))
         return self.down_proj(self.act_fn(gate) * up)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import multiprocessing
 import os
 import random
@@ -32,7 +31,7 @@ from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _specia
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
 from ..distill.loop import TrainResult, last_eval, train
-from ..distributed import barrier, is_main, rank_world
+from ..distributed import barrier, is_main, rank0_first, rank_world
 from ..provenance import device_name, provenance
 from .recipe import TeacherRecipe, teacher_recipe
 
@@ -245,16 +244,10 @@ def heldout_evaluator(model, tokenizer, data, seq_len: int, windows: int = 16) -
     """`() -> {"heldout_loss", "heldout_ppl"}`: the model's mean next-token loss on `windows` consecutive windows of
     `seq_len` tokens of `data` (text the teacher does not train on). Beside the training loss it shows memorisation:
     a teacher that repeats its corpus (the built-in one is small) drives the one down while the other climbs."""
-    from ..evaluation.perplexity import heldout_windows, token_nll
+    from ..evaluation.perplexity import heldout_lm, heldout_windows
 
     ids = heldout_windows(tokenizer, data, seq_len, windows)
-
-    def evaluate() -> dict[str, float]:
-        device = next(model.parameters()).device
-        loss = token_nll(model, ids.to(device)).mean().item()
-        return {"heldout_loss": loss, "heldout_ppl": math.exp(min(loss, 50.0))}
-
-    return evaluate
+    return lambda: heldout_lm(model, ids)
 
 
 def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None, data=None,
@@ -278,17 +271,16 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     out = Path(out)
     run_dir = out / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    main_rank = is_main()  # under torchrun only rank 0 writes; the others read what it wrote after a barrier
-    if main_rank:
-        _check_same_recipe(run_dir / "recipe.json", recipe)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok_dir = run_dir / "tokenizer"
-    if main_rank and not (tok_dir / "tokenizer.json").is_file():
-        # deterministic for the same corpus; kept so that a resumed run tokenizes the same way
-        train_bpe_tokenizer(iter_documents(recipe.data), recipe.vocab_size).save_pretrained(tok_dir)
-    barrier()
-    if not main_rank:
-        _check_same_recipe(run_dir / "recipe.json", recipe)  # reads rank 0's file: a mismatch fails on every rank
+
+    def prepare() -> None:  # under torchrun rank 0 writes these; the others find them and check the recipe
+        _check_same_recipe(run_dir / "recipe.json", recipe)
+        if not (tok_dir / "tokenizer.json").is_file():
+            # deterministic for the same corpus; kept so that a resumed run tokenizes the same way
+            train_bpe_tokenizer(iter_documents(recipe.data), recipe.vocab_size).save_pretrained(tok_dir)
+
+    rank0_first(prepare)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(recipe.seed)
     model = Qwen3ForCausalLM(recipe.model_config(tokenizer)).to(device)
@@ -314,7 +306,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                        evaluate=evaluate, eval_every=eval_every)
     finally:
         loader.close()
-    if result.finished and main_rank:
+    if result.finished and is_main():
         if recipe.train.checkpointing:
             getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
         model.save_pretrained(out)
