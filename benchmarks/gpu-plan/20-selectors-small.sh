@@ -23,15 +23,7 @@ mkdir -p "$WORK" "$OUTDIR"
 # The conversion's data is what the teacher trained on: the built-in corpus plus retrieval episodes (new draws,
 # seed 1; hybridize demo does the same). On the corpus alone the student never sees a question and forgets how to
 # answer one.
-python3 - "$EPISODES" "$TEACHER" "$N_EPISODES" <<'PY' || exit 1
-import json, sys
-from pathlib import Path
-from hybridize.demo import _episodes
-path, teacher, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-trained = json.loads((teacher / "config.json").read_text())["max_position_embeddings"]
-_episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
-print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
-PY
+make_episodes "$EPISODES" "$TEACHER" "$N_EPISODES" || exit 1
 
 CMD=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$WORK" --recipe gpu-small --budget 0.25
      --selectors "${SELECTORS:-uniform,flashmorph,halo,kl_guided,random}" --device "$DEVICE"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Step 30 (if time is left): the `uniform` selection with other mixers and budgets on the small teacher, same recipe
-# (gpu-small) and evaluation as step 20, one folder per row: gated_deltanet 25%, gla 25%, lightning 12.5% (12 x
-# 0.125 = 1.5 rounds to 2 of 12 layers). Lightning 25% uniform is step 20's `uniform` row. Rows run in order,
-# each under its own timeout, so a cut plan still leaves the rows before it. ~3 min per row (the lightning row
-# reuses step 20's stage 1 and takes ~2). GatedDeltaNet / GLA training on Hopper needs Triton >= 3.7.1.
+# Step 30 (one GPU): the `uniform` selection with other mixers and budgets on the small teacher, same recipe
+# (gpu-small) and data as step 20: converted on builtin:train + retrieval episodes, evaluated on builtin:heldout.
+# One folder per row; default rows gated_deltanet 25%, gla 25%, lightning 12.5% (12 x 0.125 = 1.5 rounds to 2 of
+# 12 layers). Lightning 25% uniform is step 20's `uniform` row. Rows run in order, each under its own timeout
+# (ROW_TIMEOUT, default 600 s), so a cut plan still leaves the rows before it. ~4-5 min per new mixer (its own stage
+# 1 and first-time kernel compiles), ~2 min for a row that reuses its mixer's stage 1 (lightning's from step 20, or
+# an earlier row's). Extra arguments go to every compare_selectors call (e.g. --all-linear: the mixer's all-linear
+# student beside the hybrid). GatedDeltaNet / GLA training on Hopper needs Triton >= 3.7.1.
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
 TEACHER=${TEACHER:-/tmp/work/teacher-small}
@@ -14,9 +17,10 @@ STAGE1_LIGHTNING=${STAGE1_LIGHTNING:-/tmp/work/selectors-small-lightning-25/stag
 EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
 ROWS=${ROWS:-"gated_deltanet:0.25 gla:0.25 lightning:0.125"}
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
-[ -f "$EPISODES" ] || { echo "ERROR: no episodes at $EPISODES (step 20 writes them)"; exit 1; }
 unpack_autotune
 mkdir -p "$ROOT" "$OUTROOT"
+make_episodes "$EPISODES" "$TEACHER" || exit 1
+[ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$OUTROOT/teacher.json"
 cp src/hybridize/recipes/gpu-small.yaml "$OUTROOT/"
 python3 -c "import triton; print('triton', triton.__version__)" 2>/dev/null || echo "triton: not importable"
 
@@ -26,16 +30,19 @@ for row in $ROWS; do
   name=$mixer-$(python3 -c "print(f'{100 * float(\"$budget\"):g}'.replace('.', '_'))")
   work=$ROOT/$name; out=$OUTROOT/$name
   mkdir -p "$work" "$out"
-  # lightning's stage 1 does not depend on the budget: reuse step 20's (its done.json makes align() skip)
-  if [ "$mixer" = lightning ] && [ -f "$STAGE1_LIGHTNING/done.json" ] && [ ! -e "$work/stage1/stages/align" ]; then
-    mkdir -p "$work/stage1/stages" && cp -r "$STAGE1_LIGHTNING" "$work/stage1/stages/align"
-    echo "$name: stage 1 reused from $STAGE1_LIGHTNING"
+  # stage 1 does not depend on the budget: reuse the mixer's from an earlier row, or lightning's from step 20 (its
+  # done.json makes align() skip)
+  src=$STAGE1_LIGHTNING
+  [ "$mixer" = lightning ] || src=$(ls -d "$ROOT/$mixer"-*/stage1/stages/align 2>/dev/null | head -1)
+  if [ -n "$src" ] && [ -f "$src/done.json" ] && [ ! -e "$work/stage1/stages/align" ]; then
+    mkdir -p "$work/stage1/stages" && cp -r "$src" "$work/stage1/stages/align"
+    echo "$name: stage 1 reused from $src"
   fi
   CMD=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$work" --recipe gpu-small
-       --budget "$budget" --selectors uniform --set "mixer=$mixer" --device "$DEVICE" --data builtin "$EPISODES" "$@")
+       --budget "$budget" --selectors uniform --set "mixer=$mixer" --device "$DEVICE" --data builtin:train "$EPISODES" --eval-data builtin:heldout "$@")
   echo "=== $name"
   printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$out/command.txt"
-  timeout "${ROW_TIMEOUT:-420}" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress | tee "$out/run.log"
+  timeout "${ROW_TIMEOUT:-600}" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress | tee "$out/run.log"
   rc=${PIPESTATUS[0]}
   copy_results "$work" "$out"
   if [ "$rc" -eq 0 ]; then
@@ -50,5 +57,5 @@ save_autotune "$OUTROOT"
 
 # One table: every row here plus step 20's lightning 25% uniform row, where it exists.
 python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
-  "$OUTROOT"/*/selectors.json --selectors uniform --out "$OUTROOT/mixers.md"
+  "$OUTROOT"/*/selectors.json --selectors uniform,all-linear --out "$OUTROOT/mixers.md"
 exit "$status"

@@ -33,15 +33,7 @@ mkdir -p "$WORK" "$RES/selectors-small-lightning-25" "$RES/mixers-small"
 cp src/hybridize/recipes/gpu-small.yaml "$RES/mixers-small/"
 [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$RES/selectors-small-lightning-25/teacher.json"
 
-python3 - "$EPISODES" "$TEACHER" "$N_EPISODES" <<'PY' || exit 1
-import json, sys
-from pathlib import Path
-from hybridize.demo import _episodes
-path, teacher, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-trained = json.loads((teacher / "config.json").read_text())["max_position_embeddings"]
-_episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
-print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
-PY
+make_episodes "$EPISODES" "$TEACHER" "$N_EPISODES" || exit 1
 
 # compare DEVICE OUT_FOLDER RESULT_FOLDER LOG_NAME ARGS...: one compare_selectors call, results copied after it
 compare() {

@@ -21,3 +21,19 @@ copy_results() {
      \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) \
      ! -name 'tokenizer*.json' -print0 | xargs -0 -r cp --parents -t "$2")
 }
+
+# make_episodes PATH TEACHER [N]: the conversion's retrieval episodes in the teacher's format (new draws, seed 1, as
+# `hybridize demo` does), N (default 800, ~430K tokens at 1024, about as many as the built-in corpus) documents up to
+# the teacher's trained length (at most 2048), on builtin:train filler. Kept when PATH already exists.
+make_episodes() {
+  [ -s "$1" ] && return 0
+  python3 - "$1" "$2" "${3:-800}" <<'PY'
+import json, sys
+from pathlib import Path
+from hybridize.demo import _episodes
+path, teacher, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+trained = json.loads((teacher / "config.json").read_text())["max_position_embeddings"]
+_episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
+print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
+PY
+}
