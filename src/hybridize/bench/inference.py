@@ -28,6 +28,7 @@ A variant that runs out of memory at some context is recorded there (`oom: true`
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import sys
@@ -284,6 +285,7 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
                     bar.update(len(contexts) - contexts.index(context) - 1)
                     break
         del runner
+        gc.collect()  # one model in memory: nothing of this variant may stay (the peaks of the next are its own)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     bar.close()
