@@ -48,6 +48,13 @@ def test_fused_projections_give_the_same_logits_and_tokens(pattern):
         fused(ids)
     with pytest.raises(AssertionError, match="separate projection called"):
         fused(ids)  # with autograd (training) the separate modules run
+    # a prompt longer than a decode step (prefill) runs the separate projections too: fused was slower there on the GPU
+    from hybridize.mixers.fusion import MAX_ROWS
+
+    with torch.no_grad(), pytest.raises(AssertionError, match="separate projection called"):
+        fused(torch.randint(0, 101, (1, MAX_ROWS + 1)))
+    with torch.no_grad():
+        fused(torch.randint(0, 101, (MAX_ROWS, 1)))  # the largest decode step: fused
 
 
 def _refuse(*args, **kwargs):

@@ -9,8 +9,12 @@ weights row-slices (views) of it: no memory is added, training and loading still
 generate, the CUDA-graph decode, the benchmark), and only while the views still alias it: after `.to(dtype)` or a
 device move the modules hold new tensors and the projections run one by one again, correct and unfused.
 
-Results equal the unfused projections up to the matmul's summation order (tested on the CPU); whether it is faster
-is measured by `hybridize bench --variants hybrid,hybrid-fused` side by side.
+The fused matmul runs only for inputs of at most `MAX_ROWS` tokens (batch x new tokens: a decode step at batch 1-64).
+Measured side by side on an H200 (results/bench/h200-fused-projections/, Qwen3-1.7B shape): decode at batch 1 got
+1.12-1.31x faster per token and at batch 8 1.02-1.04x, while prefill got 1-30% slower. A prefill matmul is
+compute-bound already, and the split outputs are strided views that the kernels after it copy.
+
+Results equal the unfused projections up to the matmul's summation order (tested on the CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 # A module class opts in with `fused_projections = (names of its Linear modules that read the same input, in output
 # order)`, and computes them with `project(self, x, self.fused_projections)`: Attention, LinearMixer, HybridMLP.
 _ATTR = "_fused_in"
+MAX_ROWS = 64  # the largest decode step (batch x tokens) that uses the fused matmul; longer inputs run unfused
 
 
 @dataclass
@@ -36,10 +41,11 @@ class Fused:
 
 
 def project(module: nn.Module, x: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor | None]:
-    """`[getattr(module, n)(x) for n in names]` (None for a missing module), by one matmul when `module` was fused
-    and no gradient is being recorded."""
+    """`[getattr(module, n)(x) for n in names]` (None for a missing module), by one matmul when `module` was fused,
+    no gradient is being recorded and `x` holds at most `MAX_ROWS` tokens (decode)."""
     fused: Fused | None = module.__dict__.get(_ATTR)
-    if fused is not None and not torch.is_grad_enabled() and _intact(module, fused):
+    if (fused is not None and not torch.is_grad_enabled() and x.numel() <= MAX_ROWS * x.shape[-1]
+            and _intact(module, fused)):
         outs = iter(F.linear(x, fused.weight, fused.bias).split(fused.sizes, dim=-1))
         return [next(outs) if n in fused.names else None for n in names]
     return [None if getattr(module, n, None) is None else getattr(module, n)(x) for n in names]

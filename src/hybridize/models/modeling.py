@@ -302,7 +302,8 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
                                       **cache_kwargs(cache))
 
     def fuse_projections(self) -> int:
-        """Inference: one matmul for q|k|v(|gate) of each mixer and for gate|up of each MLP, with no memory added
+        """Decode: one matmul for q|k|v(|gate) of each mixer and for gate|up of each MLP in steps of at most 64
+        tokens (batch x new tokens; prefill was faster unfused), with no memory added
         (the projections' weights become views of the fused ones; saving, loading and training are unchanged).
         Returns the number of fused groups. See hybridize.mixers.fusion."""
         return fuse_projections(self)
