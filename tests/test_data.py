@@ -218,6 +218,34 @@ def test_builtin_train_and_heldout_split_the_corpus(tok, monkeypatch):
         sources.builtin_split("dev")
 
 
+def test_stdlib_code_splits_by_module_with_the_builtin_corpus():
+    """The stdlib's source (the real one, ~10 s to build, then cached) is several times the built-in corpus, and its
+    split follows the modules' docstring documents: training on builtin:train + stdlib-code:train leaves every
+    document of builtin:heldout unseen, in either form. The teacher's default held-out text says so."""
+    from hybridize.data import sources
+    from hybridize.teacher.train import default_eval_data
+
+    code, docs = sources.stdlib_code(), sources.builtin_corpus()
+    assert sum(len(c) for c, _ in code) > 4 * sum(map(len, docs))
+    train, heldout = sources.stdlib_code_split("train"), sources.stdlib_code_split("heldout")
+    assert len(train) + len(heldout) == len(code) and heldout and set(train).isdisjoint(heldout)
+    assert list(sources.iter_documents("stdlib-code:heldout")) == list(heldout)
+    assert list(sources.iter_documents("stdlib-code")) == [c for c, _ in code]
+    held_docs = set(sources.builtin_split("heldout"))
+    paired = 0
+    for _, source, doc in sources._stdlib_modules():
+        if doc is not None:
+            assert (doc in held_docs) == (source in heldout), "a module's docstrings and source in different parts"
+            paired += doc in held_docs
+    assert paired > 20  # the held-out modules (66 held-out documents on 3.11, some of them pydoc topics)
+    with pytest.raises(ValueError, match=r"unknown part of the stdlib code 'stdlib-code:test'.*stdlib-code:heldout"):
+        list(sources.iter_documents("stdlib-code:test"))
+    assert default_eval_data(["builtin:train", "stdlib-code:train"]) == "builtin:heldout"
+    assert default_eval_data("builtin:train") == "builtin:heldout"
+    for seen in (["builtin:train", "stdlib-code"], "builtin", None, ["builtin:train", "stdlib-code:heldout"]):
+        assert default_eval_data(seen) is None, seen
+
+
 def _without_eos(tok):
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()))
 

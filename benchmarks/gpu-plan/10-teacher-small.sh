@@ -6,7 +6,8 @@
 #
 # The recipe's own numbers unless these are set: TEACHER_TOKENS (train.tokens; warmup then 10% of the steps, at
 # least 50), TEACHER_BATCH (train.batch_size, sequences per optimizer step), TEACHER_MINUTES (--max-minutes: a run
-# stopped there leaves a checkpoint and no teacher; running this script again continues it), NPROC (GPUs, below).
+# stopped there leaves a checkpoint and no teacher; running this script again continues it), TEACHER_DATA (below),
+# NPROC (GPUs, below).
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
 SIZE=${SIZE:-small}
@@ -21,6 +22,9 @@ if [ -n "${TEACHER_TOKENS:-}" ]; then
   OVERRIDES+=(--set "train.tokens=$TEACHER_TOKENS" --set "train.batch_size=$BATCH" --set "train.warmup_steps=$WARMUP")
 fi
 [ -n "${TEACHER_MINUTES:-}" ] && OVERRIDES+=(--max-minutes "$TEACHER_MINUTES")
+# TEACHER_DATA: the teacher's text instead of the recipe's builtin:train, e.g. "[builtin:train,stdlib-code:train]"
+# (~6x the text, builtin:heldout still unseen: the held-out evaluation stays on)
+[ -n "${TEACHER_DATA:-}" ] && OVERRIDES+=(--set "data=$TEACHER_DATA")
 # NPROC=N: data parallel over N GPUs (torchrun). The recipe's micro-batch (small: 32 rows, 20 of them episodes) is
 # split so that the N ranks together hold the same global batch: micro_batch_size / N rows, episode_rows / N of them
 LAUNCH=(python3 -m hybridize)

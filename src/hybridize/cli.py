@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the CPU); the batches do not depend on it")
     teacher.add_argument("--eval-data", nargs="+", default=None,
                          help="held-out text scored during training (default: builtin:heldout when training on "
-                         "builtin:train, else none; 'none': no evaluation); it does not change the weights")
+                         "builtin:train and / or stdlib-code:train, else none; 'none': no evaluation); it does not "
+                         "change the weights")
     teacher.add_argument("--eval-every", type=_non_negative_int, default=None,
                          help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
     teacher.add_argument("--device", default=None)

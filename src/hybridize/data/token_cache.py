@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .sources import BUILTIN, BUILTIN_SPLITS, HELDOUT_EVERY, source_files
+from .sources import BUILTIN_ITEMS, HELDOUT_EVERY, source_files
 
 # Bump when the layout or the tokenization procedure changes, so old entries are not read as new ones.
 FORMAT_VERSION = 1
@@ -40,7 +40,7 @@ def cache_key(items: list[str], tokenizer_json: str, eos_id: int, max_tokens: in
 
 
 def _source_fingerprint(item: str) -> dict:
-    if item == BUILTIN or item in BUILTIN_SPLITS:  # a function of the Python version (see sources.builtin_corpus)
+    if item in BUILTIN_ITEMS:  # a function of the Python version (see sources.builtin_corpus, stdlib_code)
         return {"spec": item, "python": sys.version.split()[0], "heldout_every": HELDOUT_EVERY}
     files = source_files(item)
     if files is None:  # a Hugging Face dataset name: identified by its name only

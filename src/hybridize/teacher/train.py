@@ -250,6 +250,14 @@ def heldout_evaluator(model, tokenizer, data, seq_len: int, windows: int = 16) -
     return lambda: heldout_lm(model, ids)
 
 
+def default_eval_data(data) -> str | None:
+    """`builtin:heldout` when the teacher reads only the train parts of the built-in text (`builtin:train`,
+    `stdlib-code:train`, which leaves out the held-out modules' sources too), so that it never saw that text; else
+    None (no held-out text is known)."""
+    items = set(spec_items(data)) if data is not None else set()
+    return "builtin:heldout" if items and items <= {"builtin:train", "stdlib-code:train"} else None
+
+
 def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None, data=None,
                   device: str | None = None, max_minutes: float | None = None,
                   data_workers: int | None = None, eval_data=EVAL_DEFAULT, eval_every: int | None = None,
@@ -258,13 +266,13 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     `data_workers`: processes that draw the retrieval episodes ahead of the GPU (None: up to 8 on CUDA, where the
     GPU would otherwise wait for them, none on the CPU, where they would take cores from the training itself); the
     batches, and so the result, do not depend on it. `eval_data`: held-out text scored every `eval_every` steps
-    (default: `builtin:heldout` when training on `builtin:train`, else none; None: no evaluation) and recorded in
+    (default: `builtin:heldout` when training on `builtin:train` and / or `stdlib-code:train`, else none; None: no evaluation) and recorded in
     the metrics and teacher.json; it does not change the weights. `eval_every` defaults to a twentieth of the run."""
     recipe = teacher_recipe(size, overrides)
     if data is not None:
         recipe.data = data
     if eval_data is EVAL_DEFAULT:
-        eval_data = "builtin:heldout" if recipe.data in ("builtin:train", ["builtin:train"]) else None
+        eval_data = default_eval_data(recipe.data)
     if eval_data is not None:  # a missing held-out file fails now, before the tokenizer is trained
         for item in spec_items(eval_data):
             source_files(item)
