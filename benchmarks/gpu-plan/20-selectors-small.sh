@@ -27,7 +27,7 @@ make_episodes "$EPISODES" "$TEACHER" "$N_EPISODES" || exit 1
 
 CMD=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$WORK" --recipe gpu-small --budget 0.25
      --selectors "${SELECTORS:-uniform,flashmorph,halo,kl_guided,random}" --device "$DEVICE"
-     --data builtin:train "$EPISODES" --eval-data builtin:heldout --all-linear "$@")
+     --data $TRAIN_DATA "$EPISODES" --eval-data builtin:heldout --all-linear "$@")
 printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/command.txt"
 cp src/hybridize/recipes/gpu-small.yaml "$OUTDIR/"
 [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$OUTDIR/teacher.json"

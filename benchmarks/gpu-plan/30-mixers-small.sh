@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Step 30 (one GPU): the `uniform` selection with other mixers and budgets on the small teacher, same recipe
+# Step 30 (one GPU): the `uniform` selection (or ROW_SELECTORS, e.g. uniform,halo) with other mixers and budgets on
+# the small teacher, same recipe
 # (gpu-small) and data as step 20: converted on builtin:train + retrieval episodes, evaluated on builtin:heldout.
 # One folder per row; default rows gated_deltanet 25%, gla 25%, lightning 12.5% (12 x 0.125 = 1.5 rounds to 2 of
 # 12 layers). Lightning 25% uniform is step 20's `uniform` row. Rows run in order, each under its own timeout
@@ -16,6 +17,7 @@ DEVICE=${DEVICE:-cuda}
 STAGE1_LIGHTNING=${STAGE1_LIGHTNING:-/tmp/work/selectors-small-lightning-25/stage1/stages/align}
 EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
 ROWS=${ROWS:-"gated_deltanet:0.25 gla:0.25 lightning:0.125"}
+ROW_SELECTORS=${ROW_SELECTORS:-uniform}  # halo adds ~20-60 s per row, flashmorph ~30-150 s (first-step compile)
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
 unpack_autotune
 mkdir -p "$ROOT" "$OUTROOT"
@@ -39,7 +41,7 @@ for row in $ROWS; do
     echo "$name: stage 1 reused from $src"
   fi
   CMD=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$work" --recipe gpu-small
-       --budget "$budget" --selectors uniform --set "mixer=$mixer" --device "$DEVICE" --data builtin:train "$EPISODES" --eval-data builtin:heldout "$@")
+       --budget "$budget" --selectors "$ROW_SELECTORS" --set "mixer=$mixer" --device "$DEVICE" --data $TRAIN_DATA "$EPISODES" --eval-data builtin:heldout "$@")
   echo "=== $name"
   printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$out/command.txt"
   timeout "${ROW_TIMEOUT:-600}" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress | tee "$out/run.log"
@@ -57,5 +59,5 @@ save_autotune "$OUTROOT"
 
 # One table: every row here plus step 20's lightning 25% uniform row, where it exists.
 python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
-  "$OUTROOT"/*/selectors.json --selectors uniform,all-linear --out "$OUTROOT/mixers.md"
+  "$OUTROOT"/*/selectors.json --selectors "$ROW_SELECTORS,all-linear" --out "$OUTROOT/mixers.md"
 exit "$status"

@@ -40,7 +40,7 @@ compare() {
   local device=$1 work=$2 res=$3 log=$4; shift 4
   mkdir -p "$work" "$res"
   local cmd=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$work" --recipe gpu-small
-             --device "$device" --data builtin:train "$EPISODES" --eval-data builtin:heldout "$@" "${EXTRA[@]}")
+             --device "$device" --data $TRAIN_DATA "$EPISODES" --eval-data builtin:heldout "$@" "${EXTRA[@]}")
   printf '%s\n' "commit: ${SHA:-unknown}" "command: ${cmd[*]}" > "$res/command-$log.txt"
   echo "[$(date +%T)] start $log on $device"
   timeout "${ROW_TIMEOUT:-1200}" "${cmd[@]}" 2>&1 | tr '\r' '\n' | progress > "$res/run-$log.log"
