@@ -1,5 +1,5 @@
-"""Episode-answer loss and corpus loss against optimizer step for teachers trained side by side (their
-run/metrics.jsonl): where retrieval is learned, and whether the corpus was memorised first.
+"""Episode-answer loss, corpus loss and (where recorded) held-out loss against optimizer step for teachers trained
+side by side (their run/metrics.jsonl): where retrieval is learned, and whether the corpus was memorised first.
 
     python benchmarks/gpu-plan/plot_teachers.py results/gpu/teachers-small/teacher-small-{a,b,c1,c2} --out curves.png
 """
@@ -21,9 +21,11 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="folders holding metrics.jsonl (and recipe.json for the legend)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in map(Path, a.runs):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    runs = [(run, [json.loads(line) for line in (run / "metrics.jsonl").open()]) for run in map(Path, a.runs)]
+    heldout = any("eval/heldout_loss" in x for _, rows in runs for x in rows)
+    fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(16 if heldout else 11, 4))
+    ax1, ax2 = axes[:2]
+    for run, rows in runs:
         label = run.name
         if (run / "recipe.json").is_file():
             r = json.loads((run / "recipe.json").read_text())
@@ -32,10 +34,16 @@ def main() -> None:
         steps = [x["step"] for x in rows]
         ax1.plot(steps, [x["answer_loss"] for x in rows], label=label, lw=1)
         ax2.plot(steps, [x["lm_loss"] for x in rows], label=label, lw=1)
+        evals = [x for x in rows if "eval/heldout_loss" in x]
+        if heldout and evals:
+            axes[2].plot([x["step"] for x in evals], [x["eval/heldout_loss"] for x in evals], "o-", ms=3,
+                         label=label, lw=1)
+    if heldout:
+        axes[2].set(xlabel="optimizer step", ylabel="CE on held-out text", title="held-out (eval/heldout_loss)")
     ax1.set(xlabel="optimizer step", ylabel="CE on episode answers", title="retrieval episodes")
-    ax2.set(xlabel="optimizer step", ylabel="CE on corpus rows", yscale="log", title="corpus (builtin:train)")
+    ax2.set(xlabel="optimizer step", ylabel="CE on corpus rows", yscale="log", title="corpus rows (training text)")
     ax1.legend(fontsize=7)
-    for ax in (ax1, ax2):
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(a.out, dpi=110)
