@@ -5,7 +5,8 @@ not: a tokenizer that cuts the text into more tokens gets a lower per-token loss
 
 The first `--chars` characters of the data's documents (joined by blank lines) are tokenized by each model's own
 tokenizer and cut into consecutive windows of `--window` + 1 tokens, each scored from its own start; the summed
-next-token loss is divided by the characters those windows decode to.
+next-token loss is divided by the characters those windows decode to (the first token of each window is context
+only: about 1 / (window + 1) of the characters for every model).
 """
 
 from __future__ import annotations

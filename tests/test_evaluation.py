@@ -272,3 +272,35 @@ def test_importing_the_evaluation_package_loads_neither_matplotlib_nor_lm_eval()
             "print(sorted(m for m in ('matplotlib', 'lm_eval') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_heldout_bpc_scores_bits_per_character_with_each_models_own_tokenizer(tmp_path, monkeypatch):
+    """benchmarks/heldout_bpc.py: bits per character = the windows' summed next-token loss / the characters they
+    decode to / ln 2 (comparable across tokenizers, unlike per-token perplexity); too little text is a clear error."""
+    import importlib.util
+    import json
+    import math
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("heldout_bpc", root / "benchmarks" / "heldout_bpc.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    teacher = str(root / "src" / "hybridize" / "assets" / "teacher-tiny")
+    text = (root / "README.md").read_text()[:6000]
+    got = mod.score(teacher, text, 64, "cpu")
+    assert got["windows"] == got["tokens"] // 65 and got["chars"] <= len(text)
+    predicted = got["windows"] * 64  # each window's first token is context only
+    assert math.isclose(got["bits_per_char"], got["nll_per_token"] * predicted / got["chars"] / math.log(2),
+                        rel_tol=1e-5)
+    assert math.isclose(got["ppl_per_token"], math.exp(got["nll_per_token"]), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="fewer than one window of 65; give more --chars"):
+        mod.score(teacher, "short", 64, "cpu")
+    out = tmp_path / "bpc.json"
+    monkeypatch.setattr(sys, "argv", ["heldout_bpc.py", teacher, "--chars", "3000", "--window", "32", "--device", "cpu",
+                                      "--out", str(out)])
+    mod.main()
+    record = json.loads(out.read_text())
+    assert record["chars"] == 3000 and record["device"] == "cpu" and teacher in record["models"]
+    assert "commit" in record and record["command"].startswith("heldout_bpc.py")
