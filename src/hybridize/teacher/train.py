@@ -181,9 +181,11 @@ class EpisodeMixer:
         return self._pending.popleft()[1].get()
 
     def close(self) -> None:
-        """Stop the episode workers (a later batch starts them again)."""
+        """Stop the episode workers (a later batch starts them again). They finish the batches they prefetched and
+        exit: `terminate()` would kill a worker that may be inside its result put, holding the result queue's lock,
+        and the pool's own shutdown then waits on that lock forever (a hang seen once in the test suite)."""
         if self._pool is not None:
-            self._pool.terminate()
+            self._pool.close()
             self._pool.join()
             self._pool = None
         self._pending.clear()
