@@ -32,14 +32,11 @@ for row in $ROWS; do
   name=$mixer-$(python3 -c "print(f'{100 * float(\"$budget\"):g}'.replace('.', '_'))")
   work=$ROOT/$name; out=$OUTROOT/$name
   mkdir -p "$work" "$out"
-  # stage 1 does not depend on the budget: reuse the mixer's from an earlier row, or lightning's from step 20 (its
-  # done.json makes align() skip)
+  # the mixer's stage 1 from an earlier row, or lightning's from step 20
   src=$STAGE1_LIGHTNING
-  [ "$mixer" = lightning ] || src=$(ls -d "$ROOT/$mixer"-*/stage1/stages/align 2>/dev/null | head -1)
-  if [ -n "$src" ] && [ -f "$src/done.json" ] && [ ! -e "$work/stage1/stages/align" ]; then
-    mkdir -p "$work/stage1/stages" && cp -r "$src" "$work/stage1/stages/align"
-    echo "$name: stage 1 reused from $src"
-  fi
+  [ "$mixer" = lightning ] || src=$(ls -d "$ROOT/$mixer"-*/stage1/stages/align/done.json 2>/dev/null | head -1)
+  src=${src%/done.json}
+  reuse_stage1 "$src" "$work" "$name"
   CMD=(python3 benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$work" --recipe gpu-small
        --budget "$budget" --selectors "$ROW_SELECTORS" --set "mixer=$mixer" --device "$DEVICE" --data $TRAIN_DATA "$EPISODES" --eval-data builtin:heldout "$@")
   echo "=== $name"

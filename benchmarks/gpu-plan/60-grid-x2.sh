@@ -56,9 +56,7 @@ row() {
   local name=$mixer-$(python3 -c "print(f'{100 * float(\"$budget\"):g}'.replace('.', '_'))")
   local work=$MIX/$name src=$MIX/$mixer-25/stage1/stages/align
   [ "$mixer" = lightning ] && src=$SEL/stage1/stages/align
-  if [ "$name" != "$mixer-25" ] && [ -f "$src/done.json" ] && [ ! -e "$work/stage1/stages/align" ]; then
-    mkdir -p "$work/stage1/stages" && cp -r "$src" "$work/stage1/stages/align" && echo "$name: stage 1 reused from $src"
-  fi
+  [ "$name" != "$mixer-25" ] && reuse_stage1 "$src" "$work" "$name"
   compare "$device" "$work" "$RES/mixers-small/$name" "$name" --budget "$budget" --selectors "$ROW_SELECTORS" \
     --set "mixer=$mixer" "$@"
 }

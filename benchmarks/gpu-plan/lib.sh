@@ -41,3 +41,11 @@ _episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
 print(f"episodes: {path} ({sum(1 for _ in path.open())} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
 PY
 }
+
+# reuse_stage1 SRC WORK NAME: copy a finished stage 1 (SRC = a run's stage1/stages/align) into the run folder WORK,
+# when WORK has none yet; stage 1 does not depend on the budget or selector, and its done.json makes align() skip
+reuse_stage1() {
+  if [ -n "$1" ] && [ -f "$1/done.json" ] && [ ! -e "$2/stage1/stages/align" ]; then
+    mkdir -p "$2/stage1/stages" && cp -r "$1" "$2/stage1/stages/align" && echo "$3: stage 1 reused from $1"
+  fi
+}

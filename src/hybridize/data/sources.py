@@ -185,6 +185,12 @@ def source_files(item: str) -> list[Path] | None:
     return None
 
 
+def check_sources(spec) -> None:
+    """Raise now what reading `spec` would raise later for its local items (a missing path, an empty folder)."""
+    for item in spec_items(spec):
+        source_files(item)
+
+
 def iter_documents(spec: str | os.PathLike | Sequence[str | os.PathLike] | None) -> Iterator[str]:
     """Yield the documents of a data spec (see the module docstring), in a deterministic order."""
     for item in spec_items(spec):

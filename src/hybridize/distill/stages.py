@@ -18,13 +18,13 @@ import torch
 
 from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
-from ..data.sources import source_files, spec_items
+from ..data.sources import check_sources
 from ..distributed import barrier, is_main, rank0_first, rank_world, single_process
+from ..evaluation.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
 from .losses import chunked_ce, chunked_kl, layer_alignment_loss
-from ..evaluation.perplexity import heldout_lm
 from .loop import TrainResult, last_eval, train
 from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
 
@@ -52,9 +52,9 @@ class Conversion:
         self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.data is None:
             self.data = self.recipe.data
-        held_out = spec_items(self.eval_data) if self.eval_data is not None else []
-        for item in [*spec_items(self.data), *held_out]:  # a missing file fails now, not after an hour of stage 1
-            source_files(item)
+        check_sources(self.data)  # a missing file fails now, not after an hour of stage 1
+        if self.eval_data is not None:
+            check_sources(self.eval_data)
         rank0_first(self._check_recipe)  # under torchrun rank 0 writes recipe.yaml; the others check theirs against it
 
     def _check_recipe(self) -> None:
@@ -134,8 +134,6 @@ def _evaluation(conv: Conversion, r: StageRecipe, fn) -> dict:
     (B, seq_len + 1), on the conversion's device; none without eval_data."""
     if conv.eval_data is None:
         return {}
-    from ..evaluation.perplexity import heldout_windows
-
     ids = heldout_windows(conv.load_teacher().tokenizer, conv.eval_data, r.seq_len, conv.eval_windows).to(conv.device)
     every = conv.eval_every if conv.eval_every is not None else max(1, r.steps // 10)
     return {"evaluate": lambda: fn(ids), "eval_every": every}

@@ -21,6 +21,7 @@ from .fusion import project
 
 class Attention(Mixer):
     fused_projections = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads x (g_proj: HyPE's gate); fusion.py
+
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]

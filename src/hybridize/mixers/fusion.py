@@ -48,7 +48,7 @@ def project(module: nn.Module, x: torch.Tensor, names: tuple[str, ...]) -> list[
             and _intact(module, fused)):
         outs = iter(F.linear(x, fused.weight, fused.bias).split(fused.sizes, dim=-1))
         return [next(outs) if n in fused.names else None for n in names]
-    return [None if getattr(module, n, None) is None else getattr(module, n)(x) for n in names]
+    return [None if (m := getattr(module, n, None)) is None else m(x) for n in names]
 
 
 def _intact(module: nn.Module, fused: Fused) -> bool:

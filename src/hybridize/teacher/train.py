@@ -26,7 +26,7 @@ import torch
 from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from ..data import PackedSequences, SequenceLoader, corpus_info, iter_documents, tokenize_corpus
-from ..data.sources import source_files, spec_items
+from ..data.sources import check_sources, spec_items
 from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _special_prefix, generate, task_config
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
@@ -276,8 +276,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     if eval_data is EVAL_DEFAULT:
         eval_data = default_eval_data(recipe.data)
     if eval_data is not None:  # a missing held-out file fails now, before the tokenizer is trained
-        for item in spec_items(eval_data):
-            source_files(item)
+        check_sources(eval_data)
     out = Path(out)
     run_dir = out / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
