@@ -314,8 +314,8 @@ def test_generate_steps_are_what_the_graph_decoder_captures(monkeypatch):
 def test_deleting_a_model_frees_it_and_its_decode_step():
     """The model keeps its decode step (`get_compiled_call`) and the step refers back only weakly: `del model` frees
     the weights at once, not at the next full garbage collection. With a strong back-reference each earlier model
-    of a `hybridize bench` run stayed on the GPU (~3.8 GiB per Qwen3-1.7B-shaped variant in the H200 run of
-    2026-12-01) and inflated the next variants' peaks. A step whose model is gone says so."""
+    of a `hybridize bench` run stayed on the GPU (3.2-3.6 GiB per Qwen3-1.7B-shaped variant, the H200 run
+    of 2026-12-01) and inflated the next variants' peaks. A step whose model is gone says so."""
     import gc
     import weakref
 

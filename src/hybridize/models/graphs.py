@@ -59,7 +59,7 @@ class CudaGraphDecoder:
     def __init__(self, model):
         # The model keeps its decoder (`get_compiled_call`); the decoder refers back weakly, so that `del model` frees
         # the weights and the captured graph at once instead of at the next full garbage collection (a reference cycle
-        # kept each earlier model of a `hybridize bench` run on the GPU: ~3.8 GiB per Qwen3-1.7B-shaped variant).
+        # kept each earlier model of a `hybridize bench` run on the GPU: 3.2-3.6 GiB per Qwen3-1.7B-shaped variant).
         self._model = weakref.ref(model)
         self.captured: _Captured | None = None
         self.replays = 0
