@@ -304,3 +304,21 @@ def test_heldout_bpc_scores_bits_per_character_with_each_models_own_tokenizer(tm
     record = json.loads(out.read_text())
     assert record["chars"] == 3000 and record["device"] == "cpu" and teacher in record["models"]
     assert "commit" in record and record["command"].startswith("heldout_bpc.py")
+
+
+def test_heldout_overlap_counts_long_held_out_lines_found_verbatim_in_each_training_text():
+    """benchmarks/heldout_overlap.py: the share of held-out lines (>= min_chars, stripped) that a training text also
+    holds, per text and in any; short lines are not counted, and a held-out text without long lines is an error."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("heldout_overlap", root / "benchmarks" / "heldout_overlap.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    a, b, c, d = ("line %d is long enough to be counted here" % i for i in range(4))
+    held = [f"{a}\n  {b}  \nshort\n", f"{c}\n{d}"]
+    got = mod.overlap(held, {"x": [f"{a}\nshort"], "y": [f"zzz\n{b}", a]}, min_chars=30)
+    assert got == {"lines": 4, "in": {"x": 0.25, "y": 0.5}, "in_any": 0.5}
+    with pytest.raises(ValueError, match="no line of 30 or more characters; lower --min-chars"):
+        mod.overlap(["short\nlines"], {"x": ["short"]}, min_chars=30)

@@ -20,13 +20,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="folders holding metrics.jsonl (and recipe.json for the legend)")
     p.add_argument("--out", required=True)
+    p.add_argument("--labels", nargs="+", help="one legend label per run (default: the folder's name)")
     a = p.parse_args()
+    if a.labels is not None and len(a.labels) != len(a.runs):
+        p.error(f"--labels: {len(a.labels)} given for {len(a.runs)} runs; give one per run")
     runs = [(run, [json.loads(line) for line in (run / "metrics.jsonl").open()]) for run in map(Path, a.runs)]
     heldout = any("eval/heldout_loss" in x for _, rows in runs for x in rows)
     fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(16 if heldout else 11, 4))
     ax1, ax2 = axes[:2]
-    for run, rows in runs:
-        label = run.name
+    for i, (run, rows) in enumerate(runs):
+        label = a.labels[i] if a.labels else run.name
         if (run / "recipe.json").is_file():
             r = json.loads((run / "recipe.json").read_text())
             label += (f" (batch {r['train']['batch_size']}, {r['episode_rows']}/{r['train']['micro_batch_size']} "
