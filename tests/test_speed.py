@@ -253,6 +253,18 @@ def test_bench_measures_fused_projections_side_by_side(tmp_path):
     assert rows["hybrid-fused"]["tpot_bound_ms"] == rows["hybrid"]["tpot_bound_ms"]
 
 
+def test_bench_plain_variants_stay_unfused_where_generate_would_fuse():
+    """generate fuses on CUDA by default (decode_fusion); the bench's plain variants measure the unfused projections
+    beside the -fused ones, so they turn it off."""
+    import hybridize.bench.inference as bench
+
+    models = bench.build_models("tiny", 0.25, "lightning")
+    for variant, fusion in [("hybrid", False), ("teacher-engine", False), ("hybrid-fused", True),
+                            ("teacher-engine-fused", True)]:
+        runner = bench._Runner(variant, models, torch.device("cpu"), torch.float32, 64)
+        assert runner.model.decode_fusion is fusion, variant
+
+
 def test_bench_user_errors_are_one_line(capsys, tmp_path):
     from hybridize.cli import main
 

@@ -86,15 +86,22 @@ def test_graph_decode_equals_eager(pattern, B):
 @pytest.mark.parametrize("pattern", ["mixed", "all_attention"])
 def test_fused_projections_on_cuda(pattern):
     """fuse_projections on CUDA: fp32 tokens equal the unfused model's through the CUDA-graph decode; bf16 logits
-    within bf16 of them (one matmul sums in another order than three)."""
+    within bf16 of them (one matmul sums in another order than three). generate fuses by itself (decode_fusion, the
+    default) with the same result; decode_fusion=False keeps the projections apart."""
+    from hybridize.mixers.fusion import _ATTR
+
     for dtype in (torch.float32, torch.bfloat16):
-        plain, fused = _model(pattern, dtype), _model(pattern, dtype)
+        plain, fused, auto = _model(pattern, dtype), _model(pattern, dtype), _model(pattern, dtype)
+        plain.decode_fusion = False
         assert fused.fuse_projections() > 0
         ids, mask = _prompts(8)
         kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, return_dict_in_generate=True,
                   output_logits=True, cache_implementation="static")
-        a, b = plain.generate(ids, **kw), fused.generate(ids, **kw)
+        a, b, c = plain.generate(ids, **kw), fused.generate(ids, **kw), auto.generate(ids, **kw)
         assert fused._graph_decoder.replays >= 12, "the fused decode did not replay a CUDA graph"
+        assert not any(_ATTR in m.__dict__ for m in plain.modules()), "decode_fusion=False fused anyway"
+        assert sum(_ATTR in m.__dict__ for m in auto.modules()) == sum(_ATTR in m.__dict__ for m in fused.modules())
+        assert torch.equal(b.sequences, c.sequences), f"{pattern} {dtype}: generate's own fusion differs"
         if dtype == torch.float32:
             assert torch.equal(a.sequences, b.sequences), f"{pattern}: fused tokens differ"
         rel = ((a.logits[0].double() - b.logits[0].double()).norm() / a.logits[0].double().norm()).item()

@@ -154,6 +154,8 @@ class _Runner:
         self.is_hybrid = variant.startswith("hybrid")
         self.config = models.hybrid if self.is_hybrid else models.teacher  # what the bounds are counted on
         self.model = _instantiate(models.hf_config if self.hf else self.config, device, dtype, self.hf)
+        if not self.hf:  # the plain variants stay unfused (generate would fuse on CUDA), the -fused ones fuse now
+            self.model.decode_fusion = variant in FUSED
         if variant in FUSED:
             self.model.fuse_projections()
         self.weight_bytes = roofline.weight_bytes(self.model)
