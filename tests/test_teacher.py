@@ -57,6 +57,18 @@ def test_gpu_sizes_meet_their_floors(size, min_layers, min_params):
     assert r.max_position_embeddings == r.train.seq_len
 
 
+def test_every_size_trains_on_text_that_leaves_builtin_heldout_unseen():
+    """The held-out evaluation (and the comparison's haystacks) need text no teacher saw: every size's default data
+    is train parts only, and `small` reads the stdlib's source too (its corpus alone was memorised)."""
+    from hybridize.data.sources import spec_items
+    from hybridize.teacher.train import default_eval_data
+
+    for size in SIZES:
+        assert default_eval_data(teacher_recipe(size).data) == "builtin:heldout", size
+    assert "stdlib-code:train" in spec_items(teacher_recipe("small").data)
+    assert teacher_recipe("small", ["data=builtin:train"]).data == "builtin:train"  # the earlier recipe, by --set
+
+
 @pytest.mark.parametrize("override,field", [
     (["episode_rows=16"], "episode_rows"), (["episode_min_len=8"], "episode_min_len"),
     (["episode_min_len=250"], "episode_min_len"), (["nonsense=1"], "nonsense"), (["train.lr=-1"], "lr"),

@@ -22,8 +22,8 @@ if [ -n "${TEACHER_TOKENS:-}" ]; then
   OVERRIDES+=(--set "train.tokens=$TEACHER_TOKENS" --set "train.batch_size=$BATCH" --set "train.warmup_steps=$WARMUP")
 fi
 [ -n "${TEACHER_MINUTES:-}" ] && OVERRIDES+=(--max-minutes "$TEACHER_MINUTES")
-# TEACHER_DATA: the teacher's text instead of the recipe's builtin:train, e.g. "[builtin:train,stdlib-code:train]"
-# (~6x the text, builtin:heldout still unseen: the held-out evaluation stays on)
+# TEACHER_DATA: the teacher's text instead of the recipe's [builtin:train,stdlib-code:train], e.g. builtin:train (the
+# recipe before 2026-12-01, which memorised it; set TRAIN_DATA=builtin:train for the later steps then)
 [ -n "${TEACHER_DATA:-}" ] && OVERRIDES+=(--set "data=$TEACHER_DATA")
 # NPROC=N: data parallel over N GPUs (torchrun). The recipe's micro-batch (small: 32 rows, 20 of them episodes) is
 # split so that the N ranks together hold the same global batch: micro_batch_size / N rows, episode_rows / N of them

@@ -2,7 +2,7 @@
 # Step 20: the five layer selectors on the small teacher at a 25% budget (3 of 12 layers), lightning mixers, recipe
 # gpu-small (src/hybridize/recipes/gpu-small.yaml): one shared stage 1, then per selector its selection, distill and
 # finetune, then one evaluation of every hybrid, the all-linear stage-1 student and the teacher (perplexity, passkey,
-# niah_single_2, mqar at 1x / 2x / 4x the teacher's length). Converted on builtin:train + retrieval episodes (what
+# niah_single_2, mqar at 1x / 2x / 4x the teacher's length). Converted on $TRAIN_DATA (lib.sh) + retrieval episodes (what
 # the teacher trained on), evaluated on builtin:heldout (text it never saw). ~13 min on an H100 (estimated from the
 # 961 s run with 3x the stage-1 tokens).
 # Run folders (weights, checkpoints) stay under /tmp/work; only json / jsonl / md / png / yaml files go to $RES.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Step 60 (two GPUs): issue 4's selector comparison and issue 6's mixer x budget rows on one teacher, in two lanes.
-# Same recipe (gpu-small) and evaluation everywhere; conversion data = builtin:train + retrieval episodes drawn on
+# Same recipe (gpu-small) and evaluation everywhere; conversion data = $TRAIN_DATA (lib.sh) + retrieval episodes drawn on
 # builtin:train filler; evaluation (perplexity windows and haystacks) on builtin:heldout, text the teacher never saw.
 #
 #   lane 0: lightning 25%: stage 1 + uniform, random, halo (no eval) -> gla 25% uniform (+ its all-linear student)

@@ -1,8 +1,9 @@
 # Shared by the gpu-plan steps (`source benchmarks/gpu-plan/lib.sh`, from the repository root).
 
 # The conversion's text beside the retrieval episodes (space-separated data spec items): what the teacher trained on,
-# e.g. TRAIN_DATA="builtin:train stdlib-code:train" for a teacher trained with TEACHER_DATA="[builtin:train,stdlib-code:train]"
-TRAIN_DATA=${TRAIN_DATA:-builtin:train}
+# the `small` recipe's builtin:train + stdlib-code:train since 2026-12-01 (TRAIN_DATA=builtin:train for a teacher
+# trained with TEACHER_DATA=builtin:train, the recipe before)
+TRAIN_DATA=${TRAIN_DATA:-builtin:train stdlib-code:train}
 
 # tqdm redraws its bar at every step: keep a bar at every 20%, drop blank lines and weight loading/saving bars
 progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
