@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Step 35 (one GPU, ~1-2 min): why do the small teacher's hybrids score a lower held-out perplexity than the teacher
+# (ratio 0.66-0.78 in results/gpu/mixers-small-code-teacher/)? Perplexity only, 16 windows at the teacher's length,
+# of the teacher, each row's final hybrids and the same hybrids after distill (before the finetune at 2x the
+# teacher's length), on text the teacher trained on (builtin:train), on held-out English (builtin:heldout) and on
+# held-out code (stdlib-code:heldout); builtin:heldout again in fp32, in case bf16 costs one model more than another.
+# Run after step 30 on the same machine (its run folders hold the weights). ROWS: the row folders (default: all of
+# step 30's); SELECTORS: which of their selectors (default uniform,halo).
+set -uo pipefail
+source benchmarks/gpu-plan/lib.sh
+TEACHER=${TEACHER:-/tmp/work/teacher-small}
+ROOT=${ROOT:-/tmp/work/mixers-small}
+OUT=$RES/ppl-checks
+DEVICE=${DEVICE:-cuda}
+LENGTH=${LENGTH:-$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")}
+[ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER"; exit 1; }
+# each model under a link named after its row and stage, which the report uses as its name
+LINKS=${LINKS:-/tmp/work/ppl-check-models}
+rm -rf "$LINKS"; mkdir -p "$LINKS"
+MODELS=()
+for row in ${ROWS:-$(ls -d "$ROOT"/*/ 2>/dev/null)}; do
+  row=${row%/}
+  for sel in $(echo "${SELECTORS:-uniform,halo}" | tr , ' '); do
+    name=$(basename "$row")-$sel
+    if [ -f "$row/$sel/config.json" ]; then ln -s "$row/$sel" "$LINKS/$name"; MODELS+=(--model "$LINKS/$name"); fi
+    if [ -f "$row/$sel/stages/distill/model/config.json" ]; then
+      ln -s "$row/$sel/stages/distill/model" "$LINKS/$name-distill"; MODELS+=(--model "$LINKS/$name-distill")
+    fi
+  done
+done
+[ ${#MODELS[@]} -gt 0 ] || { echo "ERROR: no hybrid under $ROOT (step 30 did not run here)"; exit 1; }
+mkdir -p "$OUT"
+printf '%s\n' "commit: ${SHA:-unknown}" "models: ${MODELS[*]}" > "$OUT/command.txt"
+status=0
+for spec in builtin:heldout builtin:train stdlib-code:heldout builtin:heldout@float32; do
+  data=${spec%@*}; dtype=bfloat16; [ "$spec" != "$data" ] && dtype=${spec#*@}
+  name=$(echo "$data-$dtype" | tr ':' '-')
+  CMD=(python3 -m hybridize eval --teacher "$TEACHER" "${MODELS[@]}" --suite perplexity --lengths "$LENGTH"
+       --samples 16 --data "$data" --dtype "$dtype" --device "$DEVICE" --out "$OUT/$name" --no-progress)
+  echo "=== $name"; echo "${CMD[*]}" >> "$OUT/command.txt"
+  timeout "${EVAL_TIMEOUT:-300}" "${CMD[@]}" 2>&1 | tail -40 | tee "$OUT/$name.log" || status=1
+done
+# one table: a row per model, a column per text and dtype (the teacher's ratio in brackets)
+python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+cols = {d.name: {r["model"]: (r["role"], r["value"]) for r in json.loads((d / "report.json").read_text())["results"]
+                 if r["metric"] == "perplexity"} for d in sorted(out.iterdir()) if (d / "report.json").is_file()}
+models = list(dict.fromkeys(m for c in cols.values() for m in c))
+print("| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+for m in models:
+    cells = []
+    for c in cols.values():
+        teacher = next((v for role, v in c.values() if role == "teacher"), None)
+        cells.append("-" if m not in c else f"{c[m][1]:.2f}" + (f" ({c[m][1] / teacher:.3f})" if teacher else ""))
+    print(f"| {m} | " + " | ".join(cells) + " |")
+PY
+exit "$status"
