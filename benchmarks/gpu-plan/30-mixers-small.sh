@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Step 30 (one GPU): the `uniform` selection (or ROW_SELECTORS, e.g. uniform,halo) with other mixers and budgets on
-# the small teacher, same recipe
-# (gpu-small) and data as step 20: converted on $TRAIN_DATA (lib.sh) + retrieval episodes, evaluated on builtin:heldout.
+# the small teacher, same recipe (gpu-small) and data as step 20: converted on $TRAIN_DATA (lib.sh) + retrieval
+# episodes, evaluated on builtin:heldout.
 # One folder per row; default rows gated_deltanet 25%, gla 25%, lightning 12.5% (12 x 0.125 = 1.5 rounds to 2 of
 # 12 layers). Lightning 25% uniform is step 20's `uniform` row. Rows run in order, each under its own timeout
 # (ROW_TIMEOUT, default 600 s), so a cut plan still leaves the rows before it. ~4-5 min per new mixer (its own stage

@@ -12,8 +12,8 @@ TEACHER=${TEACHER:-/tmp/work/teacher-small}
 ROOT=${ROOT:-/tmp/work/mixers-small}
 OUT=$RES/ppl-checks
 DEVICE=${DEVICE:-cuda}
-LENGTH=${LENGTH:-$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")}
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER"; exit 1; }
+LENGTH=${LENGTH:-$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")}
 # each model under a link named after its row and stage, which the report uses as its name
 LINKS=${LINKS:-/tmp/work/ppl-check-models}
 rm -rf "$LINKS"; mkdir -p "$LINKS"
@@ -48,12 +48,11 @@ out = Path(sys.argv[1])
 cols = {d.name: {r["model"]: (r["role"], r["value"]) for r in json.loads((d / "report.json").read_text())["results"]
                  if r["metric"] == "perplexity"} for d in sorted(out.iterdir()) if (d / "report.json").is_file()}
 models = list(dict.fromkeys(m for c in cols.values() for m in c))
+teacher = {name: next((v for role, v in c.values() if role == "teacher"), None) for name, c in cols.items()}
 print("| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
 for m in models:
-    cells = []
-    for c in cols.values():
-        teacher = next((v for role, v in c.values() if role == "teacher"), None)
-        cells.append("-" if m not in c else f"{c[m][1]:.2f}" + (f" ({c[m][1] / teacher:.3f})" if teacher else ""))
+    cells = ["-" if m not in c else f"{c[m][1]:.2f}" + (f" ({c[m][1] / teacher[name]:.3f})" if teacher[name] else "")
+             for name, c in cols.items()]
     print(f"| {m} | " + " | ".join(cells) + " |")
 PY
 exit "$status"

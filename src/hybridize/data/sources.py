@@ -102,10 +102,7 @@ def stdlib_code() -> tuple[tuple[str, bool], ...]:
     is (`builtin:heldout`), or, without one, when its source's own hash says so. About 11 MB on Python 3.11. Built
     once (~10 s) and kept in `cache_dir()`."""
     def build():
-        out = []
-        for path, source, doc in _stdlib_modules():
-            out.append([source, _heldout(doc if doc is not None else source)])
-        return out
+        return [[source, _heldout(doc if doc is not None else source)] for _, source, doc in _stdlib_modules()]
 
     return tuple((source, bool(held)) for source, held in _cached("stdlib-code", build))
 

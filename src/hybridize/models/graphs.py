@@ -17,7 +17,7 @@ What it gives up: the kernel fusion inductor would do on the small elementwise o
 read and write (B, hidden)-sized tensors, small next to the weights and the KV cache that bound the step.
 
 Before each capture the decoder fuses the model's input projections (`hybridize.mixers.fusion`: one matmul for
-q|k|v|gate and one for gate|up), unless `model.decode_fusion` is False: 1.13-1.31x per token at batch 1 on an H200.
+q|k|v|gate and one for gate|up; measured there), unless `model.decode_fusion` is False.
 
 What keeps the step capturable (see `HybridModel.static_seq_info` and `hybridize.mixers.state`): every buffer the
 step touches has a fixed address; where the new token goes and its position are device tensors; T = 1 attends over

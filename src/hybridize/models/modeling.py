@@ -301,8 +301,8 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(logits=torch.cat(logits, dim=1) if all_logits else logits[-1],
                                       **cache_kwargs(cache))
 
-    # CUDA-graph decode (generate on CUDA with a static cache) fuses the projections before it captures a step:
-    # 1.13-1.31x per token at batch 1 on an H200 (results/bench/h200-fused-projections-rerun/). False keeps them apart.
+    # CUDA-graph decode (generate on CUDA with a static cache) fuses the projections before it captures a step (why:
+    # hybridize.mixers.fusion); False keeps them apart.
     decode_fusion: bool = True
 
     def fuse_projections(self) -> int:
