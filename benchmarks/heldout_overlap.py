@@ -44,7 +44,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     a = p.parse_args()
     result = overlap(list(iter_documents(a.heldout)), {t: list(iter_documents(t)) for t in a.train}, a.min_chars)
-    record = {**provenance(), "command": " ".join(sys.argv), "device": "cpu", "heldout": a.heldout,
+    record = {**provenance(), "command": " ".join(sys.argv), "device": "cpu", "seed": None,  # nothing random
+              "heldout": a.heldout,
               "min_chars": a.min_chars, **result}
     print(json.dumps({k: record[k] for k in ("heldout", "lines", "in", "in_any")}, indent=1))
     if a.out:

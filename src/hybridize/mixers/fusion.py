@@ -17,8 +17,7 @@ Measured side by side on an H200 (results/bench/h200-fused-projections/, Qwen3-1
 1.12-1.31x faster per token and at batch 8 1.02-1.04x, while prefill got 1-30% slower. A prefill matmul is
 compute-bound already, and the split outputs are strided views that the kernels after it copy. With prefill unfused
 (results/bench/h200-fused-projections-rerun/) prefill matched the plain model and decode gained 1.13-1.31x again.
-The gain is measured on CUDA only (one quick CPU run showed none beyond its noise), so only CUDA decode fuses by
-default.
+The gain is measured on CUDA only, so only CUDA decode fuses by default.
 
 Results equal the unfused projections up to the matmul's summation order (tested on the CPU).
 """
