@@ -322,3 +322,45 @@ def test_heldout_overlap_counts_long_held_out_lines_found_verbatim_in_each_train
     assert got == {"lines": 4, "in": {"x": 0.25, "y": 0.5}, "in_any": 0.5}
     with pytest.raises(ValueError, match="no line of 30 or more characters; lower --min-chars"):
         mod.overlap(["short\nlines"], {"x": ["short"]}, min_chars=30)
+
+
+def test_ppl_ratio_plot_merges_reports_per_text_and_rejects_mismatched_teachers(tmp_path, monkeypatch):
+    """benchmarks/ppl_ratio_plot.py: each text's students divided by its teacher, reports of one text merged under
+    their prefixes at the chosen length, skipped names left out; a report whose teacher value differs, a missing
+    length and a missing file are errors naming the text; the CLI writes the plot and its points with provenance."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("ppl_ratio_plot", root / "benchmarks" / "ppl_ratio_plot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def report(name, teacher, students, length=1024):
+        rows = [{"model": "t", "role": "teacher", "metric": "perplexity", "length": length, "value": teacher},
+                {"model": "t", "role": "teacher", "metric": "perplexity", "length": 2 * length, "value": 99.0},
+                {"model": "t", "role": "teacher", "metric": "exact_match", "length": length, "value": 1.0}]
+        rows += [{"model": m, "role": "student", "metric": "perplexity", "length": length, "value": v}
+                 for m, v in students.items()]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"results": rows}))
+        return str(path)
+
+    a = report("a", 10.0, {"uniform": 8.0, "all-linear": 30.0})
+    b = report("b", 10.0, {"uniform": 12.0})
+    got = mod.text_points("x", [f"{a}:1024:gla-", f"{b}:1024:lightning-"], skip=("all-linear",))
+    assert got == {"text": "x", "teacher": 10.0, "models": {"gla-uniform": 8.0, "lightning-uniform": 12.0}}
+    with pytest.raises(ValueError, match="'x'.*scores the teacher 20.0000, another report 10.0000"):
+        mod.text_points("x", [f"{a}:1024", report("c", 20.0, {}) + ":1024"])
+    with pytest.raises(ValueError, match="lengths \\[1024, 2048\\], not 512"):
+        mod.text_points("x", [f"{a}:512"])
+    with pytest.raises(FileNotFoundError, match="'x': no report at"):
+        mod.text_points("x", [str(tmp_path / "missing.json")])
+
+    out = tmp_path / "plot" / "ratio.png"
+    monkeypatch.setattr(sys, "argv", ["ppl_ratio_plot.py"])
+    mod.main(["--text", "x", f"{a}:1024", "--text", "y", report("d", 2.0, {"uniform": 3.0}, length=8), "--out", str(out)])
+    points = json.loads(out.with_suffix(".json").read_text())
+    assert out.stat().st_size > 0 and "commit" in points and points["seed"] is None
+    assert [t["ratios"] for t in points["texts"]] == [{"uniform": 0.8, "all-linear": 3.0}, {}]
