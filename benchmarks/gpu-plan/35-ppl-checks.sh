@@ -29,19 +29,12 @@ for row in ${ROWS:-$(ls -d "$ROOT"/*/ 2>/dev/null)}; do
   done
 done
 [ ${#MODELS[@]} -gt 0 ] || { echo "ERROR: no hybrid under $ROOT (step 30 did not run here)"; exit 1; }
-mkdir -p "$OUT"
+rm -rf "$OUT"; mkdir -p "$OUT"   # a rerun scores every model again: no column of an earlier run stays
 printf '%s\n' "commit: ${SHA:-unknown}" "models: ${MODELS[*]}" > "$OUT/command.txt"
-status=0
-for spec in builtin:heldout builtin:train stdlib-code:heldout builtin:heldout@float32; do
-  data=${spec%@*}; dtype=bfloat16; [ "$spec" != "$data" ] && dtype=${spec#*@}
-  name=$(echo "$data-$dtype" | tr ':' '-')
-  CMD=(python3 -m hybridize eval --teacher "$TEACHER" "${MODELS[@]}" --suite perplexity --lengths "$LENGTH"
-       --samples 16 --data "$data" --dtype "$dtype" --device "$DEVICE" --out "$OUT/$name" --no-progress)
-  echo "=== $name"; echo "${CMD[*]}" >> "$OUT/command.txt"
-  timeout "${EVAL_TIMEOUT:-300}" "${CMD[@]}" 2>&1 | tail -40 | tee "$OUT/$name.log" || status=1
-done
-# one table: a row per model, a column per text and dtype (the teacher's ratio in brackets)
-python3 - "$OUT" <<'PY' | tee "$OUT/summary.md"
+# one table: a row per model, a column per text and dtype (the teacher's ratio in brackets); written again after
+# each evaluation, so that a cut run keeps the columns it finished
+summary() {
+python3 - "$OUT" > "$OUT/summary.md" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
@@ -55,4 +48,16 @@ for m in models:
              for name, c in cols.items()]
     print(f"| {m} | " + " | ".join(cells) + " |")
 PY
+}
+status=0
+for spec in builtin:heldout builtin:train stdlib-code:heldout builtin:heldout@float32; do
+  data=${spec%@*}; dtype=bfloat16; [ "$spec" != "$data" ] && dtype=${spec#*@}
+  name=$(echo "$data-$dtype" | tr ':' '-')
+  CMD=(python3 -m hybridize eval --teacher "$TEACHER" "${MODELS[@]}" --suite perplexity --lengths "$LENGTH"
+       --samples 16 --data "$data" --dtype "$dtype" --device "$DEVICE" --out "$OUT/$name" --no-progress)
+  echo "=== $name"; echo "${CMD[*]}" >> "$OUT/command.txt"
+  timeout "${EVAL_TIMEOUT:-300}" "${CMD[@]}" 2>&1 | tail -40 | tee "$OUT/$name.log" || status=1
+  summary
+done
+cat "$OUT/summary.md"
 exit "$status"
