@@ -233,11 +233,19 @@ def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
     assert (tmp_path / "latency.png").stat().st_size > 10_000
 
     out = _cli("bench", "--train", "--model", "tiny", "--device", "cpu", "--seq-len", "32", "--train-batch", "2",
-               "--steps", "2", "--out", str(tmp_path))
+               "--steps", "2", "--profile", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     train = json.loads((tmp_path / "train.json").read_text())
     assert train["tokens_per_s"] > 0 and 0 < train["mfu"] and train["seq_len"] == 32
     assert train["command"].startswith("hybridize bench --train")
+    # --profile: one more step, its operator time split by kind; a distillation step does matmuls, a softmax for the
+    # KL and an AdamW update, and the shares add up to the whole
+    prof = train["profile"]
+    assert prof["clock"] == "operator self CPU time" and prof["total_ms"] > 0
+    assert {"matmul", "softmax / loss (KL)", "optimizer"} <= set(prof["by_category"]), prof["by_category"]
+    assert abs(sum(c["share"] for c in prof["by_category"].values()) - 1) < 1e-9
+    assert 0 < prof["busy_share_of_median_step"] and prof["top"][0]["ms"] >= prof["top"][-1]["ms"]
+    assert "where the time goes (operator self CPU time" in out.stdout
 
 
 def test_bench_measures_fused_projections_side_by_side(tmp_path):
@@ -346,3 +354,47 @@ def test_deleting_a_model_frees_it_and_its_decode_step():
         gc.enable()
     with pytest.raises(RuntimeError, match="model of this decode step was deleted"):
         step(input_ids=torch.ones(1, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+
+def test_profile_categories_of_gpu_kernel_names_and_the_summary():
+    """bench.profile: CUDA kernel names of the field fall into the category a reader expects (first match wins, so
+    flash attention is not a matmul and fla's kernels are not copies); the summary orders categories by time, shares
+    sum to 1, and a profile without time is an error."""
+    from hybridize.bench.profile import OTHER, categorize, summarize
+
+    expected = {
+        "nvjet_sm90_tst_64x8_64x16_4x1_v_bz_TNT": "matmul",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matmul",
+        "cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_nn_align8": "matmul",
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7": "attention",
+        "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel": "attention",
+        "_split_kernel": "attention",
+        "chunk_fwd_kernel_h": "linear mixers (fla)",
+        "chunk_gated_delta_rule_fwd_kernel_h_blockdim64": "linear mixers (fla)",
+        "fused_recurrent_fwd_kernel": "linear mixers (fla)",
+        "chunk_local_cumsum_vector_kernel": "linear mixers (fla)",
+        "void (anonymous namespace)::softmax_warp_forward<float, float, float, 10, true>": "softmax / loss (KL)",
+        "void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float>": "softmax / loss (KL)",
+        "void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+        "ncclDevKernel_AllReduce_Sum_bf16_RING_LL": "communication",
+        "_rms_norm_kernel": "norms / rotary / activations",
+        "_silu_mul_kernel": "norms / rotary / activations",
+        "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>": "copies / casts",
+        "Memcpy DtoD (Device -> Device)": "copies / casts",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": OTHER,
+    }
+    assert {n: categorize(n) for n in expected} == expected
+    got = summarize([("nvjet_a", 600.0, 3), ("nvjet_b", 200.0, 1), ("chunk_fwd_kernel_o", 200.0, 2),
+                     ("idle", 0.0, 9)], "kernel device time", top=2)
+    assert got["total_ms"] == 1.0 and list(got["by_category"]) == ["matmul", "linear mixers (fla)"]
+    assert got["by_category"]["matmul"] == {"ms": 0.8, "share": 0.8, "calls": 4}
+    assert [t["name"] for t in got["top"]] == ["nvjet_a", "nvjet_b"]
+    with pytest.raises(RuntimeError, match="recorded no time"):
+        summarize([("x", 0.0, 1)], "kernel device time")
+
+
+def test_bench_profile_needs_train():
+    from hybridize.cli import main
+
+    with pytest.raises(SystemExit, match="--profile profiles a distillation step; add --train"):
+        main(["bench", "--profile", "--device", "cpu"])

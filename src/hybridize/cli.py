@@ -148,10 +148,12 @@ def _bench(args: argparse.Namespace) -> None:
 
     model = args.config or args.model
     command = args.command
+    if args.profile and not args.train:
+        raise SystemExit("hybridize bench: --profile profiles a distillation step; add --train")
     if args.train:
         run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
                         batch=args.train_batch, steps=args.steps, device=args.device, dtype=args.dtype,
-                        commit=args.commit, command=command)
+                        commit=args.commit, command=command, profile=args.profile)
     else:
         run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
                   batches=args.batches, variants=args.variants, device=args.device, dtype=args.dtype,
@@ -190,6 +192,8 @@ def _add_bench(sub) -> None:
     bench.add_argument("--seq-len", type=int, default=512, help="--train: sequence length (default 512)")
     bench.add_argument("--train-batch", type=int, default=8, help="--train: sequences per step (default 8)")
     bench.add_argument("--steps", type=int, default=5, help="--train: timed steps (default 5)")
+    bench.add_argument("--profile", action="store_true", help="--train: profile one more step and split its time by "
+                       "kind of work (matmul, attention, linear mixers, softmax / loss, optimizer, ...) into train.json")
     bench.set_defaults(func=_bench)
 
 

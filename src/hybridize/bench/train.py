@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..distill.losses import chunked_kl
 from ..models import HybridForCausalLM
 from . import roofline
+from .profile import format_profile, profile_call
 from ..provenance import git_commit
 from .inference import DTYPES, SEED, _device_name, _positive_list, _sync, build_models
 
@@ -31,8 +32,10 @@ from .inference import DTYPES, SEED, _device_name, _positive_list, _sync, build_
 def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, budget: float | int | str = 0.25,
                     mixer: str = "lightning", seq_len: int = 512, batch: int = 8, steps: int = 5, warmup: int = 2,
                     device: str | None = None, dtype: str = "bfloat16", kl_chunk_tokens: int = 1024,
-                    commit: str | None = None, command: str | None = None) -> dict:
-    """Time `steps` distillation steps after `warmup` ones; print and write `out/train.json`. Returns the record."""
+                    commit: str | None = None, command: str | None = None, profile: bool = False) -> dict:
+    """Time `steps` distillation steps after `warmup` ones; print and write `out/train.json`. Returns the record.
+    `profile`: one more step under `torch.profiler`, its time split by kind of work (`bench.profile`), in the record's
+    `profile` (what bounds the MFU)."""
     for name, value in (("seq_len", seq_len), ("batch", batch), ("steps", steps), ("kl_chunk_tokens", kl_chunk_tokens)):
         _positive_list(name, [value])
     if dtype not in DTYPES:
@@ -83,6 +86,11 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
                   peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
                   device=_device_name(device), dtype=dtype if cuda else "float32",
                   commit=commit or git_commit(short=True), seed=SEED, date=time.strftime("%Y-%m-%d %H:%M"))
+    if profile:
+        record["profile"] = profile_call(step, device)
+        # below 1: the device idles for part of a step (launch or host overhead), which no kernel can win back
+        record["profile"]["busy_share_of_median_step"] = record["profile"]["total_ms"] / 1e3 / seconds
+        print(format_profile(record["profile"]), flush=True)
     print(f"train {models.name} {mixer} seq {seq_len} x batch {batch}: {record['tokens_per_s']:.0f} tok/s, "
           f"MFU {record['mfu']:.1%}, step {seconds:.3f} s, peak "
           f"{'-' if record['peak_gib'] is None else format(record['peak_gib'], '.2f')} GiB", flush=True)

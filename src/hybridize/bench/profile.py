@@ -1,0 +1,102 @@
+"""Where a step's time goes: one call under `torch.profiler`, its time split by kind of work.
+
+`hybridize bench --train --profile` uses it to say what bounds distillation MFU. On CUDA it sums the kernels'
+device time; on the CPU the operators' self time (there are no kernels). Each kernel or operator falls into one
+category by its name (`CATEGORIES`, first match wins), so that "matmul 55%, linear mixers 20%, loss 10%, ..." can be
+read beside the MFU: the matmul share is what a perfect matmul library could speed up; the rest is what bounds MFU
+from the other side.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import torch
+
+# (category, pattern over the lower-cased kernel / operator name); order matters: first match wins
+CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("communication", r"nccl|all_reduce|allreduce|reduce_scatter|all_gather"),
+    ("optimizer", r"adam|foreach|multi_tensor|fused_sgd|clip_grad|_amp_foreach"),
+    # (_split_kernel / _combine_kernel: our decode-attention kernel, hybridize.kernels)
+    ("attention", r"flash|fmha|attention|sdpa|_efficient_attention|cudnn.*fprop|cudnn.*bprop|_split_kernel|"
+                  r"_combine_kernel"),
+    # fla's Triton kernels (chunked / recurrent linear attention, gates, cumsums) and their wrappers
+    ("linear mixers (fla)", r"chunk_|fused_recurrent|recurrent_fwd|recurrent_bwd|cumsum|l2norm|wy_fast|solve_tril|"
+                            r"prepare_wy|fla\.|gated_delta|simple_gla|kernel_h\b"),
+    ("softmax / loss (KL)", r"softmax|logsumexp|kl_div|cross_entropy|nll_loss|log_softmax"),
+    ("matmul", r"gemm|nvjet|cutlass|xmma|sm\d+_.*tn|sm\d+_.*nt|cublas|aten::(mm|addmm|bmm|baddbmm|matmul|linear)\b|"
+               r"aten::_?addmm|mkldnn.*(linear|matmul)|splitk"),
+    ("norms / rotary / activations", r"rms_?norm|layer_?norm|rotary|rope|silu|gelu|swiglu|sigmoid|rsqrt|aten::pow"),
+    ("copies / casts", r"copy|cast|_to_copy|aten::to\b|contiguous|cat|clone|index|gather|scatter|fill|zero|memset|"
+                       r"memcpy|transpose|permute|view|reshape"),
+)
+OTHER = "other elementwise / reductions"
+
+
+def categorize(name: str) -> str:
+    """The category of a kernel or operator name (`CATEGORIES`, first match), else `OTHER`."""
+    low = name.lower()
+    for category, pattern in CATEGORIES:
+        if re.search(pattern, low):
+            return category
+    return OTHER
+
+
+def _self_time_us(evt, cuda: bool) -> float:
+    if cuda:
+        return float(getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0.0))
+    return float(evt.self_cpu_time_total)
+
+
+def profile_call(fn: Callable[[], object], device: torch.device, top: int = 20) -> dict:
+    """Run `fn()` once under the profiler; return {"clock", "total_ms", "by_category": {name: {"ms", "share",
+    "calls"}}, "top": [{"name", "category", "ms", "calls"}, ...]} (categories by time, descending)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize(device)
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    rows = []
+    for evt in prof.key_averages():
+        # on CUDA only the kernels (and memcpy / memset) count: a CPU-side operator's "self device time" is the time of
+        # the kernels it launched, which would count them twice
+        if cuda and not str(getattr(evt, "device_type", "")).endswith("CUDA"):
+            continue
+        rows.append((evt.key, _self_time_us(evt, cuda), evt.count))
+    return summarize(rows, "kernel device time" if cuda else "operator self CPU time", top)
+
+
+def summarize(rows: list[tuple[str, float, int]], clock: str, top: int = 20) -> dict:
+    """`profile_call`'s record from (name, microseconds, calls) rows."""
+    rows = [r for r in rows if r[1] > 0]
+    total = sum(us for _, us, _ in rows)
+    if total <= 0:
+        raise RuntimeError("the profiler recorded no time: nothing ran, or this build of torch has no profiler")
+    by: dict[str, dict] = {}
+    for name, us, count in rows:
+        c = by.setdefault(categorize(name), {"ms": 0.0, "share": 0.0, "calls": 0})
+        c["ms"] += us / 1e3
+        c["calls"] += count
+    for c in by.values():
+        c["share"] = c["ms"] * 1e3 / total
+    heavy = sorted(rows, key=lambda r: -r[1])[:top]
+    return {"clock": clock, "total_ms": total / 1e3,
+            "by_category": dict(sorted(by.items(), key=lambda kv: -kv[1]["ms"])),
+            "top": [{"name": n[:120], "category": categorize(n), "ms": us / 1e3, "calls": k} for n, us, k in heavy]}
+
+
+def format_profile(p: dict) -> str:
+    """A few lines for the terminal: each category's share of the profiled time."""
+    lines = [f"where the time goes ({p['clock']}, {p['total_ms']:.1f} ms in all):"]
+    lines += [f"  {name:<32} {c['share']:6.1%}  {c['ms']:9.2f} ms  {c['calls']:6d} calls"
+              for name, c in p["by_category"].items()]
+    return "\n".join(lines)
+
+
+__all__ = ["CATEGORIES", "OTHER", "categorize", "format_profile", "profile_call", "summarize"]
