@@ -168,12 +168,17 @@ def test_perplexity_equals_the_plain_forward_and_buckets_by_context(tok):
         logits = model(windows).logits
     ref = F.cross_entropy(logits[:, :-1].transpose(1, 2), windows[:, 1:], reduction="none")
     assert_close(nll, ref, "chunked NLL vs full forward")
+    nll2, ent = token_nll(model, windows, chunk=10, entropy=True)
+    ref_ent = torch.distributions.Categorical(logits=logits[:, :-1].float()).entropy()
+    assert torch.equal(nll2, nll)
+    assert_close(ent, ref_ent, "chunked predictive entropy vs full forward")
     rows = perplexity_by_length(model, windows, [32, 96, 64], batch_size=2, progress=False)
     assert [(r["length_from"], r["length"], r["tokens"]) for r in rows] == [(0, 32, 96), (32, 64, 96), (64, 96, 96)]
     for r in rows:
         expected = ref[:, r["length_from"]:r["length"]].double().mean().item()
         assert r["nll"] == pytest.approx(expected, rel=1e-5)
         assert r["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+        assert r["entropy"] == pytest.approx(ref_ent[:, r["length_from"]:r["length"]].double().mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="holds .* tokens, but 500 windows of 97 tokens need"):
         perplexity_windows(tok, TEXTS, max_length=96, samples=500)
 

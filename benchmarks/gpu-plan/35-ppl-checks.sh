@@ -4,6 +4,8 @@
 # of the teacher, each row's final hybrids and the same hybrids after distill (before the finetune at 2x the
 # teacher's length), on text the teacher trained on (builtin:train), on held-out English (builtin:heldout) and on
 # held-out code (stdlib-code:heldout); builtin:heldout again in fp32, in case bf16 costs one model more than another.
+# Beside perplexity, each model's loss minus the entropy of its predictions: whether the teacher is overconfident on
+# text it has not read (the reading of results/gpu/mixers-small-lightning-gla/, where the ratio followed the text).
 # Run after step 30 on the same machine (its run folders hold the weights). ROWS: the row folders (default: all of
 # step 30's); SELECTORS: which of their selectors (default uniform,halo).
 set -uo pipefail
@@ -38,8 +40,9 @@ python3 - "$OUT" > "$OUT/summary.md" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-cols = {d.name: {r["model"]: (r["role"], r["value"]) for r in json.loads((d / "report.json").read_text())["results"]
-                 if r["metric"] == "perplexity"} for d in sorted(out.iterdir()) if (d / "report.json").is_file()}
+rows = {d.name: [r for r in json.loads((d / "report.json").read_text())["results"] if r["metric"] == "perplexity"]
+        for d in sorted(out.iterdir()) if (d / "report.json").is_file()}
+cols = {name: {r["model"]: (r["role"], r["value"]) for r in rs} for name, rs in rows.items()}
 models = list(dict.fromkeys(m for c in cols.values() for m in c))
 teacher = {name: next((v for role, v in c.values() if role == "teacher"), None) for name, c in cols.items()}
 print("| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
@@ -47,6 +50,14 @@ for m in models:
     cells = ["-" if m not in c else f"{c[m][1]:.2f}" + (f" ({c[m][1] / teacher[name]:.3f})" if teacher[name] else "")
              for name, c in cols.items()]
     print(f"| {m} | " + " | ".join(cells) + " |")
+# how sure each model is against how right: mean loss minus the mean entropy of its predictions (nats per token);
+# > 0: more confident than its errors warrant
+gaps = {name: {r["model"]: r["nll"] - r["entropy"] for r in rs if "entropy" in r} for name, rs in rows.items()}
+if any(gaps.values()):
+    print("\nloss - predictive entropy (nats/token; > 0: overconfident)\n")
+    print("| model | " + " | ".join(gaps) + " |\n|---|" + "---|" * len(gaps))
+    for m in models:
+        print(f"| {m} | " + " | ".join(f"{g[m]:+.3f}" if m in g else "-" for g in gaps.values()) + " |")
 PY
 }
 status=0

@@ -59,8 +59,9 @@ def heldout_lm(model, ids: torch.Tensor) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """(B, T - 1) fp32 negative log-likelihood of tokens 1 .. T - 1.
+def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024, entropy: bool = False):
+    """(B, T - 1) fp32 negative log-likelihood of tokens 1 .. T - 1; with `entropy`, also the (B, T - 1) entropy of
+    the model's predictive distribution at each of those positions (nats), as a pair (nll, entropy).
 
     Runs the decoder once and the output head `chunk` positions at a time, so that the (B, T, vocab) fp32 logits
     never exist at once (150K vocab x 16K tokens would be 10 GB per row). Works for models whose logits are
@@ -71,31 +72,40 @@ def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor
     h = decoder(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, H)
     B, T = input_ids.shape
     out = torch.empty(B, T - 1, dtype=torch.float32, device=input_ids.device)
+    ent = torch.empty_like(out) if entropy else None
     for s in range(0, T - 1, chunk):
         e = min(s + chunk, T - 1)
-        logits = head(h[:, s:e]).float()  # (B, c, V)
-        out[:, s:e] = F.cross_entropy(logits.transpose(1, 2), input_ids[:, s + 1:e + 1], reduction="none")
-    return out
+        logp = F.log_softmax(head(h[:, s:e]).float(), dim=-1)  # (B, c, V)
+        out[:, s:e] = -logp.gather(-1, input_ids[:, s + 1:e + 1, None]).squeeze(-1)
+        if entropy:
+            ent[:, s:e] = -(logp.exp() * logp).sum(-1)
+    return (out, ent) if entropy else out
 
 
 def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], batch_size: int = 1,
                          progress: bool = True, desc: str = "perplexity") -> list[dict]:
-    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "nll", "tokens"}."""
+    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "nll", "entropy", "tokens"}.
+
+    `entropy` is the mean entropy of the model's predictive distribution over the bucket's positions (nats). Beside
+    `nll` it says how sure the model was against how right: nll - entropy > 0 means more confident than its errors
+    warrant (overconfident), < 0 less."""
     edges = sorted(set(lengths))
     if windows.shape[1] != edges[-1] + 1:
         raise ValueError(f"windows hold {windows.shape[1]} tokens; the longest length {edges[-1]} needs "
                          f"{edges[-1] + 1}")
     device = next(model.parameters()).device
     total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)  # summed NLL of each predicted position
+    total_ent = torch.zeros_like(total)
     for s in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, unit="batch"):
-        nll = token_nll(model, windows[s:s + batch_size].to(device))
+        nll, ent = token_nll(model, windows[s:s + batch_size].to(device), entropy=True)
         total += nll.double().sum(0).cpu()
+        total_ent += ent.double().sum(0).cpu()
     rows, prev = [], 0
     for b in edges:
         # token t (1-based position in the window) has t tokens of context; it is column t - 1 of `total`
-        seg = total[prev:b]
-        n = seg.numel() * len(windows)
-        mean = float(seg.sum()) / n
-        rows.append({"length": b, "length_from": prev, "nll": mean, "perplexity": math.exp(mean), "tokens": n})
+        n = (b - prev) * len(windows)
+        mean = float(total[prev:b].sum()) / n
+        rows.append({"length": b, "length_from": prev, "nll": mean, "perplexity": math.exp(mean),
+                     "entropy": float(total_ent[prev:b].sum()) / n, "tokens": n})
         prev = b
     return rows

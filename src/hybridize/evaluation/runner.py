@@ -133,7 +133,8 @@ def run_eval(cfg: EvalConfig) -> list[Path]:
             for row in perplexity_by_length(model, windows, cfg.lengths, bs, cfg.progress, f"{name} perplexity"):
                 entries.append({**base, "suite": "perplexity", "task": "perplexity", "metric": "perplexity",
                                 "value": row["perplexity"], "length": row["length"], "depth": None,
-                                "length_from": row["length_from"], "tokens": row["tokens"], "samples": cfg.samples})
+                                "length_from": row["length_from"], "tokens": row["tokens"], "samples": cfg.samples,
+                                "nll": row["nll"], "entropy": row["entropy"]})
         if cells:
             rows, predictions = evaluate_cells(model, tokenizer, cells, cfg.batch_tokens, progress=cfg.progress,
                                                desc=f"{name} recall")
