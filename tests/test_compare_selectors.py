@@ -51,3 +51,40 @@ def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_p
     assert (out / "selectors.md").read_text().count("\n| ") == 4  # teacher + three rows
     report = json.loads((out / "report" / "report.json").read_text())
     assert {e["model"] for e in report["results"]} >= {"uniform", "random", cs.ALL_LINEAR}
+
+
+def test_recall_grid_panels_keep_each_teacher_with_its_runs(tmp_path):
+    """benchmarks/gpu-plan/recall_grid.py: runs of one mixer, budget and teacher share a panel (a later FlashMorph
+    run joins its row), a run of another teacher gets its own panel with its own teacher bars, selectors are ordered
+    teacher first, mismatched lengths in one panel are an error, and the CLI writes the plot or names a missing file."""
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("recall_grid", ROOT / "benchmarks" / "gpu-plan" / "recall_grid.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def rec(teacher_passkey, rows, mixer="gla", lengths=(8, 16)):
+        return {"teacher": "/t", "budget": 0.25, "overrides": [f"mixer={mixer}"], "lengths": list(lengths),
+                "teacher_results": {f"passkey@{n}": teacher_passkey for n in lengths},
+                "rows": [{"selector": s, **{f"passkey@{n}": v for n in lengths}} for s, v in rows]}
+
+    a = rec(1.0, [("halo", 0.5), ("uniform", 0.0)])
+    b = rec(1.0, [("flashmorph", 0.25)])
+    c = rec(0.5, [("uniform", 0.125)])  # another teacher (different results), same mixer and budget
+    ps = mod.panels([a, b, c, rec(1.0, [("uniform", 0.0)], mixer="lightning")])
+    assert [p["title"] for p in ps] == ["gla 25%", "gla 25%", "lightning 25%"]
+    assert list(ps[0]["bars"]) == ["teacher", "uniform", "halo", "flashmorph"]
+    assert ps[0]["bars"]["flashmorph"]["passkey"] == [0.25, 0.25]
+    assert ps[1]["bars"]["teacher"]["passkey"] == [0.5, 0.5] and list(ps[1]["bars"]) == ["teacher", "uniform"]
+    assert ps[0]["bars"]["halo"]["niah_single_2"] == [None, None]  # a task a run did not score: no bar
+    with pytest.raises(ValueError, match="cannot share a panel"):
+        mod.panels([a, rec(1.0, [("halo", 0.5)], lengths=(8, 32)) | {"teacher_results": a["teacher_results"]}])
+
+    files = []
+    for i, r in enumerate((a, b)):
+        files.append(tmp_path / f"{i}.json")
+        files[-1].write_text(json.dumps(r))
+    mod.main([*map(str, files), "--out", str(tmp_path / "grid.png")])
+    assert (tmp_path / "grid.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no such selectors.json: .*missing.json"):
+        mod.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.png")])
