@@ -173,6 +173,13 @@ def test_tiny_teacher_is_deterministic_resumable_and_a_plain_hf_checkpoint(tmp_p
     assert out.shape == (1, ids.shape[1] + 4)
     record = json.loads((tmp_path / "one" / "teacher.json").read_text())
     assert record["size"] == "tiny" and record["result"]["steps"] == 3 and record["device"] == "cpu"
+    # train.deterministic (deterministic kernels, for CUDA): recorded in the recipe, the same weights on the CPU, and
+    # the process's setting back as it was afterwards
+    det = train_teacher("tiny", tmp_path / "det", TINY_RUN + ["train.deterministic=true"], data=[corpus], device="cpu")
+    assert det.finished and json.loads((tmp_path / "det" / "teacher.json").read_text())["recipe"]["train"]["deterministic"]
+    w3 = load_file(tmp_path / "det" / "model.safetensors")
+    assert all(torch.equal(w1[k], w3[k]) for k in w1)
+    assert not torch.are_deterministic_algorithms_enabled()
     assert record["recipe"]["train"]["tokens"] == 3072
     assert {"command", "commit", "torch", "transformers"} <= set(record)  # what produced it
     # a different recipe in the same folder is refused rather than mixed
@@ -296,3 +303,16 @@ def test_torchrun_refuses_a_batch_the_ranks_cannot_split(tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode != 0
     assert "train.batch_size=4 must be a multiple of micro_batch_size=4 x 2 process(es)" in run.stderr
+
+
+def test_deterministic_kernels_are_on_inside_and_restored_after_an_error():
+    from hybridize.distill.loop import deterministic_kernels
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(False, torch.device("cpu")):
+        assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(KeyError):
+        with deterministic_kernels(True, torch.device("cpu")):
+            assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+            raise KeyError("stage failed")
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -176,7 +176,34 @@ def _summary_writer(run_dir: Path):
     return SummaryWriter(str(run_dir / "tb"))
 
 
-def train(
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool, device: torch.device):
+    """With `enabled`: only deterministic kernels inside (`torch.use_deterministic_algorithms`, which raises on an op
+    that has none), so that on CUDA the same seed and data give the same weights. The CPU is deterministic without it.
+    CUDA needs `CUBLAS_WORKSPACE_CONFIG` before its first matmul; it is set here unless the user set it. The previous
+    setting comes back on exit."""
+    if not enabled:
+        yield
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def train(*, recipe: StageRecipe, device: torch.device, **kwargs) -> TrainResult:
+    """Run (or resume) one stage (`_train` says how), with deterministic kernels when `recipe.deterministic`."""
+    with deterministic_kernels(recipe.deterministic, device):
+        return _train(recipe=recipe, device=device, **kwargs)
+
+
+def _train(
     *,
     name: str,
     run_dir: Path,

@@ -37,6 +37,10 @@ class StageRecipe:
     compile: bool = False  # torch.compile the student's blocks
     save_every: int = 100  # steps between checkpoints (and one at the end)
     kl_chunk_tokens: int = 1024  # tokens per chunk of the full-vocabulary KL / CE
+    # deterministic kernels only (torch.use_deterministic_algorithms): on CUDA the same seed then gives the same
+    # weights, at some speed; without it GPU reductions differ from run to run (two H200 runs of the `small` teacher
+    # parted at step 2). The CPU is deterministic either way. fla's Triton kernels are outside its reach.
+    deterministic: bool = False
 
     @property
     def steps(self) -> int:
@@ -58,6 +62,9 @@ class StageRecipe:
             raise ValueError(f"{stage}.schedule={self.schedule!r}; allowed: {list(SCHEDULES)}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"{stage}.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
+        for name in ("checkpointing", "compile", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{stage}.{name} must be true or false, got {getattr(self, name)!r}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"{stage}.betas must be two numbers in [0, 1), got {self.betas!r}")
 
