@@ -23,13 +23,13 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
                   r"_combine_kernel"),
     # fla's Triton kernels (chunked / recurrent linear attention, gates, cumsums) and their wrappers
     ("linear mixers (fla)", r"chunk_|fused_recurrent|recurrent_fwd|recurrent_bwd|cumsum|l2norm|wy_fast|solve_tril|"
-                            r"prepare_wy|fla\.|gated_delta|simple_gla|kernel_h\b"),
+                            r"prepare_wy|gated_delta|simple_gla"),
     ("softmax / loss (KL)", r"softmax|logsumexp|kl_div|cross_entropy|nll_loss|log_softmax"),
     ("matmul", r"gemm|nvjet|cutlass|xmma|sm\d+_.*tn|sm\d+_.*nt|cublas|aten::(mm|addmm|bmm|baddbmm|matmul|linear)\b|"
                r"aten::_?addmm|mkldnn.*(linear|matmul)|splitk"),
     ("norms / rotary / activations", r"rms_?norm|layer_?norm|rotary|rope|silu|gelu|swiglu|sigmoid|rsqrt|aten::pow"),
-    ("copies / casts", r"copy|cast|_to_copy|aten::to\b|contiguous|cat|clone|index|gather|scatter|fill|zero|memset|"
-                       r"memcpy|transpose|permute|view|reshape"),
+    ("copies / casts", r"copy|cast|_to_copy|aten::to\b|contiguous|\bcat\b|concat|clone|index|gather|scatter|fill|zero|"
+                       r"memset|memcpy|transpose|permute|view|reshape"),
 )
 OTHER = "other elementwise / reductions"
 
