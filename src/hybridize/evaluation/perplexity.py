@@ -78,7 +78,7 @@ def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024, entropy: bool =
         logp = F.log_softmax(head(h[:, s:e]).float(), dim=-1)  # (B, c, V)
         out[:, s:e] = -logp.gather(-1, input_ids[:, s + 1:e + 1, None]).squeeze(-1)
         if entropy:
-            ent[:, s:e] = -(logp.exp() * logp).sum(-1)
+            ent[:, s:e] = -logp.exp().mul_(logp).sum(-1)  # in place: one (B, c, V) temporary, not two
     return (out, ent) if entropy else out
 
 
