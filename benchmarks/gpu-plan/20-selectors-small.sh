@@ -9,11 +9,10 @@
 # Resumable: run again after an interruption and finished stages are skipped.
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
-TEACHER=${TEACHER:-/tmp/work/teacher-small}
+TEACHER=${TEACHER:-$SMALL_TEACHER}
 NAME=${NAME:-selectors-small-lightning-25}
 WORK=${WORK:-/tmp/work/$NAME}
 OUTDIR=$RES/$NAME
-DEVICE=${DEVICE:-cuda}
 EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
 N_EPISODES=${N_EPISODES:-800}  # ~430K tokens at 1024, about as many as the built-in corpus (460K)
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }

@@ -10,10 +10,9 @@
 # student beside the hybrid). GatedDeltaNet / GLA training on Hopper needs Triton >= 3.7.1.
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
-TEACHER=${TEACHER:-/tmp/work/teacher-small}
-ROOT=${ROOT:-/tmp/work/mixers-small}
+TEACHER=${TEACHER:-$SMALL_TEACHER}
+ROOT=${ROOT:-$MIXER_ROWS}
 OUTROOT=$RES/mixers-small
-DEVICE=${DEVICE:-cuda}
 STAGE1_LIGHTNING=${STAGE1_LIGHTNING:-/tmp/work/selectors-small-lightning-25/stage1/stages/align}
 EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
 ROWS=${ROWS:-"gated_deltanet:0.25 gla:0.25 lightning:0.125"}

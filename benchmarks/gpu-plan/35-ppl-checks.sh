@@ -10,10 +10,9 @@
 # step 30's); SELECTORS: which of their selectors (default uniform,halo).
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
-TEACHER=${TEACHER:-/tmp/work/teacher-small}
-ROOT=${ROOT:-/tmp/work/mixers-small}
+TEACHER=${TEACHER:-$SMALL_TEACHER}
+ROOT=${ROOT:-$MIXER_ROWS}
 OUT=$RES/ppl-checks
-DEVICE=${DEVICE:-cuda}
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER"; exit 1; }
 LENGTH=${LENGTH:-$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")}
 # each model under a link named after its row and stage, which the report uses as its name

@@ -14,7 +14,7 @@
 # small --set values of README.md's CPU check). CPU check: DEVICE_0=cpu DEVICE_1=cpu LOW_BUDGET=0.5, with those --set values.
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
-TEACHER=${TEACHER:-/tmp/work/teacher-small}
+TEACHER=${TEACHER:-$SMALL_TEACHER}
 WORK=${WORK:-/tmp/work}
 DEVICE_0=${DEVICE_0:-cuda:0}
 DEVICE_1=${DEVICE_1:-cuda:1}

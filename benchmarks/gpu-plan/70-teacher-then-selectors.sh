@@ -15,7 +15,6 @@
 set -uo pipefail
 source benchmarks/gpu-plan/lib.sh
 SIZE=${SIZE:-small}
-DEVICE=${DEVICE:-cuda}
 TEACHER=${TEACHER:-/tmp/work/teacher-$SIZE}
 OUTDIR=$RES/teacher-$SIZE
 mkdir -p "$OUTDIR" /tmp/work

@@ -1,5 +1,11 @@
 # Shared by the gpu-plan steps (`source benchmarks/gpu-plan/lib.sh`, from the repository root).
 
+# Where the steps of one machine meet, named once: the device, the `small` teacher (steps 10 / 70 write it, the later
+# steps read it) and step 30's row folders (one per mixer and budget; step 35 reads them)
+DEVICE=${DEVICE:-cuda}
+SMALL_TEACHER=/tmp/work/teacher-small
+MIXER_ROWS=/tmp/work/mixers-small
+
 # The conversion's text beside the retrieval episodes (space-separated data spec items): what the teacher trained on,
 # the `small` recipe's builtin:train + stdlib-code:train since 2026-12-01 (TRAIN_DATA=builtin:train for a teacher
 # trained with TEACHER_DATA=builtin:train, the recipe before)
