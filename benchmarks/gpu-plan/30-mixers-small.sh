@@ -18,7 +18,8 @@ EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
 ROWS=${ROWS:-"gated_deltanet:0.25 gla:0.25 lightning:0.125"}
 ROW_SELECTORS=${ROW_SELECTORS:-uniform}  # halo adds ~20-60 s per row, flashmorph ~30-150 s (first-step compile)
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
-unpack_autotune
+# (step 31 unpacks once for its lanes: a lane untarring over files another lane's kernels are reading could break it)
+[ "${AUTOTUNE_UNPACKED:-0}" = 1 ] || unpack_autotune
 mkdir -p "$ROOT" "$OUTROOT"
 make_episodes "$EPISODES" "$TEACHER" || exit 1
 [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$OUTROOT/teacher.json"

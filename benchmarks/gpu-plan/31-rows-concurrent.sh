@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Step 31 (one GPU): step 30's rows, each in its own process at the same time on the one GPU, instead of one after
+# another. Why: the `small` recipe leaves the GPU mostly idle (stage 2 distils ~70K tokens/s, a few % of an H200's
+# matmul rate: small matrices, launch-bound), so rows sharing it finish sooner than in a row, and a session's ~28
+# minutes then hold the teacher and a whole budget's grid. The cost: each row's `seconds` (selectors.json, done.json)
+# are wall-clock seconds on a shared GPU, an upper bound of its cost alone; gpu-util.csv logs the GPU's utilisation
+# every 5 s to show how shared it was. Speed measurements (steps 40, 45, 47) never run beside this.
+# ROWS, ROW_SELECTORS and extra arguments as step 30 (one lane per row; each lane's log in $RES/mixers-small/lane-*.log).
+# CPU check (~3 min): DEVICE=cpu with a tiny teacher and the --set values of README.md's CPU check.
+set -uo pipefail
+source benchmarks/gpu-plan/lib.sh
+TEACHER=${TEACHER:-$SMALL_TEACHER}
+ROWS=${ROWS:-"lightning:0.125 gla:0.125 gated_deltanet:0.125"}
+OUTROOT=$RES/mixers-small
+EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
+[ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
+mkdir -p "$OUTROOT"
+make_episodes "$EPISODES" "$TEACHER" || exit 1   # once, before the lanes (each would otherwise write it)
+unpack_autotune                                   # once, before any lane's kernels read the cache
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUTROOT/gpu-util.csv" &
+  smi=$!
+fi
+pids=()
+for row in $ROWS; do
+  name=${row%%:*}-${row##*:}
+  ROWS=$row EPISODES=$EPISODES AUTOTUNE_UNPACKED=1 ROW_TIMEOUT=${ROW_TIMEOUT:-1500} TEACHER=$TEACHER \
+    bash benchmarks/gpu-plan/30-mixers-small.sh "$@" > "$OUTROOT/lane-$name.log" 2>&1 &
+  pids+=($!)
+  echo "[$(date +%T)] lane $name started (pid $!)"
+  sleep "${LANE_STAGGER:-15}"   # the lanes' first compiles and stage-1 starts apart
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+for f in "$OUTROOT"/lane-*.log; do echo "=== $f"; tail -n 25 "$f"; done
+# the lanes each wrote these at their end; once more, now that every row is there
+save_autotune "$OUTROOT"
+python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
+  "$OUTROOT"/*/selectors.json --selectors "${ROW_SELECTORS:-uniform},all-linear" --out "$OUTROOT/mixers.md"
+exit "$status"
