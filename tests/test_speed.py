@@ -382,6 +382,10 @@ def test_profile_categories_of_gpu_kernel_names_and_the_summary():
         "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>": "copies / casts",
         "Memcpy DtoD (Device -> Device)": "copies / casts",
         "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": OTHER,
+        # (an H200 profile counted 20 ms of these as copies: "nocast" matched "cast")
+        "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::BinaryFunctor<float,"
+        " float, float, at::native::binary_internal::MulFunctor<float>>>": OTHER,
+        "void at::native::vectorized_elementwise_kernel<8, at::native::bfloat16_copy_kernel_cuda>": "copies / casts",
     }
     assert {n: categorize(n) for n in expected} == expected
     got = summarize([("nvjet_a", 600.0, 3), ("nvjet_b", 200.0, 1), ("chunk_fwd_kernel_o", 200.0, 2),
@@ -391,6 +395,42 @@ def test_profile_categories_of_gpu_kernel_names_and_the_summary():
     assert [t["name"] for t in got["top"]] == ["nvjet_a", "nvjet_b"]
     with pytest.raises(RuntimeError, match="recorded no time"):
         summarize([("x", 0.0, 1)], "kernel device time")
+
+
+def test_train_bench_accumulates_micro_batches_per_optimizer_step(tmp_path):
+    """--train-accum: a step is `accum` micro-batches then one optimizer update, as the distillation loop does with
+    batch_size / micro_batch_size; tokens and FLOPs per step grow with it, the loss is the micro-batches' mean (the same
+    batch each time here, so the same loss as one), and a bad value names the option."""
+    from hybridize.bench import run_train_bench
+
+    kw = dict(model="tiny", seq_len=16, batch=2, steps=1, warmup=0, device="cpu")
+    one = run_train_bench(out=tmp_path / "a1", accum=1, **kw)
+    two = run_train_bench(out=tmp_path / "a2", accum=2, **kw)
+    assert two["accum"] == 2 and two["model_flops_per_step"] == 2 * one["model_flops_per_step"]
+    assert two["tokens_per_s"] * two["step_s"] == pytest.approx(2 * 2 * 16)
+    assert two["last_loss"] == pytest.approx(one["last_loss"], rel=1e-5), (two["last_loss"], one["last_loss"])
+    assert one["optimizer"] == "AdamW (foreach)"  # fused on CUDA, as the loop
+    with pytest.raises(ValueError, match="accum"):
+        run_train_bench(out=tmp_path / "bad", accum=0, **kw)
+
+
+def test_profile_counts_kernels_once_not_annotations_or_host_operators():
+    """On CUDA a kernel's time is counted once: the host operator that launched it and a user annotation's GPU range
+    spanning it ("Optimizer.step#AdamW.step": an H200 profile counted the optimizer's 38 ms twice, so the kernels summed
+    to more than the step) are left out."""
+    from types import SimpleNamespace
+
+    from hybridize.bench.profile import _rows
+
+    def evt(key, us, device_type, annotation=False):
+        return SimpleNamespace(key=key, self_device_time_total=us, self_cpu_time_total=5.0, count=1,
+                               device_type=f"DeviceType.{device_type}", is_user_annotation=annotation)
+
+    events = [evt("multi_tensor_apply_kernel", 40.0, "CUDA"), evt("Optimizer.step#AdamW.step", 38.0, "CUDA", True),
+              evt("aten::_fused_adamw_", 40.0, "CPU"), evt("nvjet_sm90", 100.0, "CUDA")]
+    assert _rows(events, cuda=True) == [("multi_tensor_apply_kernel", 40.0, 1), ("nvjet_sm90", 100.0, 1)]
+    # on the CPU there are no kernels: every operator's self CPU time, annotations included (self time excludes children)
+    assert [r[0] for r in _rows(events, cuda=False)] == [e.key for e in events]
 
 
 def test_bench_profile_needs_train():

@@ -39,7 +39,7 @@ printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/comm
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
 
 LIMIT=${TEACHER_TIMEOUT:-$(awk "BEGIN { print int(${TEACHER_MINUTES:-15} * 60 + 300) }")}
-timeout "$LIMIT" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress > "$OUTDIR/train.log"
+timeout "$LIMIT" "${CMD[@]}" 2>&1 | lines | progress > "$OUTDIR/train.log"
 rc=${PIPESTATUS[0]}
 tail -n 3 "$OUTDIR/train.log"
 

@@ -31,7 +31,7 @@ printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$OUTDIR/comm
 cp src/hybridize/recipes/gpu-small.yaml "$OUTDIR/"
 [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$OUTDIR/teacher.json"
 
-timeout "${SEL_TIMEOUT:-1500}" "${CMD[@]}" 2>&1 | tr '\r' '\n' | progress | tee "$OUTDIR/run.log"
+timeout "${SEL_TIMEOUT:-1500}" "${CMD[@]}" 2>&1 | lines | progress | tee "$OUTDIR/run.log"
 rc=${PIPESTATUS[0]}
 
 copy_results "$WORK" "$OUTDIR"

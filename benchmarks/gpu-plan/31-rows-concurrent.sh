@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Step 31 (one GPU): step 30's rows, each in its own process at the same time on the one GPU, instead of one after
-# another. Why: the `small` recipe leaves the GPU mostly idle (stage 2 distils ~70K tokens/s, a few % of an H200's
-# matmul rate: small matrices, launch-bound), so rows sharing it finish sooner than in a row, and a session's ~28
-# minutes then hold the teacher and a whole budget's grid. The cost: each row's `seconds` (selectors.json, done.json)
-# are wall-clock seconds on a shared GPU, an upper bound of its cost alone; gpu-util.csv logs the GPU's utilisation
-# every 5 s to show how shared it was. Speed measurements (steps 40, 45, 47) never run beside this.
+# another. Measured on an H200 (2026-12-01, results/gpu/mixers-small-12/): three 12.5% rows (uniform, FlashMorph,
+# HALO each) side by side trained in 12 min (716 s) where the same stages measured alone (the ninth session's 25% rows)
+# sum to ~18-20 min; each lane's distillation ran at 24-32K tokens/s against ~71K alone, i.e. ~1.2-1.3x in all: the
+# GPU is busier than its matmul rate suggests, and more of the gain is the lanes' stage 1, selections and compiles
+# overlapping. The costs: each row's `seconds` (selectors.json, done.json) are wall-clock seconds on a shared GPU, not
+# its cost alone, and a cut session loses every lane's evaluation at once instead of the last row only. gpu-util.csv
+# logs the GPU's utilisation every 5 s. Speed measurements (steps 40, 45, 47) never run beside this.
 # ROWS, ROW_SELECTORS and extra arguments as step 30 (one lane per row; each lane's log in $RES/mixers-small/lane-*.log).
 # CPU check (~3 min): DEVICE=cpu with a tiny teacher and the --set values of README.md's CPU check.
 set -uo pipefail
@@ -18,7 +20,10 @@ mkdir -p "$OUTROOT"
 make_episodes "$EPISODES" "$TEACHER" || exit 1   # once, before the lanes (each would otherwise write it)
 unpack_autotune                                   # once, before any lane's kernels read the cache
 if command -v nvidia-smi > /dev/null; then
-  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUTROOT/gpu-util.csv" &
+  # (a loop of single queries: `nvidia-smi -l` into a file is block-buffered, and a packed log then ends early)
+  echo "timestamp, utilization.gpu [%], memory.used [MiB]" > "$OUTROOT/gpu-util.csv"
+  while sleep 5; do nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader \
+    >> "$OUTROOT/gpu-util.csv"; done &
   smi=$!
 fi
 pids=()

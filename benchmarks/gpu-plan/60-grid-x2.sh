@@ -43,7 +43,7 @@ compare() {
              --device "$device" --data $TRAIN_DATA "$EPISODES" --eval-data builtin:heldout "$@" "${EXTRA[@]}")
   printf '%s\n' "commit: ${SHA:-unknown}" "command: ${cmd[*]}" > "$res/command-$log.txt"
   echo "[$(date +%T)] start $log on $device"
-  timeout "${ROW_TIMEOUT:-1200}" "${cmd[@]}" 2>&1 | tr '\r' '\n' | progress > "$res/run-$log.log"
+  timeout "${ROW_TIMEOUT:-1200}" "${cmd[@]}" 2>&1 | lines | progress > "$res/run-$log.log"
   local rc=${PIPESTATUS[0]}
   copy_results "$work" "$res"
   echo "[$(date +%T)] end $log rc=$rc"

@@ -42,7 +42,7 @@ fi
 # 3. Does it retrieve? Exact match at 1x and 2x on held-out filler (a few seconds; step 20's evaluation repeats 1x)
 trained=$(python3 -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")
 python3 benchmarks/gpu-plan/teacher_recall.py "$TEACHER" --lengths "$trained,$((2 * trained))" --device "$DEVICE" \
-  --out "$OUTDIR/recall.json" 2>&1 | tr '\r' '\n' | progress | tail -n 12
+  --out "$OUTDIR/recall.json" 2>&1 | lines | progress | tail -n 12
 
 # 4. The selectors on it (step 20, one GPU), or THEN=60-grid-x2.sh: the selectors and the mixer rows on two GPUs
 TEACHER=$TEACHER DEVICE=$DEVICE bash "benchmarks/gpu-plan/${THEN:-20-selectors-small.sh}" "$@"

@@ -11,6 +11,11 @@ MIXER_ROWS=/tmp/work/mixers-small
 # trained with TEACHER_DATA=builtin:train, the recipe before)
 TRAIN_DATA=${TRAIN_DATA:-builtin:train stdlib-code:train}
 
+# tqdm's carriage returns as line ends, a line at a time: plain `tr` block-buffers into a pipe, so a log read while its
+# step runs (or packed when the budget ends) missed everything since the last 4 KB (the tenth session's cut GLA row
+# left an empty run.log)
+lines() { if command -v stdbuf > /dev/null; then stdbuf -oL tr '\r' '\n'; else tr '\r' '\n'; fi; }
+
 # tqdm redraws its bar at every step: keep a bar at every 20%, drop blank lines and weight loading/saving bars
 progress() { awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next } /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k); match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0; if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) { print; fflush(); last[k] = p }; next } { print; fflush() }'; }
 

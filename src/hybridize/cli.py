@@ -152,7 +152,7 @@ def _bench(args: argparse.Namespace) -> None:
         raise SystemExit("hybridize bench: --profile profiles a distillation step; add --train")
     if args.train:
         run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
-                        batch=args.train_batch, steps=args.steps, device=args.device, dtype=args.dtype,
+                        batch=args.train_batch, accum=args.train_accum, steps=args.steps, device=args.device, dtype=args.dtype,
                         commit=args.commit, command=command, profile=args.profile)
     else:
         run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
@@ -191,6 +191,8 @@ def _add_bench(sub) -> None:
     bench.add_argument("--train", action="store_true", help="benchmark stage-2 distillation instead")
     bench.add_argument("--seq-len", type=int, default=512, help="--train: sequence length (default 512)")
     bench.add_argument("--train-batch", type=int, default=8, help="--train: sequences per step (default 8)")
+    bench.add_argument("--train-accum", type=int, default=1, help="--train: micro-batches of --train-batch sequences "
+                       "per optimizer step, as the recipes' batch_size / micro_batch_size (default 1)")
     bench.add_argument("--steps", type=int, default=5, help="--train: timed steps (default 5)")
     bench.add_argument("--profile", action="store_true", help="--train: profile one more step and split its time by "
                        "kind of work (matmul, attention, linear mixers, softmax / loss, optimizer, ...) into train.json")

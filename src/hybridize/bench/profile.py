@@ -28,7 +28,8 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("matmul", r"gemm|nvjet|cutlass|xmma|sm\d+_.*tn|sm\d+_.*nt|cublas|aten::(mm|addmm|bmm|baddbmm|matmul|linear)\b|"
                r"aten::_?addmm|mkldnn.*(linear|matmul)|splitk"),
     ("norms / rotary / activations", r"rms_?norm|layer_?norm|rotary|rope|silu|gelu|swiglu|sigmoid|rsqrt|aten::pow"),
-    ("copies / casts", r"copy|cast|_to_copy|aten::to\b|contiguous|\bcat\b|concat|clone|index|gather|scatter|fill|zero|"
+    # ("nocast" is not a cast: PyTorch's gpu_kernel_impl_nocast<BinaryFunctor<...>> is an elementwise op)
+    ("copies / casts", r"copy|(?<!no)cast|_to_copy|aten::to\b|contiguous|\bcat\b|concat|clone|index|gather|scatter|fill|zero|"
                        r"memset|memcpy|transpose|permute|view|reshape"),
 )
 OTHER = "other elementwise / reductions"
@@ -62,14 +63,22 @@ def profile_call(fn: Callable[[], object], device: torch.device, top: int = 20) 
         fn()
         if cuda:
             torch.cuda.synchronize(device)
+    return summarize(_rows(prof.key_averages(), cuda), "kernel device time" if cuda else "operator self CPU time", top)
+
+
+def _rows(events, cuda: bool) -> list[tuple[str, float, int]]:
+    """(name, microseconds, calls) of the profiler's averaged events that are work, each counted once."""
     rows = []
-    for evt in prof.key_averages():
+    for evt in events:
         # on CUDA only the kernels (and memcpy / memset) count: a CPU-side operator's "self device time" is the time of
-        # the kernels it launched, which would count them twice
+        # the kernels it launched, which would count them twice; so would a user annotation's GPU range (e.g.
+        # "Optimizer.step#AdamW.step", which spans the optimizer's kernels), as PyTorch's own table knows
         if cuda and not str(getattr(evt, "device_type", "")).endswith("CUDA"):
             continue
+        if cuda and getattr(evt, "is_user_annotation", False):
+            continue
         rows.append((evt.key, _self_time_us(evt, cuda), evt.count))
-    return summarize(rows, "kernel device time" if cuda else "operator self CPU time", top)
+    return rows
 
 
 def summarize(rows: list[tuple[str, float, int]], clock: str, top: int = 20) -> dict:
