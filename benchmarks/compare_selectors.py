@@ -173,6 +173,9 @@ def main() -> None:
     p.add_argument("--all-linear", action="store_true", help="also evaluate stage 1's all-linear student (a row "
                    f"named {ALL_LINEAR!r}): the check that recall needs the attention layers at all")
     a = p.parse_args()
+    from hybridize.cli import dump_stacks_on_sigusr1
+
+    dump_stacks_on_sigusr1()  # the gpu-plan steps' `timeout -s USR1` then shows where a stalled row was
     run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
         [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data,
         a.eval_data, evaluate=not a.no_eval, all_linear=a.all_linear)

@@ -45,3 +45,30 @@ def test_python_dash_m_hybridize_exits_non_zero_on_a_user_error(tmp_path):
                           "--set", "episode_rows=99"], capture_output=True, text=True)
     assert out.returncode == 2, (out.returncode, out.stderr[-500:])
     assert "episode_rows" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_sigusr1_prints_the_stacks_and_the_run_goes_on():
+    """A run gone quiet (the tenth session's GLA evaluation, no clue in its log) can be asked where it is:
+    `kill -USR1 PID` prints every thread's stack to stderr and the process keeps running; the gpu-plan steps send it
+    at a row's deadline, before the kill."""
+    import signal
+    import sys
+    import time
+
+    code = ("from hybridize.cli import dump_stacks_on_sigusr1\n"
+            "assert dump_stacks_on_sigusr1()\n"
+            "import time\n"
+            "def waiting_for_the_gpu():\n"
+            "    print('ready', flush=True)\n"
+            "    time.sleep(60)\n"
+            "waiting_for_the_gpu()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the signal ended the run"
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert "most recent call first" in err and "waiting_for_the_gpu" in err, err

@@ -41,7 +41,8 @@ for row in $ROWS; do
        --budget "$budget" --selectors "$ROW_SELECTORS" --set "mixer=$mixer" --device "$DEVICE" --data $TRAIN_DATA "$EPISODES" --eval-data builtin:heldout "$@")
   echo "=== $name"
   printf '%s\n' "commit: ${SHA:-unknown}" "command: ${CMD[*]}" | tee "$out/command.txt"
-  timeout "${ROW_TIMEOUT:-600}" "${CMD[@]}" 2>&1 | lines | progress | tee "$out/run.log"
+  # at the deadline USR1 first (compare_selectors.py prints every thread's stack and goes on), the kill 30 s later
+  timeout -s USR1 -k 30 "${ROW_TIMEOUT:-600}" "${CMD[@]}" 2>&1 | lines | progress | tee "$out/run.log"
   rc=${PIPESTATUS[0]}
   copy_results "$work" "$out"
   if [ "$rc" -eq 0 ]; then

@@ -274,8 +274,22 @@ def _join_torchrun(subcommand: str) -> None:
     init_from_env()
 
 
+def dump_stacks_on_sigusr1() -> bool:
+    """`kill -USR1 <pid>` prints every thread's Python stack to stderr and the run goes on: where a long run that has
+    gone quiet is (a GPU session's evaluation stalled with no clue in its log). Returns whether it was registered
+    (not on Windows)."""
+    import faulthandler
+    import signal
+
+    if not hasattr(signal, "SIGUSR1"):
+        return False
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    dump_stacks_on_sigusr1()
     subcommand = args.command
     args.command = "hybridize " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in results
     try:
