@@ -47,7 +47,7 @@ def test_python_dash_m_hybridize_exits_non_zero_on_a_user_error(tmp_path):
     assert "episode_rows" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_sigusr1_prints_the_stacks_and_the_run_goes_on():
+def test_sigusr1_prints_the_stacks_and_the_run_goes_on(capsys):
     """A run gone quiet (the tenth session's GLA evaluation, no clue in its log) can be asked where it is:
     `kill -USR1 PID` prints every thread's stack to stderr and the process keeps running; the gpu-plan steps send it
     at a row's deadline, before the kill."""
@@ -72,3 +72,7 @@ def test_sigusr1_prints_the_stacks_and_the_run_goes_on():
         proc.kill()
         _, err = proc.communicate(timeout=30)
     assert "most recent call first" in err and "waiting_for_the_gpu" in err, err
+    # in-process under captured output (stderr without a file descriptor) it stands aside instead of failing `main`
+    from hybridize.cli import dump_stacks_on_sigusr1
+
+    assert dump_stacks_on_sigusr1() is False

@@ -429,7 +429,8 @@ def test_profile_counts_kernels_once_not_annotations_or_host_operators():
     events = [evt("multi_tensor_apply_kernel", 40.0, "CUDA"), evt("Optimizer.step#AdamW.step", 38.0, "CUDA", True),
               evt("aten::_fused_adamw_", 40.0, "CPU"), evt("nvjet_sm90", 100.0, "CUDA")]
     assert _rows(events, cuda=True) == [("multi_tensor_apply_kernel", 40.0, 1), ("nvjet_sm90", 100.0, 1)]
-    # on the CPU there are no kernels: every operator's self CPU time, annotations included (self time excludes children)
+    # on the CPU there are no kernels: every operator's self CPU time, annotations included (self time excludes
+    # children)
     assert [r[0] for r in _rows(events, cuda=False)] == [e.key for e in events]
 
 
@@ -459,6 +460,7 @@ def test_profile_reread_of_the_committed_h200_profiles(capsys):
     assert r["kernel_ms"] == pytest.approx(record["profile"]["total_ms"] - 37.595277)
     assert r["by_category"]["copies / casts"] < record["profile"]["by_category"]["copies / casts"]["ms"] - 19
     assert sum(r["by_category"].values()) == pytest.approx(r["kernel_ms"])
-    assert not mod.ANNOTATION.fullmatch("void at::native::unrolled_elementwise_kernel<direct_copy_kernel_cuda>::{lambda()#3}")
+    lambda_kernel = "void at::native::unrolled_elementwise_kernel<direct_copy_kernel_cuda>::{lambda()#3}"
+    assert not mod.ANNOTATION.fullmatch(lambda_kernel)
     mod.main([str(path)])
     assert "of the step" in capsys.readouterr().out

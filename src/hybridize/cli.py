@@ -152,7 +152,8 @@ def _bench(args: argparse.Namespace) -> None:
         raise SystemExit("hybridize bench: --profile profiles a distillation step; add --train")
     if args.train:
         run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
-                        batch=args.train_batch, accum=args.train_accum, steps=args.steps, device=args.device, dtype=args.dtype,
+                        batch=args.train_batch, accum=args.train_accum, steps=args.steps, device=args.device,
+                        dtype=args.dtype,
                         commit=args.commit, command=command, profile=args.profile)
     else:
         run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
@@ -276,14 +277,17 @@ def _join_torchrun(subcommand: str) -> None:
 
 def dump_stacks_on_sigusr1() -> bool:
     """`kill -USR1 <pid>` prints every thread's Python stack to stderr and the run goes on: where a long run that has
-    gone quiet is (a GPU session's evaluation stalled with no clue in its log). Returns whether it was registered
-    (not on Windows)."""
+    gone quiet is (a GPU session's evaluation stalled with no clue in its log). Returns whether it was registered:
+    not on Windows, nor where stderr has no file descriptor (`main` called in-process under captured output)."""
     import faulthandler
     import signal
 
     if not hasattr(signal, "SIGUSR1"):
         return False
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    except (AttributeError, ValueError):  # io.UnsupportedOperation (no fileno) is a ValueError
+        return False
     return True
 
 
