@@ -3,21 +3,15 @@ one call that evaluates them together with the all-linear student, with each row
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
+from conftest import load_script
 from teachers import TEXTS, make_teacher
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("compare_selectors", ROOT / "benchmarks" / "compare_selectors.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/compare_selectors.py")
 
 
 def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_path):
@@ -59,9 +53,7 @@ def test_recall_grid_panels_keep_each_teacher_with_its_runs(tmp_path):
     teacher first, mismatched lengths in one panel are an error, and the CLI writes the plot or names a missing file."""
     import pytest
 
-    spec = importlib.util.spec_from_file_location("recall_grid", ROOT / "benchmarks" / "gpu-plan" / "recall_grid.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/gpu-plan/recall_grid.py")
 
     def rec(teacher_passkey, rows, mixer="gla", lengths=(8, 16)):
         return {"teacher": "/t", "budget": 0.25, "overrides": [f"mixer={mixer}"], "lengths": list(lengths),

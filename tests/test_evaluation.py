@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_close, tiny_config
+from conftest import assert_close, load_script, tiny_config
 from hybridize import HybridForCausalLM
 from hybridize.cli import main
 from hybridize.data.synthetic import WORDS, FillerTokens
@@ -282,16 +282,13 @@ def test_importing_the_evaluation_package_loads_neither_matplotlib_nor_lm_eval()
 def test_heldout_bpc_scores_bits_per_character_with_each_models_own_tokenizer(tmp_path, monkeypatch):
     """benchmarks/heldout_bpc.py: bits per character = the windows' summed next-token loss / the characters they
     decode to / ln 2 (comparable across tokenizers, unlike per-token perplexity); too little text is a clear error."""
-    import importlib.util
     import json
     import math
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("heldout_bpc", root / "benchmarks" / "heldout_bpc.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/heldout_bpc.py")
     teacher = str(root / "src" / "hybridize" / "assets" / "teacher-tiny")
     text = (root / "README.md").read_text()[:6000]
     got = mod.score(teacher, text, 64, "cpu")
@@ -314,13 +311,7 @@ def test_heldout_bpc_scores_bits_per_character_with_each_models_own_tokenizer(tm
 def test_heldout_overlap_counts_long_held_out_lines_found_verbatim_in_each_training_text():
     """benchmarks/heldout_overlap.py: the share of held-out lines (>= min_chars, stripped) that a training text also
     holds, per text and in any; short lines are not counted, and a held-out text without long lines is an error."""
-    import importlib.util
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("heldout_overlap", root / "benchmarks" / "heldout_overlap.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/heldout_overlap.py")
     a, b, c, d = ("line %d is long enough to be counted here" % i for i in range(4))
     held = [f"{a}\n  {b}  \nshort\n", f"{c}\n{d}"]
     got = mod.overlap(held, {"x": [f"{a}\nshort"], "y": [f"zzz\n{b}", a]}, min_chars=30)
@@ -333,14 +324,8 @@ def test_ppl_ratio_plot_merges_reports_per_text_and_rejects_mismatched_teachers(
     """benchmarks/ppl_ratio_plot.py: each text's students divided by its teacher, reports of one text merged under
     their prefixes at the chosen length, skipped names left out; a report whose teacher value differs, a missing
     length and a missing file are errors naming the text; the CLI writes the plot and its points with provenance."""
-    import importlib.util
     import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("ppl_ratio_plot", root / "benchmarks" / "ppl_ratio_plot.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/ppl_ratio_plot.py")
 
     def report(name, teacher, students, length=1024):
         rows = [{"model": "t", "role": "teacher", "metric": "perplexity", "length": length, "value": teacher},

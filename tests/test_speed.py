@@ -12,7 +12,7 @@ from transformers.cache_utils import StaticCache
 
 from hybridize import HybridCache, HybridForCausalLM, HybridStaticCache
 from hybridize.models.cache import output_cache
-from conftest import PATTERNS, assert_close, tiny_config
+from conftest import PATTERNS, assert_close, load_script, tiny_config
 
 PATTERN_NAMES = list(PATTERNS)
 
@@ -445,14 +445,10 @@ def test_profile_reread_of_the_committed_h200_profiles(capsys):
     """benchmarks/profile_reread.py on the committed H200 records (written before the double count was fixed): the
     AdamW annotation is dropped, so the kernels no longer sum to more than the step, the 'nocast' kernel moves out of
     copies / casts, and a kernel name with '#' in a lambda is not taken for an annotation."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import ROOT
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("profile_reread", root / "benchmarks" / "profile_reread.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    path = root / "results" / "bench" / "h200-train-profile" / "train-profile-lightning" / "train.json"
+    mod = load_script("benchmarks/profile_reread.py")
+    path = ROOT / "results" / "bench" / "h200-train-profile" / "train-profile-lightning" / "train.json"
     record = json.loads(path.read_text())
     assert record["profile"]["total_ms"] > record["step_s"] * 1e3  # the recorded double count
     r = mod.reread(record)

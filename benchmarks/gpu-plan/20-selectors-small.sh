@@ -13,7 +13,7 @@ TEACHER=${TEACHER:-$SMALL_TEACHER}
 NAME=${NAME:-selectors-small-lightning-25}
 WORK=${WORK:-/tmp/work/$NAME}
 OUTDIR=$RES/$NAME
-EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
+EPISODES=${EPISODES:-$(episodes_path "$TEACHER")}
 N_EPISODES=${N_EPISODES:-800}  # ~430K tokens at 1024, about as many as the built-in corpus (460K)
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
 unpack_autotune

@@ -14,7 +14,7 @@ TEACHER=${TEACHER:-$SMALL_TEACHER}
 ROOT=${ROOT:-$MIXER_ROWS}
 OUTROOT=$RES/mixers-small
 STAGE1_LIGHTNING=${STAGE1_LIGHTNING:-/tmp/work/selectors-small-lightning-25/stage1/stages/align}
-EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
+EPISODES=${EPISODES:-$(episodes_path "$TEACHER")}
 ROWS=${ROWS:-"gated_deltanet:0.25 gla:0.25 lightning:0.125"}
 ROW_SELECTORS=${ROW_SELECTORS:-uniform}  # halo adds ~20-60 s per row, flashmorph ~30-150 s (first-step compile)
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
@@ -56,6 +56,5 @@ done
 save_autotune "$OUTROOT"
 
 # One table: every row here plus step 20's lightning 25% uniform row, where it exists.
-python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
-  "$OUTROOT"/*/selectors.json --selectors "$ROW_SELECTORS,all-linear" --out "$OUTROOT/mixers.md"
+write_mixers_table "$OUTROOT" "$ROW_SELECTORS"
 exit "$status"

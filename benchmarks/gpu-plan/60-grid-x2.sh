@@ -94,7 +94,6 @@ wait $p1; r1=$?
 cat "$RES/lane0.log" "$RES/lane1.log"
 
 # One table of the mixer rows (and the selector comparison's uniform / flashmorph / all-linear rows)
-python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
-  "$RES/mixers-small"/*/selectors.json --selectors uniform,flashmorph,all-linear --out "$RES/mixers-small/mixers.md"
+write_mixers_table "$RES/mixers-small" uniform,flashmorph
 save_autotune "$RES"
 [ "$r0" -eq 0 ] && [ "$r1" -eq 0 ]

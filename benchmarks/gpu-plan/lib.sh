@@ -38,6 +38,16 @@ copy_results() {
      ! -name 'tokenizer*.json' -print0 | xargs -0 -r cp --parents -t "$2")
 }
 
+# episodes_path TEACHER: where steps 20, 30 and 31 keep (and look for) the conversion's retrieval episodes of a teacher
+episodes_path() { echo "/tmp/work/episodes-$(basename "$1").jsonl"; }
+
+# write_mixers_table OUTROOT SELECTORS: one table of the mixer rows under OUTROOT (steps 30, 31, 60) and step 20's
+# lightning 25% row where it exists: the selectors given plus the all-linear students
+write_mixers_table() {
+  python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
+    "$1"/*/selectors.json --selectors "$2,all-linear" --out "$1/mixers.md"
+}
+
 # make_episodes PATH TEACHER [N]: the conversion's retrieval episodes in the teacher's format (new draws, seed 1, as
 # `hybridize demo` does), N (default 800, ~430K tokens at 1024, about as many as the built-in corpus) documents up to
 # the teacher's trained length (at most 2048), on builtin:train filler. Kept when PATH already exists.

@@ -30,8 +30,7 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("norms / rotary / activations", r"rms_?norm|layer_?norm|rotary|rope|silu|gelu|swiglu|sigmoid|rsqrt|aten::pow"),
     # ("nocast" is not a cast: PyTorch's gpu_kernel_impl_nocast<BinaryFunctor<...>> is an elementwise op)
     ("copies / casts", r"copy|(?<!no)cast|_to_copy|aten::to\b|contiguous|\bcat\b|concat|clone|index|gather|scatter|"
-                       r"fill|zero|"
-                       r"memset|memcpy|transpose|permute|view|reshape"),
+                       r"fill|zero|memset|memcpy|transpose|permute|view|reshape"),
 )
 OTHER = "other elementwise / reductions"
 
