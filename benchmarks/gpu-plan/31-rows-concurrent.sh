@@ -14,13 +14,13 @@ source benchmarks/gpu-plan/lib.sh
 TEACHER=${TEACHER:-$SMALL_TEACHER}
 ROWS=${ROWS:-"lightning:0.125 gla:0.125 gated_deltanet:0.125"}
 OUTROOT=$RES/mixers-small
-EPISODES=${EPISODES:-/tmp/work/episodes-$(basename "$TEACHER").jsonl}
+EPISODES=${EPISODES:-$(episodes_path "$TEACHER")}
 [ -f "$TEACHER/config.json" ] || { echo "ERROR: no teacher at $TEACHER (step 10 did not finish)"; exit 1; }
 mkdir -p "$OUTROOT"
 make_episodes "$EPISODES" "$TEACHER" || exit 1   # once, before the lanes (each would otherwise write it)
 unpack_autotune                                   # once, before any lane's kernels read the cache
 if command -v nvidia-smi > /dev/null; then
-  # (a loop of single queries: `nvidia-smi -l` into a file is block-buffered, and a packed log then ends early)
+  # (single queries in a loop: each line is written whole, whenever the log is packed)
   echo "timestamp, utilization.gpu [%], memory.used [MiB]" > "$OUTROOT/gpu-util.csv"
   while sleep 5; do nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader \
     >> "$OUTROOT/gpu-util.csv"; done &
@@ -41,6 +41,5 @@ for p in "${pids[@]}"; do wait "$p" || status=1; done
 for f in "$OUTROOT"/lane-*.log; do echo "=== $f"; tail -n 25 "$f"; done
 # the lanes each wrote these at their end; once more, now that every row is there
 save_autotune "$OUTROOT"
-python3 benchmarks/gpu-plan/mixers_table.py "$RES/selectors-small-lightning-25/selectors.json" \
-  "$OUTROOT"/*/selectors.json --selectors "${ROW_SELECTORS:-uniform},all-linear" --out "$OUTROOT/mixers.md"
+write_mixers_table "$OUTROOT" "${ROW_SELECTORS:-uniform}"
 exit "$status"

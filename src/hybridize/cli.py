@@ -153,8 +153,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.train:
         run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
                         batch=args.train_batch, accum=args.train_accum, steps=args.steps, device=args.device,
-                        dtype=args.dtype,
-                        commit=args.commit, command=command, profile=args.profile)
+                        dtype=args.dtype, commit=args.commit, command=command, profile=args.profile)
     else:
         run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
                   batches=args.batches, variants=args.variants, device=args.device, dtype=args.dtype,
@@ -277,7 +276,7 @@ def _join_torchrun(subcommand: str) -> None:
 
 def dump_stacks_on_sigusr1() -> bool:
     """`kill -USR1 <pid>` prints every thread's Python stack to stderr and the run goes on: where a long run that has
-    gone quiet is (a GPU session's evaluation stalled with no clue in its log). Returns whether it was registered:
+    gone quiet is, when its log says nothing (a GPU row past its deadline). Returns whether it was registered:
     not on Windows, nor where stderr has no file descriptor (`main` called in-process under captured output)."""
     import faulthandler
     import signal
