@@ -51,7 +51,8 @@ def plot(ps: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(TASKS), len(ps), figsize=(max(3.2 * len(ps) + 1, 6.0), 5.2), squeeze=False, sharey=True)
+    width = max(3.2 * len(ps) + 1, 6.0)  # one panel: room for the title
+    fig, axes = plt.subplots(len(TASKS), len(ps), figsize=(width, 5.2), squeeze=False, sharey=True)
     names = list(dict.fromkeys(n for p in ps for n in p["bars"]))
     colours = {n: ("black" if n == "teacher" else f"C{i}") for i, n in enumerate(names)}
     for j, p in enumerate(ps):
