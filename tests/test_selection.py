@@ -67,6 +67,26 @@ def test_halo_says_when_its_tie_break_chose():
     assert "score 2 and 1 of them" in tie_note([1.0, 2.0, 2.0], [1])
 
 
+def test_halo_cap_note_names_the_layer_left_out():
+    """The GLA 12.5% selection of 2026-12-01 (results/gpu/mixers-small-12-gla/, its R and C to 4 digits): layers 1 and
+    2 score the cap on a near-zero LM cost and are kept; layer 4, which lost the most recall, is left out."""
+    from hybridize.selection.base import top_k
+    from hybridize.selection.halo import CAP, cap_note, halo_scores
+
+    R = [0.5521, 0.7812, 0.6771, 0.7708, 0.3854, 0.8021, 0.7917, 0.8021, 0.8021, 0.8021, 0.8021, 0.8021]
+    C = [-0.3306, -0.02798, -0.03022, -0.03324, -0.04548, -0.02872, -0.03227, -0.03065, -0.03136, -0.03075,
+         -0.03075, -0.02809]
+    scores = halo_scores(R, C)
+    layers = top_k(scores, 2, tiebreak=[(max(R) - r, max(C) - c) for r, c in zip(R, C)])
+    assert layers == [1, 2]
+    note = cap_note(R, C, scores, layers)
+    assert note is not None and "layer 4, left out" in note and "1 (recall lost 0.0209" in note, note
+    # a capped layer kept, but no layer left out lost more recall than it: nothing to say
+    assert cap_note([0.2, 0.9, 0.8], [-1.0, -2.0, -1.1], [CAP, 0.0, 1.0], [0]) is None
+    # no capped layer kept: nothing to say
+    assert cap_note(R, C, scores, [0, 4]) is None
+
+
 def test_halo_scores_match_a_hand_computation():
     R = [0.9, 0.5, 0.9, 0.2, 0.6]
     C = [-2.0, -2.5, -2.1, -2.0, -2.01]

@@ -140,9 +140,11 @@ def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], 
                "R_definition": "mean exact match" if isinstance(recall, RecallEval) else _name(recall),
                "C_definition": "mean log-likelihood per token" if isinstance(lm, LogLikelihoodEval) else _name(lm),
                "eps": EPS, "cap": CAP, "capped": [i for i, x in enumerate(scores) if x >= CAP]}
-    if (note := tie_note(scores, layers)) is not None:
-        details["note"] = note
-        tqdm.write(f"halo: {note}")
+    notes = [n for n in (tie_note(scores, layers), cap_note(R, C, scores, layers)) if n is not None]
+    if notes:
+        details["note"] = " ".join(notes)
+        for note in notes:
+            tqdm.write(f"halo: {note}")
     return SelectionResult(layers, scores, tokens=per_call * (ctx.num_layers + 1), details=details)
 
 
@@ -158,6 +160,27 @@ def tie_note(scores: Sequence[float], layers: Sequence[int]) -> str | None:
     where = f"the cap ({CAP:g})" if cut >= CAP else f"{cut:.4g}"
     return (f"{len(tied)} layers ({', '.join(map(str, tied))}) score {where} and {sum(i in chosen for i in tied)} of "
             "them are kept: the tie-break (recall lost, then LM quality lost) chose, not the score")
+
+
+def cap_note(R: Sequence[float], C: Sequence[float], scores: Sequence[float], layers: Sequence[int]) -> str | None:
+    """A sentence when a kept layer scored the cap (its LM cost, max C - C_i, is near zero) and a layer left out
+    lost more recall (max R - R_j): it names both. The published formula does this by design; with an LM measure as
+    flat as its noise, it is worth knowing (a
+    GLA run of 2026-12-01 kept layers 1 and 2 at the cap, left out layer 4 that lost 20x the recall, and the hybrid
+    kept no recall: results/gpu/mixers-small-12-gla/)."""
+    r_max, c_max = max(R), max(C)
+    chosen = set(layers)
+    left = [j for j in range(len(R)) if j not in chosen]
+    if not left:
+        return None
+    j = max(left, key=lambda j: (r_max - R[j], -j))
+    capped = [i for i in sorted(chosen) if scores[i] >= CAP and r_max - R[i] < r_max - R[j]]
+    if not capped:
+        return None
+    kept = ", ".join(f"{i} (recall lost {r_max - R[i]:.3g}, LM cost {c_max - C[i]:.3g})" for i in capped)
+    return (f"layer(s) {kept} scored the cap ({CAP:g}) and are kept, while layer {j}, left out, lost more recall "
+            f"({r_max - R[j]:.3g}, LM cost {c_max - C[j]:.3g}, score {scores[j]:.3g}): the score divides recall lost "
+            "by LM cost, so a near-zero LM cost outranks more recall lost")
 
 
 def _cache_key(ctx: SelectionContext, recall, lm) -> str:
