@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_close, load_script, tiny_config
+from conftest import ROOT, assert_close, load_script, tiny_config
 from hybridize import HybridForCausalLM
 from hybridize.cli import main
 from hybridize.data.synthetic import WORDS, FillerTokens
@@ -285,12 +285,10 @@ def test_heldout_bpc_scores_bits_per_character_with_each_models_own_tokenizer(tm
     import json
     import math
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
     mod = load_script("benchmarks/heldout_bpc.py")
-    teacher = str(root / "src" / "hybridize" / "assets" / "teacher-tiny")
-    text = (root / "README.md").read_text()[:6000]
+    teacher = str(ROOT / "src" / "hybridize" / "assets" / "teacher-tiny")
+    text = (ROOT / "README.md").read_text()[:6000]
     got = mod.score(teacher, text, 64, "cpu")
     assert got["windows"] == got["tokens"] // 65 and got["chars"] <= len(text)
     predicted = got["windows"] * 64  # each window's first token is context only

@@ -31,8 +31,7 @@ from .inference import DTYPES, SEED, _device_name, _positive_list, _sync, build_
 
 def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, budget: float | int | str = 0.25,
                     mixer: str = "lightning", seq_len: int = 512, batch: int = 8, accum: int = 1, steps: int = 5,
-                    warmup: int = 2,
-                    device: str | None = None, dtype: str = "bfloat16", kl_chunk_tokens: int = 1024,
+                    warmup: int = 2, device: str | None = None, dtype: str = "bfloat16", kl_chunk_tokens: int = 1024,
                     commit: str | None = None, command: str | None = None, profile: bool = False) -> dict:
     """Time `steps` distillation steps after `warmup` ones; print and write `out/train.json`. Returns the record.
     A step is what the distillation loop does per optimizer step: `accum` micro-batches of `batch` sequences, each
@@ -90,8 +89,8 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
                      + roofline.prefill_flops(models.teacher, batch, seq_len, all_logits=True))
     record = dict(command=command or "hybridize.bench.run_train_bench(...)", model=models.name, mixer=mixer,
                   budget=str(budget), seq_len=seq_len, batch=batch, accum=accum,
-                  optimizer="AdamW (fused)" if cuda else "AdamW (foreach)", step_s=seconds,
-                  tokens_per_s=tokens / seconds,
+                  optimizer="AdamW (fused)" if cuda else "AdamW (foreach)",
+                  step_s=seconds, tokens_per_s=tokens / seconds,
                   model_flops_per_step=flops, mfu=flops / seconds / peaks["matmul_flops"],
                   peak_matmul_tflops=peaks["matmul_flops"] / 1e12, last_loss=loss,
                   peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
@@ -103,8 +102,7 @@ def run_train_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench"
         record["profile"]["busy_share_of_median_step"] = record["profile"]["total_ms"] / 1e3 / seconds
         print(format_profile(record["profile"]), flush=True)
     print(f"train {models.name} {mixer} seq {seq_len} x batch {batch} x accum {accum}: "
-          f"{record['tokens_per_s']:.0f} tok/s, "
-          f"MFU {record['mfu']:.1%}, step {seconds:.3f} s, peak "
+          f"{record['tokens_per_s']:.0f} tok/s, MFU {record['mfu']:.1%}, step {seconds:.3f} s, peak "
           f"{'-' if record['peak_gib'] is None else format(record['peak_gib'], '.2f')} GiB", flush=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

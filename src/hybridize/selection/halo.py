@@ -165,9 +165,8 @@ def tie_note(scores: Sequence[float], layers: Sequence[int]) -> str | None:
 def cap_note(R: Sequence[float], C: Sequence[float], scores: Sequence[float], layers: Sequence[int]) -> str | None:
     """A sentence when a kept layer scored the cap (its LM cost, max C - C_i, is near zero) and a layer left out
     lost more recall (max R - R_j): it names both. The published formula does this by design; with an LM measure as
-    flat as its noise, it is worth knowing (a
-    GLA run of 2026-12-01 kept layers 1 and 2 at the cap, left out layer 4 that lost 20x the recall, and the hybrid
-    kept no recall: results/gpu/mixers-small-12-gla/)."""
+    flat as its noise, it is worth knowing (a GLA run of 2026-12-01 kept layers 1 and 2 at the cap, left out layer 4
+    that lost 20x the recall, and the hybrid kept no recall: results/gpu/mixers-small-12-gla/)."""
     r_max, c_max = max(R), max(C)
     chosen = set(layers)
     left = [j for j in range(len(R)) if j not in chosen]
