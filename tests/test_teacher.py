@@ -212,8 +212,14 @@ def test_torchrun_two_ranks_train_the_same_teacher_as_one(tmp_path):
     w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert w1.keys() == w2.keys()
     worst = max(((w1[k] - w2[k]).abs().max().item(), k) for k in w1)
-    # fp32; only the summation order of the gradients differs (one sum of two halves against two accumulated halves)
-    assert worst[0] < 1e-5, f"largest difference {worst[0]:.3g} in {worst[1]}"
+    mean = sum((w1[k] - w2[k]).abs().sum().item() for k in w1) / sum(w.numel() for w in w1.values())
+    print(f"two ranks vs one: largest difference {worst[0]:.3g} in {worst[1]}, mean {mean:.3g}")
+    # fp32; only the summation order of the gradients differs (one sum of two halves against two accumulated halves).
+    # AdamW divides each gradient by its running RMS, so where an element's gradient is near zero a rounding-level
+    # difference moves its step by a visible fraction of the learning rate (1.2e-3): 2.1e-5 on one Xeon, < 1e-5 on
+    # another. Ranks that did not average their gradients (each trained on half the data) differ by ~lr everywhere.
+    assert worst[0] < 0.05 * 1.2e-3, f"largest difference {worst[0]:.3g} in {worst[1]}"
+    assert mean < 1e-6, f"mean difference {mean:.3g}"
     rows = [json.loads(line) for line in (tmp_path / "two" / "run" / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "one" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # one writer: rank 0
