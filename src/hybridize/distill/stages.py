@@ -20,7 +20,7 @@ from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import check_sources
 from ..distributed import barrier, is_main, rank0_first, rank_world, single_process
-from ..evaluation.perplexity import heldout_lm, heldout_windows
+from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection

@@ -246,7 +246,7 @@ def heldout_evaluator(model, tokenizer, data, seq_len: int, windows: int = 16) -
     """`() -> {"heldout_loss", "heldout_ppl"}`: the model's mean next-token loss on `windows` consecutive windows of
     `seq_len` tokens of `data` (text the teacher does not train on). Beside the training loss it shows memorisation:
     a teacher that repeats its corpus (the built-in one is small) drives the one down while the other climbs."""
-    from ..evaluation.perplexity import heldout_lm, heldout_windows
+    from ..metrics.perplexity import heldout_lm, heldout_windows
 
     ids = heldout_windows(tokenizer, data, seq_len, windows)
     return lambda: heldout_lm(model, ids)
