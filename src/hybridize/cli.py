@@ -78,8 +78,8 @@ def _conversion(args: argparse.Namespace):
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .pipeline import convert
     from .distributed import is_main
+    from .pipeline import convert
 
     out = convert(_conversion(args), args.stages)
     if is_main():
