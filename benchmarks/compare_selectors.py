@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from hybridize.distill.recipe import load_recipe
-from hybridize.distill.stages import Conversion, align, convert
 from hybridize.evaluation.report import mean_over_depths
 from hybridize.evaluation.runner import EvalConfig, run_eval
+from hybridize.pipeline import load_recipe
+from hybridize.pipeline.stages import Conversion, align, convert
 from hybridize.provenance import device_name, provenance
 from hybridize.selection import SELECTORS
 

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hybridize.data.sources import iter_documents
-from hybridize.evaluation.perplexity import token_nll
+from hybridize.metrics.perplexity import token_nll
 from hybridize.provenance import device_name, provenance
 
 

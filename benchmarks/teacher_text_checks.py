@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hybridize.data import sources
-from hybridize.evaluation.perplexity import (heldout_lm, heldout_windows, perplexity_by_length, perplexity_windows,
-                                             token_nll)
+from hybridize.metrics.perplexity import (heldout_lm, heldout_windows, perplexity_by_length, perplexity_windows,
+                                          token_nll)
 from hybridize.provenance import provenance
 
 

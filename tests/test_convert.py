@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM
 
 import hybridize  # noqa: F401
 from hybridize.convert import load_teacher, student_config, build_student
-from hybridize.distill.recipe import load_recipe
-from hybridize.distill.stages import Conversion, convert
+from hybridize.pipeline import load_recipe
+from hybridize.pipeline.stages import Conversion, convert
 from conftest import assert_close
 from teachers import FAMILIES, TEXTS, make_teacher
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from conftest import assert_close, tiny_config
 from hybridize import HybridForCausalLM
-from hybridize.evaluation.recall import greedy_generate
+from hybridize.metrics.recall import greedy_generate
 
 import lm_eval  # in the [test] extra: these tests must run, never skip
 from lm_eval.api.instance import Instance

@@ -16,8 +16,9 @@ import torch
 import hybridize  # noqa: F401
 import retrieval_teacher
 from conftest import assert_close
-from hybridize.distill.recipe import builtin_recipes, load_recipe, recipe_from_dict, save_recipe
-from hybridize.distill.stages import Conversion, align
+from hybridize.distill.recipe import builtin_recipes, save_recipe
+from hybridize.pipeline import load_recipe, recipe_from_dict
+from hybridize.pipeline.stages import Conversion, align
 from hybridize.selection import (SELECTORS, SelectionContext, get_selector, resolve_budget, run_selection,
                                  swapped_model, top_k, uniform_layers)
 from hybridize.data.synthetic import FillerTokens, generate, task_config
@@ -367,7 +368,7 @@ def test_select_stage_dispatches_and_assemble_follows(selector, overrides, stage
     stage 2 starts from keeps attention exactly in the chosen layers."""
     import shutil
 
-    from hybridize.distill.stages import assemble, select
+    from hybridize.pipeline.stages import assemble, select
 
     recipe = load_recipe("smoke", [f"selector={'uniform' if selector == 'explicit' else selector}", *overrides])
     conv = Conversion(stage1.teacher, tmp_path / "out", recipe, data=stage1.data, device="cpu")

@@ -3,6 +3,22 @@
 Importing this package registers the `hybridize` model type with transformers' Auto classes, so that
 `AutoConfig` / `AutoModelForCausalLM.from_pretrained(dir)` load our checkpoints. It never imports Triton or fla:
 the GPU kernels are loaded on first use on a CUDA tensor (`hybridize.mixers.kernels`).
+
+Imports go one way, from the lowest layer up (tests/test_imports.py checks it, function-level imports included):
+
+    provenance, distributed    utilities
+    data                       text sources, packing, synthetic tasks
+    mixers -> models           the token mixers; the hybrid model built from them
+    (this package's root)      registers the model type; above models, below everything that imports `hybridize`
+    convert                    teacher loading, attention -> mixer weight transfer
+    metrics                    token NLL, perplexity windows, recall cells and their scoring
+    distill                    losses, recipes, the training loop, curves, the model card
+    selection                  the selectors and their registry (they train with distill's loop)
+    pipeline                   the conversion: align, select, distill, finetune, export; the recipe's selector
+                               is checked against the registry here
+    teacher                    training a teacher from scratch
+    evaluation                 `hybridize eval`: the runner, the report, the lm-eval adapter
+    bench -> demo -> cli       speed benchmarks, the demo, the command line
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM

@@ -59,8 +59,7 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
 
 
 def _conversion(args: argparse.Namespace):
-    from .distill.recipe import load_recipe
-    from .distill.stages import Conversion
+    from .pipeline import Conversion, load_recipe
 
     overrides = list(args.overrides)
     for flag, key in (("mixer", "mixer"), ("budget", "budget"), ("selector", "selector"), ("seed", "seed")):
@@ -79,8 +78,8 @@ def _conversion(args: argparse.Namespace):
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .distill.stages import convert
     from .distributed import is_main
+    from .pipeline import convert
 
     out = convert(_conversion(args), args.stages)
     if is_main():
@@ -89,7 +88,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _one_stage(stage: str):
     def run(args: argparse.Namespace) -> None:
-        from .distill import stages
+        from .pipeline import stages
 
         conv = _conversion(args)
         record = stages.RUNNERS[stage](conv)

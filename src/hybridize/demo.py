@@ -32,9 +32,8 @@ def shipped_teacher() -> Path | None:
 def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, retrain_teacher: bool = False,
              mixer: str = "lightning", device: str | None = None, samples: int = 6,
              overrides: list[str] | None = None, command: str | None = None) -> Path:
-    from .distill.recipe import load_recipe
-    from .distill.stages import Conversion, convert
     from .evaluation.runner import EvalConfig, run_eval
+    from .pipeline import Conversion, convert, load_recipe
     from .teacher import train_teacher
 
     out = Path(out)

@@ -1,6 +1,6 @@
 """`hybridize bench --train`: stage-2 distillation throughput and MFU at a given sequence length.
 
-One step is what `distill.stages.distill` does: the teacher (every layer attention) runs forward without gradients,
+One step is what `pipeline.stages.distill` does: the teacher (every layer attention) runs forward without gradients,
 the hybrid student runs forward and backward, the loss is `chunked_kl` over the full vocabulary, AdamW steps.
 Weights are random (speed does not depend on them); on CUDA the student keeps fp32 master weights under bf16
 autocast and the teacher runs in bf16, as in the stage.

@@ -2,11 +2,16 @@
 dataclasses, read from YAML files with `--set key=value` overrides. Built-in recipes live in `hybridize/recipes/`.
 
     recipe = load_recipe("smoke", ["distill.lr=3e-5", "budget=0.125"])
+
+The selector a recipe names is checked against `selectors`, the names it may choose from: the selection registry
+sits above this module (its selectors train with the loop that reads these recipes), so the caller passes them in;
+`hybridize.pipeline.load_recipe` passes `hybridize.selection.SELECTORS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -174,7 +179,9 @@ class Recipe:
     notes: str = ""
     select: SelectRecipe = field(default_factory=SelectRecipe)  # the selectors' numbers (optional section)
 
-    def validate(self, world_size: int = 1) -> None:
+    def validate(self, world_size: int = 1, selectors: Collection[str] | None = None) -> None:
+        """Check every field; `selectors`: the selector names allowed (None: the name is checked where the selector
+        is looked up, `hybridize.selection.get_selector`)."""
         if self.mixer not in MIXER_CHOICES:
             raise ValueError(f"mixer={self.mixer!r}; allowed: {list(MIXER_CHOICES)}")
         if not isinstance(self.hype_a, (int, float)) or self.hype_a <= 1:
@@ -184,16 +191,14 @@ class Recipe:
         if self.keep_layers is not None and (not isinstance(self.keep_layers, list)
                                              or not all(isinstance(i, int) for i in self.keep_layers)):
             raise ValueError(f"keep_layers must be a list of layer indices, got {self.keep_layers!r}")
-        self._validate_selection()
+        self._validate_selection(selectors)
         for stage in ("align", "distill", "finetune"):
             getattr(self, stage).validate(stage, world_size)
         self.select.validate()
 
-    def _validate_selection(self) -> None:
-        from ..selection import SELECTORS  # the registry imports this module; its names are known by now
-
-        if self.selector not in SELECTORS:
-            raise ValueError(f"unknown selector {self.selector!r}; available: {sorted(SELECTORS)}")
+    def _validate_selection(self, selectors: Collection[str] | None) -> None:
+        if selectors is not None and self.selector not in selectors:
+            raise ValueError(f"unknown selector {self.selector!r}; available: {sorted(selectors)}")
         # The budget's upper end depends on the teacher's depth, checked when the selection runs (resolve_budget).
         try:
             value = float(str(self.budget).strip())
@@ -210,9 +215,11 @@ def builtin_recipes() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("hybridize.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | None = None,
+                selectors: Collection[str] | None = None) -> Recipe:
     """A built-in recipe by name ("smoke", "halo-qwen3-1.7b", ...) or a YAML file; then `key=value` overrides
-    (dotted keys reach into stages: "distill.lr=3e-5"; values are parsed as YAML)."""
+    (dotted keys reach into stages: "distill.lr=3e-5"; values are parsed as YAML). `selectors`: as in
+    `Recipe.validate`."""
     name_or_path = name_or_path or "smoke"
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
@@ -240,7 +247,7 @@ def load_recipe(name_or_path: str | Path | None = None, overrides: list[str] | N
             if not isinstance(target, dict):
                 raise ValueError(f"--set {key}: {p} is not a section")
         target[leaf] = _parse_value(value)
-    return recipe_from_dict(raw)
+    return recipe_from_dict(raw, selectors)
 
 
 def _parse_value(text: str) -> Any:
@@ -269,7 +276,7 @@ def _coerce_floats(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
+def recipe_from_dict(raw: dict[str, Any], selectors: Collection[str] | None = None) -> Recipe:
     raw = _coerce_floats(raw)
     top = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(raw) - top)
@@ -293,7 +300,7 @@ def recipe_from_dict(raw: dict[str, Any]) -> Recipe:
         raw[stage] = StageRecipe(**section)
     raw["select"] = _select_recipe(raw.get("select"))
     recipe = Recipe(**raw)
-    recipe.validate()
+    recipe.validate(selectors=selectors)
     return recipe
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 from ..data.sources import iter_documents
-from ..provenance import git_commit
 from ..data.synthetic import TASKS, FillerTokens, suite_tasks
+from ..metrics.perplexity import perplexity_by_length, perplexity_windows
+from ..metrics.recall import build_cells, evaluate_cells
+from ..provenance import git_commit
 from .loading import DTYPES, check_model_dir, has_tokenizer, load_model, load_tokenizer, pick_device
-from .perplexity import perplexity_by_length, perplexity_windows
-from .recall import build_cells, evaluate_cells
 
 SUITES = ("perplexity", "niah", "passkey", "mqar")
 

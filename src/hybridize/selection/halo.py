@@ -9,7 +9,7 @@ the teacher's attention: the setting stage 1 aligned the mixers in) and two eval
 so a layer scores high when swapping it out loses much recall for little LM quality. HALO's R is the mean of
 RULER qa_squad@4K, FDA and SWDE and its C the mean acc_norm of HellaSwag, ARC-E and ARC-C. The offline defaults here:
 
-* R: the mean exact match (`evaluation.recall.exact_match`, greedy generation, the scoring of `hybridize eval`) over
+* R: the mean exact match (`metrics.recall.exact_match`, greedy generation, the scoring of `hybridize eval`) over
   `select.halo_tasks` (synthetic passkey / NIAH / MQAR tasks, with `halo_task_options`) at `halo_lengths`,
   `halo_examples` examples each, needles at random depths;
 * C: the mean log-likelihood per token (minus the NLL) of `halo_lm_sequences` windows of `halo_lm_seq_len` tokens of
@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from ..data.sources import iter_documents
 from ..data.synthetic import generate_examples, task_config
-from ..evaluation.perplexity import perplexity_windows, token_nll
-from ..evaluation.recall import Cell, evaluate_cells
+from ..metrics.perplexity import perplexity_windows, token_nll
+from ..metrics.recall import Cell, evaluate_cells
 from ..models import HybridForCausalLM
 from .base import SelectionContext, SelectionResult, swapped_model, top_k
 

@@ -27,7 +27,8 @@ from transformers import AutoTokenizer, Qwen3ForCausalLM
 
 from ..data import PackedSequences, SequenceLoader, corpus_info, iter_documents, tokenize_corpus
 from ..data.sources import check_sources, spec_items
-from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, _encode, _special_prefix, generate, task_config
+from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, generate, task_config
+from ..data.synthetic.tokens import encode, special_prefix
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
 from ..distill.loop import TrainResult, last_eval, train
@@ -48,14 +49,14 @@ def repeat_episode(tokenizer, length: int, seed: int) -> tuple[list[int], list[i
     carries a few: a small model learns to retrieve much sooner with it (the tiny teacher learned none without it
     in 1,400 steps). A pure function of (tokenizer, length, seed)."""
     rng = random.Random(f"{REPEAT}:{seed}")
-    head = _special_prefix(tokenizer) + _encode(tokenizer, "Repeat these words:")
-    again = _encode(tokenizer, "\nAgain:")
+    head = special_prefix(tokenizer) + encode(tokenizer, "Repeat these words:")
+    again = encode(tokenizer, "\nAgain:")
     room = (length - len(head) - len(again)) // 2
     if room < 4:
         raise ValueError(f"a repeat episode needs length >= {len(head) + len(again) + 8}, got {length}")
     words: list[int] = []
     while True:
-        more = _encode(tokenizer, " " + rng.choice(WORDS))
+        more = encode(tokenizer, " " + rng.choice(WORDS))
         if len(words) + len(more) > room:
             break
         words += more
@@ -246,7 +247,7 @@ def heldout_evaluator(model, tokenizer, data, seq_len: int, windows: int = 16) -
     """`() -> {"heldout_loss", "heldout_ppl"}`: the model's mean next-token loss on `windows` consecutive windows of
     `seq_len` tokens of `data` (text the teacher does not train on). Beside the training loss it shows memorisation:
     a teacher that repeats its corpus (the built-in one is small) drives the one down while the other climbs."""
-    from ..evaluation.perplexity import heldout_lm, heldout_windows
+    from ..metrics.perplexity import heldout_lm, heldout_windows
 
     ids = heldout_windows(tokenizer, data, seq_len, windows)
     return lambda: heldout_lm(model, ids)

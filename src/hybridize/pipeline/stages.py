@@ -19,14 +19,15 @@ import torch
 from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import check_sources
+from ..distill.losses import chunked_ce, chunked_kl, layer_alignment_loss
+from ..distill.loop import TrainResult, last_eval, train
+from ..distill.recipe import STAGES, Recipe, StageRecipe, save_recipe
 from ..distributed import barrier, is_main, rank0_first, rank_world, single_process
-from ..evaluation.perplexity import heldout_lm, heldout_windows
+from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
 from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
-from .losses import chunked_ce, chunked_kl, layer_alignment_loss
-from .loop import TrainResult, last_eval, train
-from .recipe import STAGES, Recipe, StageRecipe, recipe_from_dict, save_recipe
+from .recipe import recipe_from_dict
 
 TRAINING_STAGES = ("align", "distill", "finetune")
 
@@ -337,7 +338,7 @@ def export(conv: Conversion) -> Path:
             model = assemble(conv)
         model.to(conv.load_teacher().saved_dtype).save_pretrained(conv.out)
         conv.load_teacher().tokenizer.save_pretrained(conv.out)
-        from .card import write_model_card
+        from ..distill.card import write_model_card
 
         write_model_card(conv, model)
     barrier()
