@@ -134,6 +134,13 @@ class Attention(Mixer):
         kept = context_len if self.sliding_window is None else min(context_len, self.sliding_window)
         return 2 * kept * self.num_kv_heads * self.head_dim * dtype_bytes(dtype)
 
+    @classmethod
+    def static_layer(cls, config, layer_idx, batch_size, max_cache_len, dtype, device) -> StaticKV:
+        """K and V buffers of `max_cache_len` tokens (full attention) or a ring of `sliding_window` slots."""
+        window = config.sliding_window if config.layer_types[layer_idx] == "sliding_attention" else None
+        return StaticKV(batch_size, config.num_key_value_heads, max_cache_len, config.head_dim, dtype, device,
+                        window=window)
+
 
 def _refuse_transformers_static(layer) -> None:
     if isinstance(layer, StaticLayer):  # its own position counter would drift from the model's

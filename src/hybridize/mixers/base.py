@@ -10,7 +10,10 @@ packed-document boundaries. `state` is the layer's entry of a transformers cache
 for the others: a fixed-size recurrent state and, with a short convolution, its conv state), updated in place and
 returned; None means "no cache" (training, or a forward without use_cache). `state_size(context_len)` says how
 many bytes that state takes per sequence. The model never special-cases a mixer type: it builds
-`MIXERS[config.mixer_name(i)]`.
+`MIXERS[config.mixer_name(i)]`, asks the class for its preallocated cache layer (`static_layer`, the static cache and
+the CUDA-graph decode), and writes `fresh_parameters()` when it initialises weights (decays, gate biases: parameters
+that `nn.Linear`'s init does not cover). `from_attention` names, for a conversion, which tensor of the teacher's
+attention each transferred tensor of the mixer comes from (`hybridize.convert.transfer`).
 """
 
 from __future__ import annotations
@@ -80,9 +83,24 @@ class Mixer(nn.Module):
     def forward(self, x: Tensor, info: SeqInfo, state: Any = None) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
+    #: conversion: this mixer's tensor name -> the teacher attention's tensor it is copied from (GQA K/V heads are
+    #: repeated per query head); every other tensor starts fresh
+    from_attention: dict[str, str] = {}
+
     def state_size(self, context_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
         """Bytes of decode state for one sequence that has seen `context_len` tokens."""
         raise NotImplementedError
+
+    @classmethod
+    def static_layer(cls, config, layer_idx: int, batch_size: int, max_cache_len: int, dtype: torch.dtype,
+                     device) -> Any:
+        """The preallocated cache layer of `hybridize.models.HybridStaticCache` for this mixer at `layer_idx`."""
+        raise NotImplementedError
+
+    def fresh_parameters(self) -> dict[str, Tensor]:
+        """Initial values of the parameters that are not `nn.Linear` / norm weights (written by the model's
+        `_init_weights`, so `from_pretrained` and `post_init` agree)."""
+        return {}
 
 
 class RMSNorm(nn.Module):

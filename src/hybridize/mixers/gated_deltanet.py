@@ -32,6 +32,9 @@ class GatedDeltaNet(LinearMixer):
         self.A_log = nn.Parameter(fresh["A_log"])
         self.dt_bias = nn.Parameter(fresh["dt_bias"])
 
+    def fresh_parameters(self) -> dict[str, torch.Tensor]:
+        return self.gate_init(self.num_heads)
+
     @staticmethod
     def gate_init(num_heads: int) -> dict[str, torch.Tensor]:
         """fla's initialisation: A ~ U(0, 16); dt log-uniform in [1e-3, 1e-1], stored through inverse softplus."""

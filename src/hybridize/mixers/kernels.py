@@ -238,14 +238,68 @@ def gated_delta_rule(
     return fn(q, k, v, g, beta, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens)
 
 
+def delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    beta: Tensor,
+    *,
+    scale: float,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """The delta rule (DeltaNet) S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t on L2-normalised q and k: the
+    gated delta rule without decay. beta: (B, T, H). Returns (o (B, T, H, V), final state (N, H, K, V) fp32)."""
+    q, k, v = _common_dtype(q, k, v)
+    beta = beta.to(v.dtype)
+    mode = _mode(q.shape[1], mode)
+    if backend_for(q) == "fla":
+        from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+
+        fn = fused_recurrent_delta_rule if mode == "recurrent" else chunk_delta_rule
+        return fn(q, k, v, beta=beta, scale=scale, initial_state=initial_state, output_final_state=True,
+                  use_qk_l2norm_in_kernel=True, cu_seqlens=cu_seqlens)
+    q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
+    g = beta.new_zeros(beta.shape, dtype=torch.float32)
+    fn = reference.gated_delta_rule_recurrent if mode == "recurrent" else reference.gated_delta_rule_chunk
+    return fn(q, k, v, g, beta, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
+def hgrn(
+    x: Tensor,
+    g: Tensor,
+    *,
+    initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+    mode: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """HGRN's elementwise recurrence h_t = exp(g_t) * h_{t-1} + x_t. x, g: (B, T, D) (g the log forget gate, <= 0).
+    Returns (o = h (B, T, D), final state (N, D) fp32). fla's chunked kernel takes no `cu_seqlens`: packed
+    documents run its fused recurrent kernel (forward and backward), as fla's own HGRN layer does."""
+    mode = _mode(x.shape[1], mode)
+    if backend_for(x) == "fla":
+        from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+        if mode == "recurrent" or cu_seqlens is not None:
+            return fused_recurrent_hgrn(x, g, initial_state=initial_state, output_final_state=True,
+                                        cu_seqlens=cu_seqlens)
+        o, state = chunk_hgrn(x, g, initial_state=initial_state, output_final_state=True)
+        return o, state.float()
+    fn = reference.hgrn_recurrent if mode == "recurrent" else reference.hgrn_chunk
+    return fn(x, g, initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
 def short_conv(
     x: Tensor,
     weight: Tensor,
     bias: Tensor | None = None,
     initial_state: Tensor | None = None,
     cu_seqlens: Tensor | None = None,
+    activation: str | None = "silu",
 ) -> tuple[Tensor, Tensor]:
-    """Depthwise causal conv + SiLU. x: (B, T, D); weight: (D, W); state: (N, D, W). Returns (y, final state)."""
+    """Depthwise causal conv, then `activation` ("silu" or None). x: (B, T, D); weight: (D, W); state: (N, D, W).
+    Returns (y, final state)."""
     if backend_for(x) == "fla":
         from fla.modules.causal_conv1d import causal_conv1d
 
@@ -255,11 +309,11 @@ def short_conv(
             bias=bias,
             initial_state=initial_state,
             output_final_state=True,
-            activation="silu",
+            activation=activation,
             cu_seqlens=cu_seqlens,
         )
         return y, state
-    return reference.causal_conv1d(x, weight, bias, initial_state, cu_seqlens, activation="silu")
+    return reference.causal_conv1d(x, weight, bias, initial_state, cu_seqlens, activation=activation)
 
 
 def _fla_gla(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, mode):

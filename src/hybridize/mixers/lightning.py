@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .linear import LinearMixer, masked
+from .linear import LinearMixer, fixed_log_decay, masked
 
 
 def lightning_log_decay(num_heads: int, device=None) -> torch.Tensor:
@@ -20,27 +20,12 @@ def lightning_log_decay(num_heads: int, device=None) -> torch.Tensor:
     return -torch.exp2(-8.0 * h / num_heads)
 
 
-_DECAY_CACHE: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-
-def _log_decay(num_heads: int, device: torch.device) -> torch.Tensor:
-    """`lightning_log_decay`, computed once per (heads, device) for inference: a decode step would otherwise spend four
-    small kernels per layer on it. Training (and torch.compile's tracing) computes it in place, as before."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return lightning_log_decay(num_heads, device)
-    key = (num_heads, device)
-    if key not in _DECAY_CACHE:
-        with torch.inference_mode(False):  # an ordinary tensor, usable outside inference mode too
-            _DECAY_CACHE[key] = lightning_log_decay(num_heads, device)
-    return _DECAY_CACHE[key]
-
-
 class Lightning(LinearMixer):
     gate_activation = "sigmoid"
     always_qk_norm = True
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
-        log_gamma = _log_decay(self.num_heads, q.device)
+        log_gamma = fixed_log_decay(lightning_log_decay, self.num_heads, q.device)
         if mask is None:
             return kernels.gla(q, k, v, g_gamma=log_gamma, scale=self.scale, initial_state=initial_state,
                                cu_seqlens=cu_seqlens)

@@ -1,16 +1,20 @@
-"""What the linear mixers share: projections, optional short convolution, QK-norm, RoPE, the cache state, and the
-output RMSNorm + gate. Each mixer file adds only its gates and its recurrence (`_recur`).
+"""What the linear mixers share: the fixed-size state (`RecurrentMixer`) and, for the mixers built on a query-key
+product (`LinearMixer`: Lightning, RetNet, GLA, DeltaNet, GatedDeltaNet, Mamba-2), the projections, optional short
+convolution, QK-norm, RoPE, the cache state, and the output RMSNorm + gate. Each mixer file adds only its gates and
+its recurrence (`_recur`). HGRN and HGRN-2, which have no key projection, build on `RecurrentMixer` alone.
 
-Data flow for x (B, T, hidden):
+Data flow of a `LinearMixer` for x (B, T, hidden):
     q, k, v = x Wq, x Wk, x Wv                      (B, T, H*K), (B, T, H*K), (B, T, H*V)
     [short conv + SiLU on q|k|v]  or the mixer's own activation
     q, k -> heads, [RMSNorm per head], [RoPE]       (B, T, H, K)
     o, S = recurrence(q, k, v, gates(x), S)         (B, T, H, V), state (B, H, K, V) fp32
-    y = (RMSNorm(o) * gate(x Wz)) Wo                 (B, T, hidden)
+    y = (RMSNorm(o) * gate(x Wz)) Wo                 (B, T, hidden); without an output gate y = RMSNorm(o) Wo
 Padded positions (left padding) get zero k and v and neutral gates, so they never touch the state.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -19,30 +23,75 @@ from torch import nn
 from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes
 from . import kernels
 from .fusion import project
+from .state import StaticState
+
+# A linear mixer's transferred tensors: its name -> the teacher attention's name (hybridize.convert.transfer).
+QKVO_FROM_ATTENTION = {
+    "q_proj.weight": "q_proj.weight", "k_proj.weight": "k_proj.weight", "v_proj.weight": "v_proj.weight",
+    "o_proj.weight": "o_proj.weight", "q_proj.bias": "q_proj.bias", "k_proj.bias": "k_proj.bias",
+    "v_proj.bias": "v_proj.bias", "q_norm.weight": "q_norm.weight", "k_norm.weight": "k_norm.weight",
+}
 
 
 class ShortConv(nn.Conv1d):
-    """Depthwise causal convolution over q|k|v; the weights of an `nn.Conv1d`, the computation in `kernels`."""
+    """Depthwise causal convolution over the concatenated inputs of a mixer (q|k|v, x|B|C, i|f, ...), followed by
+    `activation` (SiLU, or None for HGRN's gates); the weights of an `nn.Conv1d`, the computation in `kernels`."""
 
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, activation: str | None = "silu"):
         super().__init__(channels, channels, kernel_size, groups=channels, bias=False)
+        self.activation = activation
 
     def forward(self, x: Tensor, state: Tensor | None, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor]:
-        return kernels.short_conv(x, self.weight.squeeze(1), None, state, cu_seqlens)
+        return kernels.short_conv(x, self.weight.squeeze(1), None, state, cu_seqlens, self.activation)
 
 
-class LinearMixer(Mixer):
+class RecurrentMixer(Mixer):
+    """A mixer whose decode state has a fixed size: a recurrent state `state_shape(config)` per sequence (fp32) and,
+    with `linear_conv_size`, the short convolution's window over `conv_channels(config)` channels."""
+
     layer_type = "linear_attention"
-    fused_projections = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads x (g_proj: the output gate); fusion.py
-    #: activation applied to q, k, v when there is no short convolution (fla: SiLU for GatedDeltaNet)
-    qkv_activation: str | None = None
-    #: output gate nonlinearity: "sigmoid" (Lightning) or "silu" (fla's swish gate for GatedDeltaNet and GLA)
-    gate_activation: str = "silu"
-    always_qk_norm: bool = False
 
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
+        self._state_shape = self.state_shape(config)
+        self._conv_channels = self.conv_channels(config) if config.linear_conv_size else 0
+        self._conv_size = config.linear_conv_size
+
+    @classmethod
+    def state_shape(cls, config) -> tuple[int, ...]:
+        """Shape of one sequence's recurrent state (fp32)."""
+        raise NotImplementedError
+
+    @classmethod
+    def conv_channels(cls, config) -> int:
+        """Channels of the short convolution (its decode state is (channels, linear_conv_size))."""
+        raise NotImplementedError
+
+    @classmethod
+    def static_layer(cls, config, layer_idx, batch_size, max_cache_len, dtype, device) -> StaticState:
+        conv = cls.conv_channels(config) if config.linear_conv_size else 0
+        return StaticState(batch_size, cls.state_shape(config), conv, config.linear_conv_size, dtype, device)
+
+    def state_size(self, context_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
+        return math.prod(self._state_shape) * 4 + self._conv_channels * self._conv_size * dtype_bytes(dtype)
+
+
+class LinearMixer(RecurrentMixer):
+    fused_projections = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads x (g_proj: the output gate); fusion.py
+    from_attention = QKVO_FROM_ATTENTION
+    #: activation applied to q, k, v when there is no short convolution (fla: SiLU for GatedDeltaNet)
+    qkv_activation: str | None = None
+    #: output gate nonlinearity: "sigmoid" (Lightning) or "silu" (fla's swish gate for GatedDeltaNet and GLA)
+    gate_activation: str = "silu"
+    #: False: no output gate, y = RMSNorm(o) Wo (fla's DeltaNet layer)
+    output_gate: bool = True
+    #: True: y = RMSNorm(o * act(gate)) Wo (Mamba-2's gated norm) instead of RMSNorm(o) * act(gate)
+    gate_before_norm: bool = False
+    always_qk_norm: bool = False
+
+    def __init__(self, config, layer_idx: int):
+        super().__init__(config, layer_idx)
         self.num_heads = H = config.linear_num_heads
         self.head_k_dim = K = config.linear_head_dim
         self.head_v_dim = V = config.linear_value_head_dim
@@ -53,13 +102,21 @@ class LinearMixer(Mixer):
         self.q_proj = nn.Linear(hidden, H * K, bias=bias)
         self.k_proj = nn.Linear(hidden, H * K, bias=bias)
         self.v_proj = nn.Linear(hidden, H * V, bias=bias)
-        self.g_proj = nn.Linear(hidden, H * V, bias=False)  # output gate
+        self.g_proj = nn.Linear(hidden, H * V, bias=False) if self.output_gate else None
         self.o_proj = nn.Linear(H * V, hidden, bias=False)
         qk_norm = self.always_qk_norm or config.linear_qk_norm
         self.q_norm = RMSNorm(K, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(K, config.rms_norm_eps) if qk_norm else None
         self.o_norm = RMSNorm(V, config.rms_norm_eps)
-        self.conv = ShortConv(H * (2 * K + V), config.linear_conv_size) if config.linear_conv_size else None
+        self.conv = ShortConv(self._conv_channels, self._conv_size) if self._conv_size else None
+
+    @classmethod
+    def state_shape(cls, config) -> tuple[int, ...]:
+        return (config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim)
+
+    @classmethod
+    def conv_channels(cls, config) -> int:
+        return config.linear_num_heads * (2 * config.linear_head_dim + config.linear_value_head_dim)
 
     def forward(self, x: Tensor, info: SeqInfo, state=None) -> tuple[Tensor, object]:
         B, T, _ = x.shape
@@ -67,7 +124,7 @@ class LinearMixer(Mixer):
         mask = info.token_mask  # (B, T) or None
         if mask is not None:
             x = x * mask.unsqueeze(-1).to(x.dtype)
-        rec, conv_state = _read(state)
+        rec, conv_state = read_state(state)
         q, k, v, gate = project(self, x, self.fused_projections)  # one matmul once fused
         if mask is not None and self.v_proj.bias is not None:  # biases would make padded k, v non-zero
             keep = mask.unsqueeze(-1).to(x.dtype)
@@ -87,20 +144,24 @@ class LinearMixer(Mixer):
             state.update_recurrent_state(rec)
             if conv_state is not None:
                 state.update_conv_state(conv_state)  # given a full (N, D, W) window, this stores it as is
-        gate = gate.view(B, T, H, V)
-        o = kernels.rms_norm_gated(o.to(x.dtype), self.o_norm.weight, self.o_norm.eps, gate, self.gate_activation)
+        o = self._output_norm(o.to(x.dtype), None if gate is None else gate.view(B, T, H, V))
         return self.o_proj(o.reshape(B, T, H * V)), state
+
+    def _output_norm(self, o: Tensor, gate: Tensor | None) -> Tensor:
+        """(B, T, H, V): RMSNorm per head with the output gate (before or after the norm), or without one."""
+        w, eps = self.o_norm.weight, self.o_norm.eps
+        if gate is None:
+            return kernels.rms_norm(o, w, eps)
+        if self.gate_before_norm:
+            act = torch.sigmoid(gate) if self.gate_activation == "sigmoid" else F.silu(gate)
+            return kernels.rms_norm(o * act, w, eps)
+        return kernels.rms_norm_gated(o, w, eps, gate, self.gate_activation)
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def state_size(self, context_len: int, dtype: torch.dtype = torch.bfloat16) -> int:
-        recurrent = self.num_heads * self.head_k_dim * self.head_v_dim * 4  # fp32
-        conv = 0 if self.conv is None else self.conv.in_channels * self.conv.kernel_size[0] * dtype_bytes(dtype)
-        return recurrent + conv
 
-
-def _read(layer) -> tuple[Tensor | None, Tensor | None]:
+def read_state(layer) -> tuple[Tensor | None, Tensor | None]:
     """(recurrent state, conv state) held by a transformers `LinearAttentionLayer`, None where not yet written."""
     if layer is None:
         return None, None
@@ -115,3 +176,54 @@ def masked(gate: Tensor, mask: Tensor | None, neutral: float = 0.0) -> Tensor:
         return gate
     shape = mask.shape + (1,) * (gate.dim() - 2)
     return torch.where(mask.view(shape), gate, torch.full_like(gate, neutral))
+
+
+def logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+def lower_bounded_log_forget(f: Tensor, lower_bound: Tensor | None) -> Tensor:
+    """HGRN's forget gate in log space: log(lb + (1 - lb) * sigmoid(f)), the gate lifted above a lower bound lb in
+    [0, 1) (None: no bound, log sigmoid(f)). f: (..., D) logits, lower_bound: (D,). fp32."""
+    g = F.logsigmoid(f.float())
+    if lower_bound is None:
+        return g
+    lb = lower_bound.float()
+    return torch.logaddexp(lb.log(), torch.log1p(-lb) + g)
+
+
+class LowerBound(nn.Module):
+    """A learned per-channel lower bound lb = sigmoid(logit) in (0, 1) on a forget gate (HGRN, HGRN-2).
+
+    The papers learn the bounds of all layers together, lb_l = cumsum(softmax(Gamma))_l over the layers, so that they
+    rise with depth; fla's models hold Gamma in the model. Here each layer holds its own bound (a mixer owns all its
+    parameters, and the model never special-cases a mixer), started where that parameterisation starts
+    (Gamma = 0: lb_l = l / L, layer l of L): deeper layers begin with longer memories, but the order is not enforced
+    while training. Layer 0 has no bound (fla: "the lower bound for the first layer is zero")."""
+
+    def __init__(self, channels: int, layer_idx: int, num_layers: int):
+        super().__init__()
+        self.init_value = layer_idx / num_layers
+        self.logit = nn.Parameter(torch.full((channels,), logit(self.init_value)))
+
+    def forward(self) -> Tensor:
+        return torch.sigmoid(self.logit.float())
+
+    def fresh(self) -> Tensor:
+        return torch.full_like(self.logit, logit(self.init_value))
+
+
+_DECAY_CACHE: dict[tuple, Tensor] = {}
+
+
+def fixed_log_decay(fn, num_heads: int, device: torch.device) -> Tensor:
+    """`fn(num_heads, device)`, a fixed per-head log decay (Lightning, RetNet), computed once per (fn, heads, device)
+    for inference: a decode step would otherwise spend a few small kernels per layer on it. Training (and
+    torch.compile's tracing) computes it in place."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return fn(num_heads, device)
+    key = (fn, num_heads, device)
+    if key not in _DECAY_CACHE:
+        with torch.inference_mode(False):  # an ordinary tensor, usable outside inference mode too
+            _DECAY_CACHE[key] = fn(num_heads, device)
+    return _DECAY_CACHE[key]

@@ -9,14 +9,16 @@ Conventions match fla's kernels so that the two are interchangeable behind `kern
   log decays are <= 0; `scale` multiplies q; with `cu_seqlens` (N + 1 offsets) B must be 1 and each of the N
   documents starts from its own row of `initial_state` (zeros if None) and never sees the others.
 
-Two recurrences cover all our mixers:
-  gla (Lightning is the special case of a per-head constant decay):
+Three recurrences cover all our mixers:
+  gla (Lightning, RetNet, GLA, HGRN-2, Mamba-2):
       S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t,            o_t = scale * q_t S_t
-      g: (B, T, H) one log decay per head and step, or (B, T, H, K) one per key channel (GLA).
-  gated delta rule (GatedDeltaNet):
+      g: (B, T, H) one log decay per head and step, or (B, T, H, K) one per key channel (GLA, HGRN-2).
+  gated delta rule (GatedDeltaNet; DeltaNet is g = 0):
       S_t = exp(g_t) (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t,   o_t = scale * q_t S_t
       g, beta: (B, T, H); q and k are expected L2-normalised by the caller.
-Everything is computed in fp32; outputs come back in v's dtype.
+  hgrn (HGRN: a vector state, one number per channel, fla's `chunk_hgrn` conventions):
+      h_t = exp(g_t) * h_{t-1} + x_t,   o_t = h_t;   x, g: (B, T, D); state (N, D) fp32.
+Everything is computed in fp32; outputs come back in v's (x's) dtype.
 
 Also here, as the references of the fused inference kernels `kernels.py` picks on a GPU: `rms_norm` (RMSNorm's
 PyTorch form) and `apply_rope` (rotate-half RoPE).
@@ -53,18 +55,20 @@ def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, 
 
 
 def _per_document(fn: Callable) -> Callable:
-    """Run `fn` once per document of a packed (cu_seqlens) batch, each from its own initial state."""
+    """Run `fn` once per document of a packed (cu_seqlens) batch, each from its own initial state. Every positional
+    argument is a (B, T, ...) tensor, cut along T."""
 
-    def wrapper(q, k, v, *gates, scale, initial_state=None, cu_seqlens=None, **kw):
+    def wrapper(*tensors, initial_state=None, cu_seqlens=None, **kw):
         if cu_seqlens is None:
-            return fn(q, k, v, *gates, scale=scale, initial_state=initial_state, **kw)
-        if q.shape[0] != 1:
-            raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {q.shape[0]}")
+            return fn(*tensors, initial_state=initial_state, **kw)
+        if tensors[0].shape[0] != 1:
+            raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch "
+                             f"{tensors[0].shape[0]}")
         outs, states = [], []
         bounds = cu_seqlens.tolist()
         for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
             h0 = None if initial_state is None else initial_state[n : n + 1]
-            o, h = fn(q[:, s:e], k[:, s:e], v[:, s:e], *(g[:, s:e] for g in gates), scale=scale, initial_state=h0, **kw)
+            o, h = fn(*(t[:, s:e] for t in tensors), initial_state=h0, **kw)
             outs.append(o)
             states.append(h)
         return torch.cat(outs, dim=1), torch.cat(states, dim=0)
@@ -221,6 +225,41 @@ def gated_delta_rule_chunk(
         S = S * G[:, :, n, -1].exp()[..., None, None] + k_out[:, :, n].transpose(-1, -2) @ u
     o = torch.stack(outs, dim=2)
     return _unchunk(o, T).to(v.dtype), S
+
+
+@_per_document
+def hgrn_recurrent(x: Tensor, g: Tensor, *, initial_state: Tensor | None = None):
+    """Step-by-step HGRN recurrence h_t = exp(g_t) * h_{t-1} + x_t. Returns (o = h (B,T,D), final state (B,D) fp32)."""
+    h = x.new_zeros(x.shape[0], x.shape[2], dtype=torch.float32) if initial_state is None else initial_state.float()
+    xf, gf = x.float(), g.float()
+    outs = []
+    for t in range(x.shape[1]):
+        h = gf[:, t].exp() * h + xf[:, t]
+        outs.append(h)
+    o = torch.stack(outs, dim=1) if outs else xf.new_zeros(x.shape)
+    return o.to(x.dtype), h
+
+
+@_per_document
+def hgrn_chunk(x: Tensor, g: Tensor, *, initial_state: Tensor | None = None, chunk_size: int = 64):
+    """Chunked HGRN recurrence; same results as `hgrn_recurrent`. Inside a chunk, with G the inclusive cumulative
+    log decay from the chunk start: h_i = exp(G_i) h_0 + sum_{j<=i} exp(G_i - G_j) x_j (exp only of values <= 0)."""
+    B, T, D = x.shape
+    C = chunk_size
+    xc = _chunked(x.float().unsqueeze(-1), C).squeeze(-1)  # (B, D, N, C)
+    G = _chunked(g.float().unsqueeze(-1), C).squeeze(-1).cumsum(dim=3)  # (B, D, N, C)
+    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
+    decay = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (B, D, N, C_i, C_j)
+    intra = (decay @ xc.unsqueeze(-1)).squeeze(-1)  # (B, D, N, C): each chunk from a zero state
+    h = x.new_zeros(B, D, dtype=torch.float32) if initial_state is None else initial_state.float()
+    outs = []
+    for n in range(xc.shape[2]):
+        o = intra[:, :, n] + G[:, :, n].exp() * h.unsqueeze(-1)  # (B, D, C)
+        outs.append(o)
+        h = o[:, :, -1]
+    # the zero-padded tail (x = 0, g = 0) leaves the state as it was at the last real step
+    o = torch.stack(outs, dim=2).flatten(2)[:, :, :T].transpose(1, 2) if outs else x.float()  # (B, T, D)
+    return o.to(x.dtype), h
 
 
 def causal_conv1d(

@@ -7,8 +7,9 @@ reason.
 
 * `StaticKV` (full attention): K and V buffers (B, Hkv, max_len, D); token t lives in slot t.
 * `StaticKV` with a window (sliding attention): a ring of min(window, max_len) slots; token t lives in slot t % slots.
-* `StaticState` (linear mixers): the recurrent state (B, H, K, V) fp32 and the short-convolution window (B, C, W),
-  a transformers `LinearAttentionLayer` whose buffers exist from the start.
+* `StaticState` (linear mixers): the recurrent state (B, *shape) fp32 ((B, H, K, V) for the matrix-state mixers,
+  (B, D) for HGRN) and the short-convolution window (B, C, W), a transformers `LinearAttentionLayer` whose buffers
+  exist from the start. Each mixer class says its shapes (`static_layer`).
 
 A one-token step (T = 1) always sees the whole buffer, whatever has been written: its shapes never change, so it can
 be captured. Longer calls (prefill, chunked prefill) run eagerly and see only what they need.
@@ -101,22 +102,21 @@ class StaticKV(CacheLayerMixin):
 
 
 class StaticState(LinearAttentionLayer):
-    """A `LinearAttentionLayer` whose recurrent state (B, H, K, V) fp32 and conv window (B, C, W) are allocated up
-    front and overwritten in place (the mixers always hand over the full new state / window)."""
+    """A `LinearAttentionLayer` whose recurrent state (B, *state_shape) fp32 and conv window (B, C, W) are allocated
+    up front and overwritten in place (the mixers always hand over the full new state / window)."""
 
     # fixed shapes, written in place. generate replays its decode step (our CUDA graph) only for a compileable
     # cache, which transformers computes from its layers; 5.17's LinearAttentionLayer says False
     is_compileable = True
 
-    def __init__(self, batch_size: int, num_heads: int, head_k_dim: int, head_v_dim: int, conv_channels: int,
-                 conv_size: int, dtype, device):
+    def __init__(self, batch_size: int, state_shape: tuple[int, ...], conv_channels: int, conv_size: int, dtype,
+                 device):
         super().__init__()
         self.batch_size = batch_size
         self.dtype, self.device = dtype, device
-        self.recurrent_states[0] = torch.zeros(batch_size, num_heads, head_k_dim, head_v_dim, dtype=torch.float32,
-                                               device=device)
+        self.recurrent_states[0] = torch.zeros(batch_size, *state_shape, dtype=torch.float32, device=device)
         self.is_recurrent_states_initialized[0] = True
-        if conv_size:
+        if conv_size and conv_channels:
             self.conv_states[0] = torch.zeros(batch_size, conv_channels, conv_size, dtype=dtype, device=device)
             self.conv_kernel_size[0] = conv_size
             self.is_conv_states_initialized[0] = True

@@ -90,22 +90,14 @@ class HybridStaticCache(Cache):
 
     def __init__(self, config, max_cache_len: int, batch_size: int, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu"):
-        from ..mixers.state import StaticKV, StaticState
+        from ..mixers import MIXERS
 
         for name, value in (("max_cache_len", max_cache_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         device = torch.device(device)
-        layers = []
-        for i, kind in enumerate(config.layer_types):
-            if kind == "linear_attention":
-                H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
-                layers.append(StaticState(batch_size, H, K, V, H * (2 * K + V), config.linear_conv_size, dtype,
-                                          device))
-            else:
-                window = config.sliding_window if kind == "sliding_attention" else None
-                layers.append(StaticKV(batch_size, config.num_key_value_heads, max_cache_len, config.head_dim, dtype,
-                                       device, window=window))
+        layers = [MIXERS[config.mixer_name(i)].static_layer(config, i, batch_size, max_cache_len, dtype, device)
+                  for i in range(config.num_hidden_layers)]
         super().__init__(layers=layers)
         self._max_cache_len = max_cache_len
         self._max_batch_size = batch_size

@@ -21,9 +21,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
 from ..mixers import SeqInfo, build_mixer, kernels
-from ..mixers.base import RMSNorm
+from ..mixers.base import Mixer, RMSNorm
 from ..mixers.fusion import fuse_projections, project
-from ..mixers.gated_deltanet import GatedDeltaNet
 from .cache import HybridCache, HybridStaticCache, cache_kwargs, output_cache, past_length, resolve_cache
 from .configuration import HybridConfig
 
@@ -112,10 +111,9 @@ class HybridPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, GatedDeltaNet):
-            fresh = GatedDeltaNet.gate_init(module.num_heads)
-            init.copy_(module.A_log, fresh["A_log"])
-            init.copy_(module.dt_bias, fresh["dt_bias"])
+        if isinstance(module, Mixer):
+            for name, value in module.fresh_parameters().items():
+                init.copy_(module.get_parameter(name), value)
 
 
 class HybridModel(HybridPreTrainedModel):
