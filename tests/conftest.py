@@ -68,8 +68,15 @@ PATTERNS = {
     "lightning": ["lightning"] * 2 + [None] + ["lightning"] * 2,
     "gated_deltanet": ["gated_deltanet"] * 2 + [None] + ["gated_deltanet"] * 2,
     "gla": ["gla"] * 2 + [None] + ["gla"] * 2,
+    "deltanet": ["deltanet"] * 2 + [None] + ["deltanet"] * 2,
+    "hgrn": ["hgrn"] * 2 + [None] + ["hgrn"] * 2,
+    "hgrn2": ["hgrn2"] * 2 + [None] + ["hgrn2"] * 2,
+    "retnet": ["retnet"] * 2 + [None] + ["retnet"] * 2,
+    "mamba2": ["mamba2"] * 2 + [None] + ["mamba2"] * 2,
     "mixed": ["gla", None, "gated_deltanet", "lightning", None],
     "all_linear": ["lightning", "gated_deltanet", "gla", "lightning", "gated_deltanet"],
+    # the other five in one model: states of different shapes (HGRN's vector, the matrices) side by side in one cache
+    "linear_variants": ["hgrn", "deltanet", "hgrn2", "retnet", "mamba2"],
     "all_attention": [None] * 5,
 }
 

@@ -88,6 +88,61 @@ def test_linear_mixers_take_the_teachers_projections(family, teachers):
     assert torch.equal(student.model.layers[2].mlp.up_proj.weight, t.model.model.layers[2].mlp.up_proj.weight)
 
 
+NEW_MIXERS = ["deltanet", "hgrn", "hgrn2", "retnet", "mamba2"]
+
+
+@pytest.mark.parametrize("mixer", NEW_MIXERS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_mixer_takes_what_its_transfer_map_names(family, mixer, teachers):
+    """Every tensor a mixer's `from_attention` names is the teacher's (K/V heads repeated per group), a short
+    convolution starts as the identity, and nothing else of the mixer comes from the teacher."""
+    from hybridize.mixers import MIXERS
+
+    t = load_teacher(teachers[family])
+    tc = t.model.config
+    cfg = student_config(tc, [1], mixer, hype=True, conv_size=3)
+    student = build_student(t.model, cfg)
+    g = tc.num_attention_heads // tc.num_key_value_heads
+    src = dict(t.model.model.layers[0].mixer.named_parameters())
+    dst = dict(student.model.layers[0].mixer.named_parameters())
+    taken = 0
+    for ours, theirs in MIXERS[mixer].from_attention.items():
+        if theirs not in src:
+            assert ours not in dst or not ours.endswith("bias"), f"{ours}: the teacher has no {theirs}"
+            continue
+        expect = src[theirs]
+        if theirs.split(".")[0] in ("k_proj", "v_proj") and g > 1:
+            expect = expect.view(tc.num_key_value_heads, tc.head_dim, *expect.shape[1:])
+            expect = expect.repeat_interleave(g, dim=0).reshape(-1, *expect.shape[2:])
+        assert torch.equal(dst[ours], expect), f"{mixer} {ours} != teacher {theirs}"
+        taken += 1
+    assert taken >= 2
+    conv = dst["conv.weight"]
+    assert torch.equal(conv[..., -1], torch.ones_like(conv[..., -1])) and not conv[..., :-1].any()
+    fresh = [n for n in dst if n not in MIXERS[mixer].from_attention and n != "conv.weight"]
+    assert fresh, f"{mixer}: no fresh parameter (gates, norms)"
+
+
+@pytest.mark.parametrize("mixer", NEW_MIXERS)
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_mixer_converts_every_family_and_each_stage_lowers_its_loss(family, mixer, teachers, text_data,
+                                                                          tmp_path):
+    """The smoke recipe end to end for each mixer of the design-space studies on each teacher family; the export
+    loads through the Auto classes and generates the same tokens with and without its cache."""
+    recipe = load_recipe("smoke", [f"mixer={mixer}", "finetune.lr=3e-3", "distill.lr=3e-3"])
+    conv = Conversion(teachers[family], tmp_path / "out", recipe, data=str(text_data), device="cpu")
+    out = convert(conv)
+    for stage in ("align", "distill", "finetune"):
+        result = conv.done(stage)["result"]
+        assert result["loss_last"] < result["loss_first"], (family, mixer, stage, result)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.linear_mixers.count(mixer) == 3
+    ids = torch.randint(1, 300, (1, 7))
+    a = model.generate(ids, max_new_tokens=5, do_sample=False)
+    b = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert torch.equal(a, b)
+
+
 def test_every_stage_lowers_its_loss_and_the_result_loads_and_generates(teachers, text_data, tmp_path):
     recipe = load_recipe("smoke", ["mixer=gated_deltanet", "finetune.lr=3e-3", "distill.lr=3e-3"])
     conv = Conversion(teachers["qwen3"], tmp_path / "out", recipe, data=str(text_data), device="cpu")

@@ -20,7 +20,7 @@ def _pair(pattern):
     return plain, fused
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "all_attention"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants", "all_attention"])
 def test_fused_projections_give_the_same_logits_and_tokens(pattern):
     plain, fused = _pair(pattern)
     params = sum(p.numel() for p in fused.parameters())
@@ -42,7 +42,8 @@ def test_fused_projections_give_the_same_logits_and_tokens(pattern):
     assert torch.equal(a, b)
     # the fused matmul is what ran: the separate modules are not called without autograd
     for name, module in fused.named_modules():
-        if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "g_proj", "gate_proj", "up_proj"):
+        if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "g_proj", "i_proj", "f_proj", "gate_proj",
+                                       "up_proj"):
             module.forward = _refuse
     with torch.no_grad():
         fused(ids)

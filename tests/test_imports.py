@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "hybridize"
 # layer are peers and import nothing of each other. "hybridize" is the package root: it registers the model type
 # with transformers' Auto classes, so whatever imports `hybridize` itself sits above models.
 LAYERS = [
-    ("provenance", "distributed", "assets", "recipes"),  # utilities and data files
+    ("provenance", "distributed", "assets", "recipes", "names"),  # utilities and data files
     ("data",),  # text sources, packing, synthetic tasks
     ("mixers",),
     ("models",),

@@ -17,7 +17,7 @@ from hybridize.mixers import LINEAR_MIXERS, MIXERS, SeqInfo
 from hybridize.mixers.attention import Attention
 from hybridize.mixers.base import hype_scale
 from hybridize.mixers.lightning import lightning_log_decay
-from hybridize.models.configuration import LINEAR_MIXER_NAMES
+from hybridize.names import LINEAR_MIXER_NAMES
 from hybridize.models.modeling import HybridRotaryEmbedding
 from conftest import assert_close, tiny_config
 
@@ -124,3 +124,95 @@ def test_import_does_not_load_triton_or_fla():
             "assert not bad, bad; print('clean')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "clean" in out.stdout, out.stderr
+
+
+# The mixers of the design-space studies, each against its definition written out one step at a time from the paper
+# and fla's layer (module docstrings), with the mixer's own weights. No RoPE, QK-norm, bias or convolution here: those
+# shared parts are the same code for every mixer and are checked through the model tests.
+def _rms(x, w, eps=1e-6):
+    return w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _step_by_step(name: str, m, x: torch.Tensor) -> torch.Tensor:
+    silu, sig = torch.nn.functional.silu, torch.sigmoid
+    B, T, _ = x.shape
+    if name == "hgrn":
+        lb = sig(m.lower_bound.logit)
+        h, outs = torch.zeros(B, m.dim), []
+        for t in range(T):
+            f = lb + (1 - lb) * sig(m.f_proj(x[:, t]))
+            h = f * h + (1 - f) * silu(m.i_proj(x[:, t]))
+            outs.append(_rms(h, m.o_norm.weight) * silu(m.g_proj(x[:, t])))
+        return m.o_proj(torch.stack(outs, 1))
+    H, K, V = m.num_heads, m.head_k_dim, m.head_v_dim
+    heads = lambda t, d: t.view(B, H, d)  # noqa: E731 (B, H*d) -> (B, H, d)
+    S, outs = torch.zeros(B, H, K, V), []
+    for t in range(T):
+        xt = x[:, t]
+        if name == "hgrn2":
+            lb = heads(sig(m.lower_bound.logit).expand(B, -1), K)
+            f = lb + (1 - lb) * sig(heads(m.f_proj(xt), K))
+            q, k, v = silu(heads(m.q_proj(xt), K)), 1 - f, heads(m.i_proj(xt), V)
+            S = f.unsqueeze(-1) * S + k.unsqueeze(-1) * v.unsqueeze(-2)
+            o = torch.einsum("bhk,bhkv->bhv", q * K**-0.5, S).reshape(B, H * V)
+            outs.append(_rms(o, m.o_norm.weight))
+            continue
+        q, k, v = heads(m.q_proj(xt), K), heads(m.k_proj(xt), K), heads(m.v_proj(xt), V)
+        if name == "retnet":
+            gamma = (1 - 2.0 ** (-5.0 - torch.arange(H))).view(1, H, 1, 1)
+            S = gamma * S + k.unsqueeze(-1) * v.unsqueeze(-2)
+            o = torch.einsum("bhk,bhkv->bhv", q * K**-0.5, S)
+            o = _rms(o, m.o_norm.weight) * silu(heads(m.g_proj(xt), V))
+        elif name == "deltanet":
+            q, k, v = (torch.nn.functional.normalize(silu(q), dim=-1), torch.nn.functional.normalize(silu(k), dim=-1),
+                       silu(v))
+            beta = sig(m.b_proj(xt)).view(B, H, 1)
+            S = S + k.unsqueeze(-1) * (beta * (v - torch.einsum("bhk,bhkv->bhv", k, S))).unsqueeze(-2)
+            o = _rms(torch.einsum("bhk,bhkv->bhv", q * K**-0.5, S), m.o_norm.weight)
+        else:  # mamba2: C = q, B = k, x = v
+            C, Bt, X = silu(q), silu(k), silu(v)
+            dt = torch.nn.functional.softplus(m.dt_proj(xt) + m.dt_bias).view(B, H, 1, 1)
+            S = torch.exp(dt * -m.A_log.exp().view(1, H, 1, 1)) * S + dt * Bt.unsqueeze(-1) * X.unsqueeze(-2)
+            y = torch.einsum("bhk,bhkv->bhv", C, S) + m.D.view(1, H, 1) * X
+            o = _rms(y * silu(heads(m.g_proj(xt), V)), m.o_norm.weight)
+        outs.append(o.reshape(B, H * V))
+    return m.o_proj(torch.stack(outs, 1))
+
+
+@pytest.mark.parametrize("name", ["deltanet", "hgrn", "hgrn2", "retnet", "mamba2"])
+def test_design_space_mixers_match_their_step_by_step_definitions(name):
+    config = tiny_config([name] * 5, linear_rope=False, linear_qk_norm=False, linear_qkv_bias=False,
+                         linear_conv_size=0)
+    mixer = MIXERS[name](config, 1)
+    with torch.no_grad():
+        for p in mixer.parameters():  # unit norms, D = 1 and the lower bound's start would hide a missing term
+            p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(2, 11, config.hidden_size)
+    y, _ = mixer(x, SeqInfo(torch.arange(11)[None].expand(2, 11)))
+    with torch.no_grad():
+        assert_close(y, _step_by_step(name, mixer, x), f"{name} vs its definition")
+
+
+def test_lower_bounds_start_where_the_cumulative_softmax_starts():
+    """HGRN / HGRN-2: layer l of L starts with lower bound l / L (Gamma = 0 in cumsum(softmax(Gamma))); layer 0 has
+    none. After `post_init` (what from_pretrained runs too) the bound is at its start."""
+    config = tiny_config(["hgrn", "hgrn2", None, "hgrn", "hgrn2"])
+    model = HybridForCausalLM(config)
+    layers = model.model.layers
+    assert layers[0].mixer.lower_bound is None
+    for i in (1, 3, 4):
+        assert_close(layers[i].mixer.lower_bound(), torch.full_like(layers[i].mixer.lower_bound(), i / 5),
+                     f"layer {i} lower bound")
+
+
+def test_design_space_mixers_state_sizes():
+    """HGRN keeps one fp32 number per channel; the others a (H, K, V) fp32 matrix per head; the short convolution adds
+    its window over the channels it convolves, in the model's dtype."""
+    config = tiny_config("linear_variants", linear_conv_size=4)
+    H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
+    model = HybridForCausalLM(config)
+    sizes = {layer.mixer.__class__.__name__: layer.mixer.state_size(10**5, torch.bfloat16)
+             for layer in model.model.layers}
+    assert sizes["HGRN"] == H * V * 4 + 2 * H * V * 4 * 2
+    for name in ("DeltaNet", "HGRN2", "RetNet", "Mamba2"):
+        assert sizes[name] == H * K * V * 4 + H * (2 * K + V) * 4 * 2, name

@@ -123,3 +123,98 @@ def test_dispatch_uses_torch_on_cpu_and_rejects_bad_backend():
             kernels.gla(q, k, v, g=g, scale=0.3)
     with pytest.raises(ValueError, match="exactly one of g and g_gamma"):
         kernels.gla(q, k, v, scale=0.3)
+
+
+# HGRN: a vector state, h_t = exp(g_t) h_{t-1} + x_t (reference.hgrn_*), its own argument layout (x, g) and state (N, D)
+D_HGRN = 7
+
+
+def _hgrn_inputs(T: int, batch: int = B):
+    return torch.randn(batch, T, D_HGRN), F.logsigmoid(torch.randn(batch, T, D_HGRN) + 1.0)
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 4), (13, 4), (16, 8), (37, 16)])
+def test_hgrn_chunk_equals_recurrent_with_gradients(T, chunk):
+    x, g = _hgrn_inputs(T)
+    h0 = torch.randn(B, D_HGRN)
+    leaves = [x.requires_grad_(True), g.requires_grad_(True), h0.requires_grad_(True)]
+    o_c, s_c = reference.hgrn_chunk(x, g, initial_state=h0, chunk_size=chunk)
+    o_r, s_r = reference.hgrn_recurrent(x, g, initial_state=h0)
+    assert_close(o_c, o_r, "hgrn output")
+    assert_close(s_c, s_r, "hgrn final state")
+    w_o, w_s = torch.randn_like(o_r), torch.randn_like(s_r)
+    g_c = torch.autograd.grad((o_c * w_o).sum() + (s_c * w_s).sum(), leaves)
+    g_r = torch.autograd.grad((o_r * w_o).sum() + (s_r * w_s).sum(), leaves)
+    for name, a, b in zip(["dx", "dg", "dh0"], g_c, g_r):
+        assert_close(a, b, f"hgrn {name}", scale=5)
+
+
+def test_hgrn_packed_documents_do_not_leak_and_match_the_definition():
+    lengths = [5, 11, 1, 8]
+    x, g = _hgrn_inputs(sum(lengths), batch=1)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    h0 = torch.randn(len(lengths), D_HGRN)
+    for fn in (reference.hgrn_chunk, reference.hgrn_recurrent):
+        o, s = fn(x, g, initial_state=h0, cu_seqlens=cu)
+        for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+            h = h0[n]
+            for t in range(a, b):  # the definition, one step at a time
+                h = g[0, t].exp() * h + x[0, t]
+                assert_close(o[0, t], h, f"{fn.__name__} doc {n} step {t}")
+            assert_close(s[n], h, f"{fn.__name__} doc {n} state")
+
+
+def test_delta_rule_is_the_gated_rule_without_decay():
+    q, k, v, (_, beta) = _inputs("gated_delta_rule", 19)
+    for mode in ("chunk", "recurrent"):
+        o, s = kernels.delta_rule(q, k, v, beta, scale=0.4, mode=mode)
+        o_g, s_g = kernels.gated_delta_rule(q, k, v, torch.zeros_like(beta), beta, scale=0.4, mode=mode)
+        assert_close(o, o_g, f"delta rule {mode} output")
+        assert_close(s, s_g, f"delta rule {mode} state")
+
+
+# fla's own pure-PyTorch references (its naive.py files, which run on the CPU): each of our recurrences against the
+# one fla keeps beside its kernel, including the fixed decays of RetNet (fla's retention reference).
+def _fla_case(kind: str, T: int = 29):
+    from fla.ops.delta_rule.naive import delta_rule_recurrence
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+    from fla.ops.gla.naive import naive_recurrent_gla
+    from fla.ops.hgrn.naive import naive_recurrent_hgrn
+    from fla.ops.retention.naive import naive_retention
+    from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
+    from hybridize.mixers.retnet import retnet_log_decay
+
+    scale = K**-0.5
+    h0 = torch.randn(B, H, K, V)
+    if kind == "hgrn":
+        x, g = _hgrn_inputs(T)
+        h0 = torch.randn(B, D_HGRN)
+        return naive_recurrent_hgrn(x, g, h0, True), reference.hgrn_chunk(x, g, initial_state=h0, chunk_size=8)
+    if kind == "retention":  # no initial state in fla's reference; head-first layout
+        q, k, v, _ = _inputs("gla_head", T)
+        o = naive_retention(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+        ours = kernels.gla(q, k, v, g_gamma=retnet_log_decay(H), scale=scale, mode="chunk")[0]
+        return (o, None), (ours, None)
+    if kind == "delta_rule":  # fla's reference takes L2-normalised q, k, head-first, scale K^-1/2
+        q, k, v, (_, beta) = _inputs("gated_delta_rule", T)
+        o, s = delta_rule_recurrence(*(t.transpose(1, 2) for t in (q, k, v, beta)), initial_state=h0)
+        return (o.transpose(1, 2), s), kernels.delta_rule(q, k, v, beta, scale=scale, initial_state=h0, mode="chunk")
+    if kind == "gated_delta_rule":
+        q, k, v, (g, beta) = _inputs("gated_delta_rule", T)
+        fla = naive_recurrent_gated_delta_rule(q, k, v, beta, g, scale, h0, True)
+        return fla, reference.gated_delta_rule_chunk(q, k, v, g, beta, scale=scale, initial_state=h0, chunk_size=8)
+    if kind == "gla_head":
+        q, k, v, (g,) = _inputs("gla_head", T)
+        return naive_recurrent_simple_gla(q, k, v, g, scale, h0, True), \
+            reference.gla_chunk(q, k, v, g, scale=scale, initial_state=h0, chunk_size=8)
+    q, k, v, (g,) = _inputs("gla_channel", T)
+    return naive_recurrent_gla(q, k, v, g, h0, True), \
+        reference.gla_chunk(q, k, v, g, scale=scale, initial_state=h0, chunk_size=8)
+
+
+@pytest.mark.parametrize("kind", ["gla_head", "gla_channel", "gated_delta_rule", "delta_rule", "hgrn", "retention"])
+def test_references_match_flas_naive_recurrences(kind):
+    (o_fla, s_fla), (o, s) = _fla_case(kind)
+    assert_close(o, o_fla, f"{kind} output vs fla")
+    if s_fla is not None:
+        assert_close(s, s_fla, f"{kind} final state vs fla")

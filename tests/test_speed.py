@@ -67,7 +67,7 @@ def test_static_decode_equals_dynamic_decode(pattern):
     assert int(static.length) == 9 + steps and static.real.tolist() == [9 + steps, 4 + steps, 7 + steps]
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "all_attention", "gated_deltanet"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants", "all_attention", "gated_deltanet"])
 def test_generate_static_equals_dynamic_and_manual_loop(pattern):
     model = _model(pattern)
     ids, mask = _left_padded([8, 3, 6])
@@ -85,7 +85,7 @@ def test_generate_static_equals_dynamic_and_manual_loop(pattern):
     assert torch.equal(dynamic, seq)
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_decode_step_is_capturable(pattern, fused, monkeypatch):
     """What a CUDA graph replay needs, checked on the CPU: the one-token step (1) reads no tensor value back to the
@@ -286,18 +286,18 @@ def test_bench_user_errors_are_one_line(capsys, tmp_path):
         assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_roofline_counts_agree_with_the_model():
-    """Two independent counts: the weights the FLOP count multiplies == the blocks' Linear weights, and the KV /
-    state bytes a decode step reads == what the mixers say their state takes (linear states read and written)."""
+@pytest.mark.parametrize("mixer", ["gla", "hgrn", "mamba2"])
+def test_roofline_counts_agree_with_the_model(mixer):
+    """Two independent counts: the weights the FLOP count multiplies == the blocks' Linear weights (gates included),
+    and the KV / state bytes a decode step reads == what the mixers say their state takes (linear states read and
+    written): for a matrix state (GLA), HGRN's vector and Mamba-2's extra projections."""
     from hybridize.bench import roofline
     from hybridize.bench.inference import build_models
 
-    models = build_models("tiny", 0.5, "gla")
+    models = build_models("tiny", 0.5, mixer)
     for config in (models.teacher, models.hybrid):
         model = HybridForCausalLM(config)
-        # the gates' small projections (GLA's rank-16 gk_proj) are left out of the FLOP count on purpose
-        linear = sum(m.weight.numel() for n, m in model.model.layers.named_modules()
-                     if isinstance(m, torch.nn.Linear) and "gk_proj" not in n)
+        linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
         assert roofline._matmul_params(config) == linear
         state = model.state_size(100, batch_size=3, dtype=torch.bfloat16)
         kv = 3 * sum(layer.mixer.state_size(100, torch.bfloat16) for layer in model.model.layers
@@ -460,3 +460,20 @@ def test_profile_reread_of_the_committed_h200_profiles(capsys):
     assert not mod.ANNOTATION.fullmatch(lambda_kernel)
     mod.main([str(path)])
     assert "of the step" in capsys.readouterr().out
+
+
+def test_bench_puts_several_mixers_beside_one_teacher_run(tmp_path):
+    """`--mixer hgrn,mamba2`: a hybrid row per mixer, the teacher's rows once; HGRN's vector state is the smaller
+    cache. An unknown name is refused in one line before anything runs."""
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32",
+               "--new-tokens", "2", "--repeats", "1", "--variants", "hybrid,teacher-engine", "--mixer", "hgrn,mamba2",
+               "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert sorted((r["variant"], r["mixer"]) for r in rows) == [("hybrid", "hgrn"), ("hybrid", "mamba2"),
+                                                                 ("teacher-engine", None)]
+    cache = {r["mixer"]: r["cache_gib"] for r in rows}
+    assert cache["hgrn"] < cache["mamba2"] < cache[None]
+    bad = _cli("bench", "--model", "tiny", "--mixer", "hgrn,mamba3", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "unknown mixer mamba3; allowed: lightning" in bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -11,6 +11,8 @@ import json
 import shlex
 import sys
 
+from .names import LINEAR_MIXER_NAMES
+
 
 class UserError(Exception):
     """A problem with the user's input: reported in one line, no traceback."""
@@ -43,7 +45,8 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
                    help="override a recipe field, e.g. --set distill.lr=3e-5 (repeatable)")
     p.add_argument("--data", nargs="+", default=None, help="text files, folders, .jsonl, .parquet, or HF dataset "
                    "names (default: the recipe's, else the built-in offline corpus)")
-    p.add_argument("--mixer", choices=["lightning", "gated_deltanet", "gla"], default=None)
+    p.add_argument("--mixer", choices=LINEAR_MIXER_NAMES, default=None, metavar="NAME",
+                   help="linear mixer of the layers that leave attention (default: the recipe's): %(choices)s")
     p.add_argument("--budget", default=None, help="attention layers to keep: a fraction (0.25) or a count (7)")
     p.add_argument("--keep-layers", type=_layer_list, default=None, help="explicit attention layers, e.g. 2,5,9")
     p.add_argument("--selector", default=None, help="layer selector (default: the recipe's)")
@@ -142,6 +145,15 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _mixer_list(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in LINEAR_MIXER_NAMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown mixer {', '.join(bad) or repr(text)}; allowed: "
+                                         f"{', '.join(LINEAR_MIXER_NAMES)}")
+    return names
+
+
 def _bench(args: argparse.Namespace) -> None:
     from .bench import run_bench, run_train_bench
 
@@ -150,7 +162,9 @@ def _bench(args: argparse.Namespace) -> None:
     if args.profile and not args.train:
         raise SystemExit("hybridize bench: --profile profiles a distillation step; add --train")
     if args.train:
-        run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer, seq_len=args.seq_len,
+        if len(args.mixer) != 1:
+            raise SystemExit("hybridize bench: --train measures one mixer; give one name to --mixer")
+        run_train_bench(model, args.out, budget=args.budget, mixer=args.mixer[0], seq_len=args.seq_len,
                         batch=args.train_batch, accum=args.train_accum, steps=args.steps, device=args.device,
                         dtype=args.dtype, commit=args.commit, command=command, profile=args.profile)
     else:
@@ -173,7 +187,9 @@ def _add_bench(sub) -> None:
     bench.add_argument("--config", default=None, help="a .json file of HybridConfig fields (same as --model FILE)")
     bench.add_argument("--budget", default="0.25", help="attention layers of the hybrid, placed uniformly: a fraction "
                        "(0.25) or a count (7)")
-    bench.add_argument("--mixer", choices=["lightning", "gated_deltanet", "gla"], default="lightning")
+    bench.add_argument("--mixer", type=_mixer_list, default=["lightning"], metavar="NAME[,NAME...]",
+                       help="linear mixer(s) of the hybrid, each a hybrid row beside the same teacher rows: "
+                       f"{', '.join(LINEAR_MIXER_NAMES)} (default lightning)")
     bench.add_argument("--contexts", type=_int_list, default=_int_list("4K,8K,16K,32K,64K,128K"),
                        help="context lengths (default 4K,8K,16K,32K,64K,128K)")
     bench.add_argument("--batches", type=_int_list, default=[1], help="batch sizes, e.g. 1,8,64 (default 1)")
@@ -206,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--teacher", default=None, help="a teacher folder instead of the shipped tiny teacher")
     demo.add_argument("--retrain-teacher", action="store_true", help="train the tiny teacher anew (a few minutes)")
-    demo.add_argument("--mixer", default="lightning", choices=["lightning", "gated_deltanet", "gla"])
+    demo.add_argument("--mixer", default="lightning", choices=LINEAR_MIXER_NAMES, metavar="NAME",
+                      help="linear mixer of the hybrid: %(choices)s (default %(default)s)")
     demo.add_argument("--samples", type=int, default=6, help="examples per (task, length, depth)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo recipe, e.g. --set distill.tokens=100000")

@@ -23,6 +23,11 @@ PATTERNS = {
     "lightning": ["lightning", "lightning", None, "lightning"],
     "gated_deltanet": ["gated_deltanet", "gated_deltanet", None, "gated_deltanet"],
     "gla": ["gla", "gla", None, "gla"],
+    "deltanet": ["deltanet", "deltanet", None, "deltanet"],
+    "hgrn": ["hgrn", "hgrn", None, "hgrn"],
+    "hgrn2": ["hgrn2", "hgrn2", None, "hgrn2"],
+    "retnet": ["retnet", "retnet", None, "retnet"],
+    "mamba2": ["mamba2", "mamba2", None, "mamba2"],
     "mixed": ["gla", None, "gated_deltanet", "lightning", None],  # the last one a sliding layer
     "all_attention": [None, None, None],
 }

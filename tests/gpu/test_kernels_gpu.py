@@ -65,6 +65,8 @@ def _inputs(kind: str, T: int, dtype, B: int = 2, H: int = 4, K: int = 64, V: in
         gates = dict(g=F.logsigmoid(torch.randn(B, T, H, device=dev) + 3.0))
     elif kind == "gla":
         gates = dict(g=F.logsigmoid(torch.randn(B, T, H, K, device=dev)) / 16)
+    elif kind == "delta_rule":
+        gates = dict(beta=torch.rand(B, T, H, device=dev, dtype=dtype))
     else:
         gates = dict(g=F.logsigmoid(torch.randn(B, T, H, device=dev) + 3.0),
                      beta=torch.rand(B, T, H, device=dev, dtype=dtype))
@@ -76,10 +78,13 @@ def _call(kind, q, k, v, gates, h0, scale, cu=None, mode="chunk"):
     if kind == "gated_delta_rule":
         return kernels.gated_delta_rule(q, k, v, gates["g"], gates["beta"], scale=scale, initial_state=h0,
                                         cu_seqlens=cu, mode=mode)
+    if kind == "delta_rule":
+        return kernels.delta_rule(q, k, v, gates["beta"], scale=scale, initial_state=h0, cu_seqlens=cu, mode=mode)
     return kernels.gla(q, k, v, scale=scale, initial_state=h0, cu_seqlens=cu, mode=mode, **gates)
 
 
-KINDS = ["lightning", "gla_head", "gla", "gated_delta_rule"]
+# gla_head covers Mamba-2 (per-head decay dt * A) and gla covers HGRN-2 (per-channel decay); lightning covers RetNet
+KINDS = ["lightning", "gla_head", "gla", "gated_delta_rule", "delta_rule"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -131,17 +136,69 @@ def test_fla_recurrent_decode_and_varlen_match_reference(kind):
     _check(f"{kind} decode step state", s1_f.float(), s1_t.float(), torch.bfloat16)
 
 
+def _hgrn_inputs(T: int, dtype, B: int = 2, D: int = 256):
+    x = torch.randn(B, T, D, device="cuda", dtype=dtype)
+    g = F.logsigmoid(torch.randn(B, T, D, device="cuda") + 3.0)  # fp32 log forget gate, as the HGRN mixer passes it
+    return x, g, torch.randn(B, D, device="cuda") * 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("T", [63, 1000, 4096])
+def test_fla_hgrn_matches_reference_forward_backward(T, dtype):
+    """HGRN's vector recurrence (fla's chunk_hgrn): output, final state, dx and dg. fla's chunked kernel gives no
+    gradient for the initial state (the model never trains one), so dh0 is not compared."""
+    torch.manual_seed(T)
+    x, g, h0 = _hgrn_inputs(T, dtype)
+    leaves = [x.requires_grad_(True), g.requires_grad_(True)]
+    w_o = torch.randn(*x.shape, device="cuda")
+    results = {}
+    for backend in ("fla", "torch"):
+        with kernels.force_backend(backend):
+            o, s = kernels.hgrn(x, g, initial_state=h0, mode="chunk")
+        loss = (o.float() * w_o).sum() + s.float().square().sum() * 1e-2
+        results[backend] = (o.float(), s.float(), [t.float() for t in torch.autograd.grad(loss, leaves)])
+    (o_f, s_f, g_f), (o_t, s_t, g_t) = results["fla"], results["torch"]
+    tag = f"hgrn T={T} {str(dtype).split('.')[-1]}"
+    _check(f"{tag} output", o_f, o_t, dtype)
+    _check(f"{tag} final state", s_f, s_t, dtype)
+    for name, a, b in zip(["dx", "dg"], g_f, g_t):
+        _check(f"{tag} {name}", a, b, dtype)
+
+
+def test_fla_hgrn_decode_and_varlen_match_reference():
+    """fused_recurrent_hgrn: packed documents (cu_seqlens, forward and backward: training on packed documents runs it)
+    and a decode step."""
+    torch.manual_seed(1)
+    x, g, h0 = _hgrn_inputs(200, torch.bfloat16, B=1)
+    cu = torch.tensor([0, 37, 38, 150, 200], device="cuda")
+    h0n = h0.repeat(4, 1)
+    leaves = [x.requires_grad_(True), g.requires_grad_(True)]
+    w_o = torch.randn(*x.shape, device="cuda")
+    results = {}
+    for backend in ("fla", "torch"):
+        with kernels.force_backend(backend):
+            o, s = kernels.hgrn(x, g, initial_state=h0n, cu_seqlens=cu)
+            grads = torch.autograd.grad((o.float() * w_o).sum(), leaves)
+            with torch.no_grad():
+                o1, s1 = kernels.hgrn(x[:, :1], g[:, :1], initial_state=h0, mode="recurrent")
+        results[backend] = [t.float() for t in (o, s, *grads, o1, s1)]
+    for name, a, b in zip(["varlen output", "varlen states", "varlen dx", "varlen dg", "decode step output",
+                           "decode step state"], results["fla"], results["torch"]):
+        _check(f"hgrn {name}", a, b, torch.bfloat16)
+
+
 def test_fla_short_conv_matches_reference():
     torch.manual_seed(2)
     x = torch.randn(2, 300, 96, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(96, 4, device="cuda", dtype=torch.bfloat16) * 0.5
     h0 = torch.randn(2, 96, 4, device="cuda", dtype=torch.bfloat16)
-    with kernels.force_backend("fla"):
-        y_f, s_f = kernels.short_conv(x, w, None, h0)
-    with kernels.force_backend("torch"):
-        y_t, s_t = kernels.short_conv(x, w, None, h0)
-    _check("short conv output", y_f.float(), y_t.float(), torch.bfloat16)
-    _check("short conv state", s_f.float(), s_t.float(), torch.bfloat16)
+    for act in ("silu", None):  # None: HGRN / HGRN-2 convolve their gates without an activation
+        with kernels.force_backend("fla"):
+            y_f, s_f = kernels.short_conv(x, w, None, h0, activation=act)
+        with kernels.force_backend("torch"):
+            y_t, s_t = kernels.short_conv(x, w, None, h0, activation=act)
+        _check(f"short conv {act} output", y_f.float(), y_t.float(), torch.bfloat16)
+        _check(f"short conv {act} state", s_f.float(), s_t.float(), torch.bfloat16)
 
 
 def _gpu_config(pattern):
@@ -154,7 +211,8 @@ def _gpu_config(pattern):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("pattern", ["lightning", "gated_deltanet", "gla", "mixed", "all_linear"])
+@pytest.mark.parametrize("pattern", ["lightning", "gated_deltanet", "gla", "deltanet", "hgrn", "hgrn2", "retnet",
+                                     "mamba2", "mixed", "all_linear", "linear_variants"])
 def test_model_prefill_decode_equals_forward_on_gpu(pattern, dtype):
     torch.manual_seed(3)
     model = HybridForCausalLM(_gpu_config(pattern)).to("cuda", dtype).eval()

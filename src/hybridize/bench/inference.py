@@ -43,6 +43,7 @@ from ..convert.transfer import student_config
 from ..provenance import device_name, git_commit
 from ..models import HybridConfig, HybridForCausalLM, HybridStaticCache
 from ..models.shapes import SHAPES, shape_config
+from ..names import LINEAR_MIXER_NAMES
 from ..selection.uniform import resolve_budget, uniform_layers
 from . import roofline
 
@@ -52,7 +53,7 @@ VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")  # the default set
 FUSED = ("hybrid-fused", "teacher-engine-fused")
 ALL_VARIANTS = VARIANTS + FUSED
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-LINEAR_MIXERS = ("lightning", "gated_deltanet", "gla")
+LINEAR_MIXERS = LINEAR_MIXER_NAMES
 
 
 @dataclass
@@ -238,12 +239,17 @@ def _positive_list(name: str, values) -> list[int]:
 
 
 def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, budget: float | int | str = 0.25,
-              mixer: str = "lightning", contexts=(4096, 8192, 16384, 32768, 65536, 131072), batches=(1,),
+              mixer: str | list[str] = "lightning", contexts=(4096, 8192, 16384, 32768, 65536, 131072), batches=(1,),
               variants=VARIANTS, device: str | None = None, dtype: str = "bfloat16", new_tokens: int = 32,
               warmup_steps: int = 4, repeats: int = 3, prefill_chunk: int = 16384, commit: str | None = None,
               command: str | None = None) -> list[dict]:
     """Measure every (variant, batch, context), print each row as it is measured, write `out/summary.json` and the
-    plots (`out/latency.png`). Returns the rows. See the module docstring for what each figure means."""
+    plots (`out/latency.png`). Returns the rows. See the module docstring for what each figure means. `mixer` may
+    name several mixers: each hybrid variant then runs once per mixer, beside one run of each teacher variant."""
+    mixers = [mixer] if isinstance(mixer, str) else list(mixer)
+    bad = [m for m in mixers if m not in LINEAR_MIXERS]
+    if bad or not mixers:
+        raise ValueError(f"mixer must be one or more of {list(LINEAR_MIXERS)}, got {mixers!r}")
     contexts = sorted(_positive_list("contexts", contexts))
     batches = _positive_list("batches", batches)
     for name, value in (("new_tokens", new_tokens), ("repeats", repeats), ("prefill_chunk", prefill_chunk)):
@@ -257,7 +263,8 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for but torch sees no CUDA device")
     torch_dtype = DTYPES[dtype]
-    models = build_models(model, budget, mixer)
+    by_mixer = {m: build_models(model, budget, m) for m in mixers}
+    models = by_mixer[mixers[0]]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     peaks = roofline.measure_peaks(device, torch_dtype)
@@ -271,14 +278,14 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
           f"bandwidth {header['copy_bandwidth_gbs']:.0f} GB/s; hybrid keeps attention in layers "
           f"{header['hybrid_attention_layers']}", flush=True)
     rows: list[dict] = []
-    combos = [(v, b) for v in variants for b in batches]
-    bar = tqdm(total=len(combos) * len(contexts), desc="bench", unit="run", file=sys.stderr)
-    for variant in variants:
-        runner = _Runner(variant, models, device, torch_dtype, prefill_chunk)
+    runs = [(v, m) for v in variants for m in (mixers if v.startswith("hybrid") else [mixers[0]])]
+    bar = tqdm(total=len(runs) * len(batches) * len(contexts), desc="bench", unit="run", file=sys.stderr)
+    for variant, mixer_name in runs:
+        runner = _Runner(variant, by_mixer[mixer_name], device, torch_dtype, prefill_chunk)
         for batch in batches:
             for context in contexts:
-                row = _measure(runner, models, batch, context, new_tokens, warmup_steps, repeats, peaks, header,
-                               budget, mixer)
+                row = _measure(runner, by_mixer[mixer_name], batch, context, new_tokens, warmup_steps, repeats, peaks,
+                               header, budget, mixer_name)
                 rows.append(row)
                 bar.update(1)
                 tqdm.write(_format(row), file=sys.stdout)

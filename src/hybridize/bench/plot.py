@@ -1,5 +1,5 @@
 """Log-log plots of a bench run: prefill latency and time per output token against context length, one line per
-(variant, batch), each with its roofline bound dashed in the same colour; an x marks a run out of memory."""
+(variant and mixer, batch), each with its roofline bound dashed in the same colour; an x marks a run out of memory."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ def plot_latency(rows: list[dict], path: Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    series = sorted({(r["variant"], r["batch"]) for r in rows})
+    name = lambda r: r["variant"] if r.get("mixer") is None else f"{r['variant']} {r['mixer']}"  # noqa: E731
+    series = sorted({(name(r), r["batch"]) for r in rows})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key, bound, label in ((axes[0], "prefill_s", "prefill_bound_s", "prefill latency (s)"),
                                   (axes[1], "tpot_ms", "tpot_bound_ms", "time per output token (ms)")):
         for n, (variant, batch) in enumerate(series):
             colour = colours[n % len(colours)]
-            mine = [r for r in rows if r["variant"] == variant and r["batch"] == batch]
+            mine = [r for r in rows if name(r) == variant and r["batch"] == batch]
             done = [r for r in mine if r[key] is not None]
             ax.plot([r["context"] for r in done], [r[key] for r in done], "o-", color=colour,
                     label=f"{variant} B={batch}")

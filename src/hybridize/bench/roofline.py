@@ -11,10 +11,12 @@ what our kernels happen to do (e.g. the static step reads the whole KV buffer: t
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
+from ..mixers import MIXERS
 from ..models import HybridConfig
 
 # Chunk length of the linear mixers' chunked kernels (fla and our reference use 64): sets their intra-chunk FLOPs.
@@ -59,15 +61,34 @@ def measure_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     return {"matmul_flops": flops, "copy_bytes": copy}
 
 
+def _linear_matrices(config: HybridConfig, layer_idx: int) -> int:
+    """Matrix weights of a linear layer's mixer (its projections, gates included), counted on a copy built on the meta
+    device: exact for every mixer, with no memory."""
+    with torch.device("meta"):
+        mixer = MIXERS[config.mixer_name(layer_idx)](config, layer_idx)
+    return sum(p.numel() for p in mixer.parameters() if p.dim() == 2)
+
+
+def _recurrence_flops(config: HybridConfig, layer_idx: int, T: int) -> float:
+    """FLOPs per token of a linear layer's recurrence in its chunked form: for a (H, K, V) matrix state the state update
+    + readout (4 H K V) and the intra-chunk products (2 H C (K + V)); for HGRN's vector of D channels, the decayed sums
+    inside a chunk (2 C D) and the update (4 D)."""
+    shape = MIXERS[config.mixer_name(layer_idx)].state_shape(config)
+    C = min(LINEAR_CHUNK, T)
+    if len(shape) == 1:
+        return shape[0] * (2 * C + 4)
+    H, K, V = shape
+    return H * (4 * K * V + 2 * C * (K + V))
+
+
 def _matmul_params(config: HybridConfig) -> int:
     """Weights multiplied per token in the blocks (embedding lookup and lm_head excluded)."""
     h, i = config.hidden_size, config.intermediate_size
     mlp = 3 * h * i
     total = 0
-    for kind in config.layer_types:
+    for layer, kind in enumerate(config.layer_types):
         if kind == "linear_attention":
-            H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
-            total += h * H * (2 * K + V) + 2 * h * H * V + mlp  # q, k, v; output gate and o_proj
+            total += _linear_matrices(config, layer) + mlp
         else:
             H, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
             gate = h * H * D if config.attention_output_gate else 0  # HyPE's sigmoid output gate
@@ -81,11 +102,9 @@ def prefill_flops(config: HybridConfig, batch: int, context: int, all_logits: bo
     lm_head for the last position (or every position with `all_logits`)."""
     T = context
     flops = 2.0 * _matmul_params(config) * batch * T
-    for kind in config.layer_types:
+    for layer, kind in enumerate(config.layer_types):
         if kind == "linear_attention":
-            H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
-            # state update + readout (4 H K V) and the intra-chunk products (2 H C (K + V)) per token
-            flops += batch * T * H * (4 * K * V + 2 * min(LINEAR_CHUNK, T) * (K + V))
+            flops += batch * T * _recurrence_flops(config, layer, T)
         else:
             seen = T if kind == "full_attention" else min(T, config.sliding_window)
             # causal: each query sees ~half the keys (or the window); QK^T and PV are 2 D FLOPs per pair each
@@ -101,11 +120,11 @@ def decode_bytes(config: HybridConfig, batch: int, context: int, weight_bytes: i
     layer's fp32 state read and written (and its conv window)."""
     el = torch.empty((), dtype=dtype).element_size()
     total = float(weight_bytes)
-    for kind in config.layer_types:
+    for layer, kind in enumerate(config.layer_types):
         if kind == "linear_attention":
-            H, K, V = config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim
-            state = H * K * V * 4 + H * (2 * K + V) * config.linear_conv_size * el
-            total += 2 * batch * state
+            cls = MIXERS[config.mixer_name(layer)]
+            conv = cls.conv_channels(config) * config.linear_conv_size * el if config.linear_conv_size else 0
+            total += 2 * batch * (math.prod(cls.state_shape(config)) * 4 + conv)
         else:
             kept = context if kind == "full_attention" else min(context, config.sliding_window)
             total += batch * 2 * config.num_key_value_heads * config.head_dim * kept * el

@@ -3,24 +3,24 @@
 * Embeddings, norms, MLPs and the LM head are copied unchanged.
 * Kept attention layers copy the teacher's attention; with HyPE they drop RoPE (NoPE), scale queries by
   log(t + a) / log(a) and gain a freshly initialised sigmoid output gate.
-* Linear layers take q/k/v/o from the teacher's attention, K/V heads repeated so that linear head i owns a copy of
-  KV group floor(i / g) (GQA -> MHA), q/k biases likewise; the teacher's q/k norms go into the mixer's QK-norm. Gates,
-  decays, the output norm and the output gate keep their fresh init. With HyPE the mixers apply RoPE.
+* Linear layers take what their mixer class names in `from_attention` (each mixer's docstring says what maps where
+  and what starts fresh): q/k/v/o for the query-key mixers (Mamba-2: C, B, x, out from q, k, v, o, as in
+  Mamba-in-the-Llama), only v and o for HGRN, q, v and o for HGRN-2. K/V heads are repeated so that linear head i
+  owns a copy of KV group floor(i / g) (GQA -> MHA), their biases likewise; the teacher's q/k norms go into the
+  mixer's QK-norm. Gates, decays, the output norm and the output gate keep their fresh init; a short convolution
+  starts as the identity (its newest tap 1), so the transferred projections reach the recurrence unchanged but for the
+  convolution's SiLU. With HyPE the mixers apply RoPE.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..mixers import MIXERS
 from ..models import HybridConfig, HybridForCausalLM
 
-# The transferred tensors of a linear mixer: its name -> the teacher attention's name.
-FROM_ATTENTION = {
-    "q_proj.weight": "q_proj.weight", "k_proj.weight": "k_proj.weight", "v_proj.weight": "v_proj.weight",
-    "o_proj.weight": "o_proj.weight", "q_proj.bias": "q_proj.bias", "k_proj.bias": "k_proj.bias",
-    "v_proj.bias": "v_proj.bias", "q_norm.weight": "q_norm.weight", "k_norm.weight": "k_norm.weight",
-}
-REPEATED = {"k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias"}  # per KV head: repeat for GQA -> MHA
+# Teacher tensors stored per KV head: repeated for GQA -> MHA wherever a mixer takes them.
+REPEATED = {"k_proj.weight", "v_proj.weight", "k_proj.bias", "v_proj.bias"}
 
 
 def student_config(teacher: HybridConfig, attention_layers: list[int], mixer: str, hype: bool = True,
@@ -44,15 +44,16 @@ def student_config(teacher: HybridConfig, attention_layers: list[int], mixer: st
     return HybridConfig(**fields)
 
 
-def linear_from_attention(attn_state: dict[str, torch.Tensor], config: HybridConfig) -> dict[str, torch.Tensor]:
-    """A linear mixer's transferred tensors from one attention layer's state dict (keys relative to the mixer)."""
+def linear_from_attention(attn_state: dict[str, torch.Tensor], config: HybridConfig,
+                          mixer: str) -> dict[str, torch.Tensor]:
+    """A `mixer`'s transferred tensors from one attention layer's state dict (keys relative to the mixer)."""
     groups = config.num_attention_heads // config.num_key_value_heads
     out = {}
-    for ours, theirs in FROM_ATTENTION.items():
+    for ours, theirs in MIXERS[mixer].from_attention.items():
         if theirs not in attn_state:
             continue
         t = attn_state[theirs]
-        if ours in REPEATED and groups > 1:
+        if theirs in REPEATED and groups > 1:
             # (Hkv * D, ...) -> (Hkv, D, ...) -> each KV head repeated g times -> (H * D, ...)
             t = t.view(config.num_key_value_heads, config.head_dim, *t.shape[1:])
             t = t.repeat_interleave(groups, dim=0).reshape(config.num_attention_heads * config.head_dim, *t.shape[2:])
@@ -80,7 +81,12 @@ def build_student(teacher: HybridForCausalLM, config: HybridConfig,
                 new.update({k: v for k, v in a_state.items() if k.startswith(prefix)})
             else:
                 attn = {k[len(prefix):]: v for k, v in t_state.items() if k.startswith(prefix)}
-                new.update({prefix + k: v for k, v in linear_from_attention(attn, config).items()})
+                new.update({prefix + k: v for k, v in
+                            linear_from_attention(attn, config, config.linear_mixers[i]).items() if prefix + k in state})
+                conv = prefix + "conv.weight"
+                if conv in state:  # (C, 1, W): the identity, the newest input passes through
+                    new[conv] = torch.zeros_like(state[conv])
+                    new[conv][..., -1] = 1.0
         else:
             new.update({k: v for k, v in t_state.items() if k.startswith(prefix) and k in state})
     for k, v in t_state.items():  # embeddings, norms, MLPs, head

@@ -19,9 +19,11 @@ from typing import Any
 
 import yaml
 
+from ..names import LINEAR_MIXER_NAMES
+
 SCHEDULES = ("cosine", "constant")
 STAGES = ("align", "select", "distill", "finetune")
-MIXER_CHOICES = ("lightning", "gated_deltanet", "gla")
+MIXER_CHOICES = LINEAR_MIXER_NAMES
 
 
 @dataclass

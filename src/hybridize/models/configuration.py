@@ -16,11 +16,11 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from ..names import LINEAR_MIXER_NAMES
+
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 LAYER_TYPES = ATTENTION_LAYER_TYPES + ("linear_attention",)
-# Kept in sync with `hybridize.mixers.LINEAR_MIXERS` (a test checks); duplicated so that the config can
-# be validated without importing any mixer code.
-LINEAR_MIXER_NAMES = ("lightning", "gated_deltanet", "gla")
+
 
 
 class HybridConfig(PreTrainedConfig):
@@ -65,10 +65,10 @@ class HybridConfig(PreTrainedConfig):
     linear_num_heads: int | None = None  # default: num_attention_heads (GQA K/V heads are repeated on transfer)
     linear_head_dim: int | None = None  # key head dim; default: head_dim
     linear_value_head_dim: int | None = None  # default: linear_head_dim
-    linear_rope: bool = True  # RoPE on q/k inside the linear mixers (HyPE)
-    linear_qk_norm: bool = False  # per-head RMSNorm on q/k for gated_deltanet / gla (lightning always has it)
+    linear_rope: bool = True  # RoPE on q/k inside the linear mixers (HyPE); hgrn / hgrn2 have no q.k and take none
+    linear_qk_norm: bool = False  # per-head RMSNorm on q/k (C/B for mamba2); lightning always has it, hgrn(2) never
     linear_qkv_bias: bool = False  # bias on the mixers' q/k/v (holds a Qwen2 teacher's attention biases)
-    linear_conv_size: int = 0  # short causal convolution on q/k/v; 0 = off
+    linear_conv_size: int = 0  # short causal convolution on each mixer's inputs (q|k|v, x|B|C, i|f); 0 = off
     gla_gate_low_rank_dim: int = 16
     gla_gate_logit_normalizer: float = 16.0
     pad_token_id: int | None = None
