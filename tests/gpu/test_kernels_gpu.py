@@ -146,7 +146,8 @@ def _hgrn_inputs(T: int, dtype, B: int = 2, D: int = 256):
 @pytest.mark.parametrize("T", [63, 1000, 4096])
 def test_fla_hgrn_matches_reference_forward_backward(T, dtype):
     """HGRN's vector recurrence (fla's chunk_hgrn): output, final state, dx and dg. fla's chunked kernel gives no
-    gradient for the initial state (the model never trains one), so dh0 is not compared."""
+    gradient for the initial state and none through the final state (its backward ignores both; the model never
+    trains through either), so the loss is on the outputs alone and dh0 is not compared."""
     torch.manual_seed(T)
     x, g, h0 = _hgrn_inputs(T, dtype)
     leaves = [x.requires_grad_(True), g.requires_grad_(True)]
@@ -155,7 +156,7 @@ def test_fla_hgrn_matches_reference_forward_backward(T, dtype):
     for backend in ("fla", "torch"):
         with kernels.force_backend(backend):
             o, s = kernels.hgrn(x, g, initial_state=h0, mode="chunk")
-        loss = (o.float() * w_o).sum() + s.float().square().sum() * 1e-2
+        loss = (o.float() * w_o).sum()
         results[backend] = (o.float(), s.float(), [t.float() for t in torch.autograd.grad(loss, leaves)])
     (o_f, s_f, g_f), (o_t, s_t, g_t) = results["fla"], results["torch"]
     tag = f"hgrn T={T} {str(dtype).split('.')[-1]}"

@@ -250,11 +250,16 @@ def delta_rule(
     mode: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """The delta rule (DeltaNet) S_t = (I - beta_t k_t^T k_t) S_{t-1} + beta_t k_t^T v_t on L2-normalised q and k: the
-    gated delta rule without decay. beta: (B, T, H). Returns (o (B, T, H, V), final state (N, H, K, V) fp32)."""
+    gated delta rule without decay. beta: (B, T, H). Returns (o (B, T, H, V), final state (N, H, K, V) fp32).
+    fla's `chunk_delta_rule` refuses fp32 inputs (an assert; seen on an H100): fp32 chunks run its gated kernel with a
+    zero log decay, the same recurrence."""
     q, k, v = _common_dtype(q, k, v)
     beta = beta.to(v.dtype)
     mode = _mode(q.shape[1], mode)
     if backend_for(q) == "fla":
+        if mode == "chunk" and q.dtype == torch.float32:
+            g = beta.new_zeros(beta.shape, dtype=torch.float32)
+            return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, cu_seqlens, mode)
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
         fn = fused_recurrent_delta_rule if mode == "recurrent" else chunk_delta_rule
@@ -276,7 +281,10 @@ def hgrn(
 ) -> tuple[Tensor, Tensor]:
     """HGRN's elementwise recurrence h_t = exp(g_t) * h_{t-1} + x_t. x, g: (B, T, D) (g the log forget gate, <= 0).
     Returns (o = h (B, T, D), final state (N, D) fp32). fla's chunked kernel takes no `cu_seqlens`: packed
-    documents run its fused recurrent kernel (forward and backward), as fla's own HGRN layer does."""
+    documents run its fused recurrent kernel (forward and backward), as fla's own HGRN layer does. fla's chunked
+    kernel also passes no gradient back through the returned final state (its backward ignores it; seen on an H100 as
+    a 0.8% error in dx at T = 63 with a loss on the state): training, which never puts a loss on the state, is exact;
+    a loss on the carried state (truncated backpropagation through segments) would miss that part on the GPU."""
     mode = _mode(x.shape[1], mode)
     if backend_for(x) == "fla":
         from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
