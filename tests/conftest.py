@@ -78,6 +78,20 @@ PATTERNS = {
     # the other five in one model: states of different shapes (HGRN's vector, the matrices) side by side in one cache
     "linear_variants": ["hgrn", "deltanet", "hgrn2", "retnet", "mamba2"],
     "all_attention": [None] * 5,
+    # intra-layer hybrids ('hybrid' layers, INTRA_LAYOUT below): every fusion, each with other mixers in its branches,
+    # beside whole attention / linear layers and a sliding-window attention branch
+    "intra_concat": ["gla", "hgrn", None, "lightning", "mamba2"],
+    "intra_subtract": ["gated_deltanet", "retnet", None, "hgrn2", None],
+    "intra_sum": ["deltanet", "mamba2", None, "gla", None],
+    "intra_gate": ["hgrn", "gla", None, "gated_deltanet", None],
+}
+# (layer_types, attention_kv_heads) of the intra patterns: groups [0] or [1] of the tiny config's two keep half the heads
+_INTRA = (["hybrid", "hybrid_sliding", "full_attention", "hybrid", "sliding_attention"],
+          [[0], [1], None, [1], None])
+INTRA_LAYOUT = {
+    "intra_concat": (["hybrid", "hybrid_sliding", "full_attention", "linear_attention", "hybrid"],
+                     [[0], [1], None, None, [1]]),
+    "intra_subtract": _INTRA, "intra_sum": _INTRA, "intra_gate": _INTRA,
 }
 
 
@@ -87,12 +101,16 @@ def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides
     layer_types = ["linear_attention" if m else "full_attention" for m in mixers]
     if sliding and layer_types[-1] == "full_attention":
         layer_types[-1] = "sliding_attention"
+    intra = {}
+    if isinstance(pattern, str) and pattern in INTRA_LAYOUT:
+        layer_types, groups = INTRA_LAYOUT[pattern]
+        intra = dict(attention_kv_heads=groups, intra_fusion=pattern.split("_")[1])
     kwargs = dict(
         vocab_size=101, hidden_size=44, intermediate_size=76, num_hidden_layers=len(mixers),
         num_attention_heads=4, num_key_value_heads=2, head_dim=10, qk_norm=True, attention_bias=True,
         layer_types=layer_types, linear_mixers=mixers, sliding_window=7, linear_qk_norm=True,
         linear_conv_size=3, linear_qkv_bias=True, gla_gate_low_rank_dim=5, hype_a=6.0, attention_output_gate=True,
-        max_position_embeddings=64,
+        max_position_embeddings=64, **intra,
     )
     kwargs.update(overrides)
     return HybridConfig(**kwargs)

@@ -30,6 +30,26 @@ BAD = {
     "rope dims differ": (dict(linear_head_dim=12), "linear_rope=True needs linear_head_dim == head_dim"),
     "odd head dim with rope": (dict(head_dim=7, hidden_size=32), "head_dim must be even"),
     "gla normalizer": (dict(gla_gate_logit_normalizer=0.0), "gla_gate_logit_normalizer must be > 0"),
+    # intra-layer ('hybrid') layers, 4 heads in 2 KV-head groups
+    "hybrid without groups": (dict(num_key_value_heads=2, layer_types=["hybrid", "full_attention", "linear_attention"]),
+                              r"attention_kv_heads must list, for each 'hybrid' layer, the KV-head groups .* \(0..1\)"),
+    "groups on a linear layer": (dict(num_key_value_heads=2, attention_kv_heads=[[0], None, None]),
+                                 r"attention_kv_heads\[0\]=\[0\] but layer_types\[0\]='linear_attention'"),
+    "all groups kept": (dict(num_key_value_heads=2, layer_types=["hybrid", "full_attention", "linear_attention"],
+                             attention_kv_heads=[[0, 1], None, None]), "keeps some but not all of its KV-head groups"),
+    "group out of range": (dict(num_key_value_heads=2, layer_types=["hybrid", "full_attention", "linear_attention"],
+                                attention_kv_heads=[[2], None, None]), r"distinct indices in 0..1"),
+    "groups list length": (dict(num_key_value_heads=2, attention_kv_heads=[None]), "attention_kv_heads has 1 entries"),
+    "unknown fusion": (dict(intra_fusion="mean"), r"intra_fusion='mean'; allowed: \['concat', 'subtract', 'sum', 'gate'\]"),
+    "subtract of unequal widths": (dict(num_attention_heads=8, num_key_value_heads=4, hidden_size=64,
+                                        layer_types=["hybrid", "full_attention", "linear_attention"],
+                                        attention_kv_heads=[[0], None, None], intra_fusion="subtract"),
+                                   "intra_fusion='subtract' joins two branches of one width, but layer 0's attention "
+                                   "branch is 16 wide and its linear branch 48"),
+    "split heads need as many linear heads": (dict(num_key_value_heads=2, linear_num_heads=8,
+                                                   layer_types=["hybrid", "full_attention", "linear_attention"],
+                                                   attention_kv_heads=[[0], None, None]),
+                                              r"linear_num_heads \(8\) must equal num_attention_heads \(4\)"),
 }
 
 

@@ -110,7 +110,7 @@ def test_state_size_attention_grows_linear_is_constant():
 
 def test_registry_matches_config_vocabulary():
     assert set(LINEAR_MIXERS) == set(LINEAR_MIXER_NAMES)
-    assert set(MIXERS) == {"attention", *LINEAR_MIXER_NAMES}
+    assert set(MIXERS) == {"attention", "intra", *LINEAR_MIXER_NAMES}
 
 
 def test_import_does_not_load_triton_or_fla():

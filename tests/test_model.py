@@ -84,7 +84,7 @@ def test_packed_documents_equal_documents_apart(pattern):
             assert_close(packed[:, a:b], model(ids[:, a:b], use_cache=False).logits, f"{pattern} doc {a}:{b}")
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "intra_sum"])
 def test_packed_gradients_equal_documents_apart(pattern):
     """Training on packed documents gives the same gradients as the documents alone (nothing leaks backwards)."""
     model = _model(pattern).train()
@@ -102,7 +102,7 @@ def test_packed_gradients_equal_documents_apart(pattern):
             assert_close(packed[n], p.grad, f"{pattern} grad {n}", scale=3)
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "gla"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "gla", "intra_gate"])
 def test_save_load_roundtrip_with_auto_classes(pattern, tmp_path):
     model = _model(pattern, tie_word_embeddings=pattern == "gla")
     ids = torch.randint(0, 101, (2, 10))

@@ -67,7 +67,8 @@ def test_static_decode_equals_dynamic_decode(pattern):
     assert int(static.length) == 9 + steps and static.real.tolist() == [9 + steps, 4 + steps, 7 + steps]
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants", "all_attention", "gated_deltanet"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants", "intra_concat", "all_attention",
+                                     "gated_deltanet"])
 def test_generate_static_equals_dynamic_and_manual_loop(pattern):
     model = _model(pattern)
     ids, mask = _left_padded([8, 3, 6])
@@ -85,7 +86,7 @@ def test_generate_static_equals_dynamic_and_manual_loop(pattern):
     assert torch.equal(dynamic, seq)
 
 
-@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants"])
+@pytest.mark.parametrize("pattern", ["mixed", "all_linear", "linear_variants", "intra_concat", "intra_gate"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_decode_step_is_capturable(pattern, fused, monkeypatch):
     """What a CUDA graph replay needs, checked on the CPU: the one-token step (1) reads no tensor value back to the
@@ -306,6 +307,30 @@ def test_roofline_counts_agree_with_the_model(mixer):
     assert models.hybrid.layer_types.count("linear_attention") == 2
 
 
+def test_roofline_counts_intra_layer_blocks_by_their_own_heads():
+    """An intra-layer block multiplies both branches' projections and reads the KV of its attention groups only,
+    plus its linear heads' state (read and written)."""
+    from hybridize.bench import roofline
+
+    for pattern in ("intra_concat", "intra_gate"):
+        config = tiny_config(pattern, linear_conv_size=3)
+        model = HybridForCausalLM(config)
+        linear = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+        assert roofline._matmul_params(config) == linear
+        state = model.state_size(100, batch_size=3, dtype=torch.bfloat16)
+        kv = 0
+        for layer in model.model.layers:
+            mixer = layer.mixer
+            attention = getattr(mixer, "attention", mixer if config.layer_types[mixer.layer_idx] != "linear_attention"
+                                else None)
+            if attention is not None:
+                kv += 3 * attention.state_size(100, torch.bfloat16)
+        assert roofline.decode_bytes(config, 3, 100, 0, torch.bfloat16) == kv + 2 * (state - kv)
+        # the attention FLOPs of a block count its kept query heads (half of 4 here) within its window
+        assert roofline._parts(config, 0)[0] == (2, None) and roofline._parts(config, 1)[0] == (2, 7)
+        assert roofline._parts(config, 0)[1][1].linear_num_heads == 2
+
+
 def test_generate_steps_are_what_the_graph_decoder_captures(monkeypatch):
     """On CUDA, generate hands each decode step of a static cache to our CUDA-graph decoder. Checked on the CPU: the
     cache counts as compileable (what generate asks before it uses the hook), and every one-token step generate
@@ -477,3 +502,19 @@ def test_bench_puts_several_mixers_beside_one_teacher_run(tmp_path):
     bad = _cli("bench", "--model", "tiny", "--mixer", "hgrn,mamba3", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "unknown mixer mamba3; allowed: lightning" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_bench_fusion_intra_adds_the_intra_layer_hybrid_of_the_same_share(tmp_path):
+    """`--fusion intra`: the intra-layer hybrid (every layer keeps the same share of its KV-head groups) beside the
+    inter-layer hybrid and the teacher. At one share both keep the same KV-head groups' caches and the same number of
+    linear heads, so their caches are equal."""
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "48",
+               "--new-tokens", "2", "--repeats", "1", "--fusion", "intra", "--budget", "0.5", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["variant"]: r for r in json.loads((tmp_path / "summary.json").read_text())}
+    assert set(rows) == {"hybrid", "hybrid-intra", "teacher-engine", "teacher-hf"}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["hybrid_attention_layers"] == [1, 3] and len(run["hybrid_intra_kv_groups"]) == 4
+    assert rows["hybrid-intra"]["cache_gib"] == pytest.approx(rows["hybrid"]["cache_gib"])
+    assert rows["hybrid-intra"]["cache_gib"] < rows["teacher-engine"]["cache_gib"]
+    assert rows["hybrid-intra"]["mixer"] == "lightning" and rows["hybrid-intra"]["tpot_ms"] > 0

@@ -29,6 +29,7 @@ PATTERNS = {
     "retnet": ["retnet", "retnet", None, "retnet"],
     "mamba2": ["mamba2", "mamba2", None, "mamba2"],
     "mixed": ["gla", None, "gated_deltanet", "lightning", None],  # the last one a sliding layer
+    "intra": ["gla", "mamba2", None, "hgrn"],  # intra-layer blocks (INTRA below), one with a sliding window
     "all_attention": [None, None, None],
 }
 
@@ -45,10 +46,14 @@ def _model(pattern: str, dtype) -> HybridForCausalLM:
     types = ["linear_attention" if m else "full_attention" for m in mixers]
     if pattern == "mixed":
         types[-1] = "sliding_attention"
+    intra = {}
+    if pattern == "intra":
+        types = ["hybrid", "hybrid", "full_attention", "hybrid_sliding"]
+        intra = dict(attention_kv_heads=[[0], [1], None, [1]])
     config = HybridConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=len(mixers),
                           num_attention_heads=4, num_key_value_heads=2, head_dim=64, qk_norm=True, layer_types=types,
                           linear_mixers=mixers, sliding_window=16, hype_a=6.0, attention_rope=False,
-                          attention_output_gate=True, max_position_embeddings=256, pad_token_id=0)
+                          attention_output_gate=True, max_position_embeddings=256, pad_token_id=0, **intra)
     torch.manual_seed(0)
     model = HybridForCausalLM(config).to("cuda", dtype).eval()
     model.generation_config.pad_token_id = 0

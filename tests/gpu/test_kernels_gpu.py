@@ -213,7 +213,7 @@ def _gpu_config(pattern):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("pattern", ["lightning", "gated_deltanet", "gla", "deltanet", "hgrn", "hgrn2", "retnet",
-                                     "mamba2", "mixed", "all_linear", "linear_variants"])
+                                     "mamba2", "mixed", "all_linear", "linear_variants", "intra_concat", "intra_gate"])
 def test_model_prefill_decode_equals_forward_on_gpu(pattern, dtype):
     torch.manual_seed(3)
     model = HybridForCausalLM(_gpu_config(pattern)).to("cuda", dtype).eval()

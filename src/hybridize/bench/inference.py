@@ -5,6 +5,9 @@ Variants (same shape, random weights: speed does not depend on their values):
   hybrid          our engine, attention kept in `budget` of the layers (placed like the `uniform` selector), the
                   mixer elsewhere, HyPE on;
   teacher-engine  our engine with every layer attention (RoPE, the teacher's own semantics), same decode path;
+  hybrid-intra    an intra-layer hybrid of the same attention share: every layer keeps that share of its KV-head
+                  groups as attention (`uniform_groups`) and runs the mixer on the other heads (`--fusion intra`
+                  adds it to the default set);
   hybrid-fused, teacher-engine-fused
                   the same with `model.fuse_projections()` (one matmul for q|k|v|gate and for gate|up; not in the
                   default set);
@@ -44,14 +47,14 @@ from ..provenance import device_name, git_commit
 from ..models import HybridConfig, HybridForCausalLM, HybridStaticCache
 from ..models.shapes import SHAPES, shape_config
 from ..names import LINEAR_MIXER_NAMES
-from ..selection.uniform import resolve_budget, uniform_layers
+from ..selection.uniform import resolve_budget, uniform_groups, uniform_layers
 from . import roofline
 
 VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")  # the default set
 # the same engines with fused input projections (hybridize.mixers.fusion): `--variants hybrid,hybrid-fused` measures
 # the fusion side by side in one run
 FUSED = ("hybrid-fused", "teacher-engine-fused")
-ALL_VARIANTS = VARIANTS + FUSED
+ALL_VARIANTS = VARIANTS + ("hybrid-intra",) + FUSED
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 LINEAR_MIXERS = LINEAR_MIXER_NAMES
 
@@ -62,6 +65,7 @@ class Models:
     teacher: HybridConfig  # every layer attention, the shape's own semantics
     hybrid: HybridConfig
     hf_config: object  # the stock transformers config of the same shape
+    hybrid_intra: HybridConfig | None = None  # the same attention share as KV-head groups of every layer
 
 
 def load_shape(model: str) -> tuple[str, dict]:
@@ -94,9 +98,13 @@ def build_models(model: str, budget: float | int | str, mixer: str) -> Models:
     name, fields = load_shape(model)
     teacher = HybridConfig(**fields)
     L = teacher.num_hidden_layers
-    keep = uniform_layers(L, resolve_budget(budget, L))
-    hybrid = student_config(teacher, keep, mixer)
-    return Models(name, teacher, hybrid, hf_config(teacher))
+    k = resolve_budget(budget, L)
+    hybrid = student_config(teacher, uniform_layers(L, k), mixer)
+    G = teacher.num_key_value_heads
+    intra = None
+    if k < L and G > 1:  # k of L layers' worth of groups, spread over every layer
+        intra = student_config(teacher, [], mixer, kv_groups=uniform_groups(L, G, k * G))
+    return Models(name, teacher, hybrid, hf_config(teacher), intra)
 
 
 def hf_config(config: HybridConfig):
@@ -154,6 +162,11 @@ class _Runner:
         self.hf = variant == "teacher-hf"
         self.is_hybrid = variant.startswith("hybrid")
         self.config = models.hybrid if self.is_hybrid else models.teacher  # what the bounds are counted on
+        if variant == "hybrid-intra":
+            if models.hybrid_intra is None:
+                raise ValueError("hybrid-intra needs an attention share below 1 and a teacher with more than one "
+                                 "KV-head group")
+            self.config = models.hybrid_intra
         self.model = _instantiate(models.hf_config if self.hf else self.config, device, dtype, self.hf)
         if not self.hf:  # the plain variants stay unfused (generate would fuse on CUDA), the -fused ones fuse now
             self.model.decode_fusion = variant in FUSED
@@ -274,6 +287,8 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
                   dtype=dtype, peak_matmul_tflops=peaks["matmul_flops"] / 1e12,
                   copy_bandwidth_gbs=peaks["copy_bytes"] / 1e9, new_tokens=new_tokens,
                   hybrid_attention_layers=models.hybrid.attention_layers)
+    if "hybrid-intra" in variants and models.hybrid_intra is not None:
+        header["hybrid_intra_kv_groups"] = models.hybrid_intra.attention_kv_heads
     print(f"bench {models.name} on {header['device']}: matmul peak {header['peak_matmul_tflops']:.1f} TFLOP/s, copy "
           f"bandwidth {header['copy_bandwidth_gbs']:.0f} GB/s; hybrid keeps attention in layers "
           f"{header['hybrid_attention_layers']}", flush=True)

@@ -11,12 +11,12 @@ what our kernels happen to do (e.g. the static step reads the whole KV buffer: t
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
 from ..mixers import MIXERS
+from ..mixers.intra import branch_configs
 from ..models import HybridConfig
 
 # Chunk length of the linear mixers' chunked kernels (fla and our reference use 64): sets their intra-chunk FLOPs.
@@ -61,19 +61,33 @@ def measure_peaks(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     return {"matmul_flops": flops, "copy_bytes": copy}
 
 
-def _linear_matrices(config: HybridConfig, layer_idx: int) -> int:
-    """Matrix weights of a linear layer's mixer (its projections, gates included), counted on a copy built on the meta
-    device: exact for every mixer, with no memory."""
+def _mixer_matrices(config: HybridConfig, layer_idx: int) -> int:
+    """Matrix weights of a layer's mixer (its projections, gates included), counted on a copy built on the meta
+    device: exact for every mixer and for intra-layer blocks, with no memory."""
     with torch.device("meta"):
         mixer = MIXERS[config.mixer_name(layer_idx)](config, layer_idx)
     return sum(p.numel() for p in mixer.parameters() if p.dim() == 2)
 
 
-def _recurrence_flops(config: HybridConfig, layer_idx: int, T: int) -> float:
-    """FLOPs per token of a linear layer's recurrence in its chunked form: for a (H, K, V) matrix state the state update
+def _parts(config: HybridConfig, layer_idx: int) -> tuple[tuple | None, tuple | None]:
+    """What a layer computes per token: (attention: (query heads, its window or None), linear: (mixer class, the
+    config its state shape is read from)); either is None where the layer has none. An intra-layer block has both."""
+    kind = config.layer_types[layer_idx]
+    if kind == "linear_attention":
+        return None, (MIXERS[config.mixer_name(layer_idx)], config)
+    window = config.sliding_window if kind in ("sliding_attention", "hybrid_sliding") else None
+    if kind in ("hybrid", "hybrid_sliding"):
+        attention_config, linear_config = branch_configs(config, layer_idx)
+        return ((attention_config.num_attention_heads, window),
+                (MIXERS[config.linear_mixers[layer_idx]], linear_config))
+    return (config.num_attention_heads, window), None
+
+
+def _recurrence_flops(cls, config, T: int) -> float:
+    """FLOPs per token of a linear recurrence in its chunked form: for a (H, K, V) matrix state the state update
     + readout (4 H K V) and the intra-chunk products (2 H C (K + V)); for HGRN's vector of D channels, the decayed sums
     inside a chunk (2 C D) and the update (4 D)."""
-    shape = MIXERS[config.mixer_name(layer_idx)].state_shape(config)
+    shape = cls.state_shape(config)
     C = min(LINEAR_CHUNK, T)
     if len(shape) == 1:
         return shape[0] * (2 * C + 4)
@@ -83,17 +97,8 @@ def _recurrence_flops(config: HybridConfig, layer_idx: int, T: int) -> float:
 
 def _matmul_params(config: HybridConfig) -> int:
     """Weights multiplied per token in the blocks (embedding lookup and lm_head excluded)."""
-    h, i = config.hidden_size, config.intermediate_size
-    mlp = 3 * h * i
-    total = 0
-    for layer, kind in enumerate(config.layer_types):
-        if kind == "linear_attention":
-            total += _linear_matrices(config, layer) + mlp
-        else:
-            H, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-            gate = h * H * D if config.attention_output_gate else 0  # HyPE's sigmoid output gate
-            total += h * D * (2 * H + 2 * Hkv) + gate + mlp
-    return total
+    mlp = 3 * config.hidden_size * config.intermediate_size
+    return sum(_mixer_matrices(config, layer) + mlp for layer in range(config.num_hidden_layers))
 
 
 def prefill_flops(config: HybridConfig, batch: int, context: int, all_logits: bool = False) -> float:
@@ -102,14 +107,15 @@ def prefill_flops(config: HybridConfig, batch: int, context: int, all_logits: bo
     lm_head for the last position (or every position with `all_logits`)."""
     T = context
     flops = 2.0 * _matmul_params(config) * batch * T
-    for layer, kind in enumerate(config.layer_types):
-        if kind == "linear_attention":
-            flops += batch * T * _recurrence_flops(config, layer, T)
-        else:
-            seen = T if kind == "full_attention" else min(T, config.sliding_window)
+    for layer in range(config.num_hidden_layers):
+        attention, linear = _parts(config, layer)
+        if linear is not None:
+            flops += batch * T * _recurrence_flops(*linear, T)
+        if attention is not None:
+            heads, window = attention
             # causal: each query sees ~half the keys (or the window); QK^T and PV are 2 D FLOPs per pair each
-            pairs = T * seen / 2 if kind == "full_attention" else T * seen
-            flops += 4.0 * batch * config.num_attention_heads * config.head_dim * pairs
+            pairs = T * T / 2 if window is None else T * min(T, window)
+            flops += 4.0 * batch * heads * config.head_dim * pairs
     flops += 2.0 * config.hidden_size * config.vocab_size * batch * (T if all_logits else 1)
     return flops
 
@@ -117,17 +123,16 @@ def prefill_flops(config: HybridConfig, batch: int, context: int, all_logits: bo
 def decode_bytes(config: HybridConfig, batch: int, context: int, weight_bytes: int, dtype: torch.dtype) -> float:
     """Bytes one decode step must move at `context` tokens of cache: every weight once (lm_head included, the
     embedding rows of the batch only), each attention layer's K and V (the window for sliding layers), each linear
-    layer's fp32 state read and written (and its conv window)."""
-    el = torch.empty((), dtype=dtype).element_size()
+    layer's fp32 state read and written (and its conv window); an intra-layer block both, for its own heads. The
+    buffers are the static cache's own, allocated on the meta device."""
     total = float(weight_bytes)
-    for layer, kind in enumerate(config.layer_types):
-        if kind == "linear_attention":
-            cls = MIXERS[config.mixer_name(layer)]
-            conv = cls.conv_channels(config) * config.linear_conv_size * el if config.linear_conv_size else 0
-            total += 2 * batch * (math.prod(cls.state_shape(config)) * 4 + conv)
-        else:
-            kept = context if kind == "full_attention" else min(context, config.sliding_window)
-            total += batch * 2 * config.num_key_value_heads * config.head_dim * kept * el
+    for layer in range(config.num_hidden_layers):
+        with torch.device("meta"):
+            cache = MIXERS[config.mixer_name(layer)].static_layer(config, layer, batch, context, dtype, "meta")
+        kv = [t for t in (getattr(cache, "keys", None), getattr(cache, "values", None)) if t is not None]
+        states = [*getattr(cache, "recurrent_states", {}).values(), *getattr(cache, "conv_states", {}).values()]
+        total += sum(t.numel() * t.element_size() for t in kv)
+        total += 2 * sum(t.numel() * t.element_size() for t in states if isinstance(t, torch.Tensor))
     return total
 
 

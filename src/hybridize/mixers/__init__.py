@@ -2,27 +2,15 @@
 
 from .attention import Attention
 from .base import Mixer, SeqInfo
-from .deltanet import DeltaNet
-from .gated_deltanet import GatedDeltaNet
-from .gla import GLA
-from .hgrn import HGRN
-from .hgrn2 import HGRN2
-from .lightning import Lightning
-from .mamba2 import Mamba2
-from .retnet import RetNet
+from .intra import IntraLayer
+from .registry import LINEAR
 
 MIXERS: dict[str, type[Mixer]] = {
     "attention": Attention,
-    "lightning": Lightning,
-    "gated_deltanet": GatedDeltaNet,
-    "gla": GLA,
-    "deltanet": DeltaNet,
-    "hgrn": HGRN,
-    "hgrn2": HGRN2,
-    "retnet": RetNet,
-    "mamba2": Mamba2,
+    **LINEAR,
+    "intra": IntraLayer,  # a 'hybrid' layer: attention heads and a linear mixer's heads side by side
 }
-LINEAR_MIXERS = tuple(name for name in MIXERS if name != "attention")
+LINEAR_MIXERS = tuple(LINEAR)
 
 
 def build_mixer(config, layer_idx: int) -> Mixer:

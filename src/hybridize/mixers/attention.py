@@ -22,7 +22,7 @@ from .fusion import project
 class Attention(Mixer):
     fused_projections = ("q_proj", "k_proj", "v_proj", "g_proj")  # what reads x (g_proj: HyPE's gate); fusion.py
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
         super().__init__()
         self.layer_type = config.layer_types[layer_idx]
         self.layer_idx = layer_idx
@@ -37,7 +37,7 @@ class Attention(Mixer):
         self.q_proj = nn.Linear(hidden, H * D, bias=config.attention_bias)
         self.k_proj = nn.Linear(hidden, Hkv * D, bias=config.attention_bias)
         self.v_proj = nn.Linear(hidden, Hkv * D, bias=config.attention_bias)
-        self.o_proj = nn.Linear(H * D, hidden, bias=config.attention_out_bias)
+        self.o_proj = nn.Linear(H * D, hidden, bias=config.attention_out_bias) if project_output else None
         self.q_norm = RMSNorm(D, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(D, config.rms_norm_eps) if config.qk_norm else None
         self.g_proj = nn.Linear(hidden, H * D, bias=False) if config.attention_output_gate else None
@@ -78,10 +78,10 @@ class Attention(Mixer):
         return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
 
     def _out(self, o: Tensor, gate: Tensor | None) -> Tensor:
-        """(B, T, H*D) attention output -> (B, T, hidden): the optional sigmoid gate, then o_proj."""
+        """(B, T, H*D) attention output -> (B, T, hidden): the optional sigmoid gate, then o_proj (if any)."""
         if gate is not None:  # g_proj(x), projected with q, k, v
             o = o * torch.sigmoid(gate)
-        return self.o_proj(o)
+        return o if self.o_proj is None else self.o_proj(o)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
         """SDPA over q (B, H, T, D) and k, v (B, Hkv, Lk, D) -> (B, H, T, D)."""

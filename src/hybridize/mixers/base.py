@@ -4,6 +4,10 @@ A mixer maps a sequence to a sequence of the same width and carries a state betw
 
     y, state = mixer(x, info, state)      # x, y: (B, T, hidden); T = 1 is the decode step
 
+Built with `project_output=False` (`MIXERS[name](config, layer_idx, project_output=False)`), a mixer returns its
+heads' output before the output projection instead, (B, T, heads x head dim) after its own output norm and gate: the
+intra-layer block (`intra.py`) joins two such branches and projects them once.
+
 `info` (`SeqInfo`) holds what the model computed once for all layers: positions, rotary tables, the padding mask,
 packed-document boundaries. `state` is the layer's entry of a transformers cache (`DynamicLayer` /
 `DynamicSlidingWindowLayer` / our `StaticKV` for attention: a KV cache; `LinearAttentionLayer` / our `StaticState`

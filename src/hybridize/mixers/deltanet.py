@@ -26,8 +26,8 @@ class DeltaNet(LinearMixer):
     qkv_activation = "silu"
     output_gate = False
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
+        super().__init__(config, layer_idx, project_output)
         self.b_proj = nn.Linear(config.hidden_size, self.num_heads, bias=False)
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):

@@ -23,8 +23,8 @@ from .linear import LinearMixer, masked
 class GatedDeltaNet(LinearMixer):
     qkv_activation = "silu"
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
+        super().__init__(config, layer_idx, project_output)
         H = self.num_heads
         self.a_proj = nn.Linear(config.hidden_size, H, bias=False)
         self.b_proj = nn.Linear(config.hidden_size, H, bias=False)

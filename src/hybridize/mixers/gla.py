@@ -16,8 +16,8 @@ from .linear import LinearMixer, masked
 
 
 class GLA(LinearMixer):
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
+        super().__init__(config, layer_idx, project_output)
         r = config.gla_gate_low_rank_dim
         self.gk_proj = nn.Sequential(
             nn.Linear(config.hidden_size, r, bias=False),

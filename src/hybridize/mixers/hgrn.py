@@ -32,14 +32,14 @@ class HGRN(RecurrentMixer):
     from_attention = {"i_proj.weight": "v_proj.weight", "i_proj.bias": "v_proj.bias",
                       "o_proj.weight": "o_proj.weight"}
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
         super().__init__(config, layer_idx)
         self.dim = D = config.linear_num_heads * config.linear_value_head_dim
         hidden = config.hidden_size
         self.i_proj = nn.Linear(hidden, D, bias=config.linear_qkv_bias)
         self.f_proj = nn.Linear(hidden, D, bias=False)
         self.g_proj = nn.Linear(hidden, D, bias=False)  # output gate
-        self.o_proj = nn.Linear(D, hidden, bias=False)
+        self.o_proj = nn.Linear(D, hidden, bias=False) if project_output else None
         self.o_norm = RMSNorm(D, config.rms_norm_eps)
         self.lower_bound = LowerBound(D, layer_idx, config.num_hidden_layers) if layer_idx > 0 else None
         self.conv = ShortConv(self._conv_channels, self._conv_size, activation=None) if self._conv_size else None
@@ -49,8 +49,8 @@ class HGRN(RecurrentMixer):
         return (config.linear_num_heads * config.linear_value_head_dim,)
 
     @classmethod
-    def conv_channels(cls, config) -> int:
-        return 2 * config.linear_num_heads * config.linear_value_head_dim  # i | f
+    def conv_segments(cls, config) -> tuple[int, ...]:
+        return (config.linear_value_head_dim, config.linear_value_head_dim)  # i | f, V channels per head
 
     def fresh_parameters(self) -> dict[str, Tensor]:
         return {} if self.lower_bound is None else {"lower_bound.logit": self.lower_bound.fresh()}
@@ -75,4 +75,4 @@ class HGRN(RecurrentMixer):
             if conv_state is not None:
                 state.update_conv_state(conv_state)
         o = kernels.rms_norm_gated(o.to(x.dtype), self.o_norm.weight, self.o_norm.eps, gate, "silu")
-        return self.o_proj(o), state
+        return (o if self.o_proj is None else self.o_proj(o)), state

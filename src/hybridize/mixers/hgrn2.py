@@ -33,7 +33,7 @@ class HGRN2(RecurrentMixer):
                       "i_proj.weight": "v_proj.weight", "i_proj.bias": "v_proj.bias",
                       "o_proj.weight": "o_proj.weight"}
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
         super().__init__(config, layer_idx)
         self.num_heads = H = config.linear_num_heads
         self.head_k_dim = K = config.linear_head_dim
@@ -43,7 +43,7 @@ class HGRN2(RecurrentMixer):
         self.q_proj = nn.Linear(hidden, H * K, bias=bias)
         self.f_proj = nn.Linear(hidden, H * K, bias=False)
         self.i_proj = nn.Linear(hidden, H * V, bias=bias)
-        self.o_proj = nn.Linear(H * V, hidden, bias=False)
+        self.o_proj = nn.Linear(H * V, hidden, bias=False) if project_output else None
         self.o_norm = RMSNorm(H * V, config.rms_norm_eps)
         self.lower_bound = LowerBound(H * K, layer_idx, config.num_hidden_layers) if layer_idx > 0 else None
         self.conv = ShortConv(self._conv_channels, self._conv_size, activation=None) if self._conv_size else None
@@ -53,8 +53,8 @@ class HGRN2(RecurrentMixer):
         return (config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim)
 
     @classmethod
-    def conv_channels(cls, config) -> int:
-        return config.linear_num_heads * (2 * config.linear_head_dim + config.linear_value_head_dim)  # q | f | i
+    def conv_segments(cls, config) -> tuple[int, ...]:
+        return (config.linear_head_dim, config.linear_head_dim, config.linear_value_head_dim)  # q | f | i
 
     def fresh_parameters(self) -> dict[str, Tensor]:
         return {} if self.lower_bound is None else {"lower_bound.logit": self.lower_bound.fresh()}
@@ -84,4 +84,4 @@ class HGRN2(RecurrentMixer):
             if conv_state is not None:
                 state.update_conv_state(conv_state)
         o = kernels.rms_norm(o.to(x.dtype).reshape(B, T, H * V), self.o_norm.weight, self.o_norm.eps)
-        return self.o_proj(o), state
+        return (o if self.o_proj is None else self.o_proj(o)), state

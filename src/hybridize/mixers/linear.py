@@ -64,9 +64,15 @@ class RecurrentMixer(Mixer):
         raise NotImplementedError
 
     @classmethod
+    def conv_segments(cls, config) -> tuple[int, ...]:
+        """The short convolution's input, per head: the widths of the concatenated parts (q|k|v: (K, K, V)); each
+        part holds linear_num_heads such blocks, head after head."""
+        raise NotImplementedError
+
+    @classmethod
     def conv_channels(cls, config) -> int:
         """Channels of the short convolution (its decode state is (channels, linear_conv_size))."""
-        raise NotImplementedError
+        return config.linear_num_heads * sum(cls.conv_segments(config))
 
     @classmethod
     def static_layer(cls, config, layer_idx, batch_size, max_cache_len, dtype, device) -> StaticState:
@@ -90,7 +96,7 @@ class LinearMixer(RecurrentMixer):
     gate_before_norm: bool = False
     always_qk_norm: bool = False
 
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
         super().__init__(config, layer_idx)
         self.num_heads = H = config.linear_num_heads
         self.head_k_dim = K = config.linear_head_dim
@@ -103,7 +109,7 @@ class LinearMixer(RecurrentMixer):
         self.k_proj = nn.Linear(hidden, H * K, bias=bias)
         self.v_proj = nn.Linear(hidden, H * V, bias=bias)
         self.g_proj = nn.Linear(hidden, H * V, bias=False) if self.output_gate else None
-        self.o_proj = nn.Linear(H * V, hidden, bias=False)
+        self.o_proj = nn.Linear(H * V, hidden, bias=False) if project_output else None
         qk_norm = self.always_qk_norm or config.linear_qk_norm
         self.q_norm = RMSNorm(K, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(K, config.rms_norm_eps) if qk_norm else None
@@ -115,8 +121,8 @@ class LinearMixer(RecurrentMixer):
         return (config.linear_num_heads, config.linear_head_dim, config.linear_value_head_dim)
 
     @classmethod
-    def conv_channels(cls, config) -> int:
-        return config.linear_num_heads * (2 * config.linear_head_dim + config.linear_value_head_dim)
+    def conv_segments(cls, config) -> tuple[int, ...]:
+        return (config.linear_head_dim, config.linear_head_dim, config.linear_value_head_dim)  # q | k | v
 
     def forward(self, x: Tensor, info: SeqInfo, state=None) -> tuple[Tensor, object]:
         B, T, _ = x.shape
@@ -145,7 +151,8 @@ class LinearMixer(RecurrentMixer):
             if conv_state is not None:
                 state.update_conv_state(conv_state)  # given a full (N, D, W) window, this stores it as is
         o = self._output_norm(o.to(x.dtype), None if gate is None else gate.view(B, T, H, V))
-        return self.o_proj(o.reshape(B, T, H * V)), state
+        o = o.reshape(B, T, H * V)
+        return (o if self.o_proj is None else self.o_proj(o)), state
 
     def _output_norm(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """(B, T, H, V): RMSNorm per head with the output gate (before or after the norm), or without one."""

@@ -34,8 +34,8 @@ class Mamba2(LinearMixer):
     qkv_activation = "silu"
     gate_before_norm = True
 
-    def __init__(self, config, layer_idx: int):
-        super().__init__(config, layer_idx)
+    def __init__(self, config, layer_idx: int, project_output: bool = True):
+        super().__init__(config, layer_idx, project_output)
         H = self.num_heads
         self.dt_proj = nn.Linear(config.hidden_size, H, bias=False)
         fresh = self.ssm_init(H)

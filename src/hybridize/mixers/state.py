@@ -132,3 +132,43 @@ class StaticState(LinearAttentionLayer):
 
     def reorder_cache(self, beam_idx) -> None:
         raise NotImplementedError("beam search is not supported with the static hybrid cache; use the dynamic cache")
+
+
+class StaticIntra(CacheLayerMixin):
+    """The static cache layer of an intra-layer block: a `StaticKV` for the attention heads beside a `StaticState`
+    for the linear heads. The block hands `kv` to its attention branch and `linear` to its linear branch."""
+
+    is_compileable = True
+
+    def __init__(self, kv: StaticKV, linear: StaticState):
+        super().__init__()
+        self.kv, self.linear = kv, linear
+        self.is_sliding = kv.is_sliding
+        self.is_initialized = True
+        self.max_cache_len = kv.max_cache_len
+        # the parts' buffers (allocated once, written in place), seen where a cache layer's tensors are looked for
+        self.keys, self.values = kv.keys, kv.values
+        self.recurrent_states, self.conv_states = linear.recurrent_states, linear.conv_states
+        self.is_conv_states_initialized = linear.is_conv_states_initialized
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise NotImplementedError("StaticIntra is written by the intra-layer block through its kv and linear parts")
+
+    def lazy_initialization(self, key_states, value_states) -> None:  # allocated in __init__
+        return None
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.kv.get_mask_sizes(query_length)
+
+    def get_seq_length(self) -> int:
+        raise NotImplementedError("a StaticIntra layer does not count tokens; ask its HybridStaticCache")
+
+    def get_max_length(self) -> int:
+        return self.kv.get_max_length()
+
+    def reset(self) -> None:
+        self.kv.reset()
+        self.linear.reset()
+
+    def reorder_cache(self, beam_idx) -> None:
+        raise NotImplementedError("beam search is not supported with the static hybrid cache; use the dynamic cache")

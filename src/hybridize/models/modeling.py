@@ -122,7 +122,7 @@ class HybridModel(HybridPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
         self.layers = nn.ModuleList(HybridBlock(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        uses_rope = config.attention_rope or (config.linear_rope and "linear_attention" in config.layer_types)
+        uses_rope = config.attention_rope or (config.linear_rope and config.has_linear)
         self.rotary_emb = HybridRotaryEmbedding(config) if uses_rope else None
         self.gradient_checkpointing = False
         self.post_init()
