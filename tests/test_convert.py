@@ -390,3 +390,90 @@ def _short_text(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.txt"
     path.write_text("too short")
     return path
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_intra_layer_attention_heads_are_the_teachers(family, teachers):
+    """An intra-layer student (no HyPE, no branch norm, concat): with its linear branch silenced, each block's output
+    is the teacher's attention with the other groups' heads left out: the kept groups' q/k/v rows, norms, biases and
+    o_proj columns went to the right places. A layer keeping every group stays attention, one keeping none is linear."""
+    t = load_teacher(teachers[family])
+    tc = t.model.config
+    cfg = student_config(tc, [], "lightning", hype=False, kv_groups=[[0, 1], [1], [0], []], intra_branch_norm=False)
+    assert cfg.layer_types == ["full_attention", "hybrid", "hybrid", "linear_attention"]
+    assert cfg.attention_kv_heads == [None, [1], [0], None]
+    student = build_student(t.model, cfg).eval()
+    g = tc.num_attention_heads // tc.num_key_value_heads
+    x = torch.randn(2, 11, tc.hidden_size)
+    info = student.model.seq_info(x)
+    for i in (1, 2):
+        block = student.model.layers[i].mixer
+        with torch.no_grad():
+            block.linear.o_norm.weight.zero_()
+            y, _ = block(x, info)
+        teacher_mixer = t.model.model.layers[i].mixer
+        kept = cfg.attention_kv_heads[i][0]
+        keep = torch.zeros(tc.num_attention_heads * tc.head_dim)
+        keep[kept * g * tc.head_dim:(kept + 1) * g * tc.head_dim] = 1.0
+        hook = teacher_mixer.o_proj.register_forward_pre_hook(lambda m, args: (args[0] * keep,))
+        try:
+            with torch.no_grad():
+                expect, _ = teacher_mixer(x, t.model.model.seq_info(x))
+        finally:
+            hook.remove()
+        assert_close(y, expect, f"{family} layer {i} attention heads")
+    assert torch.equal(student.model.layers[0].mixer.q_proj.weight, t.model.model.layers[0].mixer.q_proj.weight)
+
+
+def test_intra_layer_linear_heads_come_from_the_stage1_mixer(teachers):
+    """With stage-1 mixers, an intra block's linear heads are the aligned mixer's rows for those heads (a GatedDeltaNet
+    with a short convolution: per-head rows, per-head gates, the conv's q|k|v channels), and concat's o_proj takes the
+    aligned mixer's columns for them."""
+    t = load_teacher(teachers["qwen3"])
+    tc = t.model.config
+    aligned = build_student(t.model, student_config(tc, [], "gated_deltanet", conv_size=3))
+    with torch.no_grad():
+        for p in aligned.parameters():
+            p.add_(torch.randn_like(p))
+    cfg = student_config(tc, [], "gated_deltanet", conv_size=3, kv_groups=[[0], [1], [0], [1]])
+    student = build_student(t.model, cfg, aligned)
+    g, D = tc.num_attention_heads // tc.num_key_value_heads, tc.head_dim
+    for i, heads in ((0, [2, 3]), (1, [0, 1])):  # the linear heads: the other group's
+        full, branch = aligned.model.layers[i].mixer, student.model.layers[i].mixer.linear
+        assert torch.equal(branch.q_proj.weight, full.q_proj.weight.view(4, D, -1)[heads].reshape(2 * D, -1))
+        assert torch.equal(branch.A_log, full.A_log[heads]) and torch.equal(branch.q_norm.weight, full.q_norm.weight)
+        conv = full.conv.weight.view(3, 4, D, 1, 3)[:, heads]  # (q|k|v, heads, D, 1, W)
+        assert torch.equal(branch.conv.weight, conv.reshape(3 * 2 * D, 1, 3))
+        o_proj = student.model.layers[i].mixer.o_proj.weight
+        assert torch.equal(o_proj[:, 2 * D:], full.o_proj.weight.view(-1, 4, D)[:, heads].reshape(-1, 2 * D))
+        teacher_o = t.model.model.layers[i].mixer.o_proj.weight
+        attention_heads = [0, 1] if i == 0 else [2, 3]
+        assert torch.equal(o_proj[:, :2 * D], teacher_o.view(-1, 4, D)[:, attention_heads].reshape(-1, 2 * D))
+    assert g == 2
+
+
+def test_intra_layer_conversion_end_to_end_on_the_cli(teachers, text_data, tmp_path):
+    """`hybridize convert --fusion intra --budget 0.5`: half of the KV-head groups keep attention, spread over every
+    layer (uniform); each stage lowers its loss; the export loads, records the split, and generates with and
+    without its cache alike."""
+    out = tmp_path / "o"
+    run = _cli("convert", "--teacher", str(teachers["qwen3"]), "--out", str(out), "--device", "cpu", "--data",
+               str(text_data), "--fusion", "intra", "--budget", "0.5", "--mixer", "gla",
+               "--set", "distill.lr=3e-3", "--set", "finetune.lr=3e-3")
+    assert run.returncode == 0, run.stderr[-3000:]
+    selection = json.loads((out / "stages" / "select" / "selection.json").read_text())
+    assert selection["fusion"] == "intra" and selection["groups"] == [[1]] * 4
+    for stage in ("align", "distill", "finetune"):
+        result = json.loads((out / "stages" / stage / "done.json").read_text())["result"]
+        assert result["loss_last"] < result["loss_first"], (stage, result)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert model.config.layer_types == ["hybrid"] * 4 and model.config.attention_kv_heads == [[1]] * 4
+    assert "4 of 8 KV-head groups keep softmax attention" in (out / "README.md").read_text()
+    ids = torch.randint(1, 300, (2, 9))
+    a = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(a, model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False))
+    # the KV cache holds the kept groups only: half the teacher's at the same length
+    teacher = AutoModelForCausalLM.from_pretrained(teachers["qwen3"])
+    kv = 2 * teacher.config.num_key_value_heads * teacher.config.head_dim * 4 * 4 * 1000  # K, V; fp32; 4 layers
+    attention = sum(layer.mixer.attention.state_size(1000, torch.float32) for layer in model.model.layers)
+    assert attention == kv // 2

@@ -390,3 +390,77 @@ def test_prompts_too_short_for_the_selectors_task_fail_before_stage_1(stage1, tm
                                          "'passkey_flashmorph'.*use length >= "):
         align(conv)
     assert not conv.stage_dir("align").exists()
+
+
+# Intra-layer conversions (recipe fusion=intra): the selectors choose KV-head groups, not layers.
+def test_uniform_groups_spread_the_budget_over_layers_then_groups():
+    from hybridize.selection import uniform_groups
+
+    assert uniform_groups(4, 4, 6) == [[3], [1, 3], [3], [1, 3]]
+    assert uniform_groups(28, 8, 56) == [[3, 7]] * 28  # 25% of Qwen3-1.7B's 224 groups: 2 per layer
+    assert uniform_groups(4, 2, 8) == [[0, 1]] * 4  # everything: every layer attention
+    with pytest.raises(ValueError, match="number of attention groups must be in 1..8, got 9"):
+        uniform_groups(4, 2, 9)
+
+
+@pytest.mark.parametrize("name", ["uniform", "random", "flashmorph"])
+def test_group_selectors_return_k_distinct_groups(name, stage1, tmp_path):
+    ctx = _context(stage1, tmp_path / name)
+    ctx.recipe = load_recipe("smoke", ["fusion=intra"])
+    for budget, k in ((1, 1), (0.5, 4), (8, 8)):  # 4 layers x 2 KV-head groups
+        record = run_selection(name, ctx, budget)
+        groups = record["groups"]
+        assert record["fusion"] == "intra" and len(groups) == 4 and sum(len(g) for g in groups) == k, record
+        assert all(len(set(g)) == len(g) and all(j in (0, 1) for j in g) for g in groups)
+        assert record["layers"] == [i for i, g in enumerate(groups) if len(g) == 2]
+        scores = record["scores"]
+        assert len(scores) == 4 and all(len(row) == 2 and all(math.isfinite(s) for s in row) for row in scores)
+        kept = [scores[i][j] for i in range(4) for j in groups[i]]
+        left = [scores[i][j] for i in range(4) for j in range(2) if j not in groups[i]]
+        assert min(kept) >= max(left, default=-1e9)
+        saved = json.loads((tmp_path / name / "selection.json").read_text())
+        assert saved["groups"] == groups and saved["scores"] == scores
+        assert (tmp_path / name / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert record["layers"] == [0, 1, 2, 3]
+
+
+def test_layer_selectors_refuse_kv_head_groups(stage1, tmp_path):
+    ctx = _context(stage1, tmp_path)
+    ctx.recipe = load_recipe("smoke", ["fusion=intra"])
+    for name in ("halo", "kl_guided"):
+        with pytest.raises(ValueError, match=f"selector '{name}' chooses whole layers; with fusion=intra .* use one "
+                                             r"of \['flashmorph', 'random', 'uniform'\]"):
+            run_selection(name, ctx, 1)
+    with pytest.raises(ValueError, match="whole KV-head group count in 1..8, got 9"):
+        run_selection("uniform", ctx, 9)
+    with pytest.raises(ValueError, match="keep_layers names whole layers"):
+        load_recipe("smoke", ["fusion=intra", "keep_layers=[1]"])
+
+
+def test_group_gates_equal_layer_gates_when_a_layer_shares_one_value(stage1):
+    """The head-level morphable model scales each head's output before the output projections; with every group of
+    a layer at the layer's gate a_l it is the layer-level model (a_l * attention + (1 - a_l) * mixer)."""
+    teacher = stage1.load_teacher().model
+    aligned = _context(stage1, Path("unused")).aligned("test")
+    layer, group = MorphableModel(teacher, aligned), MorphableModel(teacher, aligned, groups=True)
+    assert tuple(group.gates.shape) == (4, 2)
+    ids = torch.randint(0, 300, (2, 17))
+    a = torch.tensor([0.9, 0.0, 0.4, 1.0])
+    with torch.no_grad():
+        for x, y in zip(group(ids, gates=a[:, None].expand(4, 2)), layer(ids, gates=a)):
+            assert_close(x, y, "group gates == layer gates")
+        mixed = group(ids, gates=torch.tensor([[1.0, 0.0]] * 4))[-1]
+        assert not torch.allclose(mixed, layer(ids, gates=torch.ones(4))[-1])  # one group's heads swapped out
+
+
+def test_flashmorph_groups_keep_the_group_of_the_only_retrieving_layer(retrieval, tmp_path):
+    """The hand-built teacher has one KV-head group per layer: the head-level gates must find layer 2 as the
+    layer-level ones do."""
+    import dataclasses
+
+    ctx = _retrieval_context(retrieval, tmp_path)
+    ctx.recipe = dataclasses.replace(ctx.recipe, fusion="intra")
+    record = run_selection("flashmorph", ctx, 1)
+    assert record["groups"] == [[], [], [0], []], record["scores"]
+    assert record["layers"] == [2] and record["scores"][2][0] > 0.85
+

@@ -47,7 +47,11 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
                    "names (default: the recipe's, else the built-in offline corpus)")
     p.add_argument("--mixer", choices=LINEAR_MIXER_NAMES, default=None, metavar="NAME",
                    help="linear mixer of the layers that leave attention (default: the recipe's): %(choices)s")
-    p.add_argument("--budget", default=None, help="attention layers to keep: a fraction (0.25) or a count (7)")
+    p.add_argument("--fusion", choices=["inter", "intra"], default=None,
+                   help="inter: whole layers keep attention (default); intra: KV-head groups keep it and every layer "
+                   "splits its heads between attention and the mixer (--budget then counts groups)")
+    p.add_argument("--budget", default=None, help="attention layers to keep: a fraction (0.25) or a count (7); with "
+                   "--fusion intra, KV-head groups of all layers")
     p.add_argument("--keep-layers", type=_layer_list, default=None, help="explicit attention layers, e.g. 2,5,9")
     p.add_argument("--selector", default=None, help="layer selector (default: the recipe's)")
     p.add_argument("--no-hype", action="store_true", help="keep RoPE in attention, no query scaling or output gate, "
@@ -65,7 +69,8 @@ def _conversion(args: argparse.Namespace):
     from .pipeline import Conversion, load_recipe
 
     overrides = list(args.overrides)
-    for flag, key in (("mixer", "mixer"), ("budget", "budget"), ("selector", "selector"), ("seed", "seed")):
+    for flag, key in (("mixer", "mixer"), ("budget", "budget"), ("selector", "selector"), ("seed", "seed"),
+                      ("fusion", "fusion")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.keep_layers is not None:
@@ -168,8 +173,13 @@ def _bench(args: argparse.Namespace) -> None:
                         batch=args.train_batch, accum=args.train_accum, steps=args.steps, device=args.device,
                         dtype=args.dtype, commit=args.commit, command=command, profile=args.profile)
     else:
+        variants = args.variants
+        if variants is None:
+            from .bench import VARIANTS
+
+            variants = [*VARIANTS[:1], "hybrid-intra", *VARIANTS[1:]] if args.fusion == "intra" else list(VARIANTS)
         run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
-                  batches=args.batches, variants=args.variants, device=args.device, dtype=args.dtype,
+                  batches=args.batches, variants=variants, device=args.device, dtype=args.dtype,
                   new_tokens=args.new_tokens, repeats=args.repeats, prefill_chunk=args.prefill_chunk,
                   commit=args.commit, command=command)
     print(f"hybridize: wrote {args.out}/{'train.json' if args.train else 'summary.json and latency.png'}")
@@ -194,8 +204,11 @@ def _add_bench(sub) -> None:
                        help="context lengths (default 4K,8K,16K,32K,64K,128K)")
     bench.add_argument("--batches", type=_int_list, default=[1], help="batch sizes, e.g. 1,8,64 (default 1)")
     bench.add_argument("--variants", type=lambda t: [v.strip() for v in t.split(",") if v.strip()],
-                       default=list(VARIANTS), help=f"subset of {','.join(ALL_VARIANTS)} (default: "
+                       default=None, help=f"subset of {','.join(ALL_VARIANTS)} (default: "
                        f"{','.join(VARIANTS)}; the -fused ones add fused input projections)")
+    bench.add_argument("--fusion", choices=["inter", "intra"], default="inter",
+                       help="intra: add the intra-layer hybrid of the same attention share (variant hybrid-intra: "
+                       "every layer keeps that share of its KV-head groups) to the default variants")
     bench.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     bench.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
     bench.add_argument("--new-tokens", type=int, default=32, help="timed decode steps per measurement")

@@ -29,10 +29,25 @@ def _stage_rows(conv) -> list[str]:
     return rows
 
 
+def _kept(config, mixer: str) -> str:
+    """What keeps softmax attention, in a sentence."""
+    attention, L = config.attention_layers, config.num_hidden_layers
+    if not config.intra_layers:
+        return (f"{len(attention)} of {L} layers keep softmax attention (layers {attention}), the others are `{mixer}` "
+                "mixers with a fixed-size state.")
+    G = config.num_key_value_heads
+    kept = sum(len(g) for g in config.attention_kv_heads if g is not None) + G * len(attention)
+    groups = {i: g for i, g in enumerate(config.attention_kv_heads) if g is not None}
+    return (f"{kept} of {L * G} KV-head groups keep softmax attention (whole layers {attention}; in the layers that "
+            f"split their heads, the groups {groups}), the other heads are `{mixer}` mixers with a fixed-size state, "
+            f"joined by {config.intra_fusion} (intra-layer hybrid).")
+
+
 def write_model_card(conv, model) -> None:
     config = model.config
-    layers = "".join("A" if t != "linear_attention" else "l" for t in config.layer_types)
-    attention = [i for i, t in enumerate(config.layer_types) if t != "linear_attention"]
+    layers = "".join({"linear_attention": "l", "hybrid": "h", "hybrid_sliding": "h"}.get(t, "A")
+                     for t in config.layer_types)
+    attention = config.attention_layers
     recipe_yaml = yaml.safe_dump(json.loads(json.dumps(conv.recipe.to_dict())), sort_keys=False)
     text = f"""---
 library_name: transformers
@@ -42,10 +57,9 @@ base_model: {conv.teacher}
 
 # Hybrid of `{conv.teacher}`
 
-Converted by hybridize {__version__}: {len(attention)} of {config.num_hidden_layers} layers keep
-softmax attention (layers {attention}), the others are `{conv.recipe.mixer}` mixers with a fixed-size state.
+Converted by hybridize {__version__}: {_kept(config, conv.recipe.mixer)}
 HyPE: {"on" if conv.recipe.hype else "off"}{f" (a = {conv.recipe.hype_a})" if conv.recipe.hype else ""}.
-Layer pattern (A = attention, l = linear): `{layers}`.
+Layer pattern (A = attention, l = linear, h = heads split between both): `{layers}`.
 
 ```python
 import hybridize  # registers the model type with transformers

@@ -19,11 +19,12 @@ from typing import Any
 
 import yaml
 
-from ..names import LINEAR_MIXER_NAMES
+from ..names import INTRA_FUSIONS, LINEAR_MIXER_NAMES
 
 SCHEDULES = ("cosine", "constant")
 STAGES = ("align", "select", "distill", "finetune")
 MIXER_CHOICES = LINEAR_MIXER_NAMES
+FUSIONS = ("inter", "intra")
 
 
 @dataclass
@@ -169,9 +170,15 @@ class Recipe:
     finetune: StageRecipe
     name: str = "custom"
     mixer: str = "lightning"
-    budget: float | int | str = 0.25  # attention layers kept: a fraction of the layers or a count
+    budget: float | int | str = 0.25  # attention kept: a fraction of the layers (of the KV-head groups with
+    # fusion intra) or a count
     selector: str = "uniform"
     keep_layers: list[int] | None = None  # explicit attention layers (overrides selector and budget)
+    # "inter": whole layers keep attention; "intra": KV-head groups do, and layers split their heads between
+    # attention and the mixer (hybridize.mixers.intra), joined by intra_fusion
+    fusion: str = "inter"
+    intra_fusion: str = "concat"
+    intra_branch_norm: bool = True
     hype: bool = True  # HyPE: NoPE + query scaling + output gate in attention, RoPE in the mixers
     hype_a: float = 500.0
     conv_size: int = 0  # short convolution in the mixers (0 = off)
@@ -193,6 +200,15 @@ class Recipe:
         if self.keep_layers is not None and (not isinstance(self.keep_layers, list)
                                              or not all(isinstance(i, int) for i in self.keep_layers)):
             raise ValueError(f"keep_layers must be a list of layer indices, got {self.keep_layers!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion={self.fusion!r}; allowed: {list(FUSIONS)}")
+        if self.intra_fusion not in INTRA_FUSIONS:
+            raise ValueError(f"intra_fusion={self.intra_fusion!r}; allowed: {list(INTRA_FUSIONS)}")
+        if not isinstance(self.intra_branch_norm, bool):
+            raise ValueError(f"intra_branch_norm must be true or false, got {self.intra_branch_norm!r}")
+        if self.fusion == "intra" and self.keep_layers is not None:
+            raise ValueError("keep_layers names whole layers (fusion=inter); with fusion=intra choose KV-head groups "
+                             "with a selector and a budget")
         self._validate_selection(selectors)
         for stage in ("align", "distill", "finetune"):
             getattr(self, stage).validate(stage, world_size)

@@ -98,10 +98,12 @@ class Conversion:
         """Seed the fresh parts a stage creates (gates, decays, output norms) so a rerun builds the same model."""
         torch.manual_seed(self.recipe.seed + STAGES.index(stage))
 
-    def student_config(self, attention_layers: list[int]):
+    def student_config(self, attention_layers: list[int], kv_groups: list[list[int]] | None = None):
+        """The student's config: attention in `attention_layers`, or (fusion=intra) in each layer's `kv_groups`."""
         r = self.recipe
         return student_config(self.load_teacher().model.config, attention_layers, r.mixer, hype=r.hype,
-                              hype_a=r.hype_a, conv_size=r.conv_size)
+                              hype_a=r.hype_a, conv_size=r.conv_size, kv_groups=kv_groups,
+                              intra_fusion=r.intra_fusion, intra_branch_norm=r.intra_branch_norm)
 
     def done(self, stage: str) -> dict | None:
         path = self.stage_dir(stage) / "done.json"
@@ -210,25 +212,33 @@ def _select(conv: Conversion) -> dict:
     return conv.mark_done("select", {k: v for k, v in record.items() if k != "details"})
 
 
+def _selection(conv: Conversion) -> dict:
+    return conv.done("select") or select(conv)
+
+
 def _attention_layers(conv: Conversion) -> list[int]:
-    return (conv.done("select") or select(conv))["layers"]
+    return _selection(conv)["layers"]
 
 
 def assemble(conv: Conversion) -> HybridForCausalLM:
-    """The hybrid before stage 2: teacher weights, attention in the selected layers, the aligned mixers elsewhere
-    (or, without stage 1, mixers transferred from the teacher's attention)."""
+    """The hybrid before stage 2: teacher weights, attention in the selected layers (or KV-head groups), the aligned
+    mixers elsewhere (or, without stage 1, mixers transferred from the teacher's attention)."""
     aligned_dir = conv.stage_dir("align") / "model"
     aligned = HybridForCausalLM.from_pretrained(aligned_dir) if aligned_dir.is_dir() else None
-    return build_student(conv.load_teacher().model, conv.student_config(_attention_layers(conv)), aligned)
+    record = _selection(conv)
+    return build_student(conv.load_teacher().model, conv.student_config(record["layers"], record.get("groups")),
+                         aligned)
 
 
 def _new_parameter(name: str, config) -> bool:
-    """Parts that did not exist in the teacher: linear mixers and the attention output gates."""
+    """Parts that did not exist in the teacher: linear mixers (whole layers, or an intra-layer block's linear
+    branch), the attention output gates, and an intra-layer block's branch norm and fusion gate."""
     parts = name.split(".")
     if "mixer" not in parts:
         return False
     layer = int(parts[parts.index("layers") + 1])
-    return config.layer_types[layer] == "linear_attention" or parts[-2] == "g_proj"
+    return (config.layer_types[layer] == "linear_attention" or "linear" in parts
+            or parts[-2] in ("g_proj", "branch_norm", "z_proj"))
 
 
 def distill(conv: Conversion) -> dict:

@@ -15,7 +15,7 @@ from ..provenance import device_name
 from . import flashmorph, halo, kl_guided, random_layers, uniform
 from .base import Selector, SelectionContext, SelectionResult, swap_config, swapped_model, top_k
 from .report import write_selection
-from .uniform import resolve_budget, uniform_layers
+from .uniform import resolve_budget, uniform_groups, uniform_layers
 
 SELECTORS: dict[str, Selector] = {
     "uniform": uniform.select,
@@ -23,6 +23,13 @@ SELECTORS: dict[str, Selector] = {
     "halo": halo.select,
     "kl_guided": kl_guided.select,
     "flashmorph": flashmorph.select,
+}
+# The selectors that choose KV-head groups instead of layers (recipe fusion=intra): (ctx, k groups) -> a result whose
+# `groups` lists each layer's kept groups and whose `scores` hold one list per layer
+GROUP_SELECTORS: dict[str, Selector] = {
+    "uniform": uniform.select_groups,
+    "random": random_layers.select_groups,
+    "flashmorph": flashmorph.select_groups,
 }
 
 
@@ -36,6 +43,8 @@ def run_selection(name: str, ctx: SelectionContext, budget: float | int | str) -
     """Run selector `name` for `budget` (a fraction of the layers or a count), check its answer, write selection.json
     and scores.png into ctx.run_dir; returns the record (selector, budget, layers, scores, tokens, seconds, device,
     details)."""
+    if ctx.recipe.fusion == "intra":
+        return _run_group_selection(name, ctx, budget)
     selector = get_selector(name)
     L = ctx.num_layers
     k = resolve_budget(budget, L)
@@ -51,6 +60,32 @@ def run_selection(name: str, ctx: SelectionContext, budget: float | int | str) -
     record = {"selector": name, "budget": budget, "layers": sorted(layers),
               "scores": [float(s) for s in result.scores], "tokens": int(result.tokens), "seconds": seconds,
               "device": device_name(ctx.device), "details": result.details}
+    write_selection(ctx.run_dir, record)
+    return record
+
+
+def _run_group_selection(name: str, ctx: SelectionContext, budget: float | int | str) -> dict:
+    """`run_selection` for an intra-layer conversion: `budget` counts KV-head groups of all layers; the record holds
+    `groups` (each layer's kept groups), `layers` (those keeping all of them) and a list of scores per layer."""
+    if name not in GROUP_SELECTORS:
+        raise ValueError(f"selector {name!r} chooses whole layers; with fusion=intra (KV-head groups) use one of "
+                         f"{sorted(GROUP_SELECTORS)}")
+    L, G = ctx.num_layers, ctx.teacher.config.num_key_value_heads
+    k = resolve_budget(budget, L * G, unit="KV-head group")
+    t0 = time.perf_counter()
+    result = GROUP_SELECTORS[name](ctx, k)
+    seconds = time.perf_counter() - t0
+    groups = [sorted(int(g) for g in kept) for kept in (result.groups or [])]
+    if (len(groups) != L or sum(len(set(kept)) for kept in groups) != k
+            or any(len(set(kept)) != len(kept) or not all(0 <= g < G for g in kept) for kept in groups)):
+        raise ValueError(f"selector {name!r} returned groups {result.groups}; it must return, for each of the {L} "
+                         f"layers, distinct KV-head group indices in 0..{G - 1}, {k} in all")
+    if len(result.scores) != L or any(len(row) != G for row in result.scores):
+        raise ValueError(f"selector {name!r} must return {L} lists of {G} scores (one per KV-head group)")
+    record = {"selector": name, "budget": budget, "fusion": "intra", "groups": groups,
+              "layers": [i for i, kept in enumerate(groups) if len(kept) == G],
+              "scores": [[float(v) for v in row] for row in result.scores], "tokens": int(result.tokens),
+              "seconds": seconds, "device": device_name(ctx.device), "details": result.details}
     write_selection(ctx.run_dir, record)
     return record
 
@@ -75,6 +110,6 @@ def check_synthetic_data(recipe, tokenizer, data) -> None:
                 raise ValueError(f"select.{name}: {err}") from None
 
 
-__all__ = ["SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",
+__all__ = ["GROUP_SELECTORS", "SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",
            "resolve_budget",
-           "run_selection", "swap_config", "swapped_model", "top_k", "uniform_layers", "write_selection"]
+           "run_selection", "swap_config", "swapped_model", "top_k", "uniform_groups", "uniform_layers", "write_selection"]

@@ -26,10 +26,11 @@ from ..models import HybridConfig, HybridForCausalLM
 
 @dataclass
 class SelectionResult:
-    layers: list[int]  # the k chosen layers, ascending
-    scores: list[float]  # one number per layer (higher = keep attention); what the chart shows
+    layers: list[int]  # the k chosen layers, ascending ([] for a selection of KV-head groups)
+    scores: list  # one number per layer (higher = keep attention), or per layer a list of one per KV-head group
     tokens: int  # tokens run through the models (training and evaluation)
     details: dict[str, Any] = field(default_factory=dict)  # per-layer measurements, settings, ...
+    groups: list[list[int]] | None = None  # an intra-layer selection: the kept KV-head groups of each layer
 
 
 @dataclass

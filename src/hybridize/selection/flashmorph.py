@@ -26,7 +26,13 @@ right after the previous step, since nothing reads the gates in between (a check
 step, projected again on resume); the final gates are projected too.
 
 Gates that end equal (several can sit at 0) are ordered by their mean over training: the one that fell later did
-more work. The training runs in the shared loop (`distill.loop.train`): checkpoints (the gates + optimizer),
+more work.
+
+At the granularity of KV-head groups (`select_groups`, for an intra-layer conversion: the morphable model at head
+level) there is one gate a_lj per layer and KV-head group, and each head h of group j mixes its own outputs before the
+layer's output projection: Wo^T (a_lj * attention_h) + Wo^L ((1 - a_lj) * mixer_h), with Wo^T the teacher's
+projection and Wo^L the aligned mixer's (the columns an intra-layer student takes for those heads). The loss is the
+same, lambda * sum over every gate; the k largest gates keep attention. The training runs in the shared loop (`distill.loop.train`): checkpoints (the gates + optimizer),
 resume, metrics.jsonl with every gate at every step, TensorBoard.
 """
 
@@ -50,16 +56,18 @@ Tensor = torch.Tensor
 
 class MorphableModel(nn.Module):
     """The teacher with every layer's mixer output = a_l * attention_l + (1 - a_l) * aligned mixer_l (frozen), the
-    gates `gates` (L,) fp32 the only trainable parameters."""
+    gates `gates` (L,) fp32 the only trainable parameters; with `groups=True` one gate per layer and KV-head group,
+    (L, G), mixing each head's outputs before the output projections (module docstring)."""
 
-    def __init__(self, teacher: HybridForCausalLM, aligned: HybridForCausalLM):
+    def __init__(self, teacher: HybridForCausalLM, aligned: HybridForCausalLM, groups: bool = False):
         super().__init__()
         L = teacher.config.num_hidden_layers
         if aligned.config.num_hidden_layers != L:
             raise ValueError(f"the aligned model has {aligned.config.num_hidden_layers} layers, the teacher {L}")
         self.teacher = teacher.requires_grad_(False)
         self.mixers = nn.ModuleList(layer.mixer for layer in aligned.model.layers).requires_grad_(False)
-        self.gates = nn.Parameter(torch.ones(L, dtype=torch.float32, device=next(teacher.parameters()).device))
+        shape = (L, teacher.config.num_key_value_heads) if groups else (L,)
+        self.gates = nn.Parameter(torch.ones(shape, dtype=torch.float32, device=next(teacher.parameters()).device))
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -75,12 +83,31 @@ class MorphableModel(nn.Module):
         out = []
         for l, (block, mixer) in enumerate(zip(model.layers, self.mixers)):
             h = block.input_layernorm(x)
-            attn, _ = block.mixer(h, info)
-            lin, _ = mixer(h, info)
-            x = x + a[l] * attn + (1 - a[l]) * lin  # a 0-dim gate keeps the activations' dtype
+            if a.dim() == 1:
+                attn, _ = block.mixer(h, info)
+                lin, _ = mixer(h, info)
+                x = x + a[l] * attn + (1 - a[l]) * lin  # a 0-dim gate keeps the activations' dtype
+            else:
+                x = x + _headwise(block.mixer, h, info, a[l]) + _headwise(mixer, h, info, 1 - a[l])
             x = x + block.mlp(block.post_attention_layernorm(x))
             out.append(x)
         return out
+
+
+def _headwise(mixer: nn.Module, h: Tensor, info, gates: Tensor) -> Tensor:
+    """`mixer(h)` with the input of its output projection (B, T, H * d) scaled per head by the gate of the head's
+    KV-head group: `gates` (G,), H / G consecutive heads per group."""
+    def scale(module, args):
+        o = args[0]
+        per_channel = gates.repeat_interleave(o.shape[-1] // gates.numel()).to(o.dtype)
+        return (o * per_channel,)
+
+    hook = mixer.o_proj.register_forward_pre_hook(scale)
+    try:
+        y, _ = mixer(h, info)
+    finally:
+        hook.remove()
+    return y
 
 
 @torch.no_grad()
@@ -174,18 +201,29 @@ def gate_recipe(s) -> StageRecipe:
 
 
 def select(ctx: SelectionContext, k: int) -> SelectionResult:
+    return _select(ctx, k, groups=False)
+
+
+def select_groups(ctx: SelectionContext, k: int) -> SelectionResult:
+    """The k KV-head groups with the largest gates of the head-level morphable model (module docstring)."""
+    return _select(ctx, k, groups=True)
+
+
+def _select(ctx: SelectionContext, k: int, groups: bool) -> SelectionResult:
     s = ctx.settings
     aligned = ctx.aligned("flashmorph")
-    model = MorphableModel(ctx.teacher, aligned)
+    model = MorphableModel(ctx.teacher, aligned, groups=groups)
     data = PasskeyBatches(ctx.tokenizer, ctx.filler(), s.flashmorph_task, s.flashmorph_task_options,
                           s.flashmorph_lengths, s.flashmorph_micro_batch_tokens, ctx.seed)
-    L = ctx.num_layers
+    names = [str(i) for i in range(ctx.num_layers)]
+    if groups:
+        names = [f"{i}.{j}" for i in range(ctx.num_layers) for j in range(model.gates.shape[1])]
 
     def loss_fn(batch: Batch):
         model.project_()  # the projection of the previous step's update (see the module docstring)
         loss, mse = morph_loss(model, batch, s.flashmorph_lambda)
-        gates = model.gates.detach().clone()  # 0-d tensors, read by the loop once per step
-        return loss, {"mse": mse.detach(), **{f"gate/{l}": gates[l] for l in range(L)}}
+        gates = model.gates.detach().flatten().clone()  # 0-d tensors, read by the loop once per step
+        return loss, {"mse": mse.detach(), **{f"gate/{n}": gates[i] for i, n in enumerate(names)}}
 
     run_dir = ctx.run_dir / "flashmorph"
     recipe = gate_recipe(s)
@@ -198,10 +236,16 @@ def select(ctx: SelectionContext, k: int) -> SelectionResult:
         ctx.teacher.eval()
         aligned.eval()
     model.project_()
-    gates = model.gates.detach().cpu().tolist()
+    gates = model.gates.detach().cpu().flatten().tolist()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    mean_gate = [sum(r[f"gate/{l}"] for r in rows) / len(rows) for l in range(L)]
+    mean_gate = [sum(r[f"gate/{n}"] for r in rows) / len(rows) for n in names]
+    chosen = top_k(gates, k, tiebreak=mean_gate)
     details = {"gates": gates, "mean_gate": mean_gate, "lambda": s.flashmorph_lambda, "steps": result.steps,
                "mse_first": rows[0]["mse"], "mse_last": rows[-1]["mse"], "gate_parametrization": "projected (clamp)",
                "train": result.as_dict()}
-    return SelectionResult(top_k(gates, k, tiebreak=mean_gate), gates, tokens=result.tokens, details=details)
+    if not groups:
+        return SelectionResult(chosen, gates, tokens=result.tokens, details=details)
+    G = model.gates.shape[1]
+    kept = [[j for j in range(G) if i * G + j in chosen] for i in range(ctx.num_layers)]
+    return SelectionResult([], [gates[i * G:(i + 1) * G] for i in range(ctx.num_layers)], tokens=result.tokens,
+                           details=details, groups=kept)

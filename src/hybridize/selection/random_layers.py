@@ -23,3 +23,12 @@ def random_layers(num_layers: int, k: int, seed: int) -> tuple[list[int], list[f
 def select(ctx: SelectionContext, k: int) -> SelectionResult:
     layers, draws = random_layers(ctx.num_layers, k, ctx.seed)
     return SelectionResult(layers, draws, tokens=0, details={"seed": ctx.seed})
+
+
+def select_groups(ctx: SelectionContext, k: int) -> SelectionResult:
+    """k KV-head groups of all layers x groups, drawn by the seed like `random_layers`."""
+    L, G = ctx.num_layers, ctx.teacher.config.num_key_value_heads
+    chosen, draws = random_layers(L * G, k, ctx.seed)
+    groups = [[g for g in range(G) if i * G + g in chosen] for i in range(L)]
+    return SelectionResult([], [draws[i * G:(i + 1) * G] for i in range(L)], tokens=0, details={"seed": ctx.seed},
+                           groups=groups)

@@ -1,8 +1,9 @@
 """What every selection leaves in its run directory: `selection.json` and `scores.png`.
 
 selection.json: {"selector", "budget", "layers" (the chosen indices), "scores" (one number per layer), "tokens",
-"seconds", "device", "details"}. scores.png: one bar per layer, the chosen layers in color, selector and budget in
-the title. The figure uses matplotlib's object API (`Figure` on an Agg canvas), imported only here, never pyplot.
+"seconds", "device", "details"}; an intra-layer selection adds "fusion": "intra" and "groups" (each layer's kept
+KV-head groups), and its "scores" hold one list per layer. scores.png: one bar per layer, the chosen layers in
+color, selector and budget in the title; for KV-head groups a layers x groups grid, the kept groups outlined. The figure uses matplotlib's object API (`Figure` on an Agg canvas), imported only here, never pyplot.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def write_selection(run_dir: Path, record: dict) -> Path:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1, default=_plain))
     os.replace(tmp, path)
-    plot_scores(run_dir / "scores.png", record["selector"], record["budget"], record["layers"], record["scores"])
+    if record.get("groups") is not None:
+        plot_group_scores(run_dir / "scores.png", record["selector"], record["budget"], record["groups"],
+                          record["scores"])
+    else:
+        plot_scores(run_dir / "scores.png", record["selector"], record["budget"], record["layers"], record["scores"])
     return path
 
 
@@ -60,4 +65,26 @@ def plot_scores(path: Path, selector: str, budget, layers: list[int], scores: li
     ax.set_xlabel("layer (orange: keeps attention)")
     ax.set_ylabel(SCORE_LABELS.get(selector, "score"), fontsize=8)
     ax.set_title(f"{selector}, budget {budget}: {len(layers)} of {L} layers {sorted(layers)}", fontsize=9)
+    fig.savefig(path, dpi=120)
+
+
+def plot_group_scores(path: Path, selector: str, budget, groups: list[list[int]], scores: list[list[float]]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    L, G = len(scores), len(scores[0])
+    fig = Figure(figsize=(max(4.0, 0.32 * L + 2.0), max(2.4, 0.3 * G + 1.6)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    grid = [[s if math.isfinite(s) else 0.0 for s in row] for row in scores]
+    image = ax.imshow(list(map(list, zip(*grid))), aspect="auto", origin="lower", cmap="viridis")
+    for i, kept in enumerate(groups):
+        for j in kept:
+            ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor="tab:orange", linewidth=2))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("KV-head group")
+    fig.colorbar(image, ax=ax, label=SCORE_LABELS.get(selector, "score"))
+    kept = sum(len(k) for k in groups)
+    ax.set_title(f"{selector}, budget {budget}: {kept} of {L * G} KV-head groups keep attention (outlined)", fontsize=9)
     fig.savefig(path, dpi=120)
