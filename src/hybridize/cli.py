@@ -164,6 +164,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _one_stage(stage: str):
     def run(args: argparse.Namespace) -> None:
+        from .distributed import is_main
         from .pipeline import stages
 
         if args.plan:
@@ -172,8 +173,9 @@ def _one_stage(stage: str):
         record = stages.RUNNERS[stage](conv)
         if stage in ("distill", "finetune"):
             stages.export(conv)
-        print(f"hybridize: {stage} done: " + json.dumps(record.get("result", {k: record[k] for k in ("layers",)
-                                                                              if k in record})))
+        if is_main():
+            shown = record.get("result", {k: record[k] for k in ("layers",) if k in record})
+            print(f"hybridize: {stage} done: " + json.dumps(shown))
 
     return run
 
