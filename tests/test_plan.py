@@ -15,6 +15,9 @@ from hybridize.pipeline import load_recipe
 from hybridize.pipeline.plan import GiB, Counts, load_teacher_config, memory_plan
 from conftest import load_script
 
+# HALO's global batches (32 / 96 / 128) split over 8 GPUs (the README's command)
+EIGHT = ["align.micro_batch_size=4", "distill.micro_batch_size=12"]
+
 
 def test_parameter_counts_are_the_published_ones():
     """Built on the meta device: Qwen3-8B and -32B have 8,190,735,360 and 32,762,123,264 parameters (their model
@@ -25,7 +28,7 @@ def test_parameter_counts_are_the_published_ones():
 
 def test_sharding_divides_the_trained_state():
     _, config = load_teacher_config("qwen3-8b")
-    recipe = load_recipe("halo-qwen3-1.7b")
+    recipe = load_recipe("halo-qwen3-1.7b", EIGHT)
     one = {s.stage: s for s in memory_plan(config, recipe, world=1, stages=["distill"]).stages}["distill"]
     eight = {s.stage: s for s in memory_plan(config, recipe, world=8, teacher_placement="sharded",
                                              stages=["distill"]).stages}["distill"]
@@ -33,38 +36,41 @@ def test_sharding_divides_the_trained_state():
     assert one.peak > 150 * GiB and eight.peak < 60 * GiB
     assert one.teacher > 15 * GiB > eight.teacher  # 8B in bf16 whole, or 1/8 of its blocks and its ends whole
     # HSDP: sharded within groups of 8, replicated across 8 of them: a GPU holds what it holds with 8 GPUs
-    hsdp = memory_plan(config, recipe, world=64, shard=8, teacher_placement="sharded", stages=["distill"]).stages[0]
+    wide = load_recipe("halo-qwen3-1.7b", ["distill.batch_size=768", "distill.micro_batch_size=12"])  # 12 per GPU again, no accumulation
+    hsdp = memory_plan(config, wide, world=64, shard=8, teacher_placement="sharded", stages=["distill"]).stages[0]
     assert hsdp.peak == eight.peak
-    full = memory_plan(config, recipe, world=64, teacher_placement="sharded", stages=["distill"]).stages[0]
+    full = memory_plan(config, wide, world=64, teacher_placement="sharded", stages=["distill"]).stages[0]
     assert full.peak < eight.peak
 
 
 def test_auto_places_the_teacher_whole_where_that_fits():
     _, config = load_teacher_config("qwen3-1.7b")
-    recipe = load_recipe("halo-qwen3-1.7b")
+    recipe = load_recipe("halo-qwen3-1.7b", EIGHT)
     assert memory_plan(config, recipe, world=8, device_memory=80 * GiB).teacher_placement == "replicated"
-    assert memory_plan(config, recipe, world=8, device_memory=20 * GiB).teacher_placement == "sharded"
+    assert memory_plan(config, recipe, world=8, device_memory=12 * GiB).teacher_placement == "sharded"
     assert memory_plan(config, recipe, world=8).teacher_placement == "sharded"  # memory unknown
 
 
 def test_plan_command_prints_the_table_without_weights(capsys):
     """`--plan` takes a built-in shape for the teacher (no weights, no GPU) and prints one row per stage."""
-    code = main(["convert", "--teacher", "qwen3-8b", "--recipe", "halo-qwen3-1.7b", "--plan", "--gpus", "8",
-                 "--gpu-memory", "80"])
+    code = main(["convert", "--teacher", "qwen3-32b", "--recipe", "halo-qwen3-1.7b", "--plan", "--gpus", "8",
+                 "--gpu-memory", "80", *(a for item in EIGHT for a in ("--set", item))])
     out = capsys.readouterr().out
     assert code == 0
     lines = out.splitlines()
-    assert "qwen3-8b" in lines[0] and "8 GPU(s)" in lines[0] and "teacher sharded" in lines[0]
+    assert "qwen3-32b" in lines[0] and "8 GPU(s)" in lines[0] and "teacher sharded" in lines[0]
     assert lines[1].split() == ["stage", "tokens", "teacher", "student", "grads", "optimizer", "activations",
                                 "logits", "peak"]
     assert [line.split()[0] for line in lines[2:5]] == ["align", "distill", "finetune"]
-    assert "fit" in lines[-1]
+    assert "does NOT fit in 90% of 80 GiB" in lines[-1]
 
 
 @pytest.mark.parametrize("args, message", [
     (["--teacher", "nowhere"], "--teacher 'nowhere' for a plan must be a built-in shape"),
     (["--teacher", "qwen3-8b", "--gpus", "8", "--shard-size", "3"], "GPUs per shard group \\(3\\) must divide the 8"),
     (["--teacher", "qwen3-8b", "--stages", "align,polish"], "unknown stage\\(s\\) \\['polish'\\]"),
+    (["--teacher", "qwen3-8b", "--recipe", "halo-qwen3-1.7b", "--gpus", "8"],
+     "align.batch_size=32 must be a multiple of micro_batch_size=16 x 8"),
 ])
 def test_bad_plan_inputs_give_one_line(args, message, capsys):
     import re

@@ -370,6 +370,9 @@ def memory_plan(teacher: HybridConfig, recipe: Recipe, *, world: int = 1, shard:
     bad = [s for s in chosen if s not in STAGES]
     if bad:  # the words of `pipeline.convert`, which refuses them too
         raise ValueError(f"unknown stage(s) {bad}; allowed: {list(STAGES)} or none")
+    for stage in ("align", "distill", "finetune"):  # each global batch must split over the GPUs, as training checks
+        if stage in chosen:
+            getattr(recipe, stage).validate(stage, world)
     shard_used = shard if world > 1 else 1
     out = MemoryPlan(teacher_name, recipe.name, world, shard_used, device, teacher_placement, device_memory)
     for stage in chosen:
