@@ -203,6 +203,9 @@ def select(ctx: SelectionContext, k: int) -> SelectionResult:
     aligned = ctx.aligned("flashmorph")
     model = MorphableModel(ctx.running_teacher, aligned)
     rank, world = rank_world()
+    if s.flashmorph_batch_size % world:
+        raise ValueError(f"select.flashmorph_batch_size={s.flashmorph_batch_size} micro-batches must split over the "
+                         f"{world} process(es)")
     data = PasskeyBatches(ctx.tokenizer, ctx.filler(), s.flashmorph_task, s.flashmorph_task_options,
                           s.flashmorph_lengths, s.flashmorph_micro_batch_tokens, ctx.seed, rank, world)
     L = ctx.num_layers

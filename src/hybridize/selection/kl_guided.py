@@ -83,10 +83,12 @@ def short_distill(ctx: SelectionContext, aligned, attention_layers: list[int], n
                          micro_batch_size=s.kl_micro_batch_size, lr=s.kl_lr, min_lr=s.kl_min_lr, schedule="cosine",
                          save_every=100, kl_chunk_tokens=ctx.recipe.distill.kl_chunk_tokens)
     rank, world = rank_world()
-    splits = s.kl_batch_size % (s.kl_micro_batch_size * world) == 0  # else `train` refuses the recipe
+    if s.kl_batch_size % (s.kl_micro_batch_size * world):
+        raise ValueError(f"select.kl_batch_size={s.kl_batch_size} must be a multiple of select.kl_micro_batch_size="
+                         f"{s.kl_micro_batch_size} x {world} process(es)")
     loader = SequenceLoader(PackedSequences(corpus, s.kl_seq_len), s.kl_micro_batch_size, seed=ctx.seed,
                             rank=rank, world_size=world, document_masking=ctx.recipe.document_masking,
-                            global_batch=s.kl_batch_size if splits else None)
+                            global_batch=s.kl_batch_size)
     teacher = ctx.running_teacher
 
     def loss_fn(batch):
