@@ -629,3 +629,32 @@ def test_damaged_loader_state_is_refused(edit, message):
 def test_bad_loader_arguments_name_the_argument(kw, message):
     with pytest.raises(ValueError, match=message):
         loader(**kw)
+
+
+def test_a_global_batch_position_resumes_on_another_split():
+    """With `global_batch`, an optimizer step reads the same sequences however it is split into ranks and
+    micro-batches, an epoch is whole steps (30 windows, steps of 12: 2 steps, 6 windows dropped), and a position
+    saved on 3 ranks of 2 resumes on 2 ranks of 3 or one of 6 at the next global batch."""
+    def steps(batch_size, world, n):
+        ranks = [loader(n_windows=30, batch_size=batch_size, seed=4, rank=r, world_size=world, global_batch=12)
+                 for r in range(world)]
+        accum = 12 // (batch_size * world)
+        out = [sorted(sum((sum(take(ld, accum), []) for ld in ranks), [])) for _ in range(n)]
+        return out, ranks
+
+    reference, _ = steps(6, 1, 5)  # crosses two epoch ends
+    assert all(len(s) == 12 for s in reference) and set(reference[0]) & set(reference[1]) == set()
+    for split in ((2, 3), (3, 2), (1, 4), (12, 1)):
+        assert steps(*split, 5)[0] == reference, split
+    done, saved = steps(2, 3, 3)  # 3 steps on 3 ranks, into the second epoch
+    state = json.loads(json.dumps(saved[0].state_dict()))
+    for batch_size, world in ((3, 2), (6, 1)):
+        resumed = [loader(n_windows=30, batch_size=batch_size, seed=4, rank=r, world_size=world, global_batch=12)
+                   for r in range(world)]
+        for ld in resumed:
+            ld.load_state_dict(state)
+        accum = 12 // (batch_size * world)
+        rest = [sorted(sum((sum(take(ld, accum), []) for ld in resumed), [])) for _ in range(2)]
+        assert done + rest == reference, (batch_size, world)
+    with pytest.raises(ValueError, match="global_batch=12 must be a multiple of batch_size \\* world_size = 5 \\* 1"):
+        loader(n_windows=30, batch_size=5, global_batch=12)

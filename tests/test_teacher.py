@@ -193,10 +193,10 @@ DP_RUN = ["train.tokens=3072", "train.batch_size=4", "train.micro_batch_size=2",
 
 
 def test_torchrun_two_ranks_train_the_same_teacher_as_one(tmp_path):
-    """`torchrun --nproc_per_node 2 -m hybridize teacher` (gloo on the CPU): the ranks average their gradients, so
-    two ranks with micro-batch 2 give the weights of one rank accumulating two micro-batches of 2. Before the
-    gradients were averaged, each rank trained on half the data and rank 0 saved its own half-trained model. Both
-    ranks stop at the same step and resume from rank 0's checkpoint to the uninterrupted run's weights."""
+    """`torchrun --nproc_per_node 2 -m hybridize teacher` (gloo on the CPU, FSDP2): the ranks' gradients are
+    averaged by the reduce-scatter, so two ranks with micro-batch 2 give the weights of one rank accumulating two
+    micro-batches of 2 (ranks that trained on their half of the data alone would not). Both ranks stop at the same
+    step and resume from their sharded checkpoint to the uninterrupted run's weights."""
     import subprocess
     import sys
 

@@ -39,7 +39,8 @@ def _stage_list(text: str) -> list[str]:
 def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder (config.json + safetensors + "
                    "tokenizer) or hub id")
-    p.add_argument("--out", required=True, help="output folder: the final model, and stages/<stage>/ run folders")
+    p.add_argument("--out", default=None, help="output folder: the final model, and stages/<stage>/ run folders "
+                   "(required but with --plan)")
     p.add_argument("--recipe", default=None, help="built-in recipe name or YAML file (default: smoke, a setup check)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set distill.lr=3e-5 (repeatable)")
@@ -63,10 +64,22 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=_non_negative_int, default=None,
                    help="steps between held-out evaluations (default: a tenth of each stage)")
     p.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--teacher-placement", choices=["auto", "replicated", "sharded"], default="auto",
+                   help="under torchrun, the frozen teacher on each GPU: whole (replicated: no all-gathers, faster) or "
+                   "sharded per block like the student; auto: replicated when the memory plan fits, else sharded")
+    p.add_argument("--plan", action="store_true", help="print the memory plan (GiB per GPU of each stage: teacher, "
+                   "student, gradients, optimizer, activations, logits chunk) and exit; reads no weights, so --teacher "
+                   "may also be a built-in shape (qwen3-1.7b, qwen3-8b, qwen3-32b, ...)")
+    p.add_argument("--gpus", type=_positive_int, default=None,
+                   help="--plan: GPUs to plan for (default: torchrun's processes, else 1)")
+    p.add_argument("--shard-size", type=_positive_int, default=None, help="--plan: GPUs that shard one copy of the "
+                   "models (HSDP: HYBRIDIZE_SHARD_SIZE under torchrun; default: all of them)")
+    p.add_argument("--gpu-memory", type=_positive_float, default=None, help="GiB of one GPU: a run whose plan needs "
+                   "more stops before any work (default: the CUDA device's total memory; on the CPU no check)")
 
 
-def _conversion(args: argparse.Namespace):
-    from .pipeline import Conversion, load_recipe
+def _recipe(args: argparse.Namespace):
+    from .pipeline import load_recipe
 
     overrides = list(args.overrides)
     for flag, key in (("mixer", "mixer"), ("budget", "budget"), ("selector", "selector"), ("seed", "seed"),
@@ -80,30 +93,94 @@ def _conversion(args: argparse.Namespace):
     if args.recipe is None:
         print("hybridize: recipe 'smoke' (a quick setup check, not a quality recipe; give --recipe "
               "halo-qwen3-1.7b or your own YAML for a real conversion)", file=sys.stderr)
-    recipe = load_recipe(args.recipe, overrides)
+    return load_recipe(args.recipe, overrides)
+
+
+def _memory_plan(args: argparse.Namespace, recipe, stages: list[str] | None, device: str, memory: int | None):
+    """The memory plan of this command (`pipeline.plan`) for `device` ("cuda" or "cpu") with `memory` bytes per GPU
+    (None: no fit verdict)."""
+    from .distributed import requested_world, shard_size_from_env
+    from .pipeline.plan import load_teacher_config, memory_plan
+
+    name, config = load_teacher_config(args.teacher)
+    gpus = args.gpus or requested_world()
+    shard = args.shard_size or shard_size_from_env(gpus)
+    return memory_plan(config, recipe, world=gpus, shard=shard, device=device, stages=stages,
+                       teacher_placement=args.teacher_placement, device_memory=memory, teacher_name=name)
+
+
+def _run_device(args: argparse.Namespace) -> str:
+    import torch
+
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu")).type
+
+
+def _conversion(args: argparse.Namespace, stages: list[str] | None = None):
+    """The conversion of a command, after its memory plan was checked against the GPU (before any work)."""
+    from .pipeline import Conversion
+
+    from .pipeline.plan import device_memory
+
+    if args.out is None:
+        raise UserError("--out is required (the output folder); only --plan runs without it")
+    recipe = _recipe(args)
+    device = _run_device(args)
+    memory = device_memory(device, args.gpu_memory)  # CUDA's total memory, --gpu-memory, or None on the CPU
+    plan = None
+    if memory is not None:
+        try:
+            plan = _memory_plan(args, recipe, stages, device, memory)
+        except (ValueError, OSError):  # a bad teacher, layer or stage: the conversion says so in its own words
+            plan = None
+    if plan is not None and plan.over():
+        worst = max(plan.over(), key=lambda s: s.peak)
+        raise UserError(f"memory plan: stage {worst.stage} needs {worst.peak / 2**30:.1f} GiB per GPU, more than "
+                        f"{plan.device_memory * 0.9 / 2**30:.1f} GiB (90% of {plan.device_memory / 2**30:.0f}) on "
+                        f"{plan.world} GPU(s); see --plan, then use more GPUs or lower {worst.stage}.micro_batch_size")
     return Conversion(teacher=args.teacher, out=args.out, recipe=recipe, data=args.data, device=args.device,
-                      eval_data=_eval_data(args, default=None), eval_every=args.eval_every)
+                      eval_data=_eval_data(args, default=None), eval_every=args.eval_every,
+                      teacher_placement=args.teacher_placement)
+
+
+def _print_plan(args: argparse.Namespace, stages: list[str] | None) -> None:
+    """`--plan`: the table, for the GPUs of `--device` (default CUDA: the plan is for GPU runs)."""
+    from .distributed import is_main
+
+    from .pipeline.plan import device_memory
+
+    device = "cpu" if args.device is not None and args.device.startswith("cpu") else "cuda"
+    # the fit verdict's figure: --gpu-memory, else this machine's GPU (none when planning from a machine without one)
+    memory = device_memory(device, args.gpu_memory) if args.gpu_memory is not None or device == "cuda" else None
+    plan = _memory_plan(args, _recipe(args), stages, device, memory)
+    if is_main():
+        print(plan.table())
 
 
 def _convert(args: argparse.Namespace) -> None:
     from .distributed import is_main
     from .pipeline import convert
 
-    out = convert(_conversion(args), args.stages)
+    if args.plan:
+        return _print_plan(args, args.stages)
+    out = convert(_conversion(args, args.stages), args.stages)
     if is_main():
         print(f"hybridize: wrote {out} (load it with AutoModelForCausalLM.from_pretrained after `import hybridize`)")
 
 
 def _one_stage(stage: str):
     def run(args: argparse.Namespace) -> None:
+        from .distributed import is_main
         from .pipeline import stages
 
-        conv = _conversion(args)
+        if args.plan:
+            return _print_plan(args, [stage])
+        conv = _conversion(args, [stage])
         record = stages.RUNNERS[stage](conv)
         if stage in ("distill", "finetune"):
             stages.export(conv)
-        print(f"hybridize: {stage} done: " + json.dumps(record.get("result", {k: record[k] for k in ("layers",)
-                                                                              if k in record})))
+        if is_main():
+            shown = record.get("result", {k: record[k] for k in ("layers",) if k in record})
+            print(f"hybridize: {stage} done: " + json.dumps(shown))
 
     return run
 
@@ -113,6 +190,26 @@ def _eval_data(args: argparse.Namespace, default):
     if args.eval_every == 0 or args.eval_data == ["none"]:
         return None
     return default if args.eval_data is None else args.eval_data
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:

@@ -4,6 +4,11 @@ Order: epoch e visits the sequences in the permutation seeded by (seed, e). Glob
 perm[k*B*W : (k+1)*B*W] (B = batch_size, W = world_size), and rank r takes its r-th slice of B; the remainder of
 len(sequences) % (B*W) is dropped at the end of each epoch, so every rank has the same number of steps and no two
 ranks ever get the same sequence in one epoch. The position (epoch, step) is all the state there is.
+
+With `global_batch` G (the sequences of one optimizer step over all ranks, a multiple of B*W) an epoch is
+len(sequences) // G whole optimizer steps instead: the order of the sequences, and which of them make each optimizer
+step (perm[s*G : (s+1)*G]), no longer depend on how G is split into ranks and micro-batches, so a run saved on 4
+ranks resumes on 2 (or 1) at the same global batch: `load_state_dict` then accepts another batch_size and world_size.
 """
 
 from __future__ import annotations
@@ -65,19 +70,29 @@ class SequenceLoader:
     loader would have given)."""
 
     def __init__(self, sequences: PackedSequences, batch_size: int, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, document_masking: bool = True):
+                 world_size: int = 1, document_masking: bool = True, global_batch: int | None = None):
         _check_int("batch_size", batch_size, "a positive int", low=1)
         _check_int("world_size", world_size, "a positive int", low=1)
         _check_int("rank", rank, f"an int in [0, world_size) = [0, {world_size})", low=0, high=world_size)
         _check_int("seed", seed, "a non-negative int", low=0)
-        if len(sequences) < batch_size * world_size:
-            raise ValueError(f"{len(sequences)} sequences cannot fill one global batch of batch_size * world_size = "
-                             f"{batch_size} * {world_size}: give more data, or lower batch_size or seq_len")
+        if global_batch is not None:
+            _check_int("global_batch", global_batch, "a positive int", low=1)
+            if global_batch % (batch_size * world_size):
+                raise ValueError(f"global_batch={global_batch} must be a multiple of batch_size * world_size = "
+                                 f"{batch_size} * {world_size}")
+        if len(sequences) < (global_batch or batch_size * world_size):
+            raise ValueError(f"{len(sequences)} sequences cannot fill one global batch of "
+                             + (f"{global_batch}" if global_batch else f"batch_size * world_size = {batch_size} * "
+                                f"{world_size}") + ": give more data, or lower batch_size or seq_len")
         self.sequences = sequences
         # int(): numpy ints are accepted but would make state_dict() unserialisable as JSON.
         self.batch_size, self.seed, self.rank, self.world_size = map(int, (batch_size, seed, rank, world_size))
+        self.global_batch = None if global_batch is None else int(global_batch)
         self.document_masking = document_masking
-        self.steps_per_epoch = len(sequences) // (batch_size * world_size)
+        if self.global_batch is None:
+            self.steps_per_epoch = len(sequences) // (batch_size * world_size)
+        else:  # whole optimizer steps, each global_batch / (B * W) micro-batches per rank
+            self.steps_per_epoch = len(sequences) // self.global_batch * (self.global_batch // (batch_size * world_size))
         self.epoch = 0
         self.step = 0  # micro-batches of this epoch already given
         self._perm: tuple[int, np.ndarray] | None = None  # (epoch, its permutation), computed once per epoch
@@ -105,21 +120,43 @@ class SequenceLoader:
         return {"epoch": self.epoch, "step": self.step, **self._layout()}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = sorted({"epoch", "step", *self._layout()} - set(state))
+        """Restore a position. With the same `global_batch` on both sides, the saved batch_size and world_size may
+        differ from this loader's (a run resumed on another number of ranks): the position is then converted through
+        the sequences consumed in the epoch, which must be a whole number of this loader's global micro-batches."""
+        layout = self._layout()
+        if "global_batch" not in state:  # a state saved without global_batch: resumable with the same split only
+            layout.pop("global_batch", None)
+        missing = sorted({"epoch", "step", *layout} - set(state))
         if missing:
             raise ValueError(f"loader state lacks {missing}; expected the keys of SequenceLoader.state_dict()")
-        for key, value in self._layout().items():
+        portable = "global_batch" in layout
+        for key, value in layout.items():
+            if portable and key in ("batch_size", "world_size"):
+                continue
             if state[key] != value:
                 raise ValueError(f"cannot resume: the saved loader had {key}={state[key]}, this one has {key}={value}; "
                                  "the same data, seq_len, batch_size, world_size and seed are needed")
         _check_int("state['epoch']", state["epoch"], "a non-negative int", low=0)
-        _check_int("state['step']", state["step"], f"an int in [0, {self.steps_per_epoch})", low=0,
-                   high=self.steps_per_epoch)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        step = state["step"]
+        if portable:
+            _check_int("state['batch_size']", state["batch_size"], "a positive int", low=1)
+            _check_int("state['world_size']", state["world_size"], "a positive int", low=1)
+            _check_int("state['step']", step, "a non-negative int", low=0)
+            consumed = step * state["batch_size"] * state["world_size"]  # sequences of this epoch already used
+            if consumed % (self.batch_size * self.world_size):
+                raise ValueError(f"cannot resume: the saved position ({consumed} sequences into epoch "
+                                 f"{state['epoch']}) is not a whole number of global micro-batches of "
+                                 f"{self.batch_size} x {self.world_size}")
+            step = consumed // (self.batch_size * self.world_size)
+        _check_int("state['step']", step, f"an int in [0, {self.steps_per_epoch})", low=0, high=self.steps_per_epoch)
+        self.epoch, self.step = int(state["epoch"]), int(step)
 
     def _layout(self) -> dict:
-        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
-                "num_sequences": len(self.sequences), "seq_len": self.sequences.seq_len}
+        layout = {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+                  "num_sequences": len(self.sequences), "seq_len": self.sequences.seq_len}
+        if self.global_batch is not None:
+            layout["global_batch"] = self.global_batch
+        return layout
 
 
 def _check_int(name: str, value, allowed: str, low: int, high: int | None = None) -> None:

@@ -5,13 +5,23 @@
 
 Each step: `accum` micro-batches (loss / accum, backward), a finiteness check, clipping, AdamW, the LR schedule,
 a metrics row (metrics.jsonl, TensorBoard when installed, the progress bar), and every `save_every` steps an atomic
-checkpoint: the trainable weights (safetensors), optimizer and scheduler, the data loader's position and the RNG
-states, written to a temporary folder and renamed into place, so that a crash mid-write leaves the last good one
-intact. Started again with the same arguments, a run resumes from its last checkpoint with the same data order and
-ends with the same weights as an uninterrupted run.
+checkpoint: the trainable weights, optimizer and scheduler, the data loader's position and the RNG states, written
+to a temporary folder and renamed into place, so that a crash mid-write leaves the last good one intact. Started
+again with the same arguments, a run resumes from its last checkpoint with the same data order and ends with the
+same weights as an uninterrupted run.
 
-bf16 autocast on CUDA, fp32 on the CPU. The loop is rank-aware (torch.distributed): every process runs it, each on
-its own shard of the data; rank 0 writes the files.
+bf16 autocast on CUDA, fp32 on the CPU. Under torchrun (`hybridize.distributed`) every process runs the loop on its
+own slice of each global batch, with the model wrapped by FSDP2: `units` are its all-gather groups (a student's
+blocks), and whatever a step runs goes through one root module (`Objective`: its forward is `loss_fn`, its
+`evaluate` the held-out evaluation), so that FSDP's hooks gather the parameters and reduce the gradients.
+
+Checkpoint layout (`run_dir/checkpoints/step_NNNNNNN/`):
+    state.json              step, the data loader's position, the world size that wrote it
+    trainable.safetensors   one process: the trainable weights, one file
+    optimizer.pt            one process: optimizer, scheduler and RNG state; sharded: scheduler and RNG only
+    sharded/                several processes: trainable weights and optimizer state as a torch.distributed.checkpoint
+                            (one file per rank plus .metadata), loadable on any number of ranks
+A run resumes from either layout on any number of processes: the loaders' positions count whole global batches.
 """
 
 from __future__ import annotations
@@ -34,7 +44,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..distributed import all_reduce_grads_, all_reduce_mean_, rank_world
+from ..distributed import (all_reduce_mean_, barrier, broadcast_object, full_state_dict, is_main, rank_world,
+                           shard_trained, sharded)
 from .recipe import StageRecipe
 
 KEEP_CHECKPOINTS = 2
@@ -55,6 +66,7 @@ class TrainResult:
     peak_memory_gib: float | None
     resumed_from: int  # step the run resumed from (0 = fresh start)
     finished: bool = True  # False: stopped at max_seconds with a checkpoint; run again to continue
+    final_eval: dict[str, float] | None = None  # evaluate()'s values after the last step (when given)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,6 +83,24 @@ def lr_factor(step: int, recipe: StageRecipe) -> float:
     span = max(1, recipe.steps - recipe.warmup_steps - 1)
     progress = min(1.0, (step - recipe.warmup_steps) / span)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Objective(nn.Module):
+    """What one training step runs, as one module: `forward(batch)` is the stage's loss, `evaluate()` its held-out
+    evaluation. Under FSDP it is the root: the trained model is its one submodule, so everything a step touches
+    (blocks called inside the decoder, the output head called chunk by chunk in the loss) runs inside its hooks. A
+    frozen teacher is reached through the closures, not registered: it has its own FSDP tree (or none)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, evaluate: Callable | None = None):
+        super().__init__()
+        self.model = model
+        self._loss_fn, self._evaluate = loss_fn, evaluate
+
+    def forward(self, batch):
+        return self._loss_fn(batch)
+
+    def evaluate(self) -> dict[str, float]:
+        return self._evaluate()
 
 
 def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,7 +123,7 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -105,38 +135,96 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
+def _sharded_state(model, optimizer) -> dict[str, dict]:
+    """{"model": trainable weights, "optim": optimizer state}, keyed by parameter name (DTensor shards under FSDP):
+    the layout torch.distributed.checkpoint saves and reshards on load."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    msd, osd = get_state_dict(model, optimizer)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {"model": {k: v for k, v in msd.items() if k in trainable}, "optim": osd}
+
+
 def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, loader, step: int) -> Path:
+    """Write step `step`'s checkpoint (every rank calls it under torchrun; each writes its shard) and point `latest`
+    at it once it is complete."""
+    rank, world = rank_world()
     root = run_dir / "checkpoints"
     final = root / f"step_{step:07d}"
-    tmp = root / f".tmp-step_{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_trainable_state(model), tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-               tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict()}))
-    for f in tmp.iterdir():  # on disk before the rename makes them visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer_tmp = root / f".latest-{os.getpid()}"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, root / "latest")
-    for old in sorted(p for p in root.glob("step_*") if p != final)[:-(KEEP_CHECKPOINTS - 1) or None]:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".tmp-step_{step:07d}-{broadcast_object(os.getpid())}"  # rank 0's pid: one folder for all
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    if world == 1:
+        save_file(_trainable_state(model), tmp / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+                   tmp / "optimizer.pt")
+    else:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=tmp / "sharded")  # fsyncs each rank's file
+        if rank == 0:
+            torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "optimizer.pt")
+    if rank == 0:
+        (tmp / "state.json").write_text(json.dumps({"step": step, "loader": loader.state_dict(), "world_size": world}))
+        for f in tmp.iterdir():  # on disk before the rename makes them visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    barrier()  # every rank's shard is written
+    if rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = root / f".latest-{os.getpid()}"
+        pointer_tmp.write_text(final.name)
+        os.replace(pointer_tmp, root / "latest")
+        for old in sorted(p for p in root.glob("step_*") if p != final)[:-(KEEP_CHECKPOINTS - 1) or None]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return final
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, loader) -> int:
-    weights = load_file(path / "trainable.safetensors")
-    missing = set(weights) - {n for n, _ in model.named_parameters()}
-    if missing:
-        raise ValueError(f"checkpoint {path} holds weights this model does not have: {sorted(missing)[:5]}")
-    model.load_state_dict(weights, strict=False)
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
+def _by_name(optimizer_state: dict, names: list[list[str]]) -> dict:
+    """A one-process `optimizer.state_dict()` (parameters numbered in group order) keyed by parameter name, as
+    torch.distributed.checkpoint.state_dict's optimizer functions expect; `names[g]`: group g's parameter names."""
+    number_to_name = {}
+    for saved, group_names in zip(optimizer_state["param_groups"], names):
+        number_to_name.update(zip(saved["params"], group_names))
+    return {"state": {number_to_name[i]: v for i, v in optimizer_state["state"].items()},
+            "param_groups": [{**g, "params": [number_to_name[i] for i in g["params"]]}
+                             for g in optimizer_state["param_groups"]]}
+
+
+def _load_checkpoint(path: Path, model, optimizer, scheduler, loader, names: list[list[str]]) -> int:
+    """Restore a checkpoint of either layout, written by any number of ranks; returns its step. `names`: each
+    optimizer group's parameter names."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict, set_state_dict)
+
+    world = rank_world()[1]
+    if (path / "sharded").is_dir():
+        import torch.distributed.checkpoint as dcp
+
+        state = _sharded_state(model, optimizer)
+        dcp.load(state, checkpoint_id=path / "sharded", no_dist=world == 1)
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=StateDictOptions(strict=False))
+        extra = torch.load(path / "optimizer.pt", weights_only=False)
+    else:
+        weights = load_file(path / "trainable.safetensors")
+        missing = set(weights) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ValueError(f"checkpoint {path} holds weights this model does not have: {sorted(missing)[:5]}")
+        extra = torch.load(path / "optimizer.pt", weights_only=False)
+        if world == 1:
+            model.load_state_dict(weights, strict=False)
+            optimizer.load_state_dict(extra["optimizer"])
+        else:  # a one-process checkpoint resumed under FSDP: every rank reads it whole and keeps its shards
+            full = StateDictOptions(full_state_dict=True, strict=False)
+            set_model_state_dict(model, weights, options=full)
+            set_optimizer_state_dict(model, optimizer, _by_name(extra["optimizer"], names), options=full)
     scheduler.load_state_dict(extra["scheduler"])
     _set_rng_state(extra["rng"])
     state = json.loads((path / "state.json").read_text())
@@ -217,13 +305,22 @@ def _train(
     lr_option: str | None = None,
     evaluate: Callable[[], dict[str, float]] | None = None,
     eval_every: int = 0,
+    units: list | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) one stage. `loss_fn(batch) -> (loss, extra metrics)`; `param_groups` are AdamW groups with
     their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters).
     With `max_seconds`, the run stops at the first step boundary after that long, with a checkpoint, and reports
     `finished=False`: the same call continues it. `lr_option` is the `--set` key a user lowers when the loss blows
-    up (default `<name>.lr`). `evaluate() -> {name: value}` runs every `eval_every` steps and at the last step (rank 0,
-    eval mode, no gradients); its values join that step's metrics as `eval/<name>`."""
+    up (default `<name>.lr`). `evaluate() -> {name: value}` runs every `eval_every` steps and at the last step (every
+    rank, eval mode, no gradients); its values join that step's metrics as `eval/<name>` and the result's
+    `final_eval`. `after_step()` runs after each optimizer step (a projection of the weights, say).
+
+    Under torchrun `model` is wrapped by FSDP2 here (`distributed.shard_trained`), in place: each of `units` (modules
+    of `model`, or lists of modules that share a parameter) is one all-gather group, the rest of `model` is the root's
+    group. `loss_fn` and `evaluate` may call any part of `model` (they run inside the root's hooks); a frozen module
+    they use must be whole on each rank or have an FSDP tree of its own. `param_groups` are matched to the wrapped
+    parameters by name."""
     rank, world = rank_world()
     is_main = rank == 0
     run_dir = Path(run_dir)
@@ -232,6 +329,13 @@ def _train(
     # under torchrun the global batch splits over the ranks: check it divides (the recipe was checked for one rank)
     recipe.validate((lr_option or f"{name}.lr").rsplit(".", 1)[0], world)
     accum = recipe.batch_size // (recipe.micro_batch_size * world)
+    names = _group_names(model, param_groups)
+    objective = Objective(model, loss_fn, evaluate)
+    if sharded():
+        shard_trained(objective, units or [], device, forward_methods=["evaluate"])
+        by_name = dict(model.named_parameters(remove_duplicate=False))
+        for g, group_names in zip(param_groups, names):
+            g["params"] = [by_name[n] for n in group_names]
     for g in param_groups:
         g["initial_lr"] = g["lr"]
     params = [p for g in param_groups for p in g["params"]]
@@ -240,13 +344,21 @@ def _train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, recipe))
     start = 0
     if (ckpt := latest_checkpoint(run_dir)) is not None:
-        start = _load_checkpoint(ckpt, model, optimizer, scheduler, loader)
+        start = _load_checkpoint(ckpt, model, optimizer, scheduler, loader, names)
     metrics_path = run_dir / "metrics.jsonl"
     history = _read_metrics(metrics_path, start)
     if is_main:  # drop rows written after the checkpoint we resumed from
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
     writer = _summary_writer(run_dir) if is_main else None
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+
+    def run_evaluation() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad(), autocast:
+            values = {f"eval/{k}": float(v) for k, v in objective.evaluate().items()}
+        model.train()
+        return values
+
     tokens_per_step = recipe.batch_size * recipe.seq_len
     bar = tqdm(total=steps, initial=start, desc=name, unit="step", disable=not is_main, dynamic_ncols=True)
     if device.type == "cuda":
@@ -254,24 +366,32 @@ def _train(
     t0, tokens_done = time.perf_counter(), 0
     model.train()
     last = start
+    final_eval = None
+    if start == steps and evaluate is not None:  # stopped after its last checkpoint: the final values again
+        final_eval = {k.removeprefix("eval/"): v for k, v in run_evaluation().items()}
     for step in range(start, steps):
         loss_sum, extras = torch.zeros((), device=device), {}
         for _ in range(accum):
             batch = next(loader).to(device)
             with autocast:
-                loss, extra = loss_fn(batch)
-            (loss / accum).backward()
+                loss, extra = objective(batch)
+            (loss / accum).backward()  # under FSDP the gradients are reduce-scattered (averaged) here
             loss_sum += loss.detach().float() / accum
             for k, v in extra.items():  # floats, or 0-d tensors read once per step below (no sync mid-step)
                 extras[k] = extras.get(k, 0.0) + (v.detach().float() if torch.is_tensor(v) else v) / accum
             tokens_done += batch.num_tokens * world
-        if world > 1:  # data parallel (torchrun): every rank steps with the gradient of the whole global batch
-            all_reduce_grads_(params)
-            all_reduce_mean_([loss_sum])
         grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip if recipe.grad_clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over every rank's shards
+            grad_norm = grad_norm.full_tensor()
         on_device = [k for k, v in extras.items() if torch.is_tensor(v)]
-        values = torch.stack([loss_sum, grad_norm.float(), *(extras[k].float() for k in on_device)]).tolist()
-        loss_value, norm_value = values[0], values[1]  # the step's one host sync
+        values = torch.stack([loss_sum, grad_norm.float(), *(extras[k].float() for k in on_device)])
+        if world > 1:  # the logged loss and metrics are the global batch's: the mean over the ranks
+            floats = [k for k in extras if k not in on_device]
+            on_host = torch.tensor([float(extras[k]) for k in floats], dtype=torch.float64, device=device)
+            all_reduce_mean_([values, on_host])
+            extras.update(zip(floats, on_host.tolist()))
+        values = values.tolist()  # the step's one host sync
+        loss_value, norm_value = values[0], values[1]
         extras.update(zip(on_device, values[2:]))
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             bar.close()
@@ -284,13 +404,14 @@ def _train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step()
         elapsed = time.perf_counter() - t0
         evaluated = {}
-        if evaluate is not None and eval_every > 0 and is_main and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            model.eval()
-            with torch.no_grad(), autocast:
-                evaluated = {f"eval/{k}": float(v) for k, v in evaluate().items()}
-            model.train()
+        if evaluate is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            evaluated = run_evaluation()
+            if step + 1 == steps:
+                final_eval = {k.removeprefix("eval/"): v for k, v in evaluated.items()}
         row = {"step": step + 1, "loss": loss_value, "grad_norm": norm_value,
                "tokens": (step + 1) * tokens_per_step, "tokens_per_s": tokens_done / max(elapsed, 1e-9),
                "elapsed_s": elapsed, **{f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(optimizer.param_groups)},
@@ -314,10 +435,7 @@ def _train(
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
         if (step + 1) % recipe.save_every == 0 or step + 1 == steps or out_of_time:
-            if is_main:
-                _save_checkpoint(run_dir, model, optimizer, scheduler, loader, step + 1)
-            if world > 1:
-                dist.barrier()
+            _save_checkpoint(run_dir, model, optimizer, scheduler, loader, step + 1)
         if out_of_time:
             break
     bar.close()
@@ -334,5 +452,40 @@ def _train(
         tokens_per_s=tokens_done / elapsed if tokens_done else 0.0,
         loss_first=sum(losses[:tail]) / tail if losses else float("nan"),
         loss_last=sum(losses[-tail:]) / tail if losses else float("nan"),
-        peak_memory_gib=peak, resumed_from=start, finished=last == steps,
+        peak_memory_gib=peak, resumed_from=start, finished=last == steps, final_eval=final_eval,
     )
+
+
+def _group_names(model: nn.Module, param_groups: list[dict]) -> list[list[str]]:
+    """Each optimizer group's parameters by name in `model` (what survives FSDP's wrapping and keys checkpoints)."""
+    names = {}
+    for n, p in model.named_parameters():
+        names.setdefault(id(p), n)
+    out = []
+    for g in param_groups:
+        missing = [p for p in g["params"] if id(p) not in names]
+        if missing:
+            raise ValueError(f"optimizer group {g.get('name', '?')!r} holds {len(missing)} parameter(s) that are not "
+                             "parameters of the checkpointed model")
+        out.append([names[id(p)] for p in g["params"]])
+    return out
+
+
+def unsharded_copy(model: nn.Module) -> nn.Module | None:
+    """`model` with its whole weights, to save or evaluate alone: the model itself in one process; under torchrun,
+    where `train` sharded it (every rank must call this), a plain copy of the same class and config on rank 0's CPU,
+    holding the gathered weights (None on the other ranks)."""
+    if not sharded():
+        return model
+    weights = full_state_dict(model)
+    if not is_main():
+        return None
+    with torch.device("meta"):  # no second initialisation of a large model: the weights are assigned below
+        whole = type(model)(model.config)
+    whole.load_state_dict(weights, strict=False, assign=True)
+    if getattr(whole.config, "tie_word_embeddings", False):
+        whole.tie_weights()
+    left = [n for n, p in whole.named_parameters() if p.is_meta]
+    if left:
+        raise RuntimeError(f"the gathered weights of {type(model).__name__} lack {left[:5]}")
+    return whole

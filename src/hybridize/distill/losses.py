@@ -20,26 +20,38 @@ Tensor = torch.Tensor
 
 
 def layer_alignment_loss(teacher: nn.Module, student_mixers: nn.ModuleList, input_ids: Tensor,
-                         cu_seqlens: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+                         cu_seqlens: Tensor | None = None,
+                         checkpointing: bool = False) -> tuple[Tensor, list[Tensor]]:
     """Sum over layers of MSE(student mixer_i(a_i), teacher attention_i(a_i)), a_i the teacher's own normed input
     to layer i. The teacher runs on (its outputs flow on), only the student mixers get gradients.
-    Returns (loss, per-layer losses as detached 0-d tensors: reading them is left to the caller, once per step)."""
-    model = teacher.model
-    with torch.no_grad():
-        x = model.embed_tokens(input_ids)
-        info = model.seq_info(x, cu_seqlens=cu_seqlens)
-    total, per_layer = 0.0, []
-    for block, mixer in zip(model.layers, student_mixers):
+    Returns (loss, per-layer losses as detached 0-d tensors: reading them is left to the caller, once per step).
+
+    The teacher runs as one forward of its decoder, each attention's input and output kept by a hook: what FSDP
+    gathers a sharded teacher's blocks in (its decoder is the root, see `pipeline.stages.Conversion`). With
+    `checkpointing` each mixer keeps only its input for backward and runs again there: the L mixers' activations
+    are what stage 1 holds at its peak."""
+    kept = []  # per layer: (a_i (B, T, hidden), target_i (B, T, hidden), the SeqInfo every layer shares)
+
+    def keep(attention, args, output):
+        kept.append((args[0], output[0], args[1]))
+
+    handles = [block.mixer.register_forward_hook(keep) for block in teacher.model.layers]
+    try:
         with torch.no_grad():
-            a = block.input_layernorm(x)
-            target, _ = block.mixer(a, info)
-        out, _ = mixer(a, info)
+            teacher.model(input_ids, cu_seqlens=cu_seqlens, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    total, per_layer = 0.0, []
+    for mixer in student_mixers:
+        a, target, info = kept.pop(0)
+        if checkpointing and torch.is_grad_enabled():
+            out = checkpoint(lambda x, m=mixer, i=info: m(x, i)[0], a, use_reentrant=False)
+        else:
+            out, _ = mixer(a, info)
         loss = F.mse_loss(out.float(), target.float())
         total = total + loss
         per_layer.append(loss.detach())
-        with torch.no_grad():
-            x = x + target
-            x = x + block.mlp(block.post_attention_layernorm(x))
     return total, per_layer
 
 

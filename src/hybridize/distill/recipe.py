@@ -41,7 +41,7 @@ class StageRecipe:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
-    checkpointing: bool = False  # activation checkpointing of the student's blocks
+    checkpointing: bool = False  # activation checkpointing of the student's blocks (align: of each mixer)
     compile: bool = False  # torch.compile the student's blocks
     save_every: int = 100  # steps between checkpoints (and one at the end)
     kl_chunk_tokens: int = 1024  # tokens per chunk of the full-vocabulary KL / CE

@@ -21,6 +21,16 @@ SHAPES: dict[str, dict] = {
         num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=True, max_position_embeddings=40960,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
     ),
+    "qwen3-8b": dict(
+        vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=False, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
+    ),
+    "qwen3-32b": dict(
+        vocab_size=151936, hidden_size=5120, intermediate_size=25600, num_hidden_layers=64, num_attention_heads=64,
+        num_key_value_heads=8, head_dim=128, qk_norm=True, tie_word_embeddings=False, max_position_embeddings=40960,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0}, rms_norm_eps=1e-6,
+    ),
     "llama-3.2-1b": dict(
         vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
         num_key_value_heads=8, head_dim=64, qk_norm=False, tie_word_embeddings=True, max_position_embeddings=131072,

@@ -6,10 +6,18 @@
 Every stage works in `out/stages/<stage>/` (resolved recipe, metrics.jsonl, TensorBoard logs, checkpoints, its
 output model) and is resumable: run again, it continues from its last checkpoint, or returns at once when done.
 `export` writes the final standalone checkpoint (config, safetensors, tokenizer, model card) to `out/`.
+
+Under torchrun every training stage (and the selectors that train: KL-guided, FlashMorph) runs on every rank with
+the student wrapped by FSDP2 (`distill.loop.train`): one all-gather group per decoder block, the embeddings, final
+norm and output head in the root's group. The whole teacher stays in host memory on each rank (weight transfer and
+rank-0 work read it); the stages run `Conversion.frozen_teacher()`, a copy on the GPU that is either whole on every
+rank or sharded per block (`teacher_placement`). Each stage's model is gathered to rank 0 and saved there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +28,17 @@ from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import check_sources
 from ..distill.losses import chunked_ce, chunked_kl, layer_alignment_loss
-from ..distill.loop import TrainResult, last_eval, train
+from ..distill.loop import TrainResult, last_eval, train, unsharded_copy
 from ..distill.recipe import STAGES, Recipe, StageRecipe, save_recipe
-from ..distributed import barrier, is_main, rank0_first, rank_world, single_process
+from ..distributed import barrier, is_main, rank0_first, rank_world, shard_frozen, sharded, single_process
 from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
-from ..selection import SelectionContext, check_synthetic_data, run_selection, write_selection
+from ..selection import TRAINING_SELECTORS, SelectionContext, check_synthetic_data, run_selection, write_selection
 from .recipe import recipe_from_dict
 
 TRAINING_STAGES = ("align", "distill", "finetune")
+TEACHER_PLACEMENTS = ("auto", "replicated", "sharded")
 
 
 @dataclass
@@ -45,12 +54,20 @@ class Conversion:
     eval_data: str | list[str] | None = None
     eval_every: int | None = None
     eval_windows: int = 8
+    # Under torchrun, the frozen teacher on each GPU: "replicated" (whole on every rank: no all-gathers, the faster
+    # one), "sharded" (per block over the ranks, as the student), or "auto": replicated when the memory plan says
+    # it fits the GPU (`pipeline.plan.choose_teacher_placement`), else sharded. Ignored in one process. It does not
+    # change the weights beyond summation order, so it is not part of the recipe.
+    teacher_placement: str = "auto"
     _teacher: Teacher | None = field(default=None, repr=False)
+    _frozen: object = field(default=None, repr=False)
     _corpus: object = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         self.device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.teacher_placement not in TEACHER_PLACEMENTS:
+            raise ValueError(f"teacher_placement={self.teacher_placement!r}; allowed: {list(TEACHER_PLACEMENTS)}")
         if self.data is None:
             self.data = self.recipe.data
         check_sources(self.data)  # a missing file fails now, not after an hour of stage 1
@@ -79,20 +96,75 @@ class Conversion:
         return self.out / "stages" / stage
 
     def load_teacher(self) -> Teacher:
+        """The whole teacher (frozen): on the device in one process; in host memory under torchrun, where the GPUs
+        hold `frozen_teacher()` instead and this one feeds the weight transfer and rank 0's own work."""
         if self._teacher is None:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            self._teacher = load_teacher(self.teacher, dtype=dtype, device=self.device)
+            self._teacher = load_teacher(self.teacher, dtype=dtype, device="cpu" if sharded() else self.device)
             for p in self._teacher.model.parameters():
                 p.requires_grad_(False)
         return self._teacher
+
+    def frozen_teacher(self) -> HybridForCausalLM:
+        """The teacher the training stages run forward: `load_teacher().model` in one process; under torchrun a copy
+        on this rank's device, whole or sharded per block (`teacher_placement`), made once. Sharded, its decoder
+        (`.model`) is the FSDP root: call it, or the whole model, never a block alone; the embeddings, final norm and
+        output head are whole on every rank (the output head runs again in the loss's backward, outside any hook)."""
+        if not sharded():
+            return self.load_teacher().model
+        if self._frozen is None:
+            model = copy.deepcopy(self.load_teacher().model)
+            if self.resolved_teacher_placement() == "replicated":
+                model.to(self.device)
+            else:
+                decoder = model.model
+                whole = [decoder.embed_tokens, decoder.norm, model.lm_head]
+                if decoder.rotary_emb is not None:
+                    whole.append(decoder.rotary_emb)
+                shard_frozen(decoder, decoder.layers, whole, self.device)
+            self._frozen = model.eval().requires_grad_(False)
+        return self._frozen
+
+    def resolved_teacher_placement(self) -> str:
+        """"replicated" or "sharded" (what `teacher_placement="auto"` chose, see there)."""
+        if self.teacher_placement != "auto":
+            return self.teacher_placement
+        from .plan import choose_teacher_placement
+
+        return choose_teacher_placement(self)
+
+    @contextlib.contextmanager
+    def teacher_on_device(self):
+        """`load_teacher()` on the device for the block: work rank 0 does alone under torchrun (a selection), where
+        the whole teacher otherwise waits in host memory. In one process it is there already."""
+        teacher = self.load_teacher()
+        if next(teacher.model.parameters()).device.type == self.device.type:
+            yield teacher
+            return
+        teacher.model.to(self.device)
+        try:
+            yield teacher
+        finally:
+            teacher.model.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def to_device(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A model about to be trained, on the device; under torchrun it stays in host memory and FSDP moves each
+        rank's shards (the whole model on one GPU is what sharding avoids)."""
+        return model if sharded() else model.to(self.device)
 
     def loader(self, stage: str, stage_recipe: StageRecipe) -> SequenceLoader:
         if self._corpus is None:
             self._corpus = tokenize_corpus(self.data, self.load_teacher().tokenizer)
         rank, world = rank_world()
         sequences = PackedSequences(self._corpus, stage_recipe.seq_len)
+        # global_batch: the position resumes on another number of ranks (`train` checks the batch splits over them)
+        global_batch = stage_recipe.batch_size if stage_recipe.batch_size % (stage_recipe.micro_batch_size * world) == 0 \
+            else None
         return SequenceLoader(sequences, stage_recipe.micro_batch_size, seed=self.recipe.seed + STAGES.index(stage),
-                              rank=rank, world_size=world, document_masking=self.recipe.document_masking)
+                              rank=rank, world_size=world, document_masking=self.recipe.document_masking,
+                              global_batch=global_batch)
 
     def seed(self, stage: str) -> None:
         """Seed the fresh parts a stage creates (gates, decays, output norms) so a rerun builds the same model."""
@@ -151,26 +223,30 @@ def align(conv: Conversion) -> dict:
     check_synthetic_data(conv.recipe, teacher.tokenizer, conv.data)  # the selection's prompts fit: fail before training
     run_dir = conv.stage_dir("align")
     conv.seed("align")
-    model = build_student(teacher.model, conv.student_config([])).float().to(conv.device)
+    model = conv.to_device(build_student(teacher.model, conv.student_config([])).float())
     model.requires_grad_(False)
     mixers = torch.nn.ModuleList(layer.mixer for layer in model.model.layers)
     mixers.requires_grad_(True)
-
-    def loss_fn(batch):
-        loss, per_layer = layer_alignment_loss(teacher.model, mixers, batch.input_ids, batch.cu_seqlens)
-        return loss, {f"mse/layer{i}": v for i, v in enumerate(per_layer)}
+    frozen = conv.frozen_teacher()
 
     r = conv.recipe.align
 
-    def heldout(ids):
-        return {"heldout_mse": float(layer_alignment_loss(teacher.model, mixers, ids[:, :-1], None)[0])}
+    def loss_fn(batch):
+        loss, per_layer = layer_alignment_loss(frozen, mixers, batch.input_ids, batch.cu_seqlens, r.checkpointing)
+        return loss, {f"mse/layer{i}": v for i, v in enumerate(per_layer)}
 
+    def heldout(ids):
+        return {"heldout_mse": float(layer_alignment_loss(frozen, mixers, ids[:, :-1], None)[0])}
+
+    # under torchrun: each mixer its own FSDP group (they run one by one, outside their blocks); the frozen rest of
+    # each block and the embeddings and head (never run here) stay sharded
+    decoder = model.model
+    units = [*mixers, *decoder.layers, [decoder.embed_tokens, decoder.norm, model.lm_head]]
     result = train(name="align", run_dir=run_dir, model=model,
                    param_groups=[{"name": "mixers", "params": list(mixers.parameters()), "lr": r.lr}],
-                   loss_fn=loss_fn, loader=conv.loader("align", r), recipe=r, device=conv.device,
+                   loss_fn=loss_fn, loader=conv.loader("align", r), recipe=r, device=conv.device, units=units,
                    **_evaluation(conv, r, heldout))
-    if is_main():
-        model.save_pretrained(run_dir / "model")
+    _save_stage_model(model, run_dir / "model")
     return conv.mark_done("align", _train_record(result, r, conv.data, run_dir, conv.eval_data))
 
 
@@ -180,10 +256,13 @@ def select(conv: Conversion) -> dict:
     selection.json and scores.png into stages/select/."""
     if (done := conv.done("select")) is not None:
         return done
-    if not is_main():  # under torchrun rank 0 selects alone (selectors are not data parallel); wait for its result
+    r = conv.recipe
+    if sharded() and r.keep_layers is None and r.selector in TRAINING_SELECTORS:  # they train under FSDP, every rank
+        return _select(conv)
+    if not is_main():  # under torchrun rank 0 selects alone (these selectors are not data parallel); wait for it
         barrier()
         return conv.done("select")
-    with single_process():
+    with single_process(), conv.teacher_on_device():
         record = _select(conv)
     barrier()
     return record
@@ -201,12 +280,14 @@ def _select(conv: Conversion) -> dict:
         record = {"selector": "explicit", "budget": len(layers), "layers": layers,
                   "scores": [1.0 if i in layers else 0.0 for i in range(L)], "tokens": 0, "seconds": 0.0,
                   "device": device_name(conv.device), "details": {}}
-        write_selection(run_dir, record)
+        if is_main():
+            write_selection(run_dir, record)
     else:
         check_synthetic_data(r, teacher.tokenizer, conv.data)
         aligned = conv.stage_dir("align") / "model" if conv.done("align") else None
         ctx = SelectionContext(teacher=teacher.model, tokenizer=teacher.tokenizer, recipe=r, run_dir=run_dir,
-                               device=conv.device, data=conv.data, aligned_dir=aligned)
+                               device=conv.device, data=conv.data, aligned_dir=aligned,
+                               frozen_teacher=conv.frozen_teacher() if sharded() else None)
         conv.seed("select")
         record = run_selection(r.selector, ctx, r.budget)
     return conv.mark_done("select", {k: v for k, v in record.items() if k != "details"})
@@ -246,10 +327,11 @@ def distill(conv: Conversion) -> dict:
     LR for the new parts and one for what came from the teacher."""
     if (done := conv.done("distill")) is not None:
         return done
-    teacher = conv.load_teacher()
+    teacher = conv.frozen_teacher()
     run_dir = conv.stage_dir("distill")
-    conv.seed("distill")
-    student = assemble(conv).float().to(conv.device)
+    _attention_layers(conv)  # a selection still to run seeds itself: before this stage's seed, not between it and
+    conv.seed("distill")     # the fresh parts it seeds (under torchrun rank 0 selects alone: the ranks would differ)
+    student = conv.to_device(assemble(conv).float())
     r = conv.recipe.distill
     _prepare(student, r)
     new = [p for n, p in student.named_parameters() if _new_parameter(n, student.config)]
@@ -259,21 +341,21 @@ def distill(conv: Conversion) -> dict:
 
     def loss_fn(batch):
         with torch.no_grad():
-            t_hidden = teacher.model.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
+            t_hidden = teacher.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
         s_hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
-        return chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.model.lm_head, r.kl_chunk_tokens), {}
+        return chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.lm_head, r.kl_chunk_tokens), {}
 
     def heldout(ids):
         x = ids[:, :-1]
-        t_hidden = teacher.model.model(x, use_cache=False).last_hidden_state
+        t_hidden = teacher.model(x, use_cache=False).last_hidden_state
         s_hidden = student.model(x, use_cache=False).last_hidden_state
-        kl = chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.model.lm_head, r.kl_chunk_tokens)
+        kl = chunked_kl(s_hidden, t_hidden, student.lm_head, teacher.lm_head, r.kl_chunk_tokens)
         return {"heldout_kl": float(kl)}
 
     result = train(name="distill", run_dir=run_dir, model=student, param_groups=groups, loss_fn=loss_fn,
-                   loader=conv.loader("distill", r), recipe=r, device=conv.device, **_evaluation(conv, r, heldout))
-    if is_main():
-        _save(student, run_dir / "model")
+                   loader=conv.loader("distill", r), recipe=r, device=conv.device, units=list(student.model.layers),
+                   **_evaluation(conv, r, heldout))
+    _save_stage_model(student, run_dir / "model")
     return conv.mark_done("distill", _train_record(result, r, conv.data, run_dir, conv.eval_data))
 
 
@@ -283,9 +365,11 @@ def finetune(conv: Conversion) -> dict:
         return done
     run_dir = conv.stage_dir("finetune")
     previous = conv.stage_dir("distill") / "model"
+    if not previous.is_dir():
+        _attention_layers(conv)  # as in distill: any selection before the seed
     conv.seed("finetune")
     student = HybridForCausalLM.from_pretrained(previous) if previous.is_dir() else assemble(conv)
-    student = student.float().to(conv.device)
+    student = conv.to_device(student.float())
     r = conv.recipe.finetune
     _prepare(student, r)
 
@@ -296,9 +380,8 @@ def finetune(conv: Conversion) -> dict:
     result = train(name="finetune", run_dir=run_dir, model=student,
                    param_groups=[{"name": "all", "params": list(student.parameters()), "lr": r.lr}],
                    loss_fn=loss_fn, loader=conv.loader("finetune", r), recipe=r, device=conv.device,
-                   **_evaluation(conv, r, lambda ids: heldout_lm(student, ids)))
-    if is_main():
-        _save(student, run_dir / "model")
+                   units=list(student.model.layers), **_evaluation(conv, r, lambda ids: heldout_lm(student, ids)))
+    _save_stage_model(student, run_dir / "model")
     return conv.mark_done("finetune", _train_record(result, r, conv.data, run_dir, conv.eval_data))
 
 
@@ -309,6 +392,14 @@ def _prepare(student: HybridForCausalLM, r: StageRecipe) -> None:
     if r.compile:
         for layer in student.model.layers:
             layer.compile()
+
+
+def _save_stage_model(model: HybridForCausalLM, path: Path) -> None:
+    """A stage's trained model to `path` (rank 0 writes it; under torchrun every rank gathers its shards first)."""
+    whole = unsharded_copy(model)
+    if is_main():
+        _save(whole, path)
+    barrier()
 
 
 def _save(model: HybridForCausalLM, path: Path) -> None:

@@ -11,6 +11,7 @@ import time
 
 from ..data.sources import iter_documents
 from ..data.synthetic import FillerTokens, generate, task_config
+from ..distributed import is_main
 from ..provenance import device_name
 from . import flashmorph, halo, kl_guided, random_layers, uniform
 from .base import Selector, SelectionContext, SelectionResult, swap_config, swapped_model, top_k
@@ -31,6 +32,9 @@ GROUP_SELECTORS: dict[str, Selector] = {
     "random": random_layers.select_groups,
     "flashmorph": flashmorph.select_groups,
 }
+# The selectors that train (with the shared loop): under torchrun they run on every rank, their models sharded by
+# FSDP like a stage's; the others run on rank 0 alone.
+TRAINING_SELECTORS = ("kl_guided", "flashmorph")
 
 
 def get_selector(name: str) -> Selector:
@@ -60,7 +64,8 @@ def run_selection(name: str, ctx: SelectionContext, budget: float | int | str) -
     record = {"selector": name, "budget": budget, "layers": sorted(layers),
               "scores": [float(s) for s in result.scores], "tokens": int(result.tokens), "seconds": seconds,
               "device": device_name(ctx.device), "details": result.details}
-    write_selection(ctx.run_dir, record)
+    if is_main():
+        write_selection(ctx.run_dir, record)
     return record
 
 
@@ -110,6 +115,7 @@ def check_synthetic_data(recipe, tokenizer, data) -> None:
                 raise ValueError(f"select.{name}: {err}") from None
 
 
-__all__ = ["GROUP_SELECTORS", "SELECTORS", "SelectionContext", "SelectionResult", "Selector", "check_synthetic_data", "get_selector",
+__all__ = ["GROUP_SELECTORS", "SELECTORS", "TRAINING_SELECTORS", "SelectionContext", "SelectionResult", "Selector",
+           "check_synthetic_data", "get_selector",
            "resolve_budget",
            "run_selection", "swap_config", "swapped_model", "top_k", "uniform_groups", "uniform_layers", "write_selection"]

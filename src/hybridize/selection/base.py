@@ -2,7 +2,8 @@
 
     result = selector(ctx, k)     # SelectionResult: k distinct layers, one score per layer, tokens spent, details
 
-`SelectionContext` carries the teacher (an all-attention `HybridForCausalLM`, frozen), its tokenizer, the recipe
+`SelectionContext` carries the teacher (an all-attention `HybridForCausalLM`, frozen; under torchrun, where the
+selectors that train run on every rank, also the copy of it sharded over the ranks: `frozen_teacher`), its tokenizer, the recipe
 (whose `select` section holds the selectors' numbers and whose seed seeds them), the data spec, the device, the run
 directory and, for the selectors that need them, the stage-1 mixers (`ctx.aligned()`: an all-linear model whose
 layer i holds the aligned mixer of layer i).
@@ -21,6 +22,7 @@ from ..convert import build_student, student_config
 from ..data.sources import iter_documents
 from ..data.synthetic import FillerTokens
 from ..distill.recipe import Recipe
+from ..distributed import sharded
 from ..models import HybridConfig, HybridForCausalLM
 
 
@@ -43,11 +45,19 @@ class SelectionContext:
     data: str | list[str] | None = None  # the conversion's data spec (None = the built-in corpus)
     aligned_dir: Path | None = None  # stage 1's all-linear model (stages/align/model), when stage 1 has run
     aligned_model: HybridForCausalLM | None = None  # or the model itself (then aligned_dir is not read)
+    # what training selectors run the teacher forward with (under torchrun: `Conversion.frozen_teacher()`, whose
+    # decoder is an FSDP root); None: `teacher`. `teacher` itself keeps feeding the weight transfer.
+    frozen_teacher: HybridForCausalLM | None = None
     _filler: FillerTokens | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
         self.device = torch.device(self.device)
+
+    @property
+    def running_teacher(self) -> HybridForCausalLM:
+        """The teacher to run forward in training (see `frozen_teacher`)."""
+        return self.teacher if self.frozen_teacher is None else self.frozen_teacher
 
     @property
     def settings(self):
@@ -78,7 +88,9 @@ class SelectionContext:
         if model.config.num_hidden_layers != self.num_layers or model.config.attention_layers:
             raise ValueError(f"the aligned model must be all-linear with {self.num_layers} layers like the teacher, "
                              f"got layer_types {model.config.layer_types}")
-        self.aligned_model = model.to(self.device).eval().requires_grad_(False)
+        if not sharded():  # under torchrun FSDP moves the shards of what a selector trains with
+            model = model.to(self.device)
+        self.aligned_model = model.eval().requires_grad_(False)
         return self.aligned_model
 
     def filler(self) -> FillerTokens:

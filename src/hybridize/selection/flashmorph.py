@@ -21,9 +21,13 @@ optimizer step, rather than a_l = sigmoid(w_l):
 * A gate can reach exactly 0 or 1, where the morphable layer *is* the linear layer or the attention layer the final
   hybrid will have; projected gradient descent may also bring a gate back from 0 when the MSE asks for it (a clamp
   inside the forward would block its gradient for good).
-The projection runs at the start of each loss evaluation (the shared loop has no post-step hook): the same as
-right after the previous step, since nothing reads the gates in between (a checkpoint may hold an unprojected
-step, projected again on resume); the final gates are projected too.
+The projection runs after each optimizer step (the loop's `after_step`) and again at the start of each loss
+evaluation, where it changes nothing unless a checkpoint from before the first held an unprojected step; the final
+gates are projected too.
+
+The morphable model runs the teacher's own decoder with hooks: one on each attention that mixes in the aligned
+mixer's output, one on each block that keeps the residual stream. So under torchrun the teacher may be sharded per
+block (FSDP gathers a block when it runs, as in the stages), and the aligned mixers are FSDP groups of their own.
 
 Gates that end equal (several can sit at 0) are ordered by their mean over training: the one that fell later did
 more work.
@@ -32,8 +36,10 @@ At the granularity of KV-head groups (`select_groups`, for an intra-layer conver
 level) there is one gate a_lj per layer and KV-head group, and each head h of group j mixes its own outputs before the
 layer's output projection: Wo^T (a_lj * attention_h) + Wo^L ((1 - a_lj) * mixer_h), with Wo^T the teacher's
 projection and Wo^L the aligned mixer's (the columns an intra-layer student takes for those heads). The loss is the
-same, lambda * sum over every gate; the k largest gates keep attention. The training runs in the shared loop (`distill.loop.train`): checkpoints (the gates + optimizer),
-resume, metrics.jsonl with every gate at every step, TensorBoard.
+same, lambda * sum over every gate; the k largest gates keep attention.
+
+The training runs in the shared loop (`distill.loop.train`): checkpoints (the gates + optimizer), resume,
+metrics.jsonl with every gate at every step, TensorBoard.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from ..data.loader import IGNORE_INDEX, Batch
 from ..data.synthetic import FillerTokens, generate, task_config
 from ..distill.loop import train
 from ..distill.recipe import StageRecipe
+from ..distributed import rank_world
 from ..models import HybridForCausalLM
 from .base import SelectionContext, SelectionResult, top_k
 
@@ -57,17 +64,23 @@ Tensor = torch.Tensor
 class MorphableModel(nn.Module):
     """The teacher with every layer's mixer output = a_l * attention_l + (1 - a_l) * aligned mixer_l (frozen), the
     gates `gates` (L,) fp32 the only trainable parameters; with `groups=True` one gate per layer and KV-head group,
-    (L, G), mixing each head's outputs before the output projections (module docstring)."""
+    (L, G), mixing each head's outputs before the output projections (module docstring). The teacher is held, not
+    registered as a submodule: it is the conversion's, and under torchrun it has an FSDP tree of its own."""
 
     def __init__(self, teacher: HybridForCausalLM, aligned: HybridForCausalLM, groups: bool = False):
         super().__init__()
         L = teacher.config.num_hidden_layers
         if aligned.config.num_hidden_layers != L:
             raise ValueError(f"the aligned model has {aligned.config.num_hidden_layers} layers, the teacher {L}")
-        self.teacher = teacher.requires_grad_(False)
+        self._teacher = [teacher.requires_grad_(False)]
         self.mixers = nn.ModuleList(layer.mixer for layer in aligned.model.layers).requires_grad_(False)
         shape = (L, teacher.config.num_key_value_heads) if groups else (L,)
-        self.gates = nn.Parameter(torch.ones(shape, dtype=torch.float32, device=next(teacher.parameters()).device))
+        self.gates = nn.Parameter(torch.ones(shape, dtype=torch.float32,
+                                             device=teacher.model.embed_tokens.weight.device))
+
+    @property
+    def teacher(self) -> HybridForCausalLM:
+        return self._teacher[0]
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -77,32 +90,57 @@ class MorphableModel(nn.Module):
                 gates: Tensor | None = None) -> list[Tensor]:
         """The residual stream after each block, L tensors (B, T, hidden). `gates` (L,) overrides the learned ones."""
         a = self.gates if gates is None else gates
-        model = self.teacher.model
-        x = model.embed_tokens(input_ids)  # (B, T, hidden)
-        info = model.seq_info(x, cu_seqlens=cu_seqlens)
-        out = []
-        for l, (block, mixer) in enumerate(zip(model.layers, self.mixers)):
-            h = block.input_layernorm(x)
-            if a.dim() == 1:
-                attn, _ = block.mixer(h, info)
-                lin, _ = mixer(h, info)
-                x = x + a[l] * attn + (1 - a[l]) * lin  # a 0-dim gate keeps the activations' dtype
-            else:
-                x = x + _headwise(block.mixer, h, info, a[l]) + _headwise(mixer, h, info, 1 - a[l])
-            x = x + block.mlp(block.post_attention_layernorm(x))
-            out.append(x)
-        return out
+        headwise = a.dim() == 2  # one gate per KV-head group: each head scaled before the output projections
+
+        def morph(l: int):
+            def hook(attention, args, output):  # args: (normed input (B, T, hidden), SeqInfo, state)
+                attn, state = output
+                if headwise:  # the attention's own heads were scaled by a[l] on their way into its o_proj
+                    return attn + _headwise(self.mixers[l], args[0], args[1], 1 - a[l]), state
+                lin, _ = self.mixers[l](args[0], args[1])
+                return a[l] * attn + (1 - a[l]) * lin, state  # a 0-dim gate keeps the activations' dtype
+
+            return hook
+
+        layers = self.teacher.model.layers
+        handles = [block.mixer.register_forward_hook(morph(l)) for l, block in enumerate(layers)]
+        if headwise:
+            handles += [block.mixer.o_proj.register_forward_pre_hook(_scale_heads(a[l]))
+                        for l, block in enumerate(layers)]
+        try:
+            return _residual_streams(self.teacher, input_ids, cu_seqlens)
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _residual_streams(teacher: HybridForCausalLM, input_ids: Tensor, cu_seqlens: Tensor | None) -> list[Tensor]:
+    """The teacher decoder's residual stream after each block, L tensors (B, T, hidden), kept by hooks while the
+    decoder runs (its forward is what FSDP gathers a sharded teacher's blocks in)."""
+    out = []
+    handles = [block.register_forward_hook(lambda block, args, output: out.append(output))
+               for block in teacher.model.layers]
+    try:
+        teacher.model(input_ids, cu_seqlens=cu_seqlens, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def _scale_heads(gates: Tensor):
+    """A forward pre-hook for an output projection: its input (B, T, H * d) scaled per head by the gate of the head's
+    KV-head group, `gates` (G,) with H / G consecutive heads per group."""
+    def scale(module, args):
+        o = args[0]
+        return (o * gates.repeat_interleave(o.shape[-1] // gates.numel()).to(o.dtype),)
+
+    return scale
 
 
 def _headwise(mixer: nn.Module, h: Tensor, info, gates: Tensor) -> Tensor:
-    """`mixer(h)` with the input of its output projection (B, T, H * d) scaled per head by the gate of the head's
-    KV-head group: `gates` (G,), H / G consecutive heads per group."""
-    def scale(module, args):
-        o = args[0]
-        per_channel = gates.repeat_interleave(o.shape[-1] // gates.numel()).to(o.dtype)
-        return (o * per_channel,)
-
-    hook = mixer.o_proj.register_forward_pre_hook(scale)
+    """`mixer(h)` with the input of its output projection scaled per head by `gates` (`_scale_heads`)."""
+    hook = mixer.o_proj.register_forward_pre_hook(_scale_heads(gates))
     try:
         y, _ = mixer(h, info)
     finally:
@@ -113,14 +151,7 @@ def _headwise(mixer: nn.Module, h: Tensor, info, gates: Tensor) -> Tensor:
 @torch.no_grad()
 def teacher_states(teacher: HybridForCausalLM, input_ids: Tensor, cu_seqlens: Tensor | None = None) -> list[Tensor]:
     """The teacher's residual stream after each block, L tensors (B, T, hidden)."""
-    model = teacher.model
-    x = model.embed_tokens(input_ids)
-    info = model.seq_info(x, cu_seqlens=cu_seqlens)
-    out = []
-    for block in model.layers:
-        x = block(x, info)
-        out.append(x)
-    return out
+    return _residual_streams(teacher, input_ids, cu_seqlens)
 
 
 def answer_positions(labels: Tensor) -> Tensor:
@@ -148,25 +179,29 @@ class PasskeyBatches:
     as fit `micro_batch_tokens` (at least one), as rows (B, T) right-padded to the longest answer. Pads only follow
     an example, so plain causal attention needs no mask and nothing before them changes; their labels are -100.
     Example b of micro-batch m is `generate(config, seed * 10**12 + m * 10**6 + b)`: a pure function of (config,
-    seed, m), so the position m is the whole state (resumable)."""
+    seed, m), so the position m is the whole state (resumable). On `world` ranks, rank r takes micro-batches
+    m = r, r + world, ...: the micro-batches of an optimizer step do not depend on the number of ranks, and the
+    position (micro-batches taken by all ranks) resumes on any number of them."""
 
     def __init__(self, tokenizer, filler: FillerTokens, task: str, options: dict, lengths: list[int],
-                 micro_batch_tokens: int, seed: int):
+                 micro_batch_tokens: int, seed: int, rank: int = 0, world: int = 1):
         self.configs = [task_config(task, length=n, **options) for n in lengths]
         self.tokenizer, self.filler = tokenizer, filler
         self.pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
         self.micro_batch_tokens, self.seed = micro_batch_tokens, seed
-        self.step = 0
+        self.rank, self.world = rank, world
+        self.step = 0  # micro-batches taken so far, by all ranks
 
     def __iter__(self) -> PasskeyBatches:
         return self
 
     def __next__(self) -> Batch:
-        cfg = self.configs[self.step % len(self.configs)]
+        m = self.step + self.rank
+        cfg = self.configs[m % len(self.configs)]
         count = max(1, self.micro_batch_tokens // cfg.length)
         if count >= 10**6:
             raise ValueError(f"{count} examples per micro-batch; use fewer micro-batch tokens or longer prompts")
-        examples = [generate(cfg, self.seed * 10**12 + self.step * 10**6 + b, self.tokenizer, self.filler)
+        examples = [generate(cfg, self.seed * 10**12 + m * 10**6 + b, self.tokenizer, self.filler)
                     for b in range(count)]
         T = max(len(ex.input_ids) for ex in examples)  # prompt (cfg.length) + the longest answer
         ids = torch.full((count, T), self.pad, dtype=torch.long)
@@ -174,7 +209,7 @@ class PasskeyBatches:
         for b, ex in enumerate(examples):
             ids[b, :len(ex.input_ids)] = torch.tensor(ex.input_ids)
             labels[b, :len(ex.labels)] = torch.tensor(ex.labels)
-        self.step += 1
+        self.step += self.world
         return Batch(ids, labels, None, count * T)
 
     def state_dict(self) -> dict:
@@ -212,9 +247,13 @@ def select_groups(ctx: SelectionContext, k: int) -> SelectionResult:
 def _select(ctx: SelectionContext, k: int, groups: bool) -> SelectionResult:
     s = ctx.settings
     aligned = ctx.aligned("flashmorph")
-    model = MorphableModel(ctx.teacher, aligned, groups=groups)
+    model = MorphableModel(ctx.running_teacher, aligned, groups=groups)
+    rank, world = rank_world()
+    if s.flashmorph_batch_size % world:
+        raise ValueError(f"select.flashmorph_batch_size={s.flashmorph_batch_size} micro-batches must split over the "
+                         f"{world} process(es)")
     data = PasskeyBatches(ctx.tokenizer, ctx.filler(), s.flashmorph_task, s.flashmorph_task_options,
-                          s.flashmorph_lengths, s.flashmorph_micro_batch_tokens, ctx.seed)
+                          s.flashmorph_lengths, s.flashmorph_micro_batch_tokens, ctx.seed, rank, world)
     names = [str(i) for i in range(ctx.num_layers)]
     if groups:
         names = [f"{i}.{j}" for i in range(ctx.num_layers) for j in range(model.gates.shape[1])]
@@ -231,12 +270,13 @@ def _select(ctx: SelectionContext, k: int, groups: bool) -> SelectionResult:
         result = train(name="flashmorph", run_dir=run_dir, model=model,
                        param_groups=[{"name": "gates", "params": [model.gates], "lr": s.flashmorph_lr}],
                        loss_fn=loss_fn, loader=data, recipe=recipe, device=ctx.device,
-                       lr_option="select.flashmorph_lr")
+                       lr_option="select.flashmorph_lr", units=list(model.mixers), after_step=model.project_)
     finally:  # the loop put the shared teacher and mixers in training mode
-        ctx.teacher.eval()
+        ctx.running_teacher.eval()
         aligned.eval()
     model.project_()
-    gates = model.gates.detach().cpu().flatten().tolist()
+    gates = model.gates.detach()
+    gates = (gates.full_tensor() if hasattr(gates, "full_tensor") else gates).cpu().flatten().tolist()  # FSDP shards it
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     mean_gate = [sum(r[f"gate/{n}"] for r in rows) / len(rows) for n in names]
     chosen = top_k(gates, k, tiebreak=mean_gate)

@@ -11,7 +11,8 @@ gets the same treatment, and layer i scores
     KL(all-linear) - KL(attention in layer i)       (how much restoring layer i lowers the KL; keep the k highest)
 
 Each run works in `kl_guided/<all_linear|layer<i>>/` through the shared loop (checkpoints, resume, metrics.jsonl) and
-leaves its result.json there, so a stopped selection resumes where it stopped.
+leaves its result.json there, so a stopped selection resumes where it stopped. Under torchrun every rank runs it,
+the student sharded by FSDP like stage 2's, and the KL is measured as the loop's final evaluation (every rank).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..data.loader import Batch, collate
 from ..distill.losses import chunked_kl
 from ..distill.loop import train
 from ..distill.recipe import StageRecipe
+from ..distributed import barrier, is_main, rank_world, sharded
 from .base import SelectionContext, SelectionResult, top_k
 
 
@@ -73,14 +75,21 @@ def short_distill(ctx: SelectionContext, aligned, attention_layers: list[int], n
     if done.is_file():
         return json.loads(done.read_text())
     torch.manual_seed(ctx.seed)  # the same fresh parts (attention output gate, ...) for every candidate
-    student = build_student(ctx.teacher, ctx.student_config(attention_layers), aligned).float().to(ctx.device)
+    student = build_student(ctx.teacher, ctx.student_config(attention_layers), aligned).float()
+    if not sharded():  # under torchrun FSDP moves each rank's shards
+        student = student.to(ctx.device)
     student.requires_grad_(True)
     recipe = StageRecipe(tokens=s.kl_tokens, seq_len=s.kl_seq_len, batch_size=s.kl_batch_size,
                          micro_batch_size=s.kl_micro_batch_size, lr=s.kl_lr, min_lr=s.kl_min_lr, schedule="cosine",
                          save_every=100, kl_chunk_tokens=ctx.recipe.distill.kl_chunk_tokens)
+    rank, world = rank_world()
+    if s.kl_batch_size % (s.kl_micro_batch_size * world):
+        raise ValueError(f"select.kl_batch_size={s.kl_batch_size} must be a multiple of select.kl_micro_batch_size="
+                         f"{s.kl_micro_batch_size} x {world} process(es)")
     loader = SequenceLoader(PackedSequences(corpus, s.kl_seq_len), s.kl_micro_batch_size, seed=ctx.seed,
-                            document_masking=ctx.recipe.document_masking)
-    teacher = ctx.teacher
+                            rank=rank, world_size=world, document_masking=ctx.recipe.document_masking,
+                            global_batch=s.kl_batch_size)
+    teacher = ctx.running_teacher
 
     def loss_fn(batch):
         with torch.no_grad():
@@ -88,18 +97,23 @@ def short_distill(ctx: SelectionContext, aligned, attention_layers: list[int], n
         h = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
         return chunked_kl(h, t, student.lm_head, teacher.lm_head, recipe.kl_chunk_tokens), {}
 
+    def evaluate():  # the loop runs it after the last step, on every rank (under FSDP inside the root's hooks)
+        return {"kl": measure_kl(student, teacher, batches, ctx.device, recipe.kl_chunk_tokens)}
+
     try:
         result = train(name=f"kl_guided/{name}", run_dir=run_dir, model=student,
                        param_groups=[{"name": "all", "params": list(student.parameters()), "lr": s.kl_lr}],
                        loss_fn=loss_fn, loader=loader, recipe=recipe, device=ctx.device,
-                       lr_option="select.kl_lr")
+                       lr_option="select.kl_lr", evaluate=evaluate, eval_every=recipe.steps,
+                       units=list(student.model.layers))
     finally:
         teacher.eval()
-    kl = measure_kl(student, teacher, batches, ctx.device, recipe.kl_chunk_tokens)
-    row = {"attention_layers": attention_layers, "kl": kl, "train_loss_first": result.loss_first,
-           "train_loss_last": result.loss_last, "train_tokens": result.tokens,
+    row = {"attention_layers": attention_layers, "kl": result.final_eval["kl"],
+           "train_loss_first": result.loss_first, "train_loss_last": result.loss_last, "train_tokens": result.tokens,
            "eval_tokens": sum(b.num_tokens for b in batches)}
-    done.write_text(json.dumps(row))
+    if is_main():
+        done.write_text(json.dumps(row))
+    barrier()
     del student
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()

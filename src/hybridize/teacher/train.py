@@ -31,8 +31,8 @@ from ..data.synthetic import IGNORE_INDEX, WORDS, FillerTokens, generate, task_c
 from ..data.synthetic.tokens import encode, special_prefix
 from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
-from ..distill.loop import TrainResult, last_eval, train
-from ..distributed import barrier, is_main, rank0_first, rank_world
+from ..distill.loop import TrainResult, last_eval, train, unsharded_copy
+from ..distributed import barrier, is_main, rank0_first, rank_world, sharded
 from ..provenance import device_name, provenance
 from .recipe import TeacherRecipe, teacher_recipe
 
@@ -97,9 +97,15 @@ class EpisodeMixer:
         r = recipe.train
         self.recipe, self.tokenizer, self.filler = recipe, tokenizer, filler
         self.rows = recipe.episode_rows
+        # the corpus rows of one optimizer step, which makes the position one that any number of ranks resumes from;
+        # None where the recipe's batch does not split over these ranks (the training loop refuses that recipe)
+        corpus_rows = r.micro_batch_size - self.rows
+        global_batch = r.batch_size // r.micro_batch_size * corpus_rows
+        if r.batch_size % (r.micro_batch_size * world) or corpus_rows < 1:
+            global_batch = None
         self.corpus = None if corpus is None else SequenceLoader(  # None: episodes only (`episode_documents`)
-            PackedSequences(corpus, r.seq_len), r.micro_batch_size - self.rows, seed=recipe.seed, rank=rank,
-            world_size=world, document_masking=False)
+            PackedSequences(corpus, r.seq_len), corpus_rows, seed=recipe.seed, rank=rank, world_size=world,
+            document_masking=False, global_batch=global_batch)
         self.count = 0  # episodes drawn so far, over all ranks
         self.rank, self.world = rank, world
         self.options = {"passkey": {"words_per_passkey": recipe.passkey_words},
@@ -293,7 +299,9 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(recipe.seed)
-    model = Qwen3ForCausalLM(recipe.model_config(tokenizer)).to(device)
+    model = Qwen3ForCausalLM(recipe.model_config(tokenizer))
+    if not sharded():  # under torchrun FSDP moves each rank's shards to the device
+        model.to(device)
     if recipe.train.checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     corpus = tokenize_corpus(recipe.data, tokenizer)
@@ -302,6 +310,9 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
     if data_workers is None:
         data_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
     loader = EpisodeMixer(recipe, corpus, tokenizer, filler, rank, world, workers=data_workers)
+    # under torchrun: FSDP2 with one all-gather group per decoder layer (the embedding, tied to the output head, and
+    # the final norm are the root's)
+    units = list(model.model.layers)
     evaluate = (None if eval_data is None
                 else heldout_evaluator(model, tokenizer, eval_data, recipe.max_position_embeddings, eval_windows))
     if eval_every is None:
@@ -313,11 +324,13 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                        loss_fn=lambda b: teacher_loss(model, b, recipe.train.kl_chunk_tokens), loader=loader,
                        recipe=recipe.train, device=device,
                        max_seconds=None if max_minutes is None else 60 * max_minutes, lr_option="train.lr",
-                       evaluate=evaluate, eval_every=eval_every)
+                       evaluate=evaluate, eval_every=eval_every, units=units)
     finally:
         loader.close()
+    if result.finished:
+        model = unsharded_copy(model)  # under torchrun: gathered onto rank 0 (every rank takes part)
     if result.finished and is_main():
-        if recipe.train.checkpointing:
+        if recipe.train.checkpointing and not sharded():
             getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
