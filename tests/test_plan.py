@@ -110,3 +110,23 @@ def test_plan_vs_measured_script_runs_on_the_cpu(tmp_path):
     assert all(r["planned_gib"] > 0 and r["measured_gib"] is None for r in record["stages"])
     assert {"command", "commit", "device"} <= set(record)
     assert json.loads((tmp_path / "pvm" / "plan_vs_measured.json").read_text()) == record
+
+
+def test_plan_of_an_intra_layer_conversion_counts_both_branches():
+    """fusion=intra: the student's every layer splits its heads (25% of the KV-head groups in each); the plan runs
+    and its stage-2 activations lie between an all-attention and an all-linear student's."""
+    from hybridize import HybridConfig
+    from hybridize.models.shapes import shape_config
+    from hybridize.pipeline import load_recipe
+    from hybridize.pipeline.plan import _mixer_bytes
+    from hybridize.convert import student_config
+
+    teacher = HybridConfig(**shape_config("qwen3-1.7b"))
+    plan = memory_plan(teacher, load_recipe("halo-qwen3-1.7b", ["fusion=intra"]))
+    assert [s.stage for s in plan.stages] == ["align", "distill", "finetune"] and plan.fits
+    intra = student_config(teacher, [], "lightning", kv_groups=[[3, 7]] * 28)
+    linear = student_config(teacher, [], "lightning")
+    assert intra.layer_types == ["hybrid"] * 28
+    attention = _mixer_bytes(teacher, 0, 2)
+    assert min(attention, _mixer_bytes(linear, 0, 2)) < _mixer_bytes(intra, 0, 2) < \
+        attention + _mixer_bytes(linear, 0, 2)

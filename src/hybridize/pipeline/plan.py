@@ -175,7 +175,15 @@ _FP32_FACTOR = 1.6
 
 def _mixer_bytes(config: HybridConfig, layer: int, compute: int, fp32_input: bool = True) -> float:
     """Bytes per token a trained mixer saves (see above); `fp32_input`: the casts of an fp32 residual input."""
-    if config.layer_types[layer] == "linear_attention":
+    kind = config.layer_types[layer]
+    if kind in ("hybrid", "hybrid_sliding"):  # an intra-layer block: its attention heads and its linear heads
+        from ..mixers.intra import branch_configs
+
+        attention, linear = branch_configs(config, layer)
+        q = linear.linear_num_heads * config.linear_head_dim
+        out = (_ATTENTION_MIXER * (attention.num_attention_heads + attention.num_key_value_heads) * config.head_dim
+               + _LINEAR_MIXER * q + (_LINEAR_CASTS * config.hidden_size if fp32_input else 0))
+    elif kind == "linear_attention":
         q = config.linear_num_heads * config.linear_head_dim
         out = _LINEAR_MIXER * q + (_LINEAR_CASTS * config.hidden_size if fp32_input else 0)
     else:
@@ -340,7 +348,7 @@ def memory_plan(teacher: HybridConfig, recipe: Recipe, *, world: int = 1, shard:
     them), per GPU. `teacher_placement` "auto" picks "replicated" when that plan fits `device_memory`, else
     "sharded" (unknown memory: sharded). `attention_layers`: the hybrid's (default: the recipe's budget, placed
     uniformly; the count is what matters). `stages`: the stages run (default all)."""
-    from ..selection import resolve_budget, uniform_layers
+    from ..selection import resolve_budget, uniform_groups, uniform_layers
 
     if not isinstance(world, int) or world < 1:
         raise ValueError(f"the number of GPUs must be a whole number >= 1, got {world!r}")
@@ -360,11 +368,17 @@ def memory_plan(teacher: HybridConfig, recipe: Recipe, *, world: int = 1, shard:
         raise ValueError(f"teacher placement must be auto, replicated or sharded, got {teacher_placement!r}")
     cuda = device == "cuda"
     L = teacher.num_hidden_layers
-    if attention_layers is None:
+    kv_groups = None
+    if recipe.fusion == "intra":  # the budget's KV-head groups spread over the layers (the count is what matters)
+        G = teacher.num_key_value_heads
+        kv_groups = uniform_groups(L, G, resolve_budget(recipe.budget, L * G, unit="KV-head group"))
+        attention_layers = []
+    elif attention_layers is None:
         attention_layers = (sorted(set(recipe.keep_layers)) if recipe.keep_layers is not None
                             else uniform_layers(L, resolve_budget(recipe.budget, L)))
     hybrid = student_config(teacher, attention_layers, recipe.mixer, hype=recipe.hype, hype_a=recipe.hype_a,
-                            conv_size=recipe.conv_size)
+                            conv_size=recipe.conv_size, kv_groups=kv_groups, intra_fusion=recipe.intra_fusion,
+                            intra_branch_norm=recipe.intra_branch_norm)
     t_counts, s_counts = Counts.of(teacher), Counts.of(hybrid)
     chosen = list(STAGES if stages is None else stages)
     bad = [s for s in chosen if s not in STAGES]
