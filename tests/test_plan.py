@@ -122,7 +122,7 @@ def test_plan_of_an_intra_layer_conversion_counts_both_branches():
     from hybridize.convert import student_config
 
     teacher = HybridConfig(**shape_config("qwen3-1.7b"))
-    plan = memory_plan(teacher, load_recipe("halo-qwen3-1.7b", ["fusion=intra"]))
+    plan = memory_plan(teacher, load_recipe("halo-qwen3-1.7b", ["fusion=intra"]), device_memory=80 * 10**9)
     assert [s.stage for s in plan.stages] == ["align", "distill", "finetune"] and plan.fits
     intra = student_config(teacher, [], "lightning", kv_groups=[[3, 7]] * 28)
     linear = student_config(teacher, [], "lightning")
