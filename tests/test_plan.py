@@ -130,3 +130,12 @@ def test_plan_of_an_intra_layer_conversion_counts_both_branches():
     attention = _mixer_bytes(teacher, 0, 2)
     assert min(attention, _mixer_bytes(linear, 0, 2)) < _mixer_bytes(intra, 0, 2) < \
         attention + _mixer_bytes(linear, 0, 2)
+
+
+def test_plan_table_script_writes_the_docs_table(tmp_path):
+    load_script("benchmarks/plan_table.py").main(["--out", str(tmp_path)])
+    record = json.loads((tmp_path / "plan.json").read_text())
+    assert record["command"].startswith("python benchmarks/plan_table.py") and len(record["rows"]) == 9
+    row = next(r for r in record["rows"] if r["teacher"] == "qwen3-8b" and r["gpus"] == 8)
+    assert row["fits_80GB"] and row["teacher_placement"] == "replicated"
+    assert (tmp_path / "plan.md").read_text().count("\n") == 11
