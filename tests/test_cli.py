@@ -76,3 +76,34 @@ def test_sigusr1_prints_the_stacks_and_the_run_goes_on(capsys):
     from hybridize.cli import dump_stacks_on_sigusr1
 
     assert dump_stacks_on_sigusr1() is False
+
+
+def test_help_imports_neither_torch_nor_transformers_and_every_option_has_help():
+    """`hybridize --help` (and the parser of every command) starts in well under a second: it imports no torch and no
+    transformers (~2.5 s together on 2 CPU cores); each command imports what it needs when it runs."""
+    code = ("import argparse, sys\n"
+            "from hybridize.cli import build_parser\n"
+            "parser = build_parser()\n"
+            "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'yaml') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))\n"
+            "bare = [(name, a.option_strings) for name, p in sub.choices.items() for a in p._actions\n"
+            "        if a.option_strings and a.help is None]\n"
+            "assert not bare, bare\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _run("--help").returncode == 0
+
+
+def test_import_hybridize_registers_the_model_type_once_transformers_loads():
+    """`import hybridize` imports no transformers; the Auto classes know the model type as soon as they are imported,
+    in either order."""
+    for code in ("import sys, hybridize\n"
+                 "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
+                 "from transformers import AutoConfig\n",
+                 "from transformers import AutoConfig\n"
+                 "import hybridize\n"):
+        code += ("config = AutoConfig.for_model('hybridize', num_hidden_layers=2)\n"
+                 "assert type(config).__module__ == 'hybridize.models.configuration', type(config)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]

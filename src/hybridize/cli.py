@@ -57,7 +57,8 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selector", default=None, help="layer selector (default: the recipe's)")
     p.add_argument("--no-hype", action="store_true", help="keep RoPE in attention, no query scaling or output gate, "
                    "no RoPE in the mixers")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the data order and of the fresh weights (gates, "
+                   "decays, norms) each stage creates (default: the recipe's, 0 in the built-in ones)")
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out text scored while stages 1-3 train "
                    "(alignment MSE, KL to the teacher, CE: eval/* in the metrics and done.json), e.g. builtin:heldout "
                    "when training on builtin:train; it does not change the weights (default: none)")
@@ -283,7 +284,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench.inference import ALL_VARIANTS, DTYPES, VARIANTS
+    from .bench.variants import ALL_VARIANTS, DTYPE_NAMES, VARIANTS
 
     bench = sub.add_parser("bench", help="speed of a hybrid vs its teacher: prefill latency, time per output token, "
                            "decode throughput, peak memory, each beside its roofline bound (--train: distillation "
@@ -307,7 +308,8 @@ def _add_bench(sub) -> None:
                        help="intra: add the intra-layer hybrid of the same attention share (variant hybrid-intra: "
                        "every layer keeps that share of its KV-head groups) to the default variants")
     bench.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
-    bench.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    bench.add_argument("--dtype", choices=list(DTYPE_NAMES), default="bfloat16",
+                       help="weights, activations and caches (default: bfloat16)")
     bench.add_argument("--new-tokens", type=int, default=32, help="timed decode steps per measurement")
     bench.add_argument("--repeats", type=int, default=3, help="timed prefills per measurement (median)")
     bench.add_argument("--prefill-chunk", type=int, default=16384, help="tokens per prefill chunk (our engine)")
@@ -337,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=6, help="examples per (task, length, depth)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo recipe, e.g. --set distill.tokens=100000")
-    demo.add_argument("--device", default=None)
+    demo.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     demo.set_defaults(func=_demo)
     conv = sub.add_parser("convert", help="convert a Hugging Face Transformer into a hybrid (align, select, "
                           "distill, finetune)")
@@ -354,8 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_one_stage(stage))
     teacher = sub.add_parser("teacher", help="train a Qwen3-architecture teacher from scratch (corpus + synthetic "
                              "retrieval episodes)")
-    teacher.add_argument("--size", choices=["tiny", "small", "base"], default="tiny")
-    teacher.add_argument("--out", required=True)
+    teacher.add_argument("--size", choices=["tiny", "small", "base"], default="tiny",
+                         help="tiny: 1M parameters, minutes on a CPU; small (67M) and base (316M): GPU recipes "
+                         "(default: tiny)")
+    teacher.add_argument("--out", required=True, help="output folder: the checkpoint, teacher.json, metrics and "
+                         "checkpoints to resume from")
     teacher.add_argument("--data", nargs="+", default=None, help="training text (default: the built-in corpus)")
     teacher.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe field, e.g. --set train.lr=1e-3 (repeatable)")
@@ -370,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "change the weights")
     teacher.add_argument("--eval-every", type=_non_negative_int, default=None,
                          help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
-    teacher.add_argument("--device", default=None)
+    teacher.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     teacher.set_defaults(func=_teacher)
     _add_bench(sub)
     from .evaluation.cli import add_commands as add_evaluation_commands
