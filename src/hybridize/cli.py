@@ -165,7 +165,8 @@ def _convert(args: argparse.Namespace) -> None:
         return _print_plan(args, args.stages)
     out = convert(_conversion(args, args.stages), args.stages)
     if is_main():
-        print(f"hybridize: wrote {out} (load it with AutoModelForCausalLM.from_pretrained after `import hybridize`)")
+        print(f"hybridize: wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True) "
+              "loads it, hybridize installed or not (its code is in the folder)")
 
 
 def _one_stage(stage: str):
