@@ -425,9 +425,9 @@ def dump_stacks_on_sigusr1() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     # OpenMP threads that wait by spinning (torch's default) keep the cores busy while the other thread of a parallel
-    # region is descheduled: on 2 cores shared with other processes a training step of the tiny teacher took 6-13 s
-    # with 2 threads against 1.0-1.7 s with passive waiting (results/cpu-demo/omp-wait.json). Set before torch loads
-    # its OpenMP runtime (the parser imports no torch); an OMP_WAIT_POLICY already set is kept.
+    # region is descheduled: on 2 cores shared with other processes (load ~5) a training step of the tiny teacher took
+    # 6.6 s (median) with 2 threads against 1.2 s with passive waiting (results/cpu-demo/omp-wait.json). Set before
+    # torch loads its OpenMP runtime (the parser imports no torch); an OMP_WAIT_POLICY already set is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     dump_stacks_on_sigusr1()
