@@ -4,7 +4,7 @@
 2. `hybridize convert` with the `demo` recipe, stages align, select and distill: attention kept in the two layers
    that hold the teacher's retrieval (its passkey layer 1 and its NIAH layer 3: results/cpu-selectors), Lightning
    mixers in the others. Stage 3 (finetune, next-token CE at 512 tokens) is left out: on this teacher it cost the
-   hybrid most of the NIAH recall distillation had kept (results/cpu-demo);
+   hybrid most of the NIAH recall distillation had kept (42% -> 4% at 1x: results/cpu-demo/choices.json);
 3. `hybridize eval`: teacher, hybrid and the all-linear stage-1 student on the same perplexity windows and the
    same passkey / NIAH prompts at 1x, 2x and 4x the teacher's training length. MQAR is left out: the tiny teacher
    has none to keep (0% at every length, results/cpu-demo);
@@ -27,7 +27,7 @@ SHIPPED_TEACHER = "teacher-tiny"
 TASKS = ["passkey", "niah_single_2"]
 EPISODES = 3000  # retrieval episodes added to the built-in corpus for the conversion (~0.4M tokens)
 # The teacher's episode tasks but MQAR, which it never learned: distilling its MQAR answers teaches wrong ones (with
-# them the hybrid kept NIAH 42-46% at 1x, without them 62%: results/cpu-demo)
+# them the hybrid kept passkey 29% / NIAH 42% at 1x, without them 42% / 79%: results/cpu-demo/choices.json)
 EPISODE_TASKS = ["repeat", "passkey", "niah_single_2"]
 TRAIN_DATA = "builtin:train"  # what the tiny teacher trained on (its recipe's default), and the conversion's text
 EVAL_DATA = "builtin:heldout"  # perplexity windows and haystack filler: the one document in eight neither saw
