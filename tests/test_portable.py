@@ -16,6 +16,7 @@ import torch
 from hybridize import HybridForCausalLM
 from hybridize.mixers import MIXERS
 from hybridize.models import portable
+from hybridize.names import LINEAR_MIXER_NAMES
 from conftest import assert_close, tiny_config
 
 PROMPT = [[3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26], [2, 71, 82, 81, 82, 84, 59, 4, 52, 35, 36, 28]]
@@ -93,7 +94,9 @@ def _fresh_venv(tmp_path: Path) -> Path:
 
 def test_a_saved_hybrid_loads_with_trust_remote_code_where_hybridize_is_not_installed(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    model = HybridForCausalLM(tiny_config("mixed", vocab_size=101)).eval()  # every mixer, sliding attention, convs
+    # every mixer the package registers (a new one is in this model by itself), full and sliding attention, convs
+    pattern = [*LINEAR_MIXER_NAMES[:2], None, *LINEAR_MIXER_NAMES[2:], None]
+    model = HybridForCausalLM(tiny_config(pattern)).eval()
     model.save_pretrained(tmp_path / "hybrid")
     config = json.loads((tmp_path / "hybrid" / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hybridize.HybridForCausalLM"
