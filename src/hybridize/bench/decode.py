@@ -21,9 +21,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _tensor_bytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
 def cache_bytes(cache: HybridStaticCache) -> int:
-    """Bytes of every tensor the cache's layers hold (KV buffers, recurrent and conv states)."""
-    return sum(t.nbytes for layer in cache.layers for t in vars(layer).values() if isinstance(t, torch.Tensor))
+    """Bytes of every tensor the cache's layers hold (KV buffers, recurrent and conv states, in attributes or in the
+    dicts transformers' linear-attention layer keeps them in)."""
+    return sum(_tensor_bytes(v) for layer in cache.layers for v in vars(layer).values())
 
 
 @torch.no_grad()
