@@ -92,10 +92,13 @@ def _fresh_venv(tmp_path: Path) -> Path:
     return python
 
 
-def test_a_saved_hybrid_loads_with_trust_remote_code_where_hybridize_is_not_installed(tmp_path, monkeypatch):
+# every mixer the package registers (a new one is in this model by itself), full and sliding attention, convs; and an
+# intra-layer hybrid (heads split between attention and linear mixers, gate fusion)
+@pytest.mark.parametrize("pattern", ["every_mixer", "intra_gate"])
+def test_a_saved_hybrid_loads_with_trust_remote_code_where_hybridize_is_not_installed(pattern, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    # every mixer the package registers (a new one is in this model by itself), full and sliding attention, convs
-    pattern = [*LINEAR_MIXER_NAMES[:2], None, *LINEAR_MIXER_NAMES[2:], None]
+    if pattern == "every_mixer":
+        pattern = [*LINEAR_MIXER_NAMES[:2], None, *LINEAR_MIXER_NAMES[2:], None]
     model = HybridForCausalLM(tiny_config(pattern)).eval()
     model.save_pretrained(tmp_path / "hybrid")
     config = json.loads((tmp_path / "hybrid" / "config.json").read_text())
