@@ -6,8 +6,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# As the `hybridize` command does (cli.main): OpenMP threads wait passively, since spinning ones made a CPU step 3-5x
+# slower on 2 cores shared with other processes (results/cpu-demo/omp-wait.json). Read when torch starts OpenMP, so
+# before torch is imported; the subprocesses the tests start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Our own Triton kernels (hybridize/mixers/triton) run in Triton's interpreter when there is no GPU. It is chosen when
 # triton.jit decorates a kernel, i.e. when a kernel module is first imported, so it is set before any test runs.

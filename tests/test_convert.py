@@ -157,7 +157,14 @@ def test_every_stage_lowers_its_loss_and_the_result_loads_and_generates(teachers
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.yaml"):
         assert (out / name).is_file(), name
     card = (out / "README.md").read_text()
-    assert "| distill |" in card and "gated_deltanet" in card
+    assert "| distill |" in card and "gated_deltanet" in card and "trust_remote_code=True" in card
+    import yaml
+
+    meta = yaml.safe_load(card.split("---")[1])  # the Hub model card's metadata
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation", meta
+    assert {"hybridize", "gated_deltanet", "custom_code"} <= set(meta["tags"]) and meta["license"] == "other", meta
+    assert "base_model" not in meta and "# base_model: the teacher was the local folder" in card  # a local teacher
+    assert (out / "modeling_hybridize.py").is_file() and "auto_map" in json.loads((out / "config.json").read_text())
     code = ("import hybridize, torch; from transformers import AutoModelForCausalLM, AutoTokenizer; "
             f"m = AutoModelForCausalLM.from_pretrained({str(out)!r}); t = AutoTokenizer.from_pretrained({str(out)!r}); "
             "ids = t(['The passkey is', 'A hybrid'], return_tensors='pt', padding=True); "
@@ -255,9 +262,15 @@ def test_bad_teachers_give_one_clear_error(kind, teachers, tmp_path):
 BAD_OPTIONS = {
     "missing teacher": (["--teacher", "/nonexistent/teacher"], "teacher folder not found"),
     "bad budget": (["--budget", "9"], "budget must be a fraction in \\(0, 1\\) or a whole layer count in 1..4"),
+    "budget above the depth": (["--budget", "7"], "whole layer count in 1..4, got 7"),
     "zero budget": (["--budget", "0"], "budget must be"),
     "bad stage": (["--stages", "align,polish"], "unknown stage\\(s\\) \\['polish'\\]"),
     "bad layer": (["--keep-layers", "1,9"], "keep_layers \\[1, 9\\] must be distinct layer indices in 0..3"),
+    "layer beyond the depth": (["--keep-layers", "9"], "keep_layers \\[9\\] must be distinct layer indices in 0..3"),
+    "bad mixer": (["--set", "mixer=mamba9"], "mixer='mamba9'; allowed"),
+    "bad selector": (["--selector", "best"], "unknown selector 'best'"),
+    "prompts too long for the selection": (["--selector", "halo", "--set", "select.halo_lengths=[8]"],
+                                           "select.halo_lengths"),
     "bad recipe field": (["--set", "distill.lrr=1"], "unknown field\\(s\\) \\['distill.lrr'\\]"),
     "bad recipe name": (["--recipe", "fastest"], "unknown recipe 'fastest'"),
     "bad schedule": (["--set", "align.schedule=linear"], "align.schedule='linear'; allowed"),
@@ -266,24 +279,34 @@ BAD_OPTIONS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_OPTIONS))
-def test_bad_options_give_one_clear_error(case, teachers, tmp_path):
+def test_bad_options_fail_before_stage_1_and_write_nothing(case, teachers, tmp_path):
+    """The whole pipeline is asked for (align first): every bad option is refused before a stage runs, in one line,
+    and leaves no output folder (whose recipe.yaml would refuse the corrected command)."""
     import re
 
     extra, message = BAD_OPTIONS[case]
-    args = ["convert", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"), "--stages", "select"]
+    args = ["convert", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o")]
     if "--teacher" in extra:
         args[2] = extra[1]
         extra = []
     out = _cli(*args, *extra)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr and re.search(message, out.stderr), out.stderr
+    assert "align:" not in out.stderr, out.stderr  # no progress bar: stage 1 never started
+    assert not (tmp_path / "o").exists()
 
 
-def test_resuming_with_another_recipe_is_refused(teachers, tmp_path):
+def test_resuming_with_another_recipe_is_refused_naming_only_the_fields_that_differ(teachers, tmp_path):
     first = _cli("select", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"))
     assert first.returncode == 0, first.stderr
-    again = _cli("select", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"), "--budget", "0.5")
-    assert again.returncode == 2 and "was made with a different recipe (budget: 0.25 -> 0.5)" in again.stderr
+    assert "layer 3 of 0-3 keeps attention (uniform, budget 0.25); the other 3 become lightning mixers" in first.stdout
+    again = _cli("select", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"), "--budget", "0.5",
+                 "--set", "distill.lr=0.5")
+    assert again.returncode == 2, again.stderr
+    assert ("was made with a different recipe (budget: 0.25 -> 0.5, distill.lr: 0.001 -> 0.5); use a new --out"
+            in again.stderr), again.stderr
+    same = _cli("select", "--teacher", str(teachers["qwen3"]), "--out", str(tmp_path / "o"))
+    assert same.returncode == 0 and "select: finished in an earlier run" in same.stdout, same.stdout
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -562,3 +585,14 @@ def test_intra_layer_conversion_end_to_end_on_the_cli(teachers, text_data, tmp_p
     kv = 2 * teacher.config.num_key_value_heads * teacher.config.head_dim * 4 * 4 * 1000  # K, V; fp32; 4 layers
     attention = sum(layer.mixer.attention.state_size(1000, torch.float32) for layer in model.model.layers)
     assert attention == kv // 2
+
+
+def test_the_model_card_takes_the_teachers_license_from_its_card(tmp_path):
+    from types import SimpleNamespace
+
+    from hybridize.distill.card import model_card_metadata
+
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: [en]\n---\n# A teacher\n")
+    meta, notes = model_card_metadata(SimpleNamespace(teacher=str(tmp_path), recipe=SimpleNamespace(mixer="gla")))
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["en"] and "gla" in meta["tags"], meta
+    assert [n.split(":")[0] for n in notes] == ["base_model"]

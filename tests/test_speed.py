@@ -518,3 +518,18 @@ def test_bench_fusion_intra_adds_the_intra_layer_hybrid_of_the_same_share(tmp_pa
     assert rows["hybrid-intra"]["cache_gib"] == pytest.approx(rows["hybrid"]["cache_gib"])
     assert rows["hybrid-intra"]["cache_gib"] < rows["teacher-engine"]["cache_gib"]
     assert rows["hybrid-intra"]["mixer"] == "lightning" and rows["hybrid-intra"]["tpot_ms"] > 0
+
+
+@pytest.mark.parametrize("pattern", ["mixed", "linear_variants"])
+def test_decode_at_context_counts_every_byte_of_the_cache_and_decodes_past_it(pattern):
+    """The demo's decode measurement: a step runs with the cache marked full up to the context, and the bytes it
+    reports are the model's state size at the cache's length (KV buffers and every linear state)."""
+    from hybridize.bench.decode import decode_at_context
+
+    model = HybridForCausalLM(tiny_config(pattern, sliding=False)).eval()
+    row = decode_at_context(model, 40, steps=2, warmup=1, repeats=1)
+    assert row["context"] == 40 and row["ms_per_token"] > 0
+    slots = 40 + 1 + 2
+    assert abs(row["cache_bytes"] - model.state_size(slots, dtype=torch.float32)) <= 64, row  # + the step counters
+    with pytest.raises(ValueError, match="context must be a positive number"):
+        decode_at_context(model, 0)

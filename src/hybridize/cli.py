@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -57,7 +58,8 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selector", default=None, help="layer selector (default: the recipe's)")
     p.add_argument("--no-hype", action="store_true", help="keep RoPE in attention, no query scaling or output gate, "
                    "no RoPE in the mixers")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the data order and of the fresh weights (gates, "
+                   "decays, norms) each stage creates (default: the recipe's, 0 in the built-in ones)")
     p.add_argument("--eval-data", nargs="+", default=None, help="held-out text scored while stages 1-3 train "
                    "(alignment MSE, KL to the teacher, CE: eval/* in the metrics and done.json), e.g. builtin:heldout "
                    "when training on builtin:train; it does not change the weights (default: none)")
@@ -164,7 +166,8 @@ def _convert(args: argparse.Namespace) -> None:
         return _print_plan(args, args.stages)
     out = convert(_conversion(args, args.stages), args.stages)
     if is_main():
-        print(f"hybridize: wrote {out} (load it with AutoModelForCausalLM.from_pretrained after `import hybridize`)")
+        print(f"hybridize: wrote {out}: AutoModelForCausalLM.from_pretrained({str(out)!r}, trust_remote_code=True) "
+              "loads it, hybridize installed or not (its code is in the folder)")
 
 
 def _one_stage(stage: str):
@@ -283,7 +286,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _add_bench(sub) -> None:
-    from .bench.inference import ALL_VARIANTS, DTYPES, VARIANTS
+    from .bench.variants import ALL_VARIANTS, DTYPE_NAMES, VARIANTS
 
     bench = sub.add_parser("bench", help="speed of a hybrid vs its teacher: prefill latency, time per output token, "
                            "decode throughput, peak memory, each beside its roofline bound (--train: distillation "
@@ -307,7 +310,8 @@ def _add_bench(sub) -> None:
                        help="intra: add the intra-layer hybrid of the same attention share (variant hybrid-intra: "
                        "every layer keeps that share of its KV-head groups) to the default variants")
     bench.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
-    bench.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    bench.add_argument("--dtype", choices=list(DTYPE_NAMES), default="bfloat16",
+                       help="weights, activations and caches (default: bfloat16)")
     bench.add_argument("--new-tokens", type=int, default=32, help="timed decode steps per measurement")
     bench.add_argument("--repeats", type=int, default=3, help="timed prefills per measurement (median)")
     bench.add_argument("--prefill-chunk", type=int, default=16384, help="tokens per prefill chunk (our engine)")
@@ -327,17 +331,18 @@ def _add_bench(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the main job on the built-in default: convert the tiny teacher at a 25%% "
-                          "budget, evaluate teacher vs hybrid, print the table and write the report")
+    demo = sub.add_parser("demo", help="the main job on the built-in default: convert the shipped tiny teacher "
+                          "(attention kept in 2 of its 4 layers), evaluate teacher vs hybrid, measure their decode "
+                          "speed and cache size on this machine, print the tables and write the report")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--teacher", default=None, help="a teacher folder instead of the shipped tiny teacher")
     demo.add_argument("--retrain-teacher", action="store_true", help="train the tiny teacher anew (a few minutes)")
     demo.add_argument("--mixer", default="lightning", choices=LINEAR_MIXER_NAMES, metavar="NAME",
                       help="linear mixer of the hybrid: %(choices)s (default %(default)s)")
-    demo.add_argument("--samples", type=int, default=6, help="examples per (task, length, depth)")
+    demo.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth) (default: 8)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo recipe, e.g. --set distill.tokens=100000")
-    demo.add_argument("--device", default=None)
+    demo.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     demo.set_defaults(func=_demo)
     conv = sub.add_parser("convert", help="convert a Hugging Face Transformer into a hybrid (align, select, "
                           "distill, finetune)")
@@ -354,8 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=_one_stage(stage))
     teacher = sub.add_parser("teacher", help="train a Qwen3-architecture teacher from scratch (corpus + synthetic "
                              "retrieval episodes)")
-    teacher.add_argument("--size", choices=["tiny", "small", "base"], default="tiny")
-    teacher.add_argument("--out", required=True)
+    teacher.add_argument("--size", choices=["tiny", "small", "base"], default="tiny",
+                         help="tiny: 1M parameters, minutes on a CPU; small (67M) and base (316M): GPU recipes "
+                         "(default: tiny)")
+    teacher.add_argument("--out", required=True, help="output folder: the checkpoint, teacher.json, metrics and "
+                         "checkpoints to resume from")
     teacher.add_argument("--data", nargs="+", default=None, help="training text (default: the built-in corpus)")
     teacher.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe field, e.g. --set train.lr=1e-3 (repeatable)")
@@ -370,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "change the weights")
     teacher.add_argument("--eval-every", type=_non_negative_int, default=None,
                          help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
-    teacher.add_argument("--device", default=None)
+    teacher.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     teacher.set_defaults(func=_teacher)
     _add_bench(sub)
     from .evaluation.cli import add_commands as add_evaluation_commands
@@ -417,6 +425,11 @@ def dump_stacks_on_sigusr1() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads that wait by spinning (torch's default) keep the cores busy while the other thread of a parallel
+    # region is descheduled: on 2 cores shared with other processes (load ~5) a training step of the tiny teacher took
+    # 6.6 s (median) with 2 threads against 1.2 s with passive waiting (results/cpu-demo/omp-wait.json). Set before
+    # torch loads its OpenMP runtime (the parser imports no torch); an OMP_WAIT_POLICY already set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     dump_stacks_on_sigusr1()
     subcommand = args.command

@@ -49,13 +49,9 @@ from ..models.shapes import SHAPES, shape_config
 from ..names import LINEAR_MIXER_NAMES
 from ..selection.uniform import resolve_budget, uniform_groups, uniform_layers
 from . import roofline
+from .variants import ALL_VARIANTS, DTYPE_NAMES, FUSED, VARIANTS
 
-VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")  # the default set
-# the same engines with fused input projections (hybridize.mixers.fusion): `--variants hybrid,hybrid-fused` measures
-# the fusion side by side in one run
-FUSED = ("hybrid-fused", "teacher-engine-fused")
-ALL_VARIANTS = VARIANTS + ("hybrid-intra",) + FUSED
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 LINEAR_MIXERS = LINEAR_MIXER_NAMES
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
 
@@ -43,17 +44,67 @@ def _kept(config, mixer: str) -> str:
             f"joined by {config.intra_fusion} (intra-layer hybrid).")
 
 
+def _front_matter(text: str) -> dict:
+    """The YAML metadata block at the top of a model card (README.md), or {}."""
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    try:
+        meta = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _teacher_card(teacher: str) -> tuple[dict, str | None]:
+    """(the teacher's model card metadata, its Hub id or None for a local folder). A Hub teacher's card is read from
+    the Hub when it is reachable; without it, the metadata is {}."""
+    path = Path(str(teacher)).expanduser()
+    if path.exists():
+        card = path / "README.md"
+        return (_front_matter(card.read_text()) if card.is_file() else {}), None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return _front_matter(Path(hf_hub_download(str(teacher), "README.md")).read_text()), str(teacher)
+    except Exception:  # offline, no card, gated: the card says what it knows
+        return {}, str(teacher)
+
+
+def model_card_metadata(conv) -> tuple[dict, list[str]]:
+    """The Hub metadata of a converted model's card, and comments on what could not be filled in."""
+    teacher_meta, hub_id = _teacher_card(conv.teacher)
+    meta = {"library_name": "transformers", "pipeline_tag": "text-generation",
+            "tags": ["hybridize", "hybrid-attention", "linear-attention", conv.recipe.mixer, "distillation",
+                     "custom_code"]}
+    notes = []
+    if hub_id is not None:
+        meta["base_model"] = hub_id
+        meta["base_model_relation"] = "finetune"
+    else:
+        notes.append(f"base_model: the teacher was the local folder {conv.teacher}; put its Hub id here")
+    license_ = teacher_meta.get("license")
+    meta["license"] = license_ or "other"
+    if not license_:
+        notes.append("license: the teacher's license applies; its model card did not name one")
+    for key in ("license_name", "license_link", "language"):
+        if key in teacher_meta:
+            meta[key] = teacher_meta[key]
+    return meta, notes
+
+
 def write_model_card(conv, model) -> None:
+    """README.md of a converted checkpoint: a Hugging Face model card (YAML metadata: base_model, library_name,
+    tags, license, pipeline_tag), how to load it, how it was made, its recipe."""
     config = model.config
     layers = "".join({"linear_attention": "l", "hybrid": "h", "hybrid_sliding": "h"}.get(t, "A")
                      for t in config.layer_types)
     attention = config.attention_layers
     recipe_yaml = yaml.safe_dump(json.loads(json.dumps(conv.recipe.to_dict())), sort_keys=False)
+    meta, notes = model_card_metadata(conv)
+    front = yaml.safe_dump(meta, sort_keys=False) + "".join(f"# {n}\n" for n in notes)
     text = f"""---
-library_name: transformers
-tags: [hybridize, hybrid-attention, linear-attention, distillation]
-base_model: {conv.teacher}
----
+{front}---
 
 # Hybrid of `{conv.teacher}`
 
@@ -61,12 +112,20 @@ Converted by hybridize {__version__}: {_kept(config, conv.recipe.mixer)}
 HyPE: {"on" if conv.recipe.hype else "off"}{f" (a = {conv.recipe.hype_a})" if conv.recipe.hype else ""}.
 Layer pattern (A = attention, l = linear, h = heads split between both): `{layers}`.
 
+## Loading
+
+The model's code is in this folder (`modeling_hybridize.py` and the files it imports), so hybridize need not be
+installed; torch, transformers >= 5.17 and einops are enough. On CUDA, fla's Triton kernels run the linear mixers
+when fla is installed (`pip install fla-core`); everywhere else their PyTorch form runs.
+
 ```python
-import hybridize  # registers the model type with transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("{conv.out}")
+model = AutoModelForCausalLM.from_pretrained("{conv.out}", trust_remote_code=True)
 tokenizer = AutoTokenizer.from_pretrained("{conv.out}")
 ```
+
+Where hybridize is installed, `import hybridize` registers the model type and the same call works without
+`trust_remote_code`.
 
 ## How it was made
 

@@ -1,12 +1,24 @@
 """Evaluation: perplexity by context length, synthetic recall (NIAH, passkey, MQAR), the lm-eval adapter
 (`hybridize.evaluation.lm_eval_adapter`, optional extra) and the comparison report. The scoring itself is
-`hybridize.metrics`, re-exported here; this package runs it over models and writes the report."""
+`hybridize.metrics`, re-exported here; this package runs it over models and writes the report. Importing the package
+imports no torch (the command line builds its parser from it): each name loads with its module on first use."""
 
-from ..metrics.perplexity import perplexity_by_length, perplexity_windows, token_nll
-from ..metrics.recall import build_cells, evaluate_cells, exact_match, greedy_generate, normalize, ruler_match
-from .runner import SUITES, EvalConfig, run_eval
+from .suites import SUITES
 
-__all__ = [
-    "SUITES", "EvalConfig", "build_cells", "evaluate_cells", "exact_match", "greedy_generate", "normalize",
-    "perplexity_by_length", "perplexity_windows", "ruler_match", "run_eval", "token_nll",
-]
+_PERPLEXITY = ("perplexity_by_length", "perplexity_windows", "token_nll")
+_RECALL = ("build_cells", "evaluate_cells", "exact_match", "greedy_generate", "normalize", "ruler_match")
+
+
+def __getattr__(name: str):
+    if name in _PERPLEXITY:
+        from ..metrics import perplexity as module
+    elif name in _RECALL:
+        from ..metrics import recall as module
+    elif name in ("EvalConfig", "run_eval"):
+        from . import runner as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
+
+
+__all__ = ["SUITES", "EvalConfig", "run_eval", *_PERPLEXITY, *_RECALL]

@@ -11,7 +11,7 @@ class MissingExtra(ValueError):
 
 
 def add_commands(subparsers) -> None:
-    from .runner import SUITES
+    from .suites import SUITES
 
     ev = subparsers.add_parser(
         "eval", help="teacher vs students: perplexity and synthetic recall (NIAH, passkey, MQAR), one report",
@@ -28,7 +28,8 @@ def add_commands(subparsers) -> None:
                     help="needle depths in [0, 1], comma-separated, or 'random' (default: 0,0.25,0.5,0.75,1)")
     ev.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth) and perplexity windows")
     ev.add_argument("--data", default=None, help="text for perplexity and for the haystacks (default: builtin corpus)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and of the perplexity windows "
+                    "(default: 0)")
     ev.add_argument("--out", required=True, metavar="DIR", help="output folder")
     ev.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder (default: the teacher's, else the model's)")
     ev.add_argument("--batch-tokens", type=int, default=65536, help="tokens per batch (default: 65536)")

@@ -105,10 +105,17 @@ def _heatmap(path: Path, task: str, entries: list[dict], models: list[str], trai
     fig.savefig(path, dpi=120)
 
 
-def _shade_beyond(ax, trained: int | None, xmax: int) -> None:
-    if trained is not None and xmax > trained:
-        ax.axvspan(trained, xmax * 1.05, color="0.85", zorder=0, label=f"beyond trained context ({trained})")
-        ax.axvline(trained, color="0.4", linestyle="--", linewidth=0.8)
+def _shade_beyond(ax, trained: int | None, lengths: list[int]) -> None:
+    """Shade the lengths past the trained context, from halfway (on the log axis) between the last length within it
+    and the first beyond it to the panel's right edge; call it once the axis has its data and scale."""
+    beyond = [n for n in lengths if trained is not None and n > trained]
+    if not beyond:
+        return
+    inside = [n for n in lengths if n <= trained]
+    left, right = ax.get_xlim()
+    start = math.sqrt(max(inside) * min(beyond)) if inside else left
+    ax.axvspan(start, right, color="0.9", zorder=0, label=f"beyond trained context ({trained})")
+    ax.set_xlim(left, right)
 
 
 def _length_axis(ax, lengths: list[int], trained: int | None) -> None:
@@ -125,13 +132,12 @@ def _recall_curves(path: Path, entries: list[dict], tasks: list[str], models: li
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, task in zip(axes, tasks):
         sel = [e for e in entries if e["task"] == task]
-        xmax = max(e["length"] for e in sel)
-        _shade_beyond(ax, trained, xmax)
         for model in models:
             curve = _by_length(sel, model)
             if curve:
                 ax.plot(list(curve), list(curve.values()), marker="o", label=model)
         _length_axis(ax, sorted({e["length"] for e in sel}), trained)
+        _shade_beyond(ax, trained, sorted({e["length"] for e in sel}))
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("context length (tokens)", fontsize=8)
@@ -146,12 +152,12 @@ def _recall_curves(path: Path, entries: list[dict], tasks: list[str], models: li
 def _ppl_curve(path: Path, entries: list[dict], models: list[str], trained) -> None:
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
-    _shade_beyond(ax, trained, max(e["length"] for e in entries))
     for model in models:
         pts = sorted((e["length"], e["value"]) for e in entries if e["model"] == model)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
     _length_axis(ax, sorted({e["length"] for e in entries}), trained)
+    _shade_beyond(ax, trained, sorted({e["length"] for e in entries}))
     ax.set_xlabel("tokens of context (bucket end)")
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)

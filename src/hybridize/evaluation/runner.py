@@ -21,8 +21,7 @@ from ..metrics.perplexity import perplexity_by_length, perplexity_windows
 from ..metrics.recall import build_cells, evaluate_cells
 from ..provenance import git_commit
 from .loading import DTYPES, check_model_dir, has_tokenizer, load_model, load_tokenizer, pick_device
-
-SUITES = ("perplexity", "niah", "passkey", "mqar")
+from .suites import SUITES
 
 
 @dataclass

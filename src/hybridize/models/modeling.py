@@ -115,6 +115,17 @@ class HybridPreTrainedModel(PreTrainedModel):
             for name, value in module.fresh_parameters().items():
                 init.copy_(module.get_parameter(name), value)
 
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
+        """transformers' `save_pretrained`, with the model's code beside the weights and `auto_map` in config.json:
+        `AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)` then loads it where hybridize is not
+        installed (`hybridize.models.portable`). The code is written first, so that `push_to_hub` uploads it too."""
+        from .portable import AUTO_MAP, write_code
+
+        self.config.auto_map = dict(AUTO_MAP)
+        if is_main_process:
+            write_code(save_directory)
+        return super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+
 
 class HybridModel(HybridPreTrainedModel):
     def __init__(self, config: HybridConfig):

@@ -5,7 +5,10 @@
 
 Every stage works in `out/stages/<stage>/` (resolved recipe, metrics.jsonl, TensorBoard logs, checkpoints, its
 output model) and is resumable: run again, it continues from its last checkpoint, or returns at once when done.
-`export` writes the final standalone checkpoint (config, safetensors, tokenizer, model card) to `out/`.
+`export` writes the final standalone checkpoint (config, safetensors, tokenizer, model card, the model's code) to
+`out/`. A `Conversion` checks everything it can when it is made (data, teacher, layers or budget against the
+teacher's depth, the student's config, the selection's prompts, a recipe already in `out/`) and writes nothing until
+a stage starts, so a bad option costs seconds and leaves no folder behind.
 
 Under torchrun every training stage (and the selectors that train: KL-guided, FlashMorph) runs on every rank with
 the student wrapped by FSDP2 (`distill.loop.train`): one all-gather group per decoder block, the embeddings, final
@@ -36,7 +39,8 @@ from ..distributed import barrier, is_main, rank0_first, rank_world, shard_froze
 from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import device_name, provenance
-from ..selection import TRAINING_SELECTORS, SelectionContext, check_synthetic_data, run_selection, write_selection
+from ..selection import (GROUP_SELECTORS, TRAINING_SELECTORS, SelectionContext, check_synthetic_data,
+                         resolve_budget, run_selection, uniform_groups, uniform_layers, write_selection)
 from .recipe import recipe_from_dict
 
 TRAINING_STAGES = ("align", "distill", "finetune")
@@ -64,6 +68,7 @@ class Conversion:
     _teacher: Teacher | None = field(default=None, repr=False)
     _frozen: object = field(default=None, repr=False)
     _corpus: object = field(default=None, repr=False)
+    _claimed: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -72,25 +77,61 @@ class Conversion:
             raise ValueError(f"teacher_placement={self.teacher_placement!r}; allowed: {list(TEACHER_PLACEMENTS)}")
         if self.data is None:
             self.data = self.recipe.data
-        check_sources(self.data)  # a missing file fails now, not after an hour of stage 1
+        self.validate()
+
+    def validate(self) -> None:
+        """Everything that can be checked before a stage runs (a missing file or a layer the teacher does not have
+        fails now, not after an hour of stage 1); writes nothing."""
+        check_sources(self.data)
         if self.eval_data is not None:
             check_sources(self.eval_data)
-        rank0_first(self._check_recipe)  # under torchrun rank 0 writes recipe.yaml; the others check theirs against it
+        self._check_recipe()
+        teacher = self.load_teacher()  # the folder, its family, weights and tokenizer
+        r = self.recipe
+        L = teacher.model.config.num_hidden_layers
+        groups = None
+        if r.keep_layers is not None:
+            layers = explicit_layers(r.keep_layers, L)
+        elif r.fusion == "intra":  # the budget counts KV-head groups; the selector must choose groups
+            if r.selector not in GROUP_SELECTORS:
+                raise ValueError(f"selector {r.selector!r} chooses whole layers; with fusion=intra (KV-head groups) "
+                                 f"use one of {sorted(GROUP_SELECTORS)}")
+            G = teacher.model.config.num_key_value_heads
+            groups = uniform_groups(L, G, resolve_budget(r.budget, L * G, unit="KV-head group"))
+            layers = [i for i, kept in enumerate(groups) if len(kept) == G]
+        else:
+            layers = uniform_layers(L, resolve_budget(r.budget, L))  # a budget the teacher's depth allows
+        self.student_config(layers, groups)  # the student's config checks mixer, HyPE and sizes against the teacher's
+        check_synthetic_data(r, teacher.tokenizer, self.data)  # the selection's prompts fit their lengths
 
     def _check_recipe(self) -> None:
-        """An output folder belongs to one recipe: resuming with different numbers would mix two runs."""
+        """An output folder belongs to one recipe: resuming with different numbers would mix two runs. The message
+        names the fields that differ."""
         path = self.out / "recipe.yaml"
-        if path.is_file():
-            import yaml
+        if not path.is_file():
+            return
+        import yaml
 
-            old = recipe_from_dict(yaml.safe_load(path.read_text())).to_dict()
-            new = self.recipe.to_dict()
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if diff:
-                detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:3])
-                raise ValueError(f"{self.out} was made with a different recipe ({detail}); use a new --out, or the "
-                                 "same options to resume")
-        else:
+        old = _flat(recipe_from_dict(yaml.safe_load(path.read_text())).to_dict())
+        new = _flat(self.recipe.to_dict())
+        diff = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+            more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+            raise ValueError(f"{self.out} was made with a different recipe ({detail}{more}); use a new --out, or the "
+                             "same options to resume")
+
+    def claim(self) -> None:
+        """Write recipe.yaml into `out/` when the first stage starts (rank 0 under torchrun; the others then check
+        theirs against it)."""
+        if not self._claimed:
+            rank0_first(self._write_recipe)
+            self._claimed = True
+
+    def _write_recipe(self) -> None:
+        self._check_recipe()
+        path = self.out / "recipe.yaml"
+        if not path.is_file():
             self.out.mkdir(parents=True, exist_ok=True)
             save_recipe(self.recipe, path)
 
@@ -183,6 +224,23 @@ class Conversion:
         path = self.stage_dir(stage) / "done.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def skip(self, stage: str) -> dict | None:
+        """`done(stage)`, saying on the console that the stage is skipped when it finished in an earlier run."""
+        done = self.done(stage)
+        if done is not None:
+            detail = f"; {self.kept(done)}" if stage == "select" else ""
+            _say(f"{stage}: finished in an earlier run ({self.stage_dir(stage) / 'done.json'}), skipped{detail}")
+        return done
+
+    def kept(self, selection: dict) -> str:
+        """Which layers keep attention, in words, from a selection record."""
+        L = self.load_teacher().model.config.num_hidden_layers
+        layers = selection["layers"]
+        return (f"{'layers' if len(layers) > 1 else 'layer'} {', '.join(map(str, layers))} of 0-{L - 1} "
+                f"{'keep' if len(layers) > 1 else 'keeps'} attention "
+                f"({selection['selector']}, budget {selection['budget']}); the other {L - len(layers)} become "
+                f"{self.recipe.mixer} mixers")
+
     def mark_done(self, stage: str, record: dict) -> dict:
         """Write the stage's done.json (rank 0 under torchrun; every rank returns once it is there)."""
         record = {"stage": stage, "device": device_name(self.device), **record, **provenance()}
@@ -194,6 +252,30 @@ class Conversion:
             tmp.replace(path)
         barrier()
         return record
+
+
+def _say(message: str) -> None:
+    if is_main():
+        print(f"hybridize: {message}", flush=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"align": {"lr": 1}} -> {"align.lr": 1}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def explicit_layers(keep_layers: list[int], num_layers: int) -> list[int]:
+    """`keep_layers` sorted, checked against the teacher's depth."""
+    layers = sorted(set(keep_layers))
+    if not layers or any(not 0 <= i < num_layers for i in layers):
+        raise ValueError(f"keep_layers {keep_layers} must be distinct layer indices in 0..{num_layers - 1}")
+    return layers
 
 
 def _train_record(result: TrainResult, recipe: StageRecipe, data, run_dir: Path | None = None,
@@ -235,10 +317,10 @@ def _releases_memory(stage):
 def align(conv: Conversion) -> dict:
     """Stage 1: every layer's linear mixer learns its teacher attention's output (MSE), teacher-forced. The result
     is an all-linear model (`stages/align/model`) whose layer i holds the aligned mixer of layer i."""
-    if (done := conv.done("align")) is not None:
+    conv.claim()
+    if (done := conv.skip("align")) is not None:
         return done
     teacher = conv.load_teacher()
-    check_synthetic_data(conv.recipe, teacher.tokenizer, conv.data)  # the selection's prompts fit: fail before training
     run_dir = conv.stage_dir("align")
     conv.seed("align")
     model = conv.to_device(build_student(teacher.model, conv.student_config([])).float())
@@ -273,7 +355,8 @@ def select(conv: Conversion) -> dict:
     """Stage between 1 and 2: which layers keep attention. Explicit `keep_layers`, or the recipe's selector
     (hybridize.selection.SELECTORS: uniform, random, halo, kl_guided, flashmorph) under its budget. Writes
     selection.json and scores.png into stages/select/."""
-    if (done := conv.done("select")) is not None:
+    conv.claim()
+    if (done := conv.skip("select")) is not None:
         return done
     r = conv.recipe
     if sharded() and r.keep_layers is None and r.selector in TRAINING_SELECTORS:  # they train under FSDP, every rank
@@ -283,6 +366,7 @@ def select(conv: Conversion) -> dict:
         return conv.done("select")
     with single_process(), conv.teacher_on_device():
         record = _select(conv)
+    _say(conv.kept(record))
     barrier()
     return record
 
@@ -293,16 +377,13 @@ def _select(conv: Conversion) -> dict:
     r = conv.recipe
     run_dir = conv.stage_dir("select")
     if r.keep_layers is not None:
-        layers = sorted(set(r.keep_layers))
-        if not layers or any(not 0 <= i < L for i in layers):
-            raise ValueError(f"keep_layers {r.keep_layers} must be distinct layer indices in 0..{L - 1}")
+        layers = explicit_layers(r.keep_layers, L)
         record = {"selector": "explicit", "budget": len(layers), "layers": layers,
                   "scores": [1.0 if i in layers else 0.0 for i in range(L)], "tokens": 0, "seconds": 0.0,
                   "device": device_name(conv.device), "details": {}}
         if is_main():
             write_selection(run_dir, record)
     else:
-        check_synthetic_data(r, teacher.tokenizer, conv.data)
         aligned = conv.stage_dir("align") / "model" if conv.done("align") else None
         ctx = SelectionContext(teacher=teacher.model, tokenizer=teacher.tokenizer, recipe=r, run_dir=run_dir,
                                device=conv.device, data=conv.data, aligned_dir=aligned,
@@ -345,7 +426,8 @@ def _new_parameter(name: str, config) -> bool:
 def distill(conv: Conversion) -> dict:
     """Stage 2: the whole hybrid learns KL(teacher || student) over the full vocabulary (no CE term), with one peak
     LR for the new parts and one for what came from the teacher."""
-    if (done := conv.done("distill")) is not None:
+    conv.claim()
+    if (done := conv.skip("distill")) is not None:
         return done
     teacher = conv.frozen_teacher()
     run_dir = conv.stage_dir("distill")
@@ -382,7 +464,8 @@ def distill(conv: Conversion) -> dict:
 @_releases_memory
 def finetune(conv: Conversion) -> dict:
     """Stage 3: next-token CE at long sequence length, no teacher, activation checkpointing."""
-    if (done := conv.done("finetune")) is not None:
+    conv.claim()
+    if (done := conv.skip("finetune")) is not None:
         return done
     run_dir = conv.stage_dir("finetune")
     previous = conv.stage_dir("distill") / "model"
@@ -449,6 +532,7 @@ def convert(conv: Conversion, stages: list[str] | None = None) -> Path:
 def export(conv: Conversion) -> Path:
     """Write the newest model of the pipeline to `out/` as a standalone HF checkpoint with tokenizer and model card
     (rank 0 under torchrun; every rank returns once it is written)."""
+    conv.claim()
     newest = next((stage for stage in ("finetune", "distill")
                    if (conv.stage_dir(stage) / "model").is_dir() and conv.done(stage)), None)
     if newest is None:  # the model is assembled: the selection first, on every rank (under torchrun it waits for one)
