@@ -36,3 +36,26 @@ def test_docs_examples_run(page: Path, tmp_path, monkeypatch):
                 exec(compile(block, f"{page.name} block {n + 1}", "exec"), namespace)
         except Exception as err:
             raise AssertionError(f"{page.name}, python block {n + 1} failed: {err!r}\n{block}") from err
+
+
+def test_the_readme_quickstart_loads_and_generates(tmp_path, monkeypatch):
+    """The README's Python quickstart, run against a tiny hybrid saved where it expects a conversion's output."""
+    from importlib import resources
+
+    from transformers import AutoTokenizer
+
+    from hybridize import HybridForCausalLM
+    from conftest import tiny_config
+
+    teacher = resources.files("hybridize") / "assets" / "teacher-tiny"
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    monkeypatch.chdir(tmp_path)
+    model = HybridForCausalLM(tiny_config("mixed", vocab_size=len(tokenizer)))
+    model.save_pretrained("out/qwen3-hybrid")
+    tokenizer.save_pretrained("out/qwen3-hybrid")
+    blocks = BLOCK.findall((ROOT / "README.md").read_text())
+    assert len(blocks) == 1, "the README has one python example"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(blocks[0], "README.md", "exec"), {"__name__": "readme"})
+    assert out.getvalue().startswith("The capital of France is"), out.getvalue()
