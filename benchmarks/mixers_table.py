@@ -1,9 +1,9 @@
-"""One markdown table of mixer x budget rows from compare_selectors runs (their selectors.json): the teacher, then
+r"""One markdown table of mixer x budget rows from compare_selectors runs (their selectors.json): the teacher, then
 per run the rows of the selectors asked for (all by default): layers, perplexity ratio per length, decode state at
-the first length, exact-match recall per task and length. Steps 30 and 60 write `mixers-small/mixers.md` with it.
+the first length, exact-match recall per task and length. `benchmarks/gpu_run.sh mixer-rows` writes `mixers.md` with it.
 
-    python benchmarks/gpu-plan/mixers_table.py RES/selectors-small-lightning-25/selectors.json \
-        RES/mixers-small/*/selectors.json --selectors uniform,flashmorph,all-linear --out RES/mixers-small/mixers.md
+    python benchmarks/mixers_table.py out/gpu/mixer-rows/*/selectors.json \
+        --selectors uniform,flashmorph,all-linear --out out/gpu/mixer-rows/mixers.md
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Recall of teacher and hybrids at 1x / 2x / 4x the teacher's length, one panel per (task, mixer and budget), from
+r"""Recall of teacher and hybrids at 1x / 2x / 4x the teacher's length, one panel per (task, mixer and budget), from
 compare_selectors runs (their selectors.json): grouped bars per selector, the run's own teacher beside them.
 
-    python benchmarks/gpu-plan/recall_grid.py results/gpu/mixers-small-code-teacher/*/selectors.json \
+    python benchmarks/recall_grid.py results/gpu/mixers-small-code-teacher/*/selectors.json \
         results/gpu/mixers-small-lightning-gla/*/selectors.json --out recall-grid.png
 
 Runs of the same mixer and budget (e.g. a later FlashMorph run in its own folder) share a panel when they share a

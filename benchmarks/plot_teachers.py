@@ -1,12 +1,14 @@
 """Episode-answer loss, corpus loss and (where recorded) held-out loss against optimizer step for teachers trained
-side by side (their run/metrics.jsonl): where retrieval is learned, and whether the corpus was memorised first.
+side by side (their run/metrics.jsonl, or metrics.jsonl.gz as committed under results/): where retrieval is learned,
+and whether the corpus was memorised first.
 
-    python benchmarks/gpu-plan/plot_teachers.py results/gpu/teachers-small/teacher-small-{a,b,c1,c2} --out curves.png
+    python benchmarks/plot_teachers.py results/gpu/teachers-small/teacher-small-{a,b,c1,c2} --out curves.png
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 from pathlib import Path
 
@@ -16,15 +18,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def read_metrics(run: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, or of metrics.jsonl.gz where only the compressed copy exists."""
+    path = run / "metrics.jsonl"
+    f = path.open() if path.is_file() else gzip.open(run / "metrics.jsonl.gz", "rt")
+    with f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="folders holding metrics.jsonl (and recipe.json for the legend)")
+    p.add_argument("runs", nargs="+", help="folders holding metrics.jsonl[.gz] (and recipe.json for the legend)")
     p.add_argument("--out", required=True)
     p.add_argument("--labels", nargs="+", help="one legend label per run (default: the folder's name)")
     a = p.parse_args()
     if a.labels is not None and len(a.labels) != len(a.runs):
         p.error(f"--labels: {len(a.labels)} given for {len(a.runs)} runs; give one per run")
-    runs = [(run, [json.loads(line) for line in (run / "metrics.jsonl").open()]) for run in map(Path, a.runs)]
+    runs = [(run, read_metrics(run)) for run in map(Path, a.runs)]
     heldout = any("eval/heldout_loss" in x for _, rows in runs for x in rows)
     fig, axes = plt.subplots(1, 3 if heldout else 2, figsize=(16 if heldout else 11, 4))
     ax1, ax2 = axes[:2]

@@ -1,7 +1,7 @@
 """Exact-match recall of trained teachers on the synthetic tasks at a few lengths, on held-out filler text: the quick
 check of whether a teacher retrieves at all (and where it stops) before anything is converted from it.
 
-    python benchmarks/gpu-plan/teacher_recall.py /tmp/work/teacher-small-c1 --device cuda:0 --out recall.json
+    python benchmarks/teacher_recall.py /tmp/work/teacher-small-c1 --device cuda:0 --out recall.json
 
 Each model: passkey, niah_single_2 and mqar at 256 / 512 / 1024 tokens (default), 8 prompts x 3 depths per cell.
 """
