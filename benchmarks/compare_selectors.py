@@ -1,4 +1,4 @@
-"""Every layer selector on equal terms: one shared stage 1, then each selector at the same budget through the same
+r"""Every layer selector on equal terms: one shared stage 1, then each selector at the same budget through the same
 stages 2-3 (distill, finetune), then one evaluation of all the hybrids against the teacher on identical tokens.
 
     python benchmarks/compare_selectors.py --teacher src/hybridize/assets/teacher-tiny --out out/selectors --recipe demo \
@@ -175,7 +175,7 @@ def main() -> None:
     a = p.parse_args()
     from hybridize.cli import dump_stacks_on_sigusr1
 
-    dump_stacks_on_sigusr1()  # the gpu-plan steps' `timeout -s USR1` then shows where an overrunning row was
+    dump_stacks_on_sigusr1()  # benchmarks/gpu_run.sh's `timeout -s USR1` then shows where an overrunning row was
     run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
         [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data,
         a.eval_data, evaluate=not a.no_eval, all_linear=a.all_linear)

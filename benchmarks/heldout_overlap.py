@@ -1,4 +1,4 @@
-"""How much of a held-out text also occurs, line for line, in training texts: a leak check for held-out evaluation.
+r"""How much of a held-out text also occurs, line for line, in training texts: a leak check for held-out evaluation.
 
     python benchmarks/heldout_overlap.py --heldout builtin:heldout --train builtin:train stdlib-code:train \
         --out results/cpu-teacher-text/heldout-overlap.json

@@ -1,4 +1,4 @@
-"""Hybrid-to-teacher perplexity ratio against the teacher's own perplexity, one point per model per text.
+r"""Hybrid-to-teacher perplexity ratio against the teacher's own perplexity, one point per model per text.
 
     python benchmarks/ppl_ratio_plot.py \
         --text "builtin:train" ppl-checks/builtin-train-bfloat16/report.json \

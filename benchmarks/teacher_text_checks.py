@@ -1,4 +1,4 @@
-"""Three checks behind results/cpu-teacher-text/ and results/gpu/mixers-small-gdn-gla/, in one results file:
+r"""Three checks behind results/cpu-teacher-text/ (and the held-out evaluations of the `small` teacher), in one file:
 
 1. the sizes of the built-in texts (`builtin` and `stdlib-code`, and their splits) on this Python;
 2. the teacher's training-time held-out evaluation (`heldout_lm` on `heldout_windows`) and the comparison's

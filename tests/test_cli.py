@@ -62,8 +62,8 @@ def test_python_dash_m_hybridize_exits_non_zero_on_a_user_error(tmp_path):
 
 def test_sigusr1_prints_the_stacks_and_the_run_goes_on(capsys):
     """A run gone quiet, its log saying nothing (a GPU row past its deadline), can be asked where it is:
-    `kill -USR1 PID` prints every thread's stack to stderr and the process keeps running; the gpu-plan steps send it
-    at a row's deadline, before the kill."""
+    `kill -USR1 PID` prints every thread's stack to stderr and the process keeps running; benchmarks/gpu_run.sh
+    sends it at a row's deadline, before the kill."""
     import signal
     import sys
     import time

@@ -48,12 +48,12 @@ def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_p
 
 
 def test_recall_grid_panels_keep_each_teacher_with_its_runs(tmp_path):
-    """benchmarks/gpu-plan/recall_grid.py: runs of one mixer, budget and teacher share a panel (a later FlashMorph
+    """benchmarks/recall_grid.py: runs of one mixer, budget and teacher share a panel (a later FlashMorph
     run joins its row), a run of another teacher gets its own panel with its own teacher bars, selectors are ordered
     teacher first, mismatched lengths in one panel are an error, and the CLI writes the plot or names a missing file."""
     import pytest
 
-    mod = load_script("benchmarks/gpu-plan/recall_grid.py")
+    mod = load_script("benchmarks/recall_grid.py")
 
     def rec(teacher_passkey, rows, mixer="gla", lengths=(8, 16)):
         return {"teacher": "/t", "budget": 0.25, "overrides": [f"mixer={mixer}"], "lengths": list(lengths),

@@ -13,8 +13,8 @@ device move the modules hold new tensors and the projections run one by one agai
 `fuse_projections` before each capture unless the model's `decode_fusion` is False.
 
 The fused matmul runs only for inputs of at most `MAX_ROWS` tokens (batch x new tokens: a decode step at batch 1-64).
-Measured side by side on an H200 (results/bench/h200-fused-projections/, Qwen3-1.7B shape): decode at batch 1 got
-1.12-1.31x faster per token and at batch 8 1.02-1.04x, while prefill got 1-30% slower. A prefill matmul is
+Measured side by side on an H200 (results/archive/bench/h200-fused-projections/, Qwen3-1.7B shape): decode at batch 1
+got 1.12-1.31x faster per token and at batch 8 1.02-1.04x, while prefill got 1-30% slower. A prefill matmul is
 compute-bound already, and the split outputs are strided views that the kernels after it copy. With prefill unfused
 (results/bench/h200-fused-projections-rerun/) prefill matched the plain model and decode gained 1.13-1.31x again.
 The gain is measured on CUDA only, so only CUDA decode fuses by default.

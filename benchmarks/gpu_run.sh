@@ -1,0 +1,348 @@
+#!/usr/bin/env bash
+# GPU measurements of hybridize, one named job at a time; each job writes its log and results under $OUT/JOB/.
+#
+#   bash benchmarks/gpu_run.sh prepare          # fla (and Triton >= 3.7.1 where staged) from .gpu/send, autotune caches
+#   bash benchmarks/gpu_run.sh list             # the jobs, one line each
+#   bash benchmarks/gpu_run.sh JOB [ARGS...]    # run JOB; ARGS go to its main command (e.g. --set KEY=VALUE)
+#
+# Run from the repository root with the package importable (`pip install -e .`, or PYTHONPATH=src). Environment:
+#   OUT       results root (default out/gpu); JOB writes OUT/JOB/command.txt (commit and commands) and OUT/JOB/JOB.log
+#   DEVICE    torch device (default cuda)
+#   WORK      run folders with weights and checkpoints (default /tmp/work); only json / jsonl / md / png / yaml files
+#             are copied from them to OUT, never weights
+#   TEACHER   the teacher the conversion jobs read (default $WORK/teacher-small, which the `teacher` job writes)
+#   TRAIN_DATA the conversion's text beside the retrieval episodes (default "builtin:train stdlib-code:train": what the
+#             `small` teacher trains on); evaluation is always on builtin:heldout, text neither saw
+#   HYBRIDIZE_COMMIT  the commit every results file records (default: `git rev-parse --short HEAD` where .git exists)
+#
+# A machine without network access gets fla's wheels (and Triton 3.7.1, which fla's gated chunk kernels need for their
+# backward pass on Hopper) staged into .gpu/send/ by ../shared/gpu/prepare.sh and stage.sh; `prepare` installs them.
+# The jobs that train GatedDeltaNet or GLA need that Triton; Lightning runs on Triton 3.6.
+#
+# Jobs (each one line in `list`; the results/ folder each produced is named in results/README.md):
+#   gpu-tests          tests/gpu (fla kernels vs our references, graph decode, fused kernels) and our Triton kernels'
+#                      CPU test files on CUDA; kernel errors into kernels.json
+#   speed              `hybridize bench`: hybrid vs teacher-engine at 8K-256K, stock transformers, GatedDeltaNet,
+#                      12.5% at 128K / 512K, batches 8 and 64, distillation MFU (Qwen3-1.7B shape, random weights)
+#   decode-attention   the decode-attention kernel against masked / unmasked SDPA and the bandwidth bound
+#   mixers             each mixer's kernel dispatch against the raw fla op and SDPA, forward and forward+backward
+#   fused-projections  fused q|k|v|gate and gate|up matmuls: their GPU test, then bench with and without them
+#   train-profile      one stage-2 distillation step under the profiler (MIXERS, default "lightning gated_deltanet"),
+#                      then ACCUM (default 4) micro-batches per optimizer step
+#   convert            benchmarks/convert_gpu.py: a 0.16B teacher made on the machine, converted; tokens/s and memory
+#   teacher            `hybridize teacher --size $SIZE` (default small) into $TEACHER, then its recall at 1x and 2x
+#   selectors          every selector (SELECTORS) at BUDGET (default 0.25) on $TEACHER with MIXER (default lightning),
+#                      recipe gpu-small, one shared stage 1, the all-linear student evaluated beside them
+#   mixer-rows         ROWS of mixer:budget (default "gated_deltanet:0.25 gla:0.25 lightning:0.125"), each with
+#                      ROW_SELECTORS (default uniform,halo,flashmorph), a mixer's stage 1 shared by its rows; mixers.md
+#   ppl-checks         perplexity of $TEACHER and the mixer-rows hybrids (before and after finetune) on four texts
+#
+# Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
+# finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
+# train-profile) must have the GPU to themselves.
+#
+# CPU check of the conversion jobs with the shipped tiny teacher (~3 min on 2 cores):
+#   S=(); for kv in align.tokens=16384 align.seq_len=256 align.batch_size=8 align.micro_batch_size=8 \
+#     align.warmup_steps=1 distill.tokens=16384 distill.seq_len=256 distill.batch_size=8 distill.micro_batch_size=8 \
+#     distill.warmup_steps=1 finetune.tokens=8192 finetune.seq_len=512 finetune.batch_size=4 \
+#     finetune.micro_batch_size=4 "select.halo_lengths=[224]" select.halo_examples=2 select.halo_lm_sequences=4 \
+#     select.halo_lm_seq_len=256 select.flashmorph_tokens=8192 "select.flashmorph_lengths=[224]" \
+#     select.flashmorph_micro_batch_tokens=1024 select.flashmorph_task=passkey "select.flashmorph_task_options={}"
+#   do S+=(--set "$kv"); done
+#   DEVICE=cpu OUT=/tmp/gpu-check TEACHER=src/hybridize/assets/teacher-tiny N_EPISODES=50 ROWS="lightning:0.5" \
+#     ROW_SELECTORS=uniform,halo bash benchmarks/gpu_run.sh mixer-rows --lengths 256,512 --samples 2 "${S[@]}"
+set -uo pipefail
+
+OUT=${OUT:-out/gpu}
+DEVICE=${DEVICE:-cuda}
+WORK=${WORK:-/tmp/work}
+TEACHER=${TEACHER:-$WORK/teacher-small}
+TRAIN_DATA=${TRAIN_DATA:-builtin:train stdlib-code:train}
+if [ -z "${HYBRIDIZE_COMMIT:-}" ]; then
+  HYBRIDIZE_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+fi
+export HYBRIDIZE_COMMIT
+PY=${PYTHON:-python3}
+
+# tqdm's carriage returns as line ends, a line at a time (plain `tr` block-buffers into a pipe)
+lines() { if command -v stdbuf > /dev/null; then stdbuf -oL tr '\r' '\n'; else tr '\r' '\n'; fi; }
+
+# tqdm redraws its bar at every step: keep a bar every 20%, drop blank lines and weight loading / saving bars
+progress() {
+  awk 'NF == 0 || /^(Loading weights|Writing model shards)/ { next }
+       /^[^ ].*: +[0-9]+%\|/ { k = substr($0, 1, index($0, "%|")); sub(/ *[0-9]+%$/, "", k)
+                              match($0, /[0-9]+%\|/); p = substr($0, RSTART, RLENGTH - 2) + 0
+                              if (!(k in last) || p >= last[k] + 20 || p < last[k] || (p == 100 && last[k] != 100)) {
+                                print; fflush(); last[k] = p }
+                              next }
+       { print; fflush() }'
+}
+
+# run LOG CMD...: record the command, run it with its output filtered into LOG and the terminal; returns its status
+run() {
+  local log=$1; shift
+  echo "command: $*" >> "$DIR/command.txt"
+  echo "+ $*"
+  "$@" 2>&1 | lines | progress | tee -a "$log"
+  return "${PIPESTATUS[0]}"
+}
+
+# fla's autotune results (benchmarks/triton-autotune/, keyed by Triton version and GPU): kernels then compile only
+# the winning configuration instead of autotuning
+unpack_autotune() {
+  mkdir -p ~/.triton/cache && for f in benchmarks/triton-autotune/*.tgz; do tar xzf "$f" -C ~/.triton/cache; done
+}
+
+# this machine's autotune results, for benchmarks/triton-autotune/ (tens of KB)
+save_autotune() {
+  (cd ~/.triton/cache 2>/dev/null && find . -name '*.autotune.json' -print0 \
+     | tar czf "$1/triton-autotune-cache.tgz" --null -T -) || true
+}
+
+# copy_results RUN_FOLDER DEST: results only (json / jsonl / md / png / yaml); no weights, checkpoints, TensorBoard
+# logs or tokenizer copies
+copy_results() {
+  mkdir -p "$2"
+  (cd "$1" && find . \( -name checkpoints -o -name tb \) -prune -o -type f \
+     \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.png' -o -name '*.yaml' \) \
+     ! -name 'tokenizer*.json' -print0 | xargs -0 -r cp --parents -t "$2")
+}
+
+need_teacher() {
+  [ -f "$TEACHER/config.json" ] && return 0
+  echo "ERROR: no teacher at $TEACHER (run the teacher job, or set TEACHER)"
+  exit 1
+}
+
+# The conversion's retrieval episodes in the teacher's format (new draws, seed 1, as `hybridize demo` does): N
+# (default 800, ~430K tokens at 1024) documents up to the teacher's trained length (at most 2048) on builtin:train
+# filler. Kept where they exist.
+episodes() {
+  local path=$WORK/episodes-$(basename "$TEACHER").jsonl
+  if [ ! -s "$path" ]; then
+    "$PY" - "$path" "$TEACHER" "${N_EPISODES:-800}" <<'PY' >&2
+import json, sys
+from pathlib import Path
+from hybridize.demo import _episodes
+path, teacher, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+trained = json.loads((teacher / "config.json").read_text())["max_position_embeddings"]
+_episodes(path, teacher, min(trained, 2048), n, data="builtin:train")
+print(f"episodes: {path} ({n} documents, up to {min(trained, 2048)} tokens, builtin:train filler)")
+PY
+  fi
+  echo "$path"
+}
+
+job_prepare() {
+  if [ -f .gpu/send/install.sh ]; then
+    bash .gpu/send/install.sh
+  elif ls .gpu/send/wheels/*.whl > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-deps .gpu/send/wheels/*.whl
+  fi
+  unpack_autotune
+  "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
+  "$PY" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'
+  "$PY" -c 'import fla; print("fla", fla.__version__)' 2>/dev/null || echo "fla not installed"
+}
+
+job_gpu_tests() {
+  local status=0
+  HYBRIDIZE_GPU_REPORT=$DIR/kernels.json run "$DIR/gpu-tests.log" \
+    "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu "$@" || status=1
+  run "$DIR/triton-tests-cuda.log" \
+    "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_decode.py tests/test_triton_fused.py || status=1
+  return "$status"
+}
+
+job_speed() {
+  local m=(-m hybridize bench --model qwen3-1.7b --device "$DEVICE") status=0
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 8K,32K,128K \
+    --variants hybrid,teacher-engine --repeats 2 --out "$DIR/qwen3-1.7b-lightning-25" "$@" || status=1
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 256K \
+    --variants hybrid,teacher-engine --repeats 1 --out "$DIR/qwen3-1.7b-lightning-25-256k" "$@" || status=1
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 8K,32K \
+    --variants teacher-engine,teacher-hf --repeats 2 --out "$DIR/qwen3-1.7b-teacher-hf" "$@" || status=1
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
+    --variants hybrid,teacher-engine --repeats 2 --out "$DIR/qwen3-1.7b-gdn-25" "$@" || status=1
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 128K,512K \
+    --variants hybrid --repeats 1 --out "$DIR/qwen3-1.7b-lightning-12.5" "$@" || status=1
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 4K,32K --batches 8,64 \
+    --variants hybrid,teacher-engine --repeats 1 --prefill-chunk 4096 --out "$DIR/qwen3-1.7b-lightning-25-batches" \
+    "$@" || status=1
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --train --seq-len 4096 --train-batch 1 \
+    --steps 5 --out "$DIR/train-lightning" || status=1
+  return "$status"
+}
+
+job_decode_attention() {
+  run "$DIR/decode-attention.log" "$PY" benchmarks/decode_attention.py --out "$DIR/decode-attention.json" "$@"
+}
+
+job_mixers() {
+  run "$DIR/mixers.log" "$PY" benchmarks/mixers.py --commit "$HYBRIDIZE_COMMIT" --out "$DIR/mixers.json" "$@"
+}
+
+job_fused_projections() {
+  run "$DIR/fused-projections-tests.log" \
+    "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu/test_decode_gpu.py -k fused
+  run "$DIR/fused-projections.log" "$PY" -m hybridize bench --model qwen3-1.7b --budget 0.25 --mixer lightning \
+    --contexts 8K,32K,128K --batches 1,8 --variants hybrid,hybrid-fused,teacher-engine,teacher-engine-fused \
+    --repeats 2 --device "$DEVICE" --out "$DIR" "$@"
+}
+
+job_train_profile() {
+  local status=0 mixer accum flags
+  for mixer in ${MIXERS:-lightning gated_deltanet}; do
+    for accum in 1 "${ACCUM:-4}"; do
+      flags=(); [ "$accum" = 1 ] && flags=(--profile)
+      run "$DIR/train-profile.log" "$PY" -m hybridize bench --model "${MODEL:-qwen3-1.7b}" --budget 0.25 \
+        --mixer "$mixer" --train --device "$DEVICE" --seq-len "${SEQ_LEN:-4096}" --train-batch 1 \
+        --train-accum "$accum" --steps 5 "${flags[@]}" --out "$DIR/train-profile-$mixer-accum$accum" "$@" || status=1
+    done
+  done
+  return "$status"
+}
+
+job_convert() {
+  run "$DIR/convert.log" "$PY" benchmarks/convert_gpu.py --out "$WORK/convert" --commit "$HYBRIDIZE_COMMIT" \
+    --device "$DEVICE" "$@"
+  local rc=$?
+  copy_results "$WORK/convert" "$DIR"
+  return "$rc"
+}
+
+job_teacher() {
+  local trained
+  mkdir -p "$WORK"
+  run "$DIR/train.log" "$PY" -m hybridize teacher --size "${SIZE:-small}" --out "$TEACHER" --device "$DEVICE" "$@"
+  for f in teacher.json config.json run/recipe.json run/metrics.jsonl run/curves.png; do
+    [ -f "$TEACHER/$f" ] && cp "$TEACHER/$f" "$DIR/"
+  done
+  [ -f "$TEACHER/teacher.json" ] || { echo "ERROR: no teacher written; run the job again to continue"; return 1; }
+  trained=$("$PY" -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")
+  run "$DIR/recall.log" "$PY" benchmarks/teacher_recall.py "$TEACHER" --lengths "$trained,$((2 * trained))" \
+    --device "$DEVICE" --out "$DIR/recall.json"
+}
+
+job_selectors() {
+  need_teacher
+  local ep work=$WORK/selectors rc
+  ep=$(episodes) || return 1
+  [[ $DEVICE == cuda* ]] && unpack_autotune
+  cp src/hybridize/recipes/gpu-small.yaml "$DIR/"
+  run "$DIR/run.log" "$PY" benchmarks/compare_selectors.py --teacher "$TEACHER" --out "$work" --recipe gpu-small \
+    --budget "${BUDGET:-0.25}" --selectors "${SELECTORS:-uniform,random,halo,kl_guided,flashmorph}" \
+    --set "mixer=${MIXER:-lightning}" --device "$DEVICE" --data $TRAIN_DATA "$ep" --eval-data builtin:heldout \
+    --all-linear "$@"
+  rc=$?
+  copy_results "$work" "$DIR"
+  [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$DIR/teacher.json"
+  [[ $DEVICE == cuda* ]] && save_autotune "$DIR"
+  return "$rc"
+}
+
+job_mixer_rows() {
+  need_teacher
+  local ep row mixer budget name work src status=0
+  ep=$(episodes) || return 1
+  [[ $DEVICE == cuda* ]] && unpack_autotune
+  cp src/hybridize/recipes/gpu-small.yaml "$DIR/"
+  for row in ${ROWS:-gated_deltanet:0.25 gla:0.25 lightning:0.125}; do
+    mixer=${row%%:*}; budget=${row##*:}
+    name=$mixer-$("$PY" -c "print(f'{100 * float(\"$budget\"):g}'.replace('.', '_'))")
+    work=$WORK/mixer-rows/$name
+    # stage 1 depends on the mixer only: a row reuses the first finished one of its mixer (its done.json skips align)
+    src=$(ls -d "$WORK/mixer-rows/$mixer"-*/stage1/stages/align/done.json 2>/dev/null | head -1)
+    if [ -n "$src" ] && [ ! -e "$work/stage1/stages/align" ]; then
+      mkdir -p "$work/stage1/stages" && cp -r "$(dirname "$src")" "$work/stage1/stages/align"
+    fi
+    echo "=== $name" | tee -a "$DIR/run.log"
+    # at the deadline USR1 first (compare_selectors.py prints every thread's stack and goes on), the kill 30 s later
+    run "$DIR/run.log" timeout -s USR1 -k 30 "${ROW_TIMEOUT:-900}" "$PY" benchmarks/compare_selectors.py \
+      --teacher "$TEACHER" --out "$work" --recipe gpu-small --budget "$budget" \
+      --selectors "${ROW_SELECTORS:-uniform,halo,flashmorph}" --set "mixer=$mixer" --device "$DEVICE" \
+      --data $TRAIN_DATA "$ep" --eval-data builtin:heldout --all-linear "$@" || status=1
+    copy_results "$work" "$DIR/$name"
+  done
+  [ -f "$TEACHER/teacher.json" ] && cp "$TEACHER/teacher.json" "$DIR/teacher.json"
+  "$PY" benchmarks/mixers_table.py "$DIR"/*/selectors.json --out "$DIR/mixers.md"
+  [[ $DEVICE == cuda* ]] && save_autotune "$DIR"
+  return "$status"
+}
+
+job_ppl_checks() {
+  need_teacher
+  local links=$WORK/ppl-check-models models=() row sel name spec data dtype length status=0
+  length=${LENGTH:-$("$PY" -c "import json; print(json.load(open('$TEACHER/config.json'))['max_position_embeddings'])")}
+  # each model under a link named after its row, selector and stage: the report names it so
+  rm -rf "$links"; mkdir -p "$links"
+  for row in "$WORK"/mixer-rows/*/; do
+    row=${row%/}
+    for sel in $(echo "${SELECTORS:-uniform,halo,flashmorph}" | tr , ' '); do
+      name=$(basename "$row")-$sel
+      if [ -f "$row/$sel/config.json" ]; then ln -s "$row/$sel" "$links/$name"; models+=(--model "$links/$name"); fi
+      if [ -f "$row/$sel/stages/distill/model/config.json" ]; then
+        ln -s "$row/$sel/stages/distill/model" "$links/$name-distill"; models+=(--model "$links/$name-distill")
+      fi
+    done
+  done
+  if [ ${#models[@]} -eq 0 ]; then
+    echo "ERROR: no hybrid under $WORK/mixer-rows (run mixer-rows on this machine first)"
+    return 1
+  fi
+  for spec in builtin:heldout builtin:train stdlib-code:heldout builtin:heldout@float32; do
+    data=${spec%@*}; dtype=bfloat16; [ "$spec" != "$data" ] && dtype=${spec#*@}
+    name=$(echo "$data-$dtype" | tr ':' '-')
+    run "$DIR/ppl-checks.log" "$PY" -m hybridize eval --teacher "$TEACHER" "${models[@]}" --suite perplexity \
+      --lengths "$length" --samples 16 --data "$data" --dtype "$dtype" --device "$DEVICE" --out "$DIR/$name" \
+      --no-progress "$@" || status=1
+  done
+  "$PY" - "$DIR" > "$DIR/summary.md" <<'PY'
+# one table: a row per model, a column per text and dtype (the ratio to the teacher in brackets), then each model's
+# loss minus the entropy of its predictions (nats/token; > 0: more confident than its errors warrant)
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = {d.name: [r for r in json.loads((d / "report.json").read_text())["results"] if r["metric"] == "perplexity"]
+        for d in sorted(out.iterdir()) if (d / "report.json").is_file()}
+cols = {name: {r["model"]: (r["role"], r["value"]) for r in rs} for name, rs in rows.items()}
+models = list(dict.fromkeys(m for c in cols.values() for m in c))
+teacher = {name: next((v for role, v in c.values() if role == "teacher"), None) for name, c in cols.items()}
+print("| model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+for m in models:
+    cells = ["-" if m not in c else f"{c[m][1]:.2f}" + (f" ({c[m][1] / teacher[name]:.3f})" if teacher[name] else "")
+             for name, c in cols.items()]
+    print(f"| {m} | " + " | ".join(cells) + " |")
+gaps = {name: {r["model"]: r["nll"] - r["entropy"] for r in rs if "entropy" in r} for name, rs in rows.items()}
+if any(gaps.values()):
+    print("\nloss - predictive entropy (nats/token; > 0: overconfident)\n")
+    print("| model | " + " | ".join(gaps) + " |\n|---|" + "---|" * len(gaps))
+    for m in models:
+        print(f"| {m} | " + " | ".join(f"{g[m]:+.3f}" if m in g else "-" for g in gaps.values()) + " |")
+PY
+  cat "$DIR/summary.md"
+  return "$status"
+}
+
+JOBS=(gpu-tests speed decode-attention mixers fused-projections train-profile convert teacher selectors mixer-rows
+      ppl-checks)
+
+case "${1:-}" in
+  "" | -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  list) sed -n '/^# Jobs/,/^# Every job/p' "$0" | sed '1d; $d; s/^# \{0,1\}//'; exit 0 ;;
+  prepare) job_prepare; exit $? ;;
+esac
+job=$1; shift
+if [[ " ${JOBS[*]} " != *" $job "* ]]; then
+  echo "unknown job '$job'. Available: prepare, list, ${JOBS[*]}" >&2
+  exit 2
+fi
+DIR=$OUT/$job
+mkdir -p "$DIR"
+{ echo "commit: $HYBRIDIZE_COMMIT"; echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \
+    2>/dev/null; } > "$DIR/command.txt"
+"job_${job//-/_}" "$@"
+rc=$?
+echo "$job: exit $rc; results in $DIR"
+exit "$rc"
