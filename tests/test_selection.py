@@ -385,11 +385,10 @@ def test_select_stage_dispatches_and_assemble_follows(selector, overrides, stage
 def test_prompts_too_short_for_the_selectors_task_fail_before_stage_1(stage1, tmp_path):
     recipe = load_recipe("smoke", ["selector=flashmorph", "select.flashmorph_lengths=[512, 1024]",
                                    "select.flashmorph_task_options={}"])  # 10 x 32 words need ~2.3K tiny-BPE tokens
-    conv = Conversion(stage1.teacher, tmp_path / "out", recipe, data=stage1.data, device="cpu")
     with pytest.raises(ValueError, match="select.flashmorph_lengths: length=512 is too short for task "
                                          "'passkey_flashmorph'.*use length >= "):
-        align(conv)
-    assert not conv.stage_dir("align").exists()
+        Conversion(stage1.teacher, tmp_path / "out", recipe, data=stage1.data, device="cpu")
+    assert not (tmp_path / "out").exists()  # refused when the conversion is made: nothing written
 
 
 # Intra-layer conversions (recipe fusion=intra): the selectors choose KV-head groups, not layers.
