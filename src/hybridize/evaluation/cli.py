@@ -26,7 +26,14 @@ def add_commands(subparsers) -> None:
                     help="context lengths in tokens, comma-separated; a K suffix means x1024 (e.g. 4K,32K)")
     ev.add_argument("--depths", default="0,0.25,0.5,0.75,1",
                     help="needle depths in [0, 1], comma-separated, or 'random' (default: 0,0.25,0.5,0.75,1)")
-    ev.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth) and perplexity windows")
+    ev.add_argument("--samples", type=int, default=None,
+                    help="prompts per (task, length, depth), each with needles and values of its own (default: 200 "
+                         "per task and length over the depths on CUDA, e.g. 67 x 3 depths; 8 per depth on the CPU)")
+    ev.add_argument("--windows", type=int, default=None,
+                    help="perplexity windows (default: --samples when given, else 8)")
+    ev.add_argument("--teacher-sha256", metavar="HEX", default=None,
+                    help="refuse to run unless the teacher's weights hash (sha256 of its tensors, as teacher.json "
+                         "and every report record it) starts with HEX")
     ev.add_argument("--data", default=None, help="text for perplexity and for the haystacks (default: builtin corpus)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and of the perplexity windows "
                     "(default: 0)")
@@ -87,16 +94,17 @@ def _eval(args: argparse.Namespace) -> None:
         argv += ["--model", m]
     for flag, value in (("--teacher", args.teacher), ("--suite", ",".join(suites)),
                         ("--lengths", ",".join(map(str, lengths))), ("--depths", args.depths),
-                        ("--samples", args.samples), ("--data", args.data), ("--seed", args.seed),
-                        ("--tokenizer", args.tokenizer), ("--batch-tokens", args.batch_tokens),
-                        ("--device", args.device), ("--dtype", args.dtype), ("--out", args.out)):
+                        ("--samples", args.samples), ("--windows", args.windows), ("--data", args.data),
+                        ("--seed", args.seed), ("--tokenizer", args.tokenizer), ("--batch-tokens", args.batch_tokens),
+                        ("--device", args.device), ("--dtype", args.dtype), ("--teacher-sha256", args.teacher_sha256),
+                        ("--out", args.out)):
         if value is not None:
             argv += [flag, str(value)]
     cfg = EvalConfig(
-        models=args.model, out=args.out, teacher=args.teacher, suites=suites, lengths=lengths, depths=depths,
-        samples=args.samples, data=args.data, seed=args.seed, tokenizer=args.tokenizer,
-        batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-        command=shlex.join(argv),
+        models=args.model, out=args.out, teacher=args.teacher, suites=suites, lengths=lengths,
+        depths=depths, samples=args.samples, windows=args.windows, data=args.data, seed=args.seed,
+        tokenizer=args.tokenizer, batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
+        progress=not args.no_progress, command=shlex.join(argv), teacher_sha256=args.teacher_sha256,
     )
     for path in run_eval(cfg):
         print(path)
