@@ -20,9 +20,11 @@ def __getattr__(name: str):
         from . import compare as module
     elif name in ("EvalConfig", "run_eval"):
         from . import runner as module
+    elif name == "run_stage_eval":
+        from . import stages as module
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(module, name)
 
 
-__all__ = ["SUITES", "EvalConfig", "run_eval", *_PERPLEXITY, *_RECALL, *_COMPARE]
+__all__ = ["SUITES", "EvalConfig", "run_eval", "run_stage_eval", *_PERPLEXITY, *_RECALL, *_COMPARE]

@@ -17,8 +17,12 @@ def add_commands(subparsers) -> None:
         "eval", help="teacher vs students: perplexity and synthetic recall (NIAH, passkey, MQAR), one report",
         description="Evaluate one or more models (and optionally their teacher) on identical tokens and write "
                     "report.md, report.json and figures into --out.")
-    ev.add_argument("--model", action="append", required=True, metavar="DIR",
-                    help="a model folder to evaluate; repeat to compare several students")
+    ev.add_argument("--model", action="append", default=[], metavar="DIR",
+                    help="a model folder to evaluate; repeat to compare several students (or --stages)")
+    ev.add_argument("--stages", metavar="CONVERSION",
+                    help="a `hybridize convert` output folder: evaluate its student after each stage (all-linear "
+                         "aligned, the selected hybrid before distill, after distill, after finetune) beside the "
+                         "teacher it records, and write stages.md / stages.json: where recall is lost")
     ev.add_argument("--teacher", metavar="DIR", help="the teacher's folder (any AutoModelForCausalLM)")
     ev.add_argument("--suite", default=",".join(SUITES),
                     help=f"comma-separated suites ({', '.join(SUITES)}) or synthetic task names (default: all suites)")
@@ -92,7 +96,7 @@ def _eval(args: argparse.Namespace) -> None:
     argv = ["hybridize", "eval"]
     for m in args.model:
         argv += ["--model", m]
-    for flag, value in (("--teacher", args.teacher), ("--suite", ",".join(suites)),
+    for flag, value in (("--stages", args.stages), ("--teacher", args.teacher), ("--suite", ",".join(suites)),
                         ("--lengths", ",".join(map(str, lengths))), ("--depths", args.depths),
                         ("--samples", args.samples), ("--windows", args.windows), ("--data", args.data),
                         ("--seed", args.seed), ("--tokenizer", args.tokenizer), ("--batch-tokens", args.batch_tokens),
@@ -101,12 +105,18 @@ def _eval(args: argparse.Namespace) -> None:
         if value is not None:
             argv += [flag, str(value)]
     cfg = EvalConfig(
-        models=args.model, out=args.out, teacher=args.teacher, suites=suites, lengths=lengths,
+        models=args.model, stages=args.stages, out=args.out, teacher=args.teacher, suites=suites, lengths=lengths,
         depths=depths, samples=args.samples, windows=args.windows, data=args.data, seed=args.seed,
         tokenizer=args.tokenizer, batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, command=shlex.join(argv), teacher_sha256=args.teacher_sha256,
     )
-    for path in run_eval(cfg):
+    if cfg.stages:
+        from .stages import run_stage_eval
+
+        paths = run_stage_eval(cfg)
+    else:
+        paths = run_eval(cfg)
+    for path in paths:
         print(path)
 
 

@@ -139,7 +139,8 @@ def _recall_curves(path: Path, entries: list[dict], tasks: list[str], models: li
                 # each model a little apart along x, so that overlapping bars stay readable
                 xs = [n * 2 ** (0.04 * (k - (len(models) - 1) / 2)) for n, _ in pts]
                 ys = [r["recall"] for _, r in pts]
-                err = [[y - r["ci_low"] for y, (_, r) in zip(ys, pts)], [r["ci_high"] - y for y, (_, r) in zip(ys, pts)]]
+                err = [[y - r["ci_low"] for y, (_, r) in zip(ys, pts)],
+                       [r["ci_high"] - y for y, (_, r) in zip(ys, pts)]]
                 ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=model)
         _length_axis(ax, lengths, trained)
         _shade_beyond(ax, trained, lengths)
@@ -222,8 +223,8 @@ def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[st
     rows = [r for r in paired if r["depth"] == ALL]
     if rows:
         lines += ["", "## Paired comparisons", "", "McNemar's exact test on the same prompts (over the depths; "
-                  "per depth in report.json's `paired`): of the prompts the two models disagree on, how many only A and "
-                  "only B got right, and the two-sided p of a difference that large if neither were better.", "",
+                  "per depth in report.json's `paired`): of the prompts the two models disagree on, how many only A "
+                  "and only B got right, and the two-sided p of a difference that large if neither were better.", "",
                   "| task | length | A | B | n | both | A only | B only | p |", "|---" * 9 + "|"]
         for r in rows:
             length = "all" if r["length"] == ALL else _mark(r["length"], trained)

@@ -58,10 +58,14 @@ class EvalConfig:
     names: list[str] | None = None  # report names of `models` (default: their folder names)
     teacher_sha256: str | None = None  # refuse a teacher whose weights hash (`provenance.weights_sha256`) differs
     distinct_prompts: bool = True  # False: the same needles in every cell (`metrics.recall.build_cells`)
+    # a `hybridize convert` output folder: evaluate its student after each stage (`evaluation.stages`) instead of
+    # `models`, and write stages.md / stages.json beside the report
+    stages: str | None = None
 
     def __post_init__(self):
-        if not self.models:
-            raise ValueError("models: give at least one model directory")
+        if bool(self.models) == bool(self.stages):
+            raise ValueError("models / stages: give at least one model directory (--model DIR) or one conversion "
+                             "folder (--stages DIR), not both")
         if not self.suites:
             raise ValueError(f"suites: give at least one of {list(SUITES)} or a task name")
         allowed = list(SUITES) + sorted(TASKS)
@@ -81,7 +85,7 @@ class EvalConfig:
                                        or not all(isinstance(n, str) and n for n in self.names)):
             raise ValueError(f"names must give each of the {len(self.models)} models its own non-empty name, got "
                              f"{self.names}")
-        if self.teacher_sha256 is not None and not self.teacher:
+        if self.teacher_sha256 is not None and not (self.teacher or self.stages):
             raise ValueError("teacher_sha256 needs a teacher to check: give teacher (--teacher DIR) too")
         if self.batch_tokens < 1:
             raise ValueError(f"batch_tokens must be >= 1, got {self.batch_tokens}")
@@ -122,7 +126,10 @@ def _names(paths: list[Path]) -> list[str]:
 
 
 def run_eval(cfg: EvalConfig) -> list[Path]:
-    """Evaluate the teacher (if any) and every model; write the report into `cfg.out`; return the files written."""
+    """Evaluate the teacher (if any) and every model; write the report into `cfg.out`; return the files written.
+    (`cfg.stages`, a conversion's students after each stage, is `evaluation.stages.run_stage_eval`'s.)"""
+    if cfg.stages:
+        raise ValueError(f"stages={cfg.stages!r}: a conversion's stages are evaluated by run_stage_eval(cfg)")
     import transformers
     from transformers import AutoConfig
 
