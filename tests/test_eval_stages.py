@@ -45,6 +45,7 @@ def test_stage_table_scores_every_stage_beside_the_teacher(conversion, tmp_path,
     table = json.loads((out / "stages.json").read_text())
     assert [m["name"] for m in table["models"]] == ["teacher", *STAGE_NAMES]
     assert table["models"][0]["weights_sha256"] == weights_sha256(teacher)  # the teacher the conversion recorded
+    assert weights_sha256(teacher) in (root / "conv" / "README.md").read_text()  # and its model card names
     assert [m["attention_layers"] for m in table["models"]] == [4, 0, 1, 1, 1]
     rows = {r["model"]: r for r in table["rows"]}
     assert list(rows) == ["teacher", *STAGE_NAMES] and all(r["n"] == 3 for r in rows.values())
