@@ -41,7 +41,8 @@ def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder (config.json + safetensors + "
                    "tokenizer) or hub id")
     p.add_argument("--teacher-sha256", metavar="HEX", default=None, help="refuse to run unless the teacher's "
-                   "weights hash (sha256 of its tensors: teacher.json and source-teacher.json record it) starts with HEX")
+                   "weights hash (sha256 of its tensors: teacher.json and source-teacher.json record it) starts "
+                   "with HEX")
     p.add_argument("--out", default=None, help="output folder: the final model, and stages/<stage>/ run folders "
                    "(required but with --plan)")
     p.add_argument("--recipe", default=None, help="built-in recipe name or YAML file (default: smoke, a setup check)")
