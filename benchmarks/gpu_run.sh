@@ -36,6 +36,11 @@
 #   mixer-rows         ROWS of mixer:budget (default "gated_deltanet:0.25 gla:0.25 lightning:0.125"), each with
 #                      ROW_SELECTORS (default uniform,halo,flashmorph), a mixer's stage 1 shared by its rows; mixers.md
 #   ppl-checks         perplexity of $TEACHER and the mixer-rows hybrids (before and after finetune) on four texts
+#   quality            issue 26's grid (benchmarks/quality_grid.py): one fixed teacher (here, or trained with
+#                      deterministic kernels), 25% (BUDGET), MIXERS (default lightning,gated_deltanet) x SELECTORS
+#                      (default uniform,halo,flashmorph) x SEEDS (default 3), each hybrid on the teacher's 201 prompts
+#                      per task and length; as far as CALL_SECONDS (default 530) go, resumed from STATE_FROM
+#                      (default results/quality); state.json, summary.json and summary.md into OUT/quality
 #
 # Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
 # finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
@@ -324,8 +329,81 @@ PY
   return "$status"
 }
 
+# quality: one call of the device tool at a time (`bash benchmarks/gpu_run.sh prepare > /dev/null &&
+# bash benchmarks/gpu_run.sh quality`, carry [".gpu/send"]). The next call right away keeps the machine, and with it
+# the state, the teacher and each seed's stage 1 under $WORK. Copy OUT/quality/* into results/quality/ after each
+# call: that folder is all a fresh machine needs to go on, with the same teacher only (state.json pins its weights
+# hash). A teacher trained here comes back too, 3 parts of 15 MiB per call (OUT/quality/teacher-part??;
+# TEACHER_PARTS=0: not): `cat teacher-part?? | tar xf - -C DIR` gives DIR/teacher-small, whose weights_sha256 must be
+# state.json's; a later session sends it (../shared/gpu) instead of training it again. Exit 3: stopped at
+# CALL_SECONDS, call again.
+#
+# Estimate, and how: the H200 times of results/ with compiled kernels, x 1.15 for an H100 (the small teacher trained
+# at 210K tokens/s on an H200, 180K on an H100). Per conversion: distill ~70 s, finetune ~12 s, evaluation ~40 s (2
+# tasks x 3 lengths x 201 prompts, 5.6x the 216 prompts that took 6-8 s a model on an H200). Selection: HALO ~30 s,
+# FlashMorph ~45 s (plus ~80 s compiling once per mixer and machine). Stage 1 ~35 s per (mixer, seed) (plus ~100 s
+# compiling once per mixer and machine). A (mixer, seed) of three selectors: ~35 + 3 x 122 + 30 + 45 = ~475 s; the
+# six of the grid ~48 min; with the teacher's evaluation (~40 s) and, per fresh machine, ~5 min of compiling, episodes
+# and installs: ~55 min of GPU time in ~7 calls of ~9 min with the teacher sent, one or two calls more when it is
+# trained here (~9.5 min; deterministic kernels may slow it, not timed). A call stops before a conversion that would
+# overrun it, so each leaves up to ~2 min unused.
+quality_back() {
+  cp "$WORK/quality-state"/state.json "$WORK/quality-state"/summary.json "$WORK/quality-state"/summary.md "$DIR/" \
+    2> /dev/null || true
+}
+
+job_quality() {
+  local t0=$SECONDS limit=${CALL_SECONDS:-530} live=$WORK/quality-state parts=$WORK/teacher-parts
+  local mixers=${MIXERS:-lightning,gated_deltanet} from=${STATE_FROM:-results/quality} ep f sent=0 rc=3 minutes
+  quality_left() { echo $(( limit - (SECONDS - t0) )); }
+  mkdir -p "$live" "$parts"
+  if [ ! -f "$live/state.json" ] && [ -f "$from/state.json" ]; then
+    cp "$from/state.json" "$live/" && echo "state: from $from"
+  fi
+  [[ $DEVICE == cuda* ]] && unpack_autotune
+  # the teacher: here (an earlier call on this machine, or sent), else trained within this call; the next call on
+  # this machine continues it from its checkpoint
+  if [ ! -f "$TEACHER/teacher.json" ]; then
+    minutes=$(awk "BEGIN { m = ($(quality_left) - 45) / 60; print (m < 1 ? 1 : m) }")
+    run "$DIR/quality.log" "$PY" -m hybridize teacher --size "${SIZE:-small}" --out "$TEACHER" --device "$DEVICE" \
+      --set train.deterministic=true --max-minutes "$minutes"
+    [ -f "$TEACHER/teacher.json" ] || { echo "teacher not finished: run the job again"; quality_back; return 3; }
+    touch "$parts/trained-here"
+  fi
+  "$PY" -c "from hybridize.provenance import weights_sha256; print('teacher $TEACHER', weights_sha256('$TEACHER'))"
+  if [ "${TEACHER_PARTS:-1}" = 1 ] && [ -f "$parts/trained-here" ]; then
+    [ -f "$parts/teacher-part00" ] || tar cf - -C "$(dirname "$TEACHER")" "$(basename "$TEACHER")" \
+      | split -b 15M -d - "$parts/teacher-part"
+    for f in "$parts"/teacher-part??; do
+      [ -e "$f.sent" ] || [ "$sent" -ge 3 ] || { cp "$f" "$DIR/" && touch "$f.sent" && sent=$((sent + 1)); }
+    done
+    echo "teacher parts: $sent in this call;" \
+      "$(ls "$parts"/*.sent | wc -l) of $(ls "$parts"/teacher-part?? | wc -l) sent"
+  fi
+  # GatedDeltaNet trains on Hopper with Triton >= 3.7.1 only: without it this call runs the other mixers
+  if [[ $DEVICE == cuda* ]] && [[ ",$mixers," == *,gated_deltanet,* ]] && ! "$PY" -c \
+      'import triton, sys; sys.exit(tuple(int(x) for x in triton.__version__.split(".")[:3]) < (3, 7, 1))'; then
+    mixers=$(echo "$mixers" | tr , '\n' | grep -vx gated_deltanet | paste -sd, -)
+    echo "Triton < 3.7.1: gated_deltanet left out of this call (mixers: ${mixers:-none})"
+  fi
+  [ -n "$mixers" ] || { quality_back; return 3; }
+  ep=$(episodes) || return 1
+  if [ "$(quality_left)" -gt 60 ]; then
+    # quality_grid.py stops before a conversion that would not fit; the timeout (USR1 first: every thread's stack)
+    # only catches an estimate gone wrong, whose conversion the next call on this machine continues
+    run "$DIR/quality.log" timeout -s USR1 -k 20 "$(( $(quality_left) + 30 ))" "$PY" benchmarks/quality_grid.py \
+      --teacher "$TEACHER" --state "$live" --work "$WORK/quality" --mixers "$mixers" \
+      --selectors "${SELECTORS:-uniform,halo,flashmorph}" --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" \
+      --recipe gpu-small --data $TRAIN_DATA "$ep" --eval-data builtin:heldout --device "$DEVICE" \
+      --deadline "$(quality_left)" "$@"
+    rc=$?
+  fi
+  quality_back
+  return "$rc"
+}
+
 JOBS=(gpu-tests speed decode-attention mixers fused-projections train-profile convert teacher selectors mixer-rows
-      ppl-checks)
+      ppl-checks quality)
 
 case "${1:-}" in
   "" | -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from conftest import load_script
 from teachers import TEXTS, make_teacher
@@ -45,6 +46,12 @@ def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_p
     assert (out / "selectors.md").read_text().count("\n| ") == 4  # teacher + three rows
     report = json.loads((out / "report" / "report.json").read_text())
     assert {e["model"] for e in report["results"]} >= {"uniform", "random", cs.ALL_LINEAR}
+    # every score with its interval and n, and McNemar's p against the teacher and the first selector (uniform)
+    assert record["teacher_sha256"] == report["meta"]["models"][0]["weights_sha256"]
+    lo, hi, n = rows["random"]["intervals"]["passkey@320"]
+    assert n == 3 and lo <= rows["random"]["passkey@320"] <= hi and record["prompts_per_cell"] == 3
+    assert set(rows["random"]["p_vs"]) == {"teacher", "uniform"} and set(rows["uniform"]["p_vs"]) == {"teacher"}
+    assert 0 < rows["random"]["p_vs"]["uniform"]["passkey@320"] <= 1
 
 
 def test_recall_grid_panels_keep_each_teacher_with_its_runs(tmp_path):
@@ -80,3 +87,42 @@ def test_recall_grid_panels_keep_each_teacher_with_its_runs(tmp_path):
     assert (tmp_path / "grid.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no such selectors.json: .*missing.json"):
         mod.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.png")])
+
+
+
+def test_seeds_run_one_comparison_per_seed_and_report_mean_and_spread(tmp_path, monkeypatch):
+    """--seeds 3: one comparison per conversion seed (its folder, `seed=k`), then each selector's mean, standard
+    deviation, min and max over them in seeds.json / seeds.md. The comparisons are stand-ins here: the test above
+    runs a real one."""
+    import pytest
+
+    cs, calls = _module(), []
+
+    def fake(out, overrides, **kw):
+        k = int(overrides[-1].removeprefix("seed="))
+        calls.append((out.name, overrides, kw["teacher_sha256"]))
+        rows = [{"selector": "uniform", "layers": [3], "passkey@8": 0.5, "selection_seconds": 0.0},
+                {"selector": "halo", "layers": [k], "passkey@8": [0.25, 0.75, 0.5][k], "selection_seconds": 10.0 + k,
+                 "perplexity_ratio@8": 1.0}]
+        return {"seed": k, "teacher": "t", "teacher_sha256": "ab" * 32, "recipe": "smoke", "overrides": overrides,
+                "budget": "0.25", "device": "cpu", "lengths": [8], "prompts_per_cell": 6, "rows": rows,
+                "teacher_results": {"passkey@8": 1.0}}
+
+    monkeypatch.setattr(cs, "run_one", fake)
+    args = dict(teacher=Path("t"), out=tmp_path, recipe_name="smoke", budget="0.25", selectors=["uniform", "halo"],
+                lengths=[8], samples=None, device="cpu", overrides=["mixer=gla"], teacher_sha256="abababab")
+    for bad in (0, 1.5):
+        with pytest.raises(SystemExit, match="seeds must be an integer >= 1"):
+            cs.run(seeds=bad, **args)
+    record = cs.run(seeds=3, **args)
+    assert calls == [(f"seed{k}", ["mixer=gla", f"seed={k}"], "abababab") for k in range(3)]
+    assert record == json.loads((tmp_path / "seeds.json").read_text()) and record["seeds"] == [0, 1, 2]
+    halo = next(r for r in record["rows"] if r["selector"] == "halo")
+    assert halo["passkey@8"] == {"mean": 0.5, "sd": 0.25, "min": 0.25, "max": 0.75, "values": [0.25, 0.75, 0.5]}
+    assert halo["selection_seconds"]["mean"] == 11.0 and halo["layers"] == [[0], [1], [2]]
+    uniform = next(r for r in record["rows"] if r["selector"] == "uniform")
+    assert uniform["passkey@8"]["sd"] == 0.0 and uniform["perplexity_ratio@8"] is None
+    assert record["teacher_results"]["passkey@8"]["mean"] == 1.0
+    md = (tmp_path / "seeds.md").read_text()
+    assert "| halo | 50% ± 25 [25-75] |" in md and "| teacher | 100% ± 0 [100-100] |" in md
+    assert cs.run(seeds=3, evaluate=False, **args) is None

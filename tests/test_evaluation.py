@@ -235,6 +235,14 @@ def test_eval_report_for_a_teacher_and_two_students(model_dirs, tmp_path, capsys
     assert "| niah_single_2 | 400† |" in md and "| niah_single_2 | 256 |" in md
     assert "perplexity, context 257-400† |" in md
     assert meta["command"] in md and "![" in md and "heatmap_mqar.png" in md
+    # each model's weights hash; each rate with its interval; each student paired with the teacher on the same prompts
+    assert all(len(m["weights_sha256"]) == 64 for m in meta["models"]) and meta["prompts_per_cell"] == 2
+    assert [m["attention_layers"] for m in meta["models"]] == [5, 2, 1]
+    assert {(r["model"], r["task"], r["length"], r["n"]) for r in report["recall"]} == \
+        {(m, t, n, 2) for m in ("teacher", "hybrid-a", "hybrid-b") for t in ("niah_single_2", "mqar") for n in (256, 400)}
+    assert all(r["ci_low"] <= r["recall"] <= r["ci_high"] for r in report["recall"])
+    assert {(r["a"], r["b"]) for r in report["paired"]} == {("hybrid-a", "teacher"), ("hybrid-b", "teacher")}
+    assert "## Paired comparisons" in md and "n=4" in md
 
 
 def test_eval_errors_are_one_line_and_exit_2(model_dirs, tmp_path, capsys):
@@ -249,6 +257,8 @@ def test_eval_errors_are_one_line_and_exit_2(model_dirs, tmp_path, capsys):
         (base + ["--teacher", str(root)], "teacher directory " + str(root) + " has no config.json"),
         (base + ["--suite", "perplexity", "--lengths", "100000"], "the perplexity data holds"),
         (base + ["--suite", "niah_single_3", "--lengths", "20"], "length=20 is too short for task 'niah_single_3'"),
+        (base + ["--teacher", str(d["teacher"]), "--teacher-sha256", "00000000"], "not the expected 00000000"),
+        (base + ["--teacher-sha256", "00000000"], "teacher_sha256 needs a teacher to check"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3ForCausalLM
 from hybridize.cli import main
 from hybridize.data.synthetic import IGNORE_INDEX, FillerTokens
 from hybridize.data.tokenizer import train_bpe_tokenizer
+from hybridize.provenance import weights_sha256
 from hybridize.teacher import train_teacher
 from hybridize.teacher.recipe import SIZES, teacher_recipe
 from hybridize.teacher.train import EpisodeMixer, repeat_episode
@@ -182,6 +183,9 @@ def test_tiny_teacher_is_deterministic_resumable_and_a_plain_hf_checkpoint(tmp_p
     assert not torch.are_deterministic_algorithms_enabled()
     assert record["recipe"]["train"]["tokens"] == 3072
     assert {"command", "commit", "torch", "transformers"} <= set(record)  # what produced it
+    # the weights' hash, what later runs insist on: the same for the resumed and the deterministic run
+    assert record["weights_sha256"] == weights_sha256(tmp_path / "one") == weights_sha256(tmp_path / "two")
+    assert json.loads((tmp_path / "det" / "teacher.json").read_text())["weights_sha256"] == record["weights_sha256"]
     # a different recipe in the same folder is refused rather than mixed
     with pytest.raises(ValueError, match="another recipe"):
         train_teacher("tiny", tmp_path / "one", [*TINY_RUN, "train.lr=1e-3"], data=[corpus], device="cpu")

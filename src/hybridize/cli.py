@@ -40,6 +40,9 @@ def _stage_list(text: str) -> list[str]:
 def _add_conversion_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder (config.json + safetensors + "
                    "tokenizer) or hub id")
+    p.add_argument("--teacher-sha256", metavar="HEX", default=None, help="refuse to run unless the teacher's "
+                   "weights hash (sha256 of its tensors: teacher.json and source-teacher.json record it) starts "
+                   "with HEX")
     p.add_argument("--out", default=None, help="output folder: the final model, and stages/<stage>/ run folders "
                    "(required but with --plan)")
     p.add_argument("--recipe", default=None, help="built-in recipe name or YAML file (default: smoke, a setup check)")
@@ -141,7 +144,7 @@ def _conversion(args: argparse.Namespace, stages: list[str] | None = None):
                         f"{plan.world} GPU(s); see --plan, then use more GPUs or lower {worst.stage}.micro_batch_size")
     return Conversion(teacher=args.teacher, out=args.out, recipe=recipe, data=args.data, device=args.device,
                       eval_data=_eval_data(args, default=None), eval_every=args.eval_every,
-                      teacher_placement=args.teacher_placement)
+                      teacher_placement=args.teacher_placement, teacher_sha256=args.teacher_sha256)
 
 
 def _print_plan(args: argparse.Namespace, stages: list[str] | None) -> None:

@@ -100,6 +100,7 @@ def write_model_card(conv, model) -> None:
     layers = "".join({"linear_attention": "l", "hybrid": "h", "hybrid_sliding": "h"}.get(t, "A")
                      for t in config.layer_types)
     attention = config.attention_layers
+    teacher_hash = conv.teacher_hash or "not recorded (the teacher is not a local folder)"
     recipe_yaml = yaml.safe_dump(json.loads(json.dumps(conv.recipe.to_dict())), sort_keys=False)
     meta, notes = model_card_metadata(conv)
     front = yaml.safe_dump(meta, sort_keys=False) + "".join(f"# {n}\n" for n in notes)
@@ -130,6 +131,8 @@ Where hybridize is installed, `import hybridize` registers the model type and th
 ## How it was made
 
 {chr(10).join(_stage_rows(conv))}
+
+Teacher weights sha256 (its tensors, `hybridize.provenance.weights_sha256`): {teacher_hash}.
 
 Training data: {conv.data if conv.data is not None else "the built-in offline corpus"}. Per-step metrics are in
 `stages/<stage>/metrics.jsonl` (and TensorBoard logs in `stages/<stage>/tb`).

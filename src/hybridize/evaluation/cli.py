@@ -17,8 +17,12 @@ def add_commands(subparsers) -> None:
         "eval", help="teacher vs students: perplexity and synthetic recall (NIAH, passkey, MQAR), one report",
         description="Evaluate one or more models (and optionally their teacher) on identical tokens and write "
                     "report.md, report.json and figures into --out.")
-    ev.add_argument("--model", action="append", required=True, metavar="DIR",
-                    help="a model folder to evaluate; repeat to compare several students")
+    ev.add_argument("--model", action="append", default=[], metavar="DIR",
+                    help="a model folder to evaluate; repeat to compare several students (or --stages)")
+    ev.add_argument("--stages", metavar="CONVERSION",
+                    help="a `hybridize convert` output folder: evaluate its student after each stage (all-linear "
+                         "aligned, the selected hybrid before distill, after distill, after finetune) beside the "
+                         "teacher it records, and write stages.md / stages.json: where recall is lost")
     ev.add_argument("--teacher", metavar="DIR", help="the teacher's folder (any AutoModelForCausalLM)")
     ev.add_argument("--suite", default=",".join(SUITES),
                     help=f"comma-separated suites ({', '.join(SUITES)}) or synthetic task names (default: all suites)")
@@ -26,7 +30,14 @@ def add_commands(subparsers) -> None:
                     help="context lengths in tokens, comma-separated; a K suffix means x1024 (e.g. 4K,32K)")
     ev.add_argument("--depths", default="0,0.25,0.5,0.75,1",
                     help="needle depths in [0, 1], comma-separated, or 'random' (default: 0,0.25,0.5,0.75,1)")
-    ev.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth) and perplexity windows")
+    ev.add_argument("--samples", type=int, default=None,
+                    help="prompts per (task, length, depth), each with needles and values of its own (default: 200 "
+                         "per task and length over the depths on CUDA, e.g. 67 x 3 depths; 8 per depth on the CPU)")
+    ev.add_argument("--windows", type=int, default=None,
+                    help="perplexity windows (default: --samples when given, else 8)")
+    ev.add_argument("--teacher-sha256", metavar="HEX", default=None,
+                    help="refuse to run unless the teacher's weights hash (sha256 of its tensors, as teacher.json "
+                         "and every report record it) starts with HEX")
     ev.add_argument("--data", default=None, help="text for perplexity and for the haystacks (default: builtin corpus)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and of the perplexity windows "
                     "(default: 0)")
@@ -85,20 +96,27 @@ def _eval(args: argparse.Namespace) -> None:
     argv = ["hybridize", "eval"]
     for m in args.model:
         argv += ["--model", m]
-    for flag, value in (("--teacher", args.teacher), ("--suite", ",".join(suites)),
+    for flag, value in (("--stages", args.stages), ("--teacher", args.teacher), ("--suite", ",".join(suites)),
                         ("--lengths", ",".join(map(str, lengths))), ("--depths", args.depths),
-                        ("--samples", args.samples), ("--data", args.data), ("--seed", args.seed),
-                        ("--tokenizer", args.tokenizer), ("--batch-tokens", args.batch_tokens),
-                        ("--device", args.device), ("--dtype", args.dtype), ("--out", args.out)):
+                        ("--samples", args.samples), ("--windows", args.windows), ("--data", args.data),
+                        ("--seed", args.seed), ("--tokenizer", args.tokenizer), ("--batch-tokens", args.batch_tokens),
+                        ("--device", args.device), ("--dtype", args.dtype), ("--teacher-sha256", args.teacher_sha256),
+                        ("--out", args.out)):
         if value is not None:
             argv += [flag, str(value)]
     cfg = EvalConfig(
-        models=args.model, out=args.out, teacher=args.teacher, suites=suites, lengths=lengths, depths=depths,
-        samples=args.samples, data=args.data, seed=args.seed, tokenizer=args.tokenizer,
-        batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-        command=shlex.join(argv),
+        models=args.model, stages=args.stages, out=args.out, teacher=args.teacher, suites=suites, lengths=lengths,
+        depths=depths, samples=args.samples, windows=args.windows, data=args.data, seed=args.seed,
+        tokenizer=args.tokenizer, batch_tokens=args.batch_tokens, device=args.device, dtype=args.dtype,
+        progress=not args.no_progress, command=shlex.join(argv), teacher_sha256=args.teacher_sha256,
     )
-    for path in run_eval(cfg):
+    if cfg.stages:
+        from .stages import run_stage_eval
+
+        paths = run_stage_eval(cfg)
+    else:
+        paths = run_eval(cfg)
+    for path in paths:
         print(path)
 
 

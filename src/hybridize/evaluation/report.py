@@ -1,7 +1,10 @@
-"""The comparison report: `report.json` (one entry per model, metric, length and depth), `report.md` (teacher vs
-students tables, the figures, how it was produced) and PNG figures: NIAH heatmaps (depth x length), recall vs
-length, perplexity by context length. Points past the teacher's trained context are marked "†" in tables and tick
-labels and shaded in the curves.
+"""The comparison report: `report.json` (one entry per model, metric, length and depth; `recall`: each model's
+exact match per task and length pooled over depths with its Wilson 95% interval; `paired`: McNemar's test of every
+student against the teacher and of every student with attention against every all-linear one, on the same prompts,
+per cell, per length and over all), `report.md` (teacher vs students tables with intervals, the paired tests, the
+figures, how it was produced) and PNG figures: NIAH heatmaps (depth x length), recall vs length with 95% error bars,
+perplexity by context length. Points past the teacher's trained context are marked "†" in tables and tick labels and
+shaded in the curves.
 
 Figures use matplotlib's object API (`Figure`, Agg canvas), never pyplot's global state.
 """
@@ -15,6 +18,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from .compare import ALL, fmt_p, fmt_rate, paired_rows, pooled, recall_rows, report_pairs
+
 DAGGER = "†"
 
 
@@ -25,7 +30,10 @@ def write_report(out: str | Path, entries: list[dict], meta: dict) -> list[Path]
     models = [m["name"] for m in meta["models"]]
     trained = meta.get("trained_context")
     written = [out / "report.json"]
-    written[0].write_text(json.dumps({"meta": meta, "results": entries}, indent=2) + "\n", encoding="utf-8")
+    pairs = report_pairs(meta["models"])
+    summary = {"recall": recall_rows(entries, models), "paired": paired_rows(entries, pairs)}
+    written[0].write_text(json.dumps({"meta": meta, "results": entries, **summary}, indent=2) + "\n",
+                          encoding="utf-8")
     figures: list[tuple[str, Path]] = []
     recall = [e for e in entries if e["suite"] != "perplexity" and e["metric"] == "exact_match"]
     tasks = list(dict.fromkeys(e["task"] for e in recall))
@@ -36,7 +44,7 @@ def write_report(out: str | Path, entries: list[dict], meta: dict) -> list[Path]
     if recall:
         path = out / "recall_vs_length.png"
         _recall_curves(path, recall, tasks, models, trained)
-        figures.insert(0, ("Recall (exact match, mean over depths) vs context length", path))
+        figures.insert(0, ("Recall (exact match over the depths, 95% Wilson intervals) vs context length", path))
     ppl = [e for e in entries if e["metric"] == "perplexity"]
     if ppl:
         path = out / "perplexity_by_length.png"
@@ -44,7 +52,7 @@ def write_report(out: str | Path, entries: list[dict], meta: dict) -> list[Path]
         figures.append(("Perplexity by context length", path))
     written += [p for _, p in figures]
     md = out / "report.md"
-    md.write_text(_markdown(entries, meta, models, tasks, figures), encoding="utf-8")
+    md.write_text(_markdown(entries, meta, models, tasks, figures, summary["paired"]), encoding="utf-8")
     written.append(md)
     return written
 
@@ -62,15 +70,6 @@ def mean_over_depths(entries: list[dict], model: str, task: str, metric: str, le
     """One model's `metric` on `task` at `length`, averaged over depths (NaN when it was not measured)."""
     return _mean(e["value"] for e in entries if e["model"] == model and e["task"] == task and e["metric"] == metric
                  and e["length"] == length)
-
-
-def _by_length(entries: list[dict], model: str) -> dict[int, float]:
-    """Mean value over depths, per length, for one model."""
-    acc = defaultdict(list)
-    for e in entries:
-        if e["model"] == model:
-            acc[e["length"]].append(e["value"])
-    return {k: _mean(v) for k, v in sorted(acc.items())}
 
 
 def _depth_label(d) -> str:
@@ -100,7 +99,8 @@ def _heatmap(path: Path, task: str, entries: list[dict], models: list[str], trai
                       fontsize=7)
         ax.set_ylabel("needle depth", fontsize=7)
         ax.set_title(model, fontsize=9)
-    fig.suptitle(f"{task}: exact match", fontsize=10)
+    ns = sorted({e["samples"] for e in entries})
+    fig.suptitle(f"{task}: exact match, n = {'/'.join(map(str, ns))} prompts per cell", fontsize=10)
     fig.colorbar(image, ax=list(axes), shrink=0.8)
     fig.savefig(path, dpi=120)
 
@@ -132,16 +132,22 @@ def _recall_curves(path: Path, entries: list[dict], tasks: list[str], models: li
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax, task in zip(axes, tasks):
         sel = [e for e in entries if e["task"] == task]
-        for model in models:
-            curve = _by_length(sel, model)
-            if curve:
-                ax.plot(list(curve), list(curve.values()), marker="o", label=model)
-        _length_axis(ax, sorted({e["length"] for e in sel}), trained)
-        _shade_beyond(ax, trained, sorted({e["length"] for e in sel}))
+        lengths = sorted({e["length"] for e in sel})
+        for k, model in enumerate(models):
+            pts = [(n, r) for n in lengths if (r := pooled(sel, model, task, n)) is not None]
+            if pts:
+                # each model a little apart along x, so that overlapping bars stay readable
+                xs = [n * 2 ** (0.04 * (k - (len(models) - 1) / 2)) for n, _ in pts]
+                ys = [r["recall"] for _, r in pts]
+                err = [[y - r["ci_low"] for y, (_, r) in zip(ys, pts)],
+                       [r["ci_high"] - y for y, (_, r) in zip(ys, pts)]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=2, label=model)
+        _length_axis(ax, lengths, trained)
+        _shade_beyond(ax, trained, lengths)
         ax.set_ylim(-0.05, 1.05)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("context length (tokens)", fontsize=8)
-        ax.set_ylabel("exact match", fontsize=8)
+        ax.set_ylabel("exact match (95% Wilson interval)", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[len(tasks):]:
         ax.set_visible(False)
@@ -171,53 +177,71 @@ def _fmt(x: float, metric: str) -> str:
     return f"{x:.2f}" if metric == "perplexity" else f"{x:.3f}"
 
 
-def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[str], figures) -> str:
+def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[str], figures, paired: list[dict]) -> str:
     trained = meta.get("trained_context")
     roles = {m["name"]: m["role"] for m in meta["models"]}
     head = "| | " + " | ".join(f"{m} ({roles[m]})" for m in models) + " |"
     sep = "|---" * (len(models) + 1) + "|"
     lines = ["# Evaluation report", ""]
     lines += [f"- **{m['name']}** ({m['role']}): `{m['path']}`" + (f", {m['parameters'] / 1e6:.1f}M parameters"
-              if m.get("parameters") else "") for m in meta["models"]]
+              if m.get("parameters") else "") + (f", weights sha256 `{m['weights_sha256'][:16]}`"
+                                                  if m.get("weights_sha256") else "") for m in meta["models"]]
     if trained:
         lines += ["", f"Trained context ({meta.get('trained_context_source', 'teacher')}): {trained} tokens. Lengths "
                   f"beyond it are marked {DAGGER} here and `beyond_trained_context: true` in report.json."]
-    lines += ["", "## Summary", "", "Recall: exact match, mean over every length and depth (and over the lengths "
-              "within the trained context). Perplexity: every bucket.", "", head, sep]
+    lines += ["", "## Summary", "", "Recall: exact match over every length and depth, as rate [95% Wilson interval] "
+              "n=prompts (in parentheses: the rate within the trained context); RULER match: mean over every length "
+              "and depth. Perplexity: every bucket.", "", head, sep]
     for task in tasks:
-        for metric in ("exact_match", "ruler_match"):
-            sel = [e for e in entries if e["task"] == task and e["metric"] == metric]
-            cells = []
-            for m in models:
-                mine = [e["value"] for e in sel if e["model"] == m]
-                inside = [e["value"] for e in sel if e["model"] == m and not e["beyond_trained_context"]]
-                cell = _fmt(_mean(mine), metric)
-                if inside and len(inside) != len(mine):
-                    cell += f" ({_fmt(_mean(inside), metric)})"
-                cells.append(cell)
-            lines.append(f"| {task} {metric} | " + " | ".join(cells) + " |")
+        cells = []
+        for m in models:
+            inside = [e for e in entries if e["model"] == m and e["task"] == task and e["metric"] == "exact_match"
+                      and not e["beyond_trained_context"]]
+            cell = fmt_rate(pooled(entries, m, task))
+            if inside and len(inside) != len(_cells_of(entries, m, task)):
+                r = pooled(inside, m, task)
+                cell += f" ({100 * r['recall']:.0f}%)"
+            cells.append(cell)
+        lines.append(f"| {task} exact_match | " + " | ".join(cells) + " |")
+        sel = [e for e in entries if e["task"] == task and e["metric"] == "ruler_match"]
+        lines.append(f"| {task} ruler_match | "
+                     + " | ".join(_fmt(_mean(e["value"] for e in sel if e["model"] == m), "ruler_match")
+                                  for m in models) + " |")
     ppl = [e for e in entries if e["metric"] == "perplexity"]
     for (lo, hi) in sorted({(e["length_from"], e["length"]) for e in ppl}):
         vals = {e["model"]: e["value"] for e in ppl if e["length"] == hi}
         lines.append(f"| perplexity, context {lo + 1}-{_mark(hi, trained)} | "
                      + " | ".join(_fmt(vals.get(m, math.nan), "perplexity") for m in models) + " |")
     if tasks:
-        lines += ["", "## Recall by length", "", "Exact match, mean over depths.", "",
-                  "| task | length | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
+        lines += ["", "## Recall by length", "", "Exact match over the depths: rate [95% Wilson interval] n=prompts.",
+                  "", "| task | length | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]
         for task in tasks:
             sel = [e for e in entries if e["task"] == task and e["metric"] == "exact_match"]
-            per = {m: _by_length(sel, m) for m in models}
             for length in sorted({e["length"] for e in sel}):
                 lines.append(f"| {task} | {_mark(length, trained)} | "
-                             + " | ".join(_fmt(per[m].get(length, math.nan), "exact_match") for m in models) + " |")
+                             + " | ".join(fmt_rate(pooled(sel, m, task, length)) for m in models) + " |")
+    rows = [r for r in paired if r["depth"] == ALL]
+    if rows:
+        lines += ["", "## Paired comparisons", "", "McNemar's exact test on the same prompts (over the depths; "
+                  "per depth in report.json's `paired`): of the prompts the two models disagree on, how many only A "
+                  "and only B got right, and the two-sided p of a difference that large if neither were better.", "",
+                  "| task | length | A | B | n | both | A only | B only | p |", "|---" * 9 + "|"]
+        for r in rows:
+            length = "all" if r["length"] == ALL else _mark(r["length"], trained)
+            lines.append(f"| {r['task']} | {length} | {r['a']} | {r['b']} | {r['n']} | {r['both']} | {r['only_a']} | "
+                         f"{r['only_b']} | {fmt_p(r['p'])} |")
     if figures:
         lines += ["", "## Figures", ""]
         for title, path in figures:
             lines += [f"### {title}", "", f"![{title}]({path.name})", ""]
     lines += ["## How this was produced", "", "```", meta.get("command", ""), "```", ""]
-    for key in ("seed", "samples", "sample_seeds", "lengths", "depths", "tasks", "data", "device", "dtype",
-                "scoring", "versions", "git_commit", "created"):
+    for key in ("seed", "samples", "prompts_per_cell", "sample_seeds", "windows", "lengths", "depths", "tasks", "data",
+                "device", "dtype", "scoring", "versions", "git_commit", "created"):
         if key in meta:
             value = meta[key]
             lines.append(f"- {key}: {json.dumps(value) if isinstance(value, (list, dict)) else value}")
     return "\n".join(lines) + "\n"
+
+
+def _cells_of(entries: list[dict], model: str, task: str) -> list[dict]:
+    return [e for e in entries if e["model"] == model and e["task"] == task and e["metric"] == "exact_match"]

@@ -38,13 +38,14 @@ from ..distill.recipe import STAGES, Recipe, StageRecipe, save_recipe
 from ..distributed import barrier, is_main, rank0_first, rank_world, shard_frozen, sharded, single_process
 from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
-from ..provenance import device_name, provenance
+from ..provenance import check_weights, device_name, provenance
 from ..selection import (GROUP_SELECTORS, TRAINING_SELECTORS, SelectionContext, check_synthetic_data,
                          resolve_budget, run_selection, uniform_groups, uniform_layers, write_selection)
 from .recipe import recipe_from_dict
 
 TRAINING_STAGES = ("align", "distill", "finetune")
 TEACHER_PLACEMENTS = ("auto", "replicated", "sharded")
+SOURCE_TEACHER = "source-teacher.json"  # in `out`: the teacher a conversion folder belongs to (path, weights hash)
 
 
 @dataclass
@@ -65,6 +66,11 @@ class Conversion:
     # it fits the GPU (`pipeline.plan.choose_teacher_placement`), else sharded. Ignored in one process. It does not
     # change the weights beyond summation order, so it is not part of the recipe.
     teacher_placement: str = "auto"
+    # The teacher's weights hash (`provenance.weights_sha256`, or a prefix of >= 8 hex digits) this conversion must
+    # use: another teacher is refused before any work. None: no check. Either way `out/source-teacher.json` records
+    # the hash, every stage's done.json carries it, and a folder resumed with another teacher is refused.
+    teacher_sha256: str | None = None
+    teacher_hash: str | None = field(default=None, init=False)
     _teacher: Teacher | None = field(default=None, repr=False)
     _frozen: object = field(default=None, repr=False)
     _corpus: object = field(default=None, repr=False)
@@ -85,6 +91,7 @@ class Conversion:
         check_sources(self.data)
         if self.eval_data is not None:
             check_sources(self.eval_data)
+        self._check_teacher()  # cheap, so first: the weights hash asked for, and the one of this folder
         self._check_recipe()
         teacher = self.load_teacher()  # the folder, its family, weights and tokenizer
         r = self.recipe
@@ -122,8 +129,8 @@ class Conversion:
                              "same options to resume")
 
     def claim(self) -> None:
-        """Write recipe.yaml into `out/` when the first stage starts (rank 0 under torchrun; the others then check
-        theirs against it)."""
+        """Write recipe.yaml and source-teacher.json into `out/` when the first stage starts (rank 0 under torchrun;
+        the others then check theirs against it)."""
         if not self._claimed:
             rank0_first(self._write_recipe)
             self._claimed = True
@@ -134,6 +141,27 @@ class Conversion:
         if not path.is_file():
             self.out.mkdir(parents=True, exist_ok=True)
             save_recipe(self.recipe, path)
+        # the teacher's hash, unless one is recorded: none is after a first run whose teacher was no local folder (a
+        # hub id, a mistyped path), and the next run's then stands
+        if self._recorded_teacher().get("weights_sha256") is None:
+            (self.out / SOURCE_TEACHER).write_text(
+                json.dumps({"path": str(self.teacher), "weights_sha256": self.teacher_hash}, indent=1) + "\n")
+
+    def _check_teacher(self) -> None:
+        """An output folder belongs to one teacher: the hash of its weights (and `teacher_sha256`, when given) must
+        match the one source-teacher.json recorded; `claim` records it. Writes nothing."""
+        local = Path(self.teacher).is_dir()
+        sha = check_weights(self.teacher, self.teacher_sha256) if local or self.teacher_sha256 else None
+        recorded = self._recorded_teacher().get("weights_sha256")
+        if recorded is not None and recorded != sha:
+            raise ValueError(f"{self.out} was converted from a teacher with weights sha256 {recorded} "
+                             f"({self._recorded_teacher().get('path')}); {self.teacher} has {sha}: use a new --out, or "
+                             "that teacher")
+        self.teacher_hash = sha
+
+    def _recorded_teacher(self) -> dict:
+        path = self.out / SOURCE_TEACHER
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     def stage_dir(self, stage: str) -> Path:
         return self.out / "stages" / stage
@@ -243,7 +271,8 @@ class Conversion:
 
     def mark_done(self, stage: str, record: dict) -> dict:
         """Write the stage's done.json (rank 0 under torchrun; every rank returns once it is there)."""
-        record = {"stage": stage, "device": device_name(self.device), **record, **provenance()}
+        record = {"stage": stage, "device": device_name(self.device), "teacher_sha256": self.teacher_hash, **record,
+                  **provenance()}
         if is_main():
             path = self.stage_dir(stage) / "done.json"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from ..data.tokenizer import train_bpe_tokenizer
 from ..distill.losses import chunked_ce
 from ..distill.loop import TrainResult, last_eval, train, unsharded_copy
 from ..distributed import barrier, is_main, rank0_first, rank_world, sharded
-from ..provenance import device_name, provenance
+from ..provenance import device_name, provenance, weights_sha256
 from .recipe import TeacherRecipe, teacher_recipe
 
 EVAL_DEFAULT = "default"  # train_teacher's eval_data: held-out text chosen from the training data
@@ -340,6 +340,7 @@ def train_teacher(size: str, out: str | Path, overrides: list[str] | None = None
                   "data": recipe.data if recipe.data is not None else corpus_info(), "data_workers": data_workers,
                   "heldout": _last_eval(run_dir / "metrics.jsonl", eval_data),
                   "wall_seconds_last_run": time.perf_counter() - t0, **provenance()}
+        record["weights_sha256"] = weights_sha256(out)  # what later runs check their teacher against
         (out / "teacher.json").write_text(json.dumps(record, indent=1))
     barrier()  # the other ranks return once the checkpoint is there
     return result

@@ -28,7 +28,9 @@ Worked example (a 4000-token BPE trained on the built-in corpus; filler = the bu
 (0.53, not 0.5: the needle goes before the nearest word start, and this haystack is only 33 tokens long.)
 
 Seeding: a generator draws everything from `random.Random(f"{config.task}:{seed}")`, so one seed gives the same
-keys, values and haystack start at every length and depth: across a grid, only length and depth change.
+keys, values and haystack start at every length and depth. Training data uses that (episode n of a recipe draws with
+seed `recipe seed * 1_000_003 + n`); an evaluation does not: `hybridize.metrics.recall.build_cells` gives each prompt
+its own seed, from a range training never uses, and needles and values no other prompt of it holds.
 The answer tokens carry no end-of-sequence token; evaluation generates a few tokens past the answer length.
 
 One file per task family, each holding its config (frozen, validating itself; `task` names the registry entry that

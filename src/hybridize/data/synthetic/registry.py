@@ -21,17 +21,20 @@ class SyntheticTask:
     config_cls: type
     preset: dict
     in_suite: bool = True  # run by `--suite SUITE`; the others only when named
+    # whether an evaluation can give every prompt answer values of its own (`metrics.recall.build_cells`): not when
+    # they come from a small pool (MQAR's 3-digit numbers), where only the needles (key with value) stay distinct
+    distinct_values: bool = True
 
 
 TASKS: dict[str, SyntheticTask] = {}
 
 
 def register_task(name: str, suite: str, generator: Callable[..., Example], config_cls: type, in_suite: bool = True,
-                  **preset) -> None:
+                  distinct_values: bool = True, **preset) -> None:
     if name in TASKS:
         raise ValueError(f"synthetic task {name!r} is already registered")
     config_cls(task=name, **preset)  # the preset must itself be a valid config
-    TASKS[name] = SyntheticTask(name, suite, generator, config_cls, preset, in_suite)
+    TASKS[name] = SyntheticTask(name, suite, generator, config_cls, preset, in_suite, distinct_values)
 
 
 register_task("niah_single_1", "niah", niah, NIAHConfig, haystack="noise", value_kind="number")
@@ -46,7 +49,7 @@ register_task("passkey", "passkey", passkey, PasskeyConfig)
 # FlashMorph's gate-training data: 10 passkeys of 32 random words at random depths out of 1000, one asked for.
 register_task("passkey_flashmorph", "passkey", passkey, PasskeyConfig, in_suite=False, num_passkeys=10,
               words_per_passkey=32, depth_candidates=1000)
-register_task("mqar", "mqar", mqar, MQARConfig)
+register_task("mqar", "mqar", mqar, MQARConfig, distinct_values=False)
 
 
 def task_config(name: str, **overrides):

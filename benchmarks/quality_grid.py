@@ -1,0 +1,387 @@
+"""Conversion quality on one fixed teacher: per mixer, conversion seed and selector one conversion at a budget, each
+evaluated on the teacher's own prompts, as the rows of `summary.json` (issue 26).
+
+    python benchmarks/quality_grid.py --teacher /tmp/work/teacher-small --state results/quality \
+        --work /tmp/work/quality --mixers lightning,gated_deltanet --selectors uniform,halo,flashmorph --seeds 3 \
+        --recipe gpu-small --data builtin:train stdlib-code:train /tmp/work/episodes.jsonl \
+        --eval-data builtin:heldout --deadline 500
+    python benchmarks/quality_grid.py --state results/quality --summary-only   # summary.json / .md from state.json
+
+The state folder holds three files, all a later call needs: `state.json` (the settings, the teacher's name and weights
+hash, its evaluation, and per finished conversion its record and per-prompt results), `summary.json` and
+`summary.md`. Conversions (weights, checkpoints) live under `--work`. A call skips every conversion state.json holds,
+continues an unfinished one from its checkpoints when `--work` still has them (same machine), and before each one
+stops if `--deadline` seconds (from its start) would not leave room for it, going by the longest such conversion
+measured so far (or DEFAULT_SECONDS). Bring the state folder back, pass it again, and the grid goes on: on another
+machine too, but only with a teacher of the recorded weights hash (another is refused, `--teacher-sha256` likewise).
+
+Per (mixer, seed): one stage 1 (align), shared by that seed's selectors; per selector its selection, distill and
+finetune (`pipeline.stages.convert`, the recipe's `seed` = the conversion seed), then `hybridize eval` of the
+exported hybrid on `--tasks` at `--lengths` (multiples of the teacher's trained context), `--depths`, `--samples`
+prompts per depth (default: hybridize eval's, 200 per task and length over the depths on CUDA), evaluation seed 0:
+the prompts the teacher was scored on, checked by their fingerprints, so every hybrid pairs with the teacher and with
+every other (McNemar's test).
+
+`summary.json`, a list of rows, one per conversion, task and length: teacher (its folder name), teacher_sha256, mixer,
+budget, selector, seed, task, length (a multiple of the teacher's trained context), length_tokens, n, successes,
+recall, ci_low, ci_high (Wilson 95%), teacher_recall (with teacher_n, teacher_ci_low, teacher_ci_high), p_vs_teacher
+and p_vs_<first selector> (McNemar, exact, on the same prompts), tokens (the conversion's training tokens: stage 1 +
+distill + finetune), tokens_per_parameter (of the teacher), select_tokens and select_gpu_s (the selection's tokens and
+wall seconds on `device`), layers, stage1_sha256 (the aligned model's weights: which selectors of a seed shared
+one stage 1), device, commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from hybridize.data.synthetic import TASKS
+from hybridize.evaluation.compare import paired, pooled
+from hybridize.evaluation.runner import EvalConfig, default_samples, run_eval
+from hybridize.mixers import LINEAR_MIXERS
+from hybridize.pipeline import load_recipe
+from hybridize.pipeline.stages import Conversion, align, convert
+from hybridize.provenance import check_weights, device_name, git_commit, provenance, weights_sha256
+from hybridize.selection import SELECTORS
+
+STATE, SUMMARY, SUMMARY_MD = "state.json", "summary.json", "summary.md"
+# Seconds of one conversion and its evaluation before any is measured: the recipe gpu-small on the `small` teacher
+# on an H200 with compiled kernels (results/gpu/: stage 1 25-31 s, distill ~60 s, finetune ~10 s, HALO 14-41 s,
+# FlashMorph 43-103 s, 150 s with its first compile; evaluation ~30 s for 2 tasks x 3 lengths x 201 prompts), rounded
+# up. Estimates only: the deadline check prefers what this grid has measured.
+DEFAULT_SECONDS = {"stage1": 60, "train": 90, "eval": 45, "select": {"uniform": 0, "random": 0, "halo": 45,
+                                                                     "flashmorph": 150, "kl_guided": 130}}
+# what a state's results depend on: a call with other values would mix two grids
+STOPPED = 3  # exit status of a call that stopped at its deadline with conversions to go (0: the grid is complete)
+SETTINGS = ("recipe", "overrides", "budget", "data", "eval_data", "tasks", "lengths", "depths", "samples")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--state", required=True, help="folder of state.json, summary.json, summary.md (bring it back)")
+    p.add_argument("--summary-only", action="store_true", help="write summary.json / summary.md from state.json")
+    p.add_argument("--teacher", help="the teacher's folder")
+    p.add_argument("--teacher-sha256", metavar="HEX", help="insist on this teacher weights hash (default: state's)")
+    p.add_argument("--work", default="/tmp/work/quality", help="conversions (weights, checkpoints)")
+    p.add_argument("--mixers", default="lightning,gated_deltanet")
+    p.add_argument("--selectors", default="uniform,halo,flashmorph", help="the first is each row's paired baseline")
+    p.add_argument("--seeds", type=int, default=3, help="conversion seeds 0..N-1")
+    p.add_argument("--budget", default="0.25")
+    p.add_argument("--recipe", default="gpu-small")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data", nargs="+", default=None, help="conversion data (default: the recipe's)")
+    p.add_argument("--eval-data", default="builtin:heldout", help="filler text of the prompts")
+    p.add_argument("--tasks", default="passkey,niah_single_2")
+    p.add_argument("--lengths", default="1,2,4", help="multiples of the teacher's trained context")
+    p.add_argument("--depths", default="0.1,0.5,0.9")
+    p.add_argument("--samples", type=int, default=None, help="prompts per (task, length, depth) (default: hybridize "
+                   "eval's on this device, then the state's)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--deadline", type=float, default=None, help="seconds this call may run (default: no limit)")
+    return p.parse_args(argv)
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def check_args(a: argparse.Namespace) -> dict:
+    """The grid's settings from the arguments, each checked (ValueError naming the field and what it allows)."""
+    mixers, selectors, tasks = _split(a.mixers), _split(a.selectors), _split(a.tasks)
+    if not mixers or any(m not in LINEAR_MIXERS for m in mixers):
+        raise ValueError(f"--mixers {a.mixers!r}: comma-separated linear mixers of {sorted(LINEAR_MIXERS)}")
+    if not selectors or any(s not in SELECTORS for s in selectors) or len(set(selectors)) != len(selectors):
+        raise ValueError(f"--selectors {a.selectors!r}: distinct selectors of {sorted(SELECTORS)}")
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise ValueError(f"--tasks {a.tasks!r}: comma-separated synthetic tasks of {sorted(TASKS)}")
+    if a.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1 (conversion seeds 0..N-1), got {a.seeds}")
+    try:
+        lengths = [float(x) for x in _split(a.lengths)]
+        depths = [float(x) for x in _split(a.depths)]
+    except ValueError:
+        lengths = depths = []
+    if not lengths or any(x <= 0 for x in lengths):
+        raise ValueError(f"--lengths {a.lengths!r}: comma-separated multiples > 0 of the teacher's trained context")
+    if not depths or any(not 0 <= d <= 1 for d in depths):
+        raise ValueError(f"--depths {a.depths!r}: comma-separated fractions in [0, 1]")
+    if a.samples is not None and a.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {a.samples}")
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if a.deadline is not None and a.deadline <= 0:
+        raise ValueError(f"--deadline must be > 0 seconds, got {a.deadline}")
+    if a.teacher is None:
+        raise ValueError("--teacher: the teacher's folder is needed to run the grid (or give --summary-only)")
+    for m in mixers:  # the recipe with every override, so that a bad --set fails now
+        load_recipe(a.recipe, [f"budget={a.budget}", f"mixer={m}", *a.overrides])
+    return {"recipe": a.recipe, "overrides": a.overrides, "budget": a.budget, "data": a.data,
+            "eval_data": a.eval_data, "tasks": tasks, "lengths": lengths, "depths": depths, "samples": a.samples,
+            "mixers": mixers, "selectors": selectors, "seeds": a.seeds, "device": device}
+
+
+def load_state(folder: Path) -> dict | None:
+    path = folder / STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_state(folder: Path, state: dict) -> None:
+    """state.json (written whole, then renamed: a call killed mid-write leaves the last one) and the summary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    tmp.replace(folder / STATE)
+    rows = summary_rows(state)
+    (folder / SUMMARY).write_text(json.dumps(rows, indent=1) + "\n")
+    (folder / SUMMARY_MD).write_text(summary_markdown(state, rows))
+
+
+def unit_key(mixer: str, selector: str, seed: int) -> str:
+    return f"{mixer}/{selector}/seed{seed}"
+
+
+def _entries(report: dict, model: str) -> list[dict]:
+    """A report's exact-match entries of one model, as much as pairing and pooling need."""
+    keep = ("task", "length", "depth", "samples", "successes", "correct", "prompts")
+    return [{k: e[k] for k in keep} for e in report["results"] if e["model"] == model and e["metric"] == "exact_match"]
+
+
+class Grid:
+    def __init__(self, a: argparse.Namespace, settings: dict, state: dict | None):
+        self.a, self.settings, self.t0 = a, settings, time.monotonic()
+        self.device = settings["device"]
+        self.state_dir, self.work = Path(a.state), Path(a.work)
+        sha = check_weights(a.teacher, a.teacher_sha256)
+        if sha is None:
+            raise ValueError(f"--teacher {a.teacher} holds no *.safetensors: the grid needs a local teacher folder")
+        recorded = (state or {}).get("teacher", {}).get("weights_sha256")
+        if recorded is not None and sha != recorded:
+            raise ValueError(f"--teacher {a.teacher} has weights sha256 {sha}, but {self.state_dir} was made with "
+                             f"{recorded}: bring that teacher, or use a new --state")
+        # prompts per depth, resolved once and kept: a later call on another kind of device draws the same prompts
+        settings["samples"] = (settings["samples"] or (state or {}).get("settings", {}).get("samples")
+                               or default_samples(self.device, len(settings["depths"])))
+        if state is not None:
+            old = {k: state["settings"].get(k) for k in SETTINGS}
+            diff = [k for k in SETTINGS if old[k] != settings[k]]
+            if diff:
+                detail = ", ".join(f"{k}: {old[k]!r} -> {settings[k]!r}" for k in diff[:3])
+                raise ValueError(f"{self.state_dir} holds a grid of other settings ({detail}); use a new --state")
+        config = json.loads((Path(a.teacher) / "config.json").read_text())
+        self.trained = int(config["max_position_embeddings"])
+        self.state = state or {"settings": {k: settings[k] for k in SETTINGS}, "units": {}}
+        kept = {k: v for k, v in self.state.get("teacher", {}).items() if k in ("eval", "parameters")}
+        self.state["teacher"] = {"name": Path(a.teacher).name, "path": str(a.teacher), "weights_sha256": sha,
+                                 "trained_context": self.trained, **kept}
+        self.state["settings"].update(mixers=settings["mixers"], selectors=settings["selectors"],
+                                      seeds=settings["seeds"])
+
+    def left(self) -> float:
+        return math.inf if self.a.deadline is None else self.a.deadline - (time.monotonic() - self.t0)
+
+    def eval_config(self, model: Path, name: str, out: Path) -> EvalConfig:
+        s = self.settings
+        return EvalConfig(models=[str(model)], names=[name], out=str(out), suites=s["tasks"],
+                          lengths=[round(m * self.trained) for m in s["lengths"]], depths=s["depths"],
+                          samples=s["samples"], data=s["eval_data"], seed=0, device=str(self.device), progress=False,
+                          command=" ".join(sys.argv))
+
+    def teacher_eval(self) -> None:
+        if "eval" in self.state["teacher"]:
+            return
+        out = self.work / "teacher-eval"
+        run_eval(self.eval_config(Path(self.a.teacher), "teacher", out))
+        report = json.loads((out / "report.json").read_text())
+        self.state["teacher"]["eval"] = {"entries": _entries(report, "teacher"), "samples": report["meta"]["samples"],
+                                         "device": report["meta"]["device"]}
+        self.state["teacher"]["parameters"] = report["meta"]["models"][0]["parameters"]
+        save_state(self.state_dir, self.state)
+
+    def estimate(self, mixer: str, selector: str, seed: int) -> float:
+        """Seconds the next conversion should take: the longest measured one of this mixer and selector, else the
+        defaults (stage 1 counted when this machine has not run it yet)."""
+        done = [u["seconds"] for u in self.state["units"].values() if u["mixer"] == mixer and u["selector"] == selector]
+        stage1 = 0 if (self.stage1_dir(mixer, seed) / "stages" / "align" / "done.json").is_file() \
+            else DEFAULT_SECONDS["stage1"]
+        if done:
+            return max(done) + stage1
+        return (stage1 + DEFAULT_SECONDS["select"].get(selector, 150) + DEFAULT_SECONDS["train"]
+                + DEFAULT_SECONDS["eval"])
+
+    def stage1_dir(self, mixer: str, seed: int) -> Path:
+        return self.work / mixer / f"seed{seed}" / "stage1"
+
+    def run_unit(self, mixer: str, selector: str, seed: int) -> dict:
+        t0 = time.perf_counter()
+        a, s = self.a, self.settings
+        sha = self.state["teacher"]["weights_sha256"]
+        base = [f"budget={s['budget']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
+        shared = Conversion(a.teacher, self.stage1_dir(mixer, seed), load_recipe(s["recipe"], base), data=s["data"],
+                            device=self.device, teacher_sha256=sha)
+        align(shared)
+        conv = Conversion(a.teacher, self.work / mixer / f"seed{seed}" / selector,
+                          load_recipe(s["recipe"], [*base, f"selector={selector}"]), data=s["data"], device=a.device,
+                          teacher_sha256=sha)
+        if not conv.done("align"):
+            shutil.copytree(shared.stage_dir("align"), conv.stage_dir("align"), dirs_exist_ok=True)
+        convert(conv)
+        key = unit_key(mixer, selector, seed)
+        t_eval = time.perf_counter()
+        run_eval(self.eval_config(conv.out, key.replace("/", "-"), conv.out / "eval"))
+        report = json.loads((conv.out / "eval" / "report.json").read_text())
+        entries = _entries(report, key.replace("/", "-"))
+        teacher = {(e["task"], e["length"], e["depth"]): e["prompts"] for e in self.state["teacher"]["eval"]["entries"]}
+        other = [e for e in entries if teacher.get((e["task"], e["length"], e["depth"])) != e["prompts"]]
+        if other:
+            raise ValueError(f"{key} was scored on other prompts than the teacher (e.g. {other[0]['task']} at "
+                             f"{other[0]['length']}): a tokenizer or settings differ; use a new --state")
+        sel = conv.done("select")
+        stages = {st: conv.done(st) for st in ("align", "distill", "finetune")}
+        record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"],
+                  "tokens": {st: r["result"]["tokens"] for st, r in stages.items() if r},
+                  "stage_seconds": {st: r["result"]["seconds"] for st, r in stages.items() if r},
+                  "select_tokens": sel.get("tokens"), "select_seconds": sel.get("seconds"),
+                  "device": device_name(conv.device), "eval_seconds": time.perf_counter() - t_eval,
+                  "seconds": time.perf_counter() - t0,
+                  "stage1_sha256": weights_sha256(shared.stage_dir("align") / "model"),
+                  "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": entries}
+        for folder in (conv.out / "stages", shared.out / "stages"):  # resume state no longer needed: free the disk
+            for ckpt in folder.glob("*/checkpoints"):
+                shutil.rmtree(ckpt, ignore_errors=True)
+        return record
+
+    def run(self) -> bool:
+        """Every conversion of the grid not yet in the state, as far as the deadline allows; True when all are in."""
+        self.state.setdefault("calls", []).append({**provenance(), "device": device_name(self.device)})
+        save_state(self.state_dir, self.state)
+        if self.left() < DEFAULT_SECONDS["eval"] and "eval" not in self.state["teacher"]:
+            print(f"stopped: {self.left():.0f} s left, not enough for the teacher's evaluation; run again")
+            return False
+        self.teacher_eval()
+        s = self.settings
+        todo = [(m, sel, k) for m in s["mixers"] for k in range(s["seeds"]) for sel in s["selectors"]
+                if unit_key(m, sel, k) not in self.state["units"]]
+        for mixer, selector, seed in todo:
+            need = self.estimate(mixer, selector, seed)
+            if need > self.left():
+                print(f"stopped before {unit_key(mixer, selector, seed)}: {self.left():.0f} s left, ~{need:.0f} s "
+                      f"needed; {len(todo) - todo.index((mixer, selector, seed))} conversions to go: run again")
+                return False
+            print(f"--- {unit_key(mixer, selector, seed)} (~{need:.0f} s; {self.left():.0f} s left)", flush=True)
+            self.state["units"][unit_key(mixer, selector, seed)] = self.run_unit(mixer, selector, seed)
+            save_state(self.state_dir, self.state)
+        print(f"grid complete: {len(self.state['units'])} conversions in {self.state_dir / SUMMARY}")
+        return True
+
+
+def summary_rows(state: dict) -> list[dict]:
+    """One row per conversion, task and length (module docstring)."""
+    teacher = state["teacher"]
+    if "eval" not in teacher:
+        return []
+    trained = teacher["trained_context"]
+    selectors = state["settings"].get("selectors") or []
+    entries = [{**e, "model": "teacher", "metric": "exact_match"} for e in teacher["eval"]["entries"]]
+    for key, u in state["units"].items():
+        entries += [{**e, "model": key, "metric": "exact_match"} for e in u["entries"]]
+    params = teacher.get("parameters")
+    rows = []
+    for key, u in state["units"].items():
+        baseline = unit_key(u["mixer"], selectors[0], u["seed"]) if selectors else None
+        tokens = sum(u["tokens"].values())
+        for task in dict.fromkeys(e["task"] for e in u["entries"]):
+            for n in sorted({e["length"] for e in u["entries"] if e["task"] == task}):
+                r, t = pooled(entries, key, task, n), pooled(entries, "teacher", task, n)
+                row = {"teacher": teacher["name"], "teacher_sha256": teacher["weights_sha256"], "mixer": u["mixer"],
+                       "budget": float(state["settings"]["budget"]), "selector": u["selector"], "seed": u["seed"],
+                       "task": task, "length": n / trained, "length_tokens": n, "n": r["n"],
+                       "successes": r["successes"], "recall": r["recall"], "ci_low": r["ci_low"],
+                       "ci_high": r["ci_high"], "teacher_recall": t["recall"] if t else None,
+                       "teacher_n": t["n"] if t else None, "teacher_ci_low": t["ci_low"] if t else None,
+                       "teacher_ci_high": t["ci_high"] if t else None,
+                       "p_vs_teacher": (paired(entries, key, "teacher", task, n) or {}).get("p")}
+                if baseline and baseline != key and baseline in state["units"]:
+                    row[f"p_vs_{selectors[0]}"] = paired(entries, key, baseline, task, n)["p"]
+                row.update({"tokens": tokens, "tokens_per_parameter": tokens / params if params else None,
+                            "select_tokens": u["select_tokens"], "select_gpu_s": u["select_seconds"],
+                            "layers": u["layers"], "stage1_sha256": u.get("stage1_sha256"), "device": u["device"],
+                            "commit": u["commit"]})
+                rows.append(row)
+    return rows
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float | None]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
+
+
+def summary_markdown(state: dict, rows: list[dict]) -> str:
+    """Per mixer and selector, each task and length: the mean recall over seeds ± its standard deviation [min-max],
+    and that mean as a share of the teacher's recall."""
+    t = state["teacher"]
+    lines = ["# Conversion quality on one teacher", "",
+             f"Teacher `{t['name']}` (weights sha256 `{t['weights_sha256'][:16]}`, trained context "
+             f"{t['trained_context']}); settings: `{json.dumps(state['settings'])}`.", ""]
+    if not rows:
+        return "\n".join(lines + ["No conversion evaluated yet."]) + "\n"
+    cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
+    lines += ["Exact match, mean over seeds ± sample standard deviation [min-max] (seeds), then the mean as a share "
+              "of the teacher's recall. Each seed's rate, interval and McNemar p are in summary.json.", "",
+              "| mixer | selector | " + " | ".join(f"{task} @ {m:g}x" for task, m in cols) + " |",
+              "|---" * (len(cols) + 2) + "|"]
+    teacher = {(r["task"], r["length"]): r for r in rows}
+    lines.append("| teacher | | " + " | ".join(
+        f"{100 * teacher[c]['teacher_recall']:.0f}% [{100 * teacher[c]['teacher_ci_low']:.0f}, "
+        f"{100 * teacher[c]['teacher_ci_high']:.0f}] n={teacher[c]['teacher_n']}" for c in cols) + " |")
+    for mixer, selector in dict.fromkeys((r["mixer"], r["selector"]) for r in rows):
+        cells = []
+        for task, m in cols:
+            xs = [r for r in rows if (r["mixer"], r["selector"], r["task"], r["length"]) == (mixer, selector, task, m)]
+            if not xs:
+                cells.append("-")
+                continue
+            mean, sd = _mean_sd([r["recall"] for r in xs])
+            lo, hi = min(r["recall"] for r in xs), max(r["recall"] for r in xs)
+            share = f", {mean / xs[0]['teacher_recall']:.0%} of teacher" if xs[0]["teacher_recall"] else ""
+            cells.append(f"{100 * mean:.0f}%" + (f" ± {100 * sd:.0f}" if sd is not None else "")
+                         + f" [{100 * lo:.0f}-{100 * hi:.0f}] ({len(xs)}){share}")
+        lines.append(f"| {mixer} | {selector} | " + " | ".join(cells) + " |")
+    calls = state.get("calls", [])
+    if calls:
+        last = calls[-1]
+        lines += ["", f"{len(calls)} call(s); the last: `{last.get('command')}` at commit {last.get('commit')} on "
+                  f"{last.get('device')}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """0: the grid is complete (or the summary written); STOPPED: stopped at --deadline; 2: bad input."""
+    from hybridize.cli import dump_stacks_on_sigusr1
+
+    dump_stacks_on_sigusr1()  # a `timeout -s USR1` then shows where an overrunning conversion was
+    a = parse_args(argv)
+    try:
+        if a.summary_only:
+            state = load_state(Path(a.state))
+            if state is None:
+                raise ValueError(f"--state {a.state} holds no {STATE}")
+            save_state(Path(a.state), state)
+            print(Path(a.state) / SUMMARY)
+            return 0
+        settings = check_args(a)
+        grid = Grid(a, settings, load_state(Path(a.state)))
+    except ValueError as err:
+        print(f"quality_grid: error: {err}", file=sys.stderr)
+        return 2
+    return 0 if grid.run() else STOPPED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""benchmarks/quality_grid.py: the grid on a tiny teacher, stopped at its deadline and resumed by later calls from
+its state folder alone, its summary rows (one per conversion, task and length, with intervals, the teacher's recall
+and McNemar's p on the same prompts), and its refusals (bad arguments, another teacher, other settings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import load_script
+from hybridize.provenance import weights_sha256
+from teachers import TEXTS, make_teacher
+
+SMALL = ["align.tokens=1024", "distill.tokens=1024", "finetune.tokens=512"]
+
+
+@pytest.fixture(scope="module")
+def qg():
+    return load_script("benchmarks/quality_grid.py")
+
+
+def _argv(teacher, tmp_path, *extra):
+    argv = ["--teacher", str(teacher), "--state", str(tmp_path / "state"), "--work", str(tmp_path / "work"),
+            "--mixers", "lightning", "--seeds", "1", "--recipe", "smoke", "--data", str(tmp_path / "data"),
+            "--eval-data", str(tmp_path / "data"), "--tasks", "passkey", "--lengths", "1", "--depths", "0.5",
+            "--samples", "2", "--device", "cpu"]
+    for kv in SMALL:
+        argv += ["--set", kv]
+    return argv + list(extra)
+
+
+def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    for i in range(6):
+        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
+    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    state = tmp_path / "state"
+    # a deadline too short for anything: the call stops at once, with the teacher and settings recorded
+    assert qg.main(_argv(teacher, tmp_path, "--selectors", "uniform", "--deadline", "1")) == qg.STOPPED
+    first = json.loads((state / "state.json").read_text())
+    assert first["teacher"]["weights_sha256"] == weights_sha256(teacher) and first["units"] == {}
+    assert first["settings"]["samples"] == 2 and json.loads((state / "summary.json").read_text()) == []
+    # the next call evaluates the teacher and converts uniform; a later one adds random and reuses stage 1
+    assert qg.main(_argv(teacher, tmp_path, "--selectors", "uniform")) == 0
+    align = tmp_path / "work" / "lightning" / "seed0" / "stage1" / "stages" / "align" / "done.json"
+    before = align.read_text()
+    capsys.readouterr()
+    assert qg.main(_argv(teacher, tmp_path, "--selectors", "uniform,random")) == 0
+    out = capsys.readouterr().out
+    assert align.read_text() == before and "--- lightning/random/seed0" in out and "--- lightning/uniform" not in out
+    done = json.loads((state / "state.json").read_text())
+    assert list(done["units"]) == ["lightning/uniform/seed0", "lightning/random/seed0"] and len(done["calls"]) == 3
+    units = done["units"].values()
+    assert len({u["stage1_sha256"] for u in units}) == 1  # one stage 1 for both selectors of the seed
+    assert not list((tmp_path / "work").rglob("checkpoints"))  # freed once each conversion was recorded
+
+    rows = json.loads((state / "summary.json").read_text())
+    assert [(r["selector"], r["seed"], r["task"], r["length"], r["length_tokens"]) for r in rows] == \
+        [("uniform", 0, "passkey", 1.0, 256), ("random", 0, "passkey", 1.0, 256)]
+    required = {"teacher", "mixer", "budget", "selector", "seed", "task", "length", "n", "recall", "ci_low",
+                "ci_high", "teacher_recall", "tokens", "select_gpu_s"}
+    for r in rows:
+        assert required <= set(r) and r["teacher"] == "teacher" and r["teacher_sha256"] == weights_sha256(teacher)
+        assert r["n"] == r["teacher_n"] == 2 and r["ci_low"] <= r["recall"] <= r["ci_high"] and r["budget"] == 0.25
+        assert 0 < r["p_vs_teacher"] <= 1 and r["tokens"] == 1024 + 1024 + 512
+    assert "p_vs_uniform" in rows[1] and "p_vs_uniform" not in rows[0]
+    md = (state / "summary.md").read_text()
+    assert "| lightning | random |" in md and "passkey @ 1x" in md and "| teacher | |" in md
+    # summary.json again from state.json alone
+    (state / "summary.json").unlink()
+    assert qg.main(["--state", str(state), "--summary-only"]) == 0
+    assert json.loads((state / "summary.json").read_text()) == rows
+
+    # refusals, each one line before any work: another teacher, other settings
+    other = make_teacher("qwen3", tmp_path / "other", seed=1)
+    capsys.readouterr()
+    for argv, message in ((_argv(other, tmp_path), "was made with"),
+                          (_argv(teacher, tmp_path, "--teacher-sha256", "00000000"), "not the expected 00000000"),
+                          (_argv(teacher, tmp_path, "--depths", "0.25"), "holds a grid of other settings")):
+        assert qg.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("quality_grid: error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--mixers", "lightning,softmax"], "--mixers"), (["--selectors", "uniform,uniform"], "--selectors"),
+    (["--tasks", "hellaswag"], "--tasks"), (["--seeds", "0"], "--seeds"), (["--lengths", "1,x"], "--lengths"),
+    (["--depths", "1.5"], "--depths"), (["--samples", "0"], "--samples"), (["--deadline", "0"], "--deadline"),
+    (["--set", "distill.lr=-1"], "distill.lr"),
+])
+def test_bad_arguments_name_their_field(qg, tmp_path, capsys, extra, field):
+    assert qg.main(_argv(tmp_path / "teacher", tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("quality_grid: error: ") and field in err and err.count("\n") == 1, err
+    assert not (tmp_path / "state").exists()
