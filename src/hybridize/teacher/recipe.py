@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..distill.recipe import StageRecipe, _parse_value
+from ..pretrain.recipe import PretrainRecipe, check_episode_mix
 
 
 @dataclass
@@ -28,7 +29,7 @@ class TeacherRecipe:
     # Data: the corpus mixed with synthetic retrieval episodes, `episode_rows` of each micro-batch
     episode_rows: int = 4
     episode_min_len: int = 64  # episode prompts range from this to the training length: short ones are learned first
-    # "repeat": random words, then the same words again (see teacher/train.py); the others are synthetic tasks
+    # "repeat": random words, then the same words again (hybridize/pretrain/episodes.py); the others are synthetic tasks
     episode_tasks: tuple[str, ...] = ("repeat", "passkey", "mqar", "niah_single_2")
     passkey_words: int = 5  # the evaluation's defaults (PasskeyConfig, MQARConfig)
     mqar_queries: int = 4
@@ -38,21 +39,27 @@ class TeacherRecipe:
     data: str | list[str] | None = "builtin:train"
 
     def model_config(self, tokenizer):
-        from transformers import Qwen3Config
+        """The Qwen3Config of this teacher, special token ids from `tokenizer`."""
+        return self.pretrain_recipe().model_config(tokenizer)
 
-        return Qwen3Config(
-            vocab_size=self.vocab_size, hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads, head_dim=self.head_dim,
-            max_position_embeddings=self.max_position_embeddings, tie_word_embeddings=True,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    def pretrain_recipe(self) -> PretrainRecipe:
+        """This teacher as `hybridize pretrain` trains it (preset `teacher-<size>`): the Qwen3 class of
+        `model_config`, the same training numbers and data mix."""
+        model = {"model_type": "qwen3", **{f: getattr(self, f) for f in _MODEL_FIELDS}, "tie_word_embeddings": True,
+                 "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}
+        mix = {f: getattr(self, f) for f in ("episode_rows", "episode_min_len", "episode_tasks", "passkey_words",
+                                             "mqar_queries", "seed", "data")}
+        return PretrainRecipe(model=model, train=dataclasses.replace(self.train), name=f"teacher-{self.size}", **mix)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["train"]["betas"] = list(d["train"]["betas"])
         d["episode_tasks"] = list(d["episode_tasks"])
         return d
+
+
+_MODEL_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings")
 
 
 def _recipe(size: str, model: dict, train: dict, **data) -> TeacherRecipe:
@@ -115,21 +122,7 @@ def teacher_recipe(size: str, overrides: list[str] | None = None) -> TeacherReci
             raise ValueError(f"unknown teacher recipe field {key!r}; allowed: {allowed}")
         setattr(target, name, _parse_value(value))
     recipe.train.validate("train")
-    if not 16 <= recipe.episode_min_len <= recipe.train.seq_len - 32:
-        raise ValueError(f"episode_min_len must be in [16, seq_len - 32 = {recipe.train.seq_len - 32}], "
-                         f"got {recipe.episode_min_len}")
-    from ..data.synthetic import TASKS
-
-    if isinstance(recipe.episode_tasks, str):
-        recipe.episode_tasks = tuple(t for t in recipe.episode_tasks.split(",") if t)
-    recipe.episode_tasks = tuple(recipe.episode_tasks)
-    bad = [t for t in recipe.episode_tasks if t != "repeat" and t not in TASKS]
-    if bad or not recipe.episode_tasks:
-        raise ValueError(f"episode_tasks must be a non-empty comma-separated list of 'repeat' and synthetic tasks "
-                         f"{sorted(TASKS)}, got {list(recipe.episode_tasks)!r}")
-    if not 0 <= recipe.episode_rows < recipe.train.micro_batch_size:
-        raise ValueError(f"episode_rows must be in [0, micro_batch_size={recipe.train.micro_batch_size}), "
-                         f"got {recipe.episode_rows}")
+    check_episode_mix(recipe)
     return recipe
 
 
