@@ -12,11 +12,18 @@ import os
 import shlex
 import sys
 
-from .names import LINEAR_MIXER_NAMES
+from .names import LAYER_FUSIONS, LINEAR_MIXER_NAMES, PLACEMENTS
 
 
 class UserError(Exception):
     """A problem with the user's input: reported in one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line too (`hybridize <command> --help` prints the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -215,6 +222,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -236,6 +253,74 @@ def _teacher(args: argparse.Namespace) -> None:
     else:
         print(f"hybridize: stopped after {args.max_minutes} minutes with a checkpoint; run the same command again "
               "to continue")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import build_recipe, pretrain
+    from .pretrain.train import EVAL_DEFAULT
+
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    recipe = build_recipe(args.preset, args.config, mixer=args.mixer, ratio=args.ratio, fusion=args.fusion,
+                          placement=args.placement, overrides=overrides, data=args.data)
+    result = pretrain(recipe, args.out, device=args.device, max_minutes=args.max_minutes,
+                      data_workers=args.data_workers, eval_data=_eval_data(args, default=EVAL_DEFAULT),
+                      eval_every=args.eval_every or None)
+    from .distributed import is_main
+
+    if not is_main():
+        return
+    if result.finished:
+        print(f"hybridize: wrote {args.out} ({result.steps} steps, {result.tokens:,} tokens; load it with "
+              "AutoModelForCausalLM.from_pretrained after `import hybridize`)")
+    else:
+        print(f"hybridize: stopped after {args.max_minutes} minutes with a checkpoint; run the same command again "
+              "to continue")
+
+
+def _add_from_scratch_args(p: argparse.ArgumentParser, what: str) -> None:
+    """Options `hybridize pretrain` and `hybridize sweep` share."""
+    p.add_argument("--out", required=True, help=f"output folder ({what}); the same command continues there")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field: model.<config field>, train.<field> or a data-mix field, e.g. "
+                   "--set train.tokens=1000000 --set episode_rows=4 (repeatable)")
+    p.add_argument("--data", nargs="+", default=None, help="training text (default: the recipe's)")
+    p.add_argument("--eval-data", nargs="+", default=None,
+                   help="held-out text (default: builtin:heldout when training on builtin:train and / or "
+                   "stdlib-code:train, else none)")
+    p.add_argument("--max-minutes", type=_non_negative_float, default=None,
+                   help="stop after this long with a checkpoint; the same command continues")
+    p.add_argument("--data-workers", type=_non_negative_int, default=None,
+                   help="processes drawing retrieval episodes ahead of the GPU (default: up to 8 on CUDA, 0 on "
+                   "the CPU); the batches do not depend on it")
+    p.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="train any hybrid (or Transformer) from scratch: a preset or a recipe file, "
+                       "any mixer, ratio, placement, inter- or intra-layer")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", default=None, metavar="FILE",
+                        help="recipe file (.json / .yaml): {\"model\": {config fields}, \"train\": {...}, data-mix "
+                        "fields}")
+    source.add_argument("--preset", default=None, metavar="NAME",
+                        help="a named recipe: sweep sizes tiny, mini, small (a Transformer unless --ratio) or the "
+                        "teachers teacher-tiny, teacher-small, teacher-base")
+    p.add_argument("--mixer", default=None, metavar="NAME",
+                   help=f"linear mixer of the layer mix: {', '.join(LINEAR_MIXER_NAMES)}")
+    p.add_argument("--ratio", default=None, help="transformer, all-linear, or N:1 (N linear layers per attention "
+                   "layer, e.g. 3:1)")
+    p.add_argument("--fusion", default=None, metavar="|".join(LAYER_FUSIONS),
+                   help="inter: whole layers are attention (default); intra: every layer keeps the same share of its "
+                   "KV-head groups as attention beside the mixer")
+    p.add_argument("--placement", default=None, metavar="|".join(PLACEMENTS),
+                   help="inter-layer attention: uniform (each closes a group of layers, never the first; default) "
+                   "or middle (spread over the middle half)")
+    p.add_argument("--seed", type=int, default=None, help="data order, episodes and initial weights (default: the "
+                   "recipe's)")
+    _add_from_scratch_args(p, "the model, pretrain.json, run/ with metrics, TensorBoard and checkpoints")
+    p.add_argument("--eval-every", type=_non_negative_int, default=None,
+                   help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
+    p.set_defaults(func=_pretrain)
 
 
 def _int_list(text: str) -> list[int]:
@@ -329,7 +414,7 @@ def _add_bench(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the main job on the built-in default: convert the shipped tiny teacher "
                           "(attention kept in 2 of its 4 layers), evaluate teacher vs hybrid, measure their decode "
@@ -380,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
     teacher.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     teacher.set_defaults(func=_teacher)
+    _add_pretrain(sub)
     _add_bench(sub)
     from .evaluation.cli import add_commands as add_evaluation_commands
 
@@ -390,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that train data-parallel under torchrun (hybridize.distributed; a conversion's layer selection runs on rank
 # 0 alone). The others (evaluation, benchmarks, the demo) would run whole on every rank and write the same files at
 # once, so under torchrun they refuse instead.
-DATA_PARALLEL = ("teacher", "convert", "align", "select", "distill", "finetune")
+DATA_PARALLEL = ("teacher", "pretrain", "convert", "align", "select", "distill", "finetune")
 # lm-eval's HFLM splits the requests over the processes of `accelerate launch` itself: left to it
 OWN_LAUNCHER = ("lm-eval",)
 

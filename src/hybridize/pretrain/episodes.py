@@ -106,14 +106,16 @@ class EpisodeMixer:
         if name == REPEAT:
             return self.recipe.episode_min_len
         longest = self.recipe.train.seq_len - ANSWER_ROOM
-        for length in range(self.recipe.episode_min_len, longest, 16):
+        for length in [*range(self.recipe.episode_min_len, longest, 16), longest]:
             try:
                 generate(task_config(name, length=length, **self.options.get(name, {})), 0, self.tokenizer,
                          self.filler)
                 return length
             except ValueError:
                 continue
-        return longest
+        raise ValueError(f"episode task {name!r} does not fit in train.seq_len={self.recipe.train.seq_len}: its prompt "
+                         f"takes more than {longest} tokens of this tokenizer ({ANSWER_ROOM} more are kept for the "
+                         "answer); raise train.seq_len or leave it out of episode_tasks")
 
     def episode(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Episode n's (input_ids, labels), each (seq_len,), padded."""

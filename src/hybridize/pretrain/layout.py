@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import re
 
-PLACEMENTS = ("uniform", "middle")
-FUSIONS = ("inter", "intra")
+from ..names import LAYER_FUSIONS as FUSIONS
+from ..names import PLACEMENTS
 _RATIO = re.compile(r"^(\d+):1$")
 
 

@@ -59,13 +59,7 @@ class PretrainRecipe:
         ids = {} if tokenizer is None else dict(bos_token_id=tokenizer.bos_token_id,
                                                 eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id)
-        if self.model_type == "qwen3":
-            from transformers import Qwen3Config
-
-            return Qwen3Config(**self.config_fields(), **ids)
-        from ..models.configuration import HybridConfig
-
-        return HybridConfig(**self.config_fields(), **ids)
+        return self.model_config_class()(**self.config_fields(), **ids)
 
     def model_class(self):
         if self.model_type == "qwen3":
@@ -75,6 +69,19 @@ class PretrainRecipe:
         from ..models.modeling import HybridForCausalLM
 
         return HybridForCausalLM
+
+    def config_field_names(self) -> set[str]:
+        """The fields the model's config class takes (a typo in a recipe would otherwise be kept and ignored)."""
+        return {f.name for f in dataclasses.fields(self.model_config_class())} - {"transformers_version", "architectures"}
+
+    def model_config_class(self):
+        if self.model_type == "qwen3":
+            from transformers import Qwen3Config
+
+            return Qwen3Config
+        from ..models.configuration import HybridConfig
+
+        return HybridConfig
 
     def parameters(self) -> int:
         """The model's parameter count (tied weights once), built on the meta device: no memory, no init."""
@@ -99,6 +106,11 @@ class PretrainRecipe:
         if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 256:
             raise ValueError(f"model.vocab_size must be an integer >= 256 (the size of the BPE trained on the data), "
                              f"got {vocab!r}")
+        allowed = self.config_field_names()
+        bad = sorted(set(self.model) - allowed - {"model_type"})
+        if bad:
+            raise ValueError(f"unknown field model.{bad[0]} of model_type {self.model_type!r}; allowed: "
+                             f"{', '.join(sorted(allowed))}")
         self.train.validate("train")
         try:
             config = self.model_config()  # every config field checks itself (HybridConfig names the field)

@@ -95,13 +95,21 @@ def pretrain(recipe: PretrainRecipe, out: str | Path, *, tokenizer: str | Path |
     recipe.validate()
     if eval_data is EVAL_DEFAULT:
         eval_data = default_eval_data(recipe.data)
-    if eval_data is not None:  # a missing held-out file fails now, before the tokenizer is trained
+    check_sources(recipe.data)  # a missing file fails now, before anything is written
+    if eval_data is not None:
         check_sources(eval_data)
+    if tokenizer is not None and not (Path(tokenizer) / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {tokenizer}")
     recipe_record = recipe.to_dict() if recipe_record is None else recipe_record
     out = Path(out)
     run_dir = out / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
     tok_dir = run_dir / "tokenizer"
+    fresh = None  # a new run's tokenizer, checked against the recipe before anything is written
+    if is_main() and not (tok_dir / "tokenizer.json").is_file():
+        fresh = (AutoTokenizer.from_pretrained(tokenizer) if tokenizer is not None
+                 else train_bpe_tokenizer(iter_documents(recipe.data), recipe.model["vocab_size"]))
+        check_tokenizer(recipe, fresh)
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     def prepare() -> None:  # under torchrun rank 0 writes these; the others find them and check the recipe
         check_same_recipe(run_dir / "recipe.json", recipe_record)
@@ -109,13 +117,11 @@ def pretrain(recipe: PretrainRecipe, out: str | Path, *, tokenizer: str | Path |
             if tokenizer is not None:
                 shutil.copytree(tokenizer, tok_dir, dirs_exist_ok=True)
             else:
-                train_bpe_tokenizer(iter_documents(recipe.data), recipe.model["vocab_size"]).save_pretrained(tok_dir)
+                fresh.save_pretrained(tok_dir)
 
     rank0_first(prepare)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tok = AutoTokenizer.from_pretrained(tok_dir)
-    if len(tok) > recipe.model["vocab_size"]:
-        raise ValueError(f"the tokenizer has {len(tok)} entries, more than model.vocab_size={recipe.model['vocab_size']}")
     torch.manual_seed(recipe.seed)
     model = recipe.model_class()(recipe.model_config(tok))
     if not sharded():  # under torchrun FSDP moves each rank's shards to the device
@@ -162,6 +168,13 @@ def pretrain(recipe: PretrainRecipe, out: str | Path, *, tokenizer: str | Path |
         (out / record_name).write_text(json.dumps(record, indent=1))
     barrier()  # the other ranks return once the checkpoint is there
     return result
+
+
+def check_tokenizer(recipe: PretrainRecipe, tok) -> None:
+    """The tokenizer fits the model's vocabulary and every episode task's prompt fits the training length."""
+    if len(tok) > recipe.model["vocab_size"]:
+        raise ValueError(f"the tokenizer has {len(tok)} entries, more than model.vocab_size={recipe.model['vocab_size']}")
+    EpisodeMixer(recipe, None, tok, FillerTokens.build(tok, iter_documents(recipe.data)))
 
 
 def _last_eval(metrics: Path, eval_data) -> dict | None:
