@@ -25,6 +25,7 @@ LAYERS = [
     ("pretrain",),  # training any model from scratch (layer mixes, presets, the teachers' recipes), on distill's loop
     ("teacher",),  # training a teacher from scratch: the Transformer preset of pretrain
     ("evaluation",),  # `hybridize eval`: runner, report, lm-eval adapter
+    ("sweep",),  # grids of pretrain runs, each scored with metrics' perplexity and recall
     ("bench",),
     ("demo",),
     ("cli",),

@@ -23,6 +23,7 @@ Imports go one way, from the lowest layer up (tests/test_imports.py checks it, f
     pretrain                   training any model from scratch: layer mixes, presets, the teachers' recipes
     teacher                    training a teacher from scratch (the Transformer preset of pretrain)
     evaluation                 `hybridize eval`: the runner, the report, the lm-eval adapter
+    sweep                      `hybridize sweep`: grids of pretrain runs scored on perplexity and recall
     bench -> demo -> cli       speed benchmarks, the demo, the command line
 """
 

@@ -323,6 +323,64 @@ def _add_pretrain(sub) -> None:
     p.set_defaults(func=_pretrain)
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from .sweep import SweepConfig, run_sweep
+
+    def spec(items):  # one data item as a string, so that a later run naming it the same way matches
+        return items[0] if items and len(items) == 1 else items
+
+    cfg = SweepConfig(out=args.out, size=args.size, mixers=args.mixers or [], ratios=args.ratios, fusions=args.fusion,
+                      placements=args.placement, seeds=args.seeds, overrides=list(args.overrides), data=spec(args.data),
+                      eval_data=spec(args.eval_data), tasks=args.tasks, lengths=args.lengths, samples=args.samples,
+                      eval_windows=args.eval_windows, jobs=args.jobs, device=args.device,
+                      max_minutes=args.max_minutes, data_workers=args.data_workers, command=args.command)
+    result = run_sweep(cfg)
+    done = len(result.cells) - len(result.remaining)
+    print(f"hybridize: {done} of {len(result.cells)} cells done; {args.out}/sweep.json holds {len(result.rows)} rows, "
+          f"{args.out}/README.md the table and figures")
+    if result.failed_lanes:
+        raise UserError(f"{len(result.failed_lanes)} lane(s) stopped with an error: see {', '.join(result.failed_lanes)}")
+    if result.remaining:
+        print(f"hybridize: {len(result.remaining)} cells left ({', '.join(result.remaining[:4])}"
+              f"{', ...' if len(result.remaining) > 4 else ''}); run the same command again to continue")
+
+
+def _names_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="the design-space grid: every mixer x ratio (x fusion x placement x seed) trained "
+                       "from scratch on the same tokens and seed, scored on held-out perplexity and recall with 95% "
+                       "intervals; sweep.json, README.md and figures; resumable cell by cell")
+    p.add_argument("--mixers", type=_names_list, default=None, metavar="NAME[,NAME...]",
+                   help=f"linear mixers: {', '.join(LINEAR_MIXER_NAMES)}")
+    p.add_argument("--ratios", type=_names_list, required=True, metavar="R[,R...]",
+                   help="linear : attention, e.g. all-linear,24:1,12:1,6:1,3:1,transformer (N:1 = N linear layers per "
+                   "attention layer)")
+    p.add_argument("--fusion", type=_names_list, default=["inter"], metavar="F[,F...]",
+                   help=f"{','.join(LAYER_FUSIONS)}: whole attention layers, or the same share of KV-head groups inside "
+                   "every layer (default inter)")
+    p.add_argument("--placement", type=_names_list, default=["uniform"], metavar="P[,P...]",
+                   help=f"{','.join(PLACEMENTS)}: where inter-layer attention goes (default uniform: each closes a "
+                   "group of layers, never the first; middle: spread over the middle half)")
+    p.add_argument("--size", required=True, help="the cells' shape and training: tiny (CPU check), mini (the GPU "
+                   "grid of benchmarks/sweep_grid.sh), small")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="cells per mix, seeds s .. s + N - 1 from the "
+                   "recipe's seed (default 1)")
+    p.add_argument("--tasks", type=_names_list, default=["passkey", "niah_single_2", "mqar"],
+                   help="recall tasks (default passkey,niah_single_2,mqar: the sizes' training episodes)")
+    p.add_argument("--lengths", type=_int_list, default=[1, 2, 4],
+                   help="recall and perplexity at these multiples of the training length (default 1,2,4)")
+    p.add_argument("--samples", type=_positive_int, default=16, help="prompts per task and length (default 16)")
+    p.add_argument("--eval-windows", type=_positive_int, default=8,
+                   help="held-out windows of the longest length (default 8)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="cells trained side by side on the device, each in a process of its own (default 1)")
+    _add_from_scratch_args(p, "sweep.json, README.md, figures, cells/<cell>/")
+    p.set_defaults(func=_sweep)
+
+
 def _int_list(text: str) -> list[int]:
     """Comma-separated token counts, with K = 1024: "4K,8192" -> [4096, 8192]."""
     values = []
@@ -466,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     teacher.set_defaults(func=_teacher)
     _add_pretrain(sub)
+    _add_sweep(sub)
     _add_bench(sub)
     from .evaluation.cli import add_commands as add_evaluation_commands
 
