@@ -44,17 +44,18 @@ def _size(name: str) -> PretrainRecipe:
                               min_lr=2e-4, warmup_steps=2, weight_decay=0.1, save_every=4),
             episode_rows=4)
     if name == "mini":
-        # The design-space grid in one short GPU run (benchmarks/sweep_grid.sh): `small`'s 12 layers of 6 heads x 64
-        # (so 12:1, 6:1 and 3:1 keep 1, 2 and 3 attention layers, and an intra mix at 6:1 one KV group in every layer)
-        # with a 4K-entry BPE, 256-token rows and 384 steps of 16 rows, half of them retrieval episodes: the most
-        # optimizer steps a cell gets in ~45 s of a GPU shared by eight cells. ~22M parameters.
+        # The design-space grid in one short GPU run (benchmarks/sweep_grid.sh, which says how its time was
+        # estimated): `small`'s 12 layers of 6 heads x 64 (so 12:1, 6:1 and 3:1 keep 1, 2 and 3 attention layers, and
+        # an intra-layer mix at 6:1 one KV group in every layer) with a 4K-entry BPE, 256-token rows and 256 steps of
+        # 16 rows, half of them retrieval episodes: optimizer steps are what retrieval is learned with, and at this
+        # size a step costs Python and kernel launches more than arithmetic. ~23M parameters.
         return PretrainRecipe(
             name="mini",
             model=dict(vocab_size=4096, hidden_size=384, intermediate_size=1024, num_hidden_layers=12,
                        num_attention_heads=6, num_key_value_heads=6, head_dim=64, qk_norm=True,
                        tie_word_embeddings=True),
-            train=StageRecipe(tokens=384 * 16 * 256, seq_len=256, batch_size=16, micro_batch_size=16, lr=2e-3,
-                              min_lr=2e-4, warmup_steps=30, weight_decay=0.1, save_every=128),
+            train=StageRecipe(tokens=256 * 16 * 256, seq_len=256, batch_size=16, micro_batch_size=16, lr=2e-3,
+                              min_lr=2e-4, warmup_steps=25, weight_decay=0.1, save_every=64),
             episode_rows=8)
     if name == "small":
         # 12 layers of 6 heads x 64 and 6 KV groups: 3:1 is exactly 3 attention layers and ~1:5 exactly 2 layers (inter)

@@ -37,10 +37,6 @@ def write_report(out: str | Path, rows: list[dict], figures: bool = True) -> lis
     return written + [out / "README.md"] + [p for p in drawn if p is not None]
 
 
-def _share(row: dict) -> float:
-    return row["attention_kv_groups"] / row["kv_groups"]
-
-
 def _series(row: dict) -> str:
     """The line a row belongs to in the figures: its mixer, and its fusion / placement when not the default."""
     if row["mixer"] is None:
@@ -50,12 +46,16 @@ def _series(row: dict) -> str:
     return row["mixer"] + (f" ({', '.join(tags)})" if tags else "")
 
 
+def _requested_share(ratio: str) -> float:
+    """The attention share a ratio asks for: 0 all-linear, 1 / (N + 1) for N:1, 1 transformer."""
+    if ratio in ("all-linear", "transformer"):
+        return float(ratio == "transformer")
+    return 1 / (int(ratio.split(":")[0]) + 1)
+
+
 def _ratios(rows: list[dict]) -> list[str]:
     """The requested ratios in order of attention share (all-linear first, transformer last)."""
-    share: dict[str, list[float]] = {}
-    for r in rows:
-        share.setdefault(r["ratio"], []).append(_share(r))
-    return sorted(share, key=lambda k: sum(share[k]) / len(share[k]))
+    return sorted({r["ratio"] for r in rows}, key=_requested_share)
 
 
 def _pooled(rows: list[dict], key: str) -> tuple[float, float, float]:
@@ -170,7 +170,13 @@ def _recall_vs_state(path: Path, rows: list[dict]) -> Path | None:
                     label=None if series in seen else series, **st)
         ax.annotate(ratio, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         seen.add(series)
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="x", which="both", labelsize=7)
     ax.set_xlabel(f"decode state after {key} tokens ({unit_name}, bf16, batch 1)", fontsize=8)
     ax.set_ylabel(f"recall at {key}, 95% CI", fontsize=8)
     ax.set_ylim(-0.05, 1.05)
