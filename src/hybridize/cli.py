@@ -277,7 +277,7 @@ def _pretrain(args: argparse.Namespace) -> None:
               "to continue")
 
 
-def _add_from_scratch_args(p: argparse.ArgumentParser, what: str) -> None:
+def _add_from_scratch_args(p: argparse.ArgumentParser, what: str, no_eval_data: str) -> None:
     """Options `hybridize pretrain` and `hybridize sweep` share."""
     p.add_argument("--out", required=True, help=f"output folder ({what}); the same command continues there")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -286,7 +286,7 @@ def _add_from_scratch_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--data", nargs="+", default=None, help="training text (default: the recipe's)")
     p.add_argument("--eval-data", nargs="+", default=None,
                    help="held-out text (default: builtin:heldout when training on builtin:train and / or "
-                   "stdlib-code:train, else none)")
+                   f"stdlib-code:train, else {no_eval_data})")
     p.add_argument("--max-minutes", type=_non_negative_float, default=None,
                    help="stop after this long with a checkpoint; the same command continues")
     p.add_argument("--data-workers", type=_non_negative_int, default=None,
@@ -317,7 +317,8 @@ def _add_pretrain(sub) -> None:
                    "or middle (spread over the middle half)")
     p.add_argument("--seed", type=int, default=None, help="data order, episodes and initial weights (default: the "
                    "recipe's)")
-    _add_from_scratch_args(p, "the model, pretrain.json, run/ with metrics, TensorBoard and checkpoints")
+    _add_from_scratch_args(p, "the model, pretrain.json, run/ with metrics, TensorBoard and checkpoints",
+                           "none; 'none': no evaluation")
     p.add_argument("--eval-every", type=_non_negative_int, default=None,
                    help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
     p.set_defaults(func=_pretrain)
@@ -377,7 +378,7 @@ def _add_sweep(sub) -> None:
                    help="held-out windows of the longest length (default 8)")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="cells trained side by side on the device, each in a process of its own (default 1)")
-    _add_from_scratch_args(p, "sweep.json, README.md, figures, cells/<cell>/")
+    _add_from_scratch_args(p, "sweep.json, README.md, figures, cells/<cell>/", "required")
     p.set_defaults(func=_sweep)
 
 
