@@ -352,7 +352,7 @@ def _names_list(text: str) -> list[str]:
 
 def _add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="the design-space grid: every mixer x ratio (x fusion x placement x seed) trained "
-                       "from scratch on the same tokens and seed, scored on held-out perplexity and recall with 95% "
+                       "from scratch on the same tokens and seed, scored on held-out perplexity and recall with 95%% "
                        "intervals; sweep.json, README.md and figures; resumable cell by cell")
     p.add_argument("--mixers", type=_names_list, default=None, metavar="NAME[,NAME...]",
                    help=f"linear mixers: {', '.join(LINEAR_MIXER_NAMES)}")
@@ -366,7 +366,7 @@ def _add_sweep(sub) -> None:
                    help=f"{','.join(PLACEMENTS)}: where inter-layer attention goes (default uniform: each closes a "
                    "group of layers, never the first; middle: spread over the middle half)")
     p.add_argument("--size", required=True, help="the cells' shape and training: tiny (CPU check), mini (the GPU "
-                   "grid of benchmarks/sweep_grid.sh), small")
+                   "grid of `benchmarks/gpu_run.sh sweep-grid`), small")
     p.add_argument("--seeds", type=_positive_int, default=1, help="cells per mix, seeds s .. s + N - 1 from the "
                    "recipe's seed (default 1)")
     p.add_argument("--tasks", type=_names_list, default=["passkey", "niah_single_2", "mqar"],

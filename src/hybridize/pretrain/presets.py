@@ -44,7 +44,7 @@ def _size(name: str) -> PretrainRecipe:
                               min_lr=2e-4, warmup_steps=2, weight_decay=0.1, save_every=4),
             episode_rows=4)
     if name == "mini":
-        # The design-space grid in one short GPU run (benchmarks/sweep_grid.sh, which says how its time was
+        # The design-space grid in one short GPU run (`benchmarks/gpu_run.sh sweep-grid`, which says how its time was
         # estimated): `small`'s 12 layers of 6 heads x 64 (so 12:1, 6:1 and 3:1 keep 1, 2 and 3 attention layers, and
         # an intra-layer mix at 6:1 one KV group in every layer) with a 4K-entry BPE, 256-token rows and 256 steps of
         # 16 rows, half of them retrieval episodes: optimizer steps are what retrieval is learned with, and at this
