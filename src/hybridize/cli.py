@@ -256,6 +256,7 @@ def _teacher(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from .distributed import is_main
     from .pretrain import build_recipe, pretrain
     from .pretrain.train import EVAL_DEFAULT
 
@@ -265,8 +266,6 @@ def _pretrain(args: argparse.Namespace) -> None:
     result = pretrain(recipe, args.out, device=args.device, max_minutes=args.max_minutes,
                       data_workers=args.data_workers, eval_data=_eval_data(args, default=EVAL_DEFAULT),
                       eval_every=args.eval_every or None)
-    from .distributed import is_main
-
     if not is_main():
         return
     if result.finished:
