@@ -41,6 +41,9 @@
 #                      (default uniform,halo,flashmorph) x SEEDS (default 3), each hybrid on the teacher's 201 prompts
 #                      per task and length; as far as CALL_SECONDS (default 530) go, resumed from STATE_FROM
 #                      (default results/quality); state.json, summary.json and summary.md into OUT/quality
+#   sweep-grid         issue 22's design-space grid trained from scratch at the `mini` size: every linear mixer x
+#                      all-linear/12:1/6:1/3:1 + the Transformer, then inter- vs intra-layer at 6:1 (INTRA, default
+#                      mamba2,gated_deltanet); LANES (default 9) cells side by side; stops by MINUTES (default 7.5)
 #
 # Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
 # finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
@@ -402,8 +405,70 @@ job_quality() {
   return "$rc"
 }
 
+# Issue 22's grid (`hybridize sweep`, docs/training.md) at the `mini` size (12 layers of 384, 256-token rows, 256 steps
+# of 16 rows; src/hybridize/pretrain/presets.py), in $WORK/sweep-grid:
+#   1. every linear mixer (MIXERS) x {all-linear, 12:1, 6:1, 3:1} plus the Transformer: 33 cells, LANES side by side
+#      (one lane per mixer, the Transformer alone);
+#   2. inter- against intra-layer at 6:1 for INTRA: the intra-layer cells (one of 6 KV groups kept in each of the 12
+#      layers, 5:1 in every layer), whose inter-layer twins (2 of 12 layers, 5:1; parameters within 0.1%) are in grid 1.
+# Every cell: the same BPE, tokens, data order and seed 0, scored on builtin:heldout (perplexity by context bucket) and
+# on passkey / NIAH-single-2 / MQAR at 256 / 512 / 1024 tokens, 16 prompts each, with Wilson 95% intervals. $OUT/
+# sweep-grid/ gets sweep.json, README.md (table, figures, the studies' numbers beside ours), each cell's result.json,
+# pretrain.json, config.json, metrics and curves, the lanes' logs, the tokenizer and the autotune results; never
+# weights. Both grids stop by MINUTES after the start, a cell in training at a step boundary with a checkpoint. Run the
+# job again to continue: on the same machine from $WORK, on a fresh one with RESUME_FROM=<an earlier $OUT/sweep-grid>,
+# whose scored cells are not trained again. SWEEP_SIZE=tiny DEVICE=cpu LANES=2 MIXERS=retnet,mamba2 INTRA=mamba2 is a
+# CPU check of the job (~1 min on 2 cores; add --samples 2 --eval-windows 2).
+#
+# Time on one H100, estimated, not measured (the job has not run on a GPU yet): ~7 min.
+# - Compiling and autotuning fla's Triton kernels for these shapes in each lane's first cell: ~2-3 min. The archives in
+#   benchmarks/triton-autotune/ hold other shapes; a conversion's stage 1 that included its first compiles took 122 s
+#   (GatedDeltaNet) and 206 s (GLA) on an H200 (results/archive/gpu/mixers-small-gdn-gla/README.md), and the lanes
+#   compile at once on 16 cores.
+# - Training, 256 steps x 35 cells: a step is ~0.5 TFLOP (~10 ms of H100 arithmetic) in ~1,300 small kernels. One
+#   process alone: ~30-40 ms a step, bound by Python and launches (a 12-layer step at these shapes with tiny tensors
+#   took 55 ms on the project's 2-core CPU, without fla's Triton launches; the 4-layer tiny teacher trained at 27-28
+#   steps/s on an H200: results/gpu/mixers-small-12/logs/teacher-gpu-test.log). Nine lanes share the GPU's ~10 ms of kernels a step each: ~100-120 ms a step per lane, so
+#   4 cells x 256 steps take ~2-2.5 min per lane.
+# - Scoring: ~5-10 s a cell (9 greedy batches of prompts up to 1,024 tokens, ~20 new tokens each; 8 windows).
+# - Grid 2: two cells side by side, new kernels for the 5-head linear branches: ~1-1.5 min.
+# If compiling takes longer, the job stops at MINUTES with what finished; run it again for the rest.
+job_sweep_grid() {
+  local work=$WORK/sweep-grid start status=0 lanes
+  local minutes=${MINUTES:-7.5} intra=${INTRA:-mamba2,gated_deltanet}
+  local common=(-m hybridize sweep --size "${SWEEP_SIZE:-mini}" --out "$work" --device "$DEVICE")
+  start=$(date +%s)
+  left() { "$PY" -c "print(round(max(0.0, $minutes - ($(date +%s) - $start) / 60), 2))"; }
+  mkdir -p "$work"
+  if [ -n "${RESUME_FROM:-}" ] && [ ! -f "$work/sweep-config.json" ]; then
+    # an earlier run's scored cells: their result.json is all a sweep reads of them
+    (cd "$RESUME_FROM" && find . \( -name result.json -o -name pretrain.json -o -name sweep-config.json \
+       -o -path './tokenizer/*' \) -print0 | xargs -0 -r cp --parents -t "$work")
+    echo "resumed from $RESUME_FROM: $(find "$work/cells" -name result.json | wc -l) scored cells"
+  fi
+  [[ $DEVICE == cuda* ]] && unpack_autotune
+  run "$DIR/run.log" "$PY" "${common[@]}" --mixers "${MIXERS:-lightning,gated_deltanet,gla,deltanet,hgrn,hgrn2,retnet,mamba2}" \
+    --ratios all-linear,12:1,6:1,3:1,transformer --jobs "${LANES:-9}" \
+    --max-minutes "$("$PY" -c "print(max(0.5, $(left) - 1.5))")" "$@" || status=1
+  if [ "$("$PY" -c "print(int($(left) > 0.5))")" = 1 ]; then
+    lanes=$(echo "$intra" | tr ',' '\n' | wc -l)
+    run "$DIR/run.log" "$PY" "${common[@]}" --mixers "$intra" --ratios 6:1 --fusion inter,intra --jobs "$lanes" \
+      --max-minutes "$(left)" "$@" || status=1
+  else
+    echo "grid 2 not started: out of time (run the job again)" | tee -a "$DIR/run.log"
+  fi
+  copy_results "$work" "$DIR"
+  mkdir -p "$DIR/tokenizer" "$DIR/logs"
+  cp "$work"/tokenizer/* "$DIR/tokenizer/" 2>/dev/null
+  cp "$work"/logs/*.log "$DIR/logs/" 2>/dev/null
+  [[ $DEVICE == cuda* ]] && save_autotune "$DIR"
+  echo "sweep-grid: $(find "$work/cells" -name result.json 2>/dev/null | wc -l) cells scored in $(( $(date +%s) - start )) s" \
+    | tee -a "$DIR/run.log"
+  return "$status"
+}
+
 JOBS=(gpu-tests speed decode-attention mixers fused-projections train-profile convert teacher selectors mixer-rows
-      ppl-checks quality)
+      ppl-checks quality sweep-grid)
 
 case "${1:-}" in
   "" | -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;

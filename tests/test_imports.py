@@ -22,8 +22,10 @@ LAYERS = [
     ("distill",),  # losses, recipes, the training loop, curves, the model card
     ("selection",),  # the selectors and their registry; they train with distill's loop
     ("pipeline",),  # the conversion: align, select, distill, finetune, export
-    ("teacher",),  # training a teacher from scratch, on distill's loop
+    ("pretrain",),  # training any model from scratch (layer mixes, presets, the teachers' recipes), on distill's loop
+    ("teacher",),  # training a teacher from scratch: the Transformer preset of pretrain
     ("evaluation",),  # `hybridize eval`: runner, report, lm-eval adapter
+    ("sweep",),  # grids of pretrain runs, each scored with metrics' perplexity and recall
     ("bench",),
     ("demo",),
     ("cli",),

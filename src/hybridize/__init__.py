@@ -20,8 +20,10 @@ Imports go one way, from the lowest layer up (tests/test_imports.py checks it, f
     selection                  the selectors and their registry (they train with distill's loop)
     pipeline                   the conversion: align, select, distill, finetune, export; the recipe's selector
                                is checked against the registry here
-    teacher                    training a teacher from scratch
+    pretrain                   training any model from scratch: layer mixes, presets, the teachers' recipes
+    teacher                    training a teacher from scratch (the Transformer preset of pretrain)
     evaluation                 `hybridize eval`: the runner, the report, the lm-eval adapter
+    sweep                      `hybridize sweep`: grids of pretrain runs scored on perplexity and recall
     bench -> demo -> cli       speed benchmarks, the demo, the command line
 """
 

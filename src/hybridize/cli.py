@@ -12,11 +12,18 @@ import os
 import shlex
 import sys
 
-from .names import LINEAR_MIXER_NAMES
+from .names import LAYER_FUSIONS, LINEAR_MIXER_NAMES, PLACEMENTS
 
 
 class UserError(Exception):
     """A problem with the user's input: reported in one line, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line too (`hybridize <command> --help` prints the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -218,6 +225,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -239,6 +256,132 @@ def _teacher(args: argparse.Namespace) -> None:
     else:
         print(f"hybridize: stopped after {args.max_minutes} minutes with a checkpoint; run the same command again "
               "to continue")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from .distributed import is_main
+    from .pretrain import build_recipe, pretrain
+    from .pretrain.train import EVAL_DEFAULT
+
+    overrides = list(args.overrides) + ([f"seed={args.seed}"] if args.seed is not None else [])
+    recipe = build_recipe(args.preset, args.config, mixer=args.mixer, ratio=args.ratio, fusion=args.fusion,
+                          placement=args.placement, overrides=overrides, data=args.data)
+    result = pretrain(recipe, args.out, device=args.device, max_minutes=args.max_minutes,
+                      data_workers=args.data_workers, eval_data=_eval_data(args, default=EVAL_DEFAULT),
+                      eval_every=args.eval_every or None)
+    if not is_main():
+        return
+    if result.finished:
+        print(f"hybridize: wrote {args.out} ({result.steps} steps, {result.tokens:,} tokens; load it with "
+              "AutoModelForCausalLM.from_pretrained after `import hybridize`)")
+    else:
+        print(f"hybridize: stopped after {args.max_minutes} minutes with a checkpoint; run the same command again "
+              "to continue")
+
+
+def _add_from_scratch_args(p: argparse.ArgumentParser, what: str, no_eval_data: str) -> None:
+    """Options `hybridize pretrain` and `hybridize sweep` share."""
+    p.add_argument("--out", required=True, help=f"output folder ({what}); the same command continues there")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field: model.<config field>, train.<field> or a data-mix field, e.g. "
+                   "--set train.tokens=1000000 --set episode_rows=4 (repeatable)")
+    p.add_argument("--data", nargs="+", default=None, help="training text (default: the recipe's)")
+    p.add_argument("--eval-data", nargs="+", default=None,
+                   help="held-out text (default: builtin:heldout when training on builtin:train and / or "
+                   f"stdlib-code:train, else {no_eval_data})")
+    p.add_argument("--max-minutes", type=_non_negative_float, default=None,
+                   help="stop after this long with a checkpoint; the same command continues")
+    p.add_argument("--data-workers", type=_non_negative_int, default=None,
+                   help="processes drawing retrieval episodes ahead of the GPU (default: up to 8 on CUDA, 0 on "
+                   "the CPU); the batches do not depend on it")
+    p.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
+
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="train any hybrid (or Transformer) from scratch: a preset or a recipe file, "
+                       "any mixer, ratio, placement, inter- or intra-layer")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", default=None, metavar="FILE",
+                        help="recipe file (.json / .yaml): {\"model\": {config fields}, \"train\": {...}, data-mix "
+                        "fields}")
+    source.add_argument("--preset", default=None, metavar="NAME",
+                        help="a named recipe: sweep sizes tiny, mini, small (a Transformer unless --ratio) or the "
+                        "teachers teacher-tiny, teacher-small, teacher-base")
+    p.add_argument("--mixer", default=None, metavar="NAME",
+                   help=f"linear mixer of the layer mix: {', '.join(LINEAR_MIXER_NAMES)}")
+    p.add_argument("--ratio", default=None, help="transformer, all-linear, or N:1 (N linear layers per attention "
+                   "layer, e.g. 3:1)")
+    p.add_argument("--fusion", default=None, metavar="|".join(LAYER_FUSIONS),
+                   help="inter: whole layers are attention (default); intra: every layer keeps the same share of its "
+                   "KV-head groups as attention beside the mixer")
+    p.add_argument("--placement", default=None, metavar="|".join(PLACEMENTS),
+                   help="inter-layer attention: uniform (each closes a group of layers, never the first; default) "
+                   "or middle (spread over the middle half)")
+    p.add_argument("--seed", type=int, default=None, help="data order, episodes and initial weights (default: the "
+                   "recipe's)")
+    _add_from_scratch_args(p, "the model, pretrain.json, run/ with metrics, TensorBoard and checkpoints",
+                           "none; 'none': no evaluation")
+    p.add_argument("--eval-every", type=_non_negative_int, default=None,
+                   help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
+    p.set_defaults(func=_pretrain)
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from .sweep import SweepConfig, run_sweep
+
+    def spec(items):  # one data item as a string, so that a later run naming it the same way matches
+        return items[0] if items and len(items) == 1 else items
+
+    cfg = SweepConfig(out=args.out, size=args.size, mixers=args.mixers or [], ratios=args.ratios, fusions=args.fusion,
+                      placements=args.placement, seeds=args.seeds, overrides=list(args.overrides), data=spec(args.data),
+                      eval_data=spec(args.eval_data), tasks=args.tasks, lengths=args.lengths, samples=args.samples,
+                      eval_windows=args.eval_windows, jobs=args.jobs, device=args.device,
+                      max_minutes=args.max_minutes, data_workers=args.data_workers, command=args.command)
+    result = run_sweep(cfg)
+    done = len(result.cells) - len(result.remaining)
+    print(f"hybridize: {done} of {len(result.cells)} cells done; {args.out}/sweep.json holds {len(result.rows)} rows, "
+          f"{args.out}/README.md the table and figures")
+    if result.failed_lanes:
+        raise UserError(f"{len(result.failed_lanes)} lane(s) stopped with an error: see {', '.join(result.failed_lanes)}")
+    if result.remaining:
+        print(f"hybridize: {len(result.remaining)} cells left ({', '.join(result.remaining[:4])}"
+              f"{', ...' if len(result.remaining) > 4 else ''}); run the same command again to continue")
+
+
+def _names_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="the design-space grid: every mixer x ratio (x fusion x placement x seed) trained "
+                       "from scratch on the same tokens and seed, scored on held-out perplexity and recall with 95%% "
+                       "intervals; sweep.json, README.md and figures; resumable cell by cell")
+    p.add_argument("--mixers", type=_names_list, default=None, metavar="NAME[,NAME...]",
+                   help=f"linear mixers: {', '.join(LINEAR_MIXER_NAMES)}")
+    p.add_argument("--ratios", type=_names_list, required=True, metavar="R[,R...]",
+                   help="linear : attention, e.g. all-linear,24:1,12:1,6:1,3:1,transformer (N:1 = N linear layers per "
+                   "attention layer)")
+    p.add_argument("--fusion", type=_names_list, default=["inter"], metavar="F[,F...]",
+                   help=f"{','.join(LAYER_FUSIONS)}: whole attention layers, or the same share of KV-head groups inside "
+                   "every layer (default inter)")
+    p.add_argument("--placement", type=_names_list, default=["uniform"], metavar="P[,P...]",
+                   help=f"{','.join(PLACEMENTS)}: where inter-layer attention goes (default uniform: each closes a "
+                   "group of layers, never the first; middle: spread over the middle half)")
+    p.add_argument("--size", required=True, help="the cells' shape and training: tiny (CPU check), mini (the GPU "
+                   "grid of `benchmarks/gpu_run.sh sweep-grid`), small")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="cells per mix, seeds s .. s + N - 1 from the "
+                   "recipe's seed (default 1)")
+    p.add_argument("--tasks", type=_names_list, default=["passkey", "niah_single_2", "mqar"],
+                   help="recall tasks (default passkey,niah_single_2,mqar: the sizes' training episodes)")
+    p.add_argument("--lengths", type=_int_list, default=[1, 2, 4],
+                   help="recall and perplexity at these multiples of the training length (default 1,2,4)")
+    p.add_argument("--samples", type=_positive_int, default=16, help="prompts per task and length (default 16)")
+    p.add_argument("--eval-windows", type=_positive_int, default=8,
+                   help="held-out windows of the longest length (default 8)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="cells trained side by side on the device, each in a process of its own (default 1)")
+    _add_from_scratch_args(p, "sweep.json, README.md, figures, cells/<cell>/", "required")
+    p.set_defaults(func=_sweep)
 
 
 def _int_list(text: str) -> list[int]:
@@ -332,7 +475,7 @@ def _add_bench(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybridize", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hybridize", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the main job on the built-in default: convert the shipped tiny teacher "
                           "(attention kept in 2 of its 4 layers), evaluate teacher vs hybrid, measure their decode "
@@ -383,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="steps between held-out evaluations (default: a twentieth of the run; 0: off)")
     teacher.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")
     teacher.set_defaults(func=_teacher)
+    _add_pretrain(sub)
+    _add_sweep(sub)
     _add_bench(sub)
     from .evaluation.cli import add_commands as add_evaluation_commands
 
@@ -393,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that train data-parallel under torchrun (hybridize.distributed; a conversion's layer selection runs on rank
 # 0 alone). The others (evaluation, benchmarks, the demo) would run whole on every rank and write the same files at
 # once, so under torchrun they refuse instead.
-DATA_PARALLEL = ("teacher", "convert", "align", "select", "distill", "finetune")
+DATA_PARALLEL = ("teacher", "pretrain", "convert", "align", "select", "distill", "finetune")
 # lm-eval's HFLM splits the requests over the processes of `accelerate launch` itself: left to it
 OWN_LAUNCHER = ("lm-eval",)
 

@@ -11,3 +11,8 @@ LINEAR_MIXER_NAMES = ("lightning", "gated_deltanet", "gla", "deltanet", "hgrn", 
 # (a learned per-channel mix sigmoid(x Wz) * attention + (1 - sigmoid(x Wz)) * linear); the last three need branches of
 # one width.
 INTRA_FUSIONS = ("concat", "subtract", "sum", "gate")
+
+# How a hybrid trained from scratch mixes attention in (hybridize.pretrain.layout): whole layers ("inter") or KV-head
+# groups inside every layer ("intra"); where inter-layer attention goes.
+LAYER_FUSIONS = ("inter", "intra")
+PLACEMENTS = ("uniform", "middle")
