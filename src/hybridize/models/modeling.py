@@ -313,6 +313,9 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     # CUDA-graph decode (generate on CUDA with a static cache) fuses the projections before it captures a step (why:
     # hybridize.mixers.fusion); False keeps them apart.
     decode_fusion: bool = True
+    # True: the captured decode step runs its matmuls through our split-K GEMV instead of cuBLAS
+    # (hybridize.mixers.kernels.decode_gemv); off until a GPU measurement shows it faster.
+    decode_gemv: bool = False
 
     def fuse_projections(self) -> int:
         """Decode: one matmul for q|k|v(|gate) of each mixer and for gate|up of each MLP in steps of at most 64
