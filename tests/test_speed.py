@@ -200,7 +200,8 @@ def _cli(*args: str):
 
 
 ROW_FIELDS = {"model", "variant", "mixer", "budget", "context", "batch", "prefill_s", "tpot_ms", "tpot_bound_ms",
-              "prefill_bound_s", "peak_gib", "device", "commit", "decode_tok_s", "oom"}
+              "prefill_bound_s", "peak_gib", "device", "commit", "decode_tok_s", "oom", "kernels_per_step",
+              "kernel_ms_per_step", "matmul_ms_per_step", "matmul_gbs"}
 
 
 def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
@@ -223,6 +224,7 @@ def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
         assert r["mixer"] == ("gated_deltanet" if r["variant"] == "hybrid" else None)
         assert (r["cache_gib"] is None) == (r["variant"] == "teacher-hf")  # stock transformers: not our cache
         assert r["prefill_peak_gib"] is None and r["decode_peak_gib"] is None  # GPU-only figures
+        assert r["kernels_per_step"] is None and r["matmul_gbs"] is None  # no kernels on the CPU
     # the hybrid's static cache is smaller than the teacher's at the same batch and context
     by = {(r["variant"], r["batch"], r["context"]): r for r in rows}
     for b in (1, 2):
@@ -533,3 +535,111 @@ def test_decode_at_context_counts_every_byte_of_the_cache_and_decodes_past_it(pa
     assert abs(row["cache_bytes"] - model.state_size(slots, dtype=torch.float32)) <= 64, row  # + the step counters
     with pytest.raises(ValueError, match="context must be a positive number"):
         decode_at_context(model, 0)
+
+
+def test_bench_largest_batch_and_throughput_table_on_the_cpu(tmp_path):
+    """`--largest-batch` with a memory cap (required on the CPU): per variant and context a row of the largest batch
+    whose try stayed under the cap, measured in full, with the tries that found it: the batch found fits, the one
+    above it was tried and did not, and no batch that fit is larger. The throughput table (printed, and in run.json)
+    has tokens/s at each batch and at the largest, and the hybrid's ratio to the teacher-engine."""
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32,64",
+               "--batches", "1,2", "--new-tokens", "2", "--repeats", "1", "--variants", "hybrid,teacher-engine",
+               "--largest-batch", "--gpu-memory", "0.004", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    largest = {(r["variant"], r["context"]): r for r in rows if r.get("largest_batch")}
+    assert set(largest) == {(v, c) for v in ("hybrid", "teacher-engine") for c in (32, 64)}
+    for (variant, context), r in largest.items():
+        tries = {t["batch"]: t for t in r["largest_batch_tries"]}
+        assert not r["oom"] and r["batch"] > 2 and r["tpot_ms"] > 0, r
+        assert tries[r["batch"]]["fits"] and not tries[r["batch"] + 1]["fits"]
+        assert max(b for b, t in tries.items() if t["fits"]) == r["batch"]
+        assert all((t["peak_gib"] <= 0.004) == t["fits"] for t in tries.values())
+        assert r["peak_gib"] <= 0.004
+    for variant in ("hybrid", "teacher-engine"):  # a longer context leaves room for fewer sequences
+        assert largest[variant, 64]["batch"] < largest[variant, 32]["batch"]
+    table = json.loads((tmp_path / "run.json").read_text())["throughput"]
+    entry = {(e["variant"], e["context"]): e for e in table}
+    for (variant, context), r in largest.items():
+        e = entry[variant, context]
+        assert e["largest_batch"] == r["batch"] and e["largest_tok_s"] == r["decode_tok_s"]
+        assert set(e["tok_s"]) == {"1", "2"} and all(v > 0 for v in e["tok_s"].values())
+    ratio = entry["hybrid / teacher-engine", 32]
+    assert ratio["largest_tok_s"] == pytest.approx(entry["hybrid", 32]["largest_tok_s"]
+                                                   / entry["teacher-engine", 32]["largest_tok_s"])
+    assert "largest that fits" in out.stdout and f"(B={largest['hybrid', 32]['batch']})" in out.stdout
+    # the latency plot keeps to the --batches rows
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_bench_largest_batch_on_the_cpu_needs_a_cap(capsys, tmp_path):
+    from hybridize.cli import main
+
+    code = main(["bench", "--device", "cpu", "--model", "tiny", "--largest-batch", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "largest_batch off CUDA needs gpu_memory (--gpu-memory GIB" in err
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--device", "cpu", "--model", "tiny", "--gpu-memory", "0", "--out", str(tmp_path)])
+    assert exit.value.code == 2 and "--gpu-memory: must be a number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("start", [1, 3, 64, 5000])
+@pytest.mark.parametrize("answer", [0, 1, 2, 37, 64, 1000, 4096])
+def test_largest_fitting_doubles_then_bisects(start, answer):
+    from hybridize.bench.inference import largest_fitting
+
+    best, tried = largest_fitting(lambda b: b <= answer, start=start, limit=4096)
+    assert best == answer
+    assert all(fit == (b <= answer) for b, fit in tried.items())
+    assert len(tried) <= 2 * 13 + 1  # doubling and bisection: logarithmic in the limit
+    if answer < 4096:
+        assert (answer + 1) in tried and (answer == 0 or answer in tried)
+
+
+def test_kernel_count_per_step_from_profiler_events():
+    """Kernels per step: the device's kernel events over the profiled steps, copies and memsets left out, host
+    events not counted; their time split by category (our GEMV counts as matmul)."""
+    from types import SimpleNamespace
+
+    from hybridize.bench.profile import kernel_summary, kernels_per_call
+
+    def evt(name, us, device_type="CUDA"):
+        return SimpleNamespace(name=name, device_time_total=us, device_type=f"DeviceType.{device_type}")
+
+    events = [evt("_gemv_kernel", 30.0), evt("_sum_splits_kernel", 2.0), evt("_split_kernel", 10.0),
+              evt("Memcpy DtoD (Device -> Device)", 5.0), evt("Memset (Device)", 1.0), evt("cudaGraphLaunch", 9.0, "CPU"),
+              evt("gemv2T_kernel_val<int, int, __nv_bfloat16>", 40.0), evt("_rms_norm_kernel", 4.0)] * 2
+    s = kernel_summary(events, calls=2)
+    assert s["kernels"] == 5 and s["kernel_ms"] == pytest.approx(0.086)
+    assert s["by_category"] == pytest.approx({"matmul": 0.072, "attention": 0.010,
+                                              "norms / rotary / activations": 0.004})
+    assert kernel_summary([evt("cudaGraphLaunch", 9.0, "CPU")], 1) is None
+    assert kernels_per_call(lambda: None, 3, torch.device("cpu")) is None
+
+
+def test_bench_prefills_never_hold_two_caches(monkeypatch):
+    """The prefills of one row (a warm-up and the timed repeats) each allocate a static cache; the previous one is
+    freed first, so a row's peak is one cache. (A kept output held the previous cache: at 512K the teacher-engine
+    needed two 56 GiB caches at once and ran out of memory on an 80 GB H100.)"""
+    import gc
+    import weakref
+
+    import hybridize.bench.inference as bench
+
+    live = []
+    real = bench.HybridStaticCache
+
+    def tracked(*args, **kwargs):
+        gc.collect()
+        assert not any(ref() is not None for ref in live), "a previous prefill's cache is still alive"
+        cache = real(*args, **kwargs)
+        live.append(weakref.ref(cache))
+        return cache
+
+    monkeypatch.setattr(bench, "HybridStaticCache", tracked)
+    models = bench.build_models("tiny", 0.25, "lightning")
+    runner = bench._Runner("teacher-engine", models, torch.device("cpu"), torch.float32, 16)
+    peaks = {"matmul_flops": 1e12, "copy_bytes": 1e10}
+    row = bench._measure(runner, models, 2, 40, 2, 1, 3, peaks, {"device": "cpu", "commit": "x"}, 0.25, "lightning")
+    assert not row["oom"] and len(live) == 4 and row["kernels_per_step"] is None
