@@ -159,6 +159,99 @@ def test_chunked_prefill_long_prompt_then_decode_matches_full_forward():
         assert_close(torch.cat(parts, 1), full, type(cache).__name__)
 
 
+@pytest.mark.parametrize("B,H,Hkv,T,past,D,pad", [
+    (2, 4, 2, 16, 40, 10, [0, 13]),  # GQA, a row padded across the first key blocks
+    (1, 3, 3, 9, 100, 8, None),  # no grouping, no padding, T and past not multiples of a tile
+    (3, 8, 2, 33, 7, 16, [7, 0, 30]),  # a row whose every cached key is padding, one padded into the chunk
+])
+def test_blocked_attention_equals_masked_sdpa(B, H, Hkv, T, past, D, pad):
+    """The bounded chunk attention (`mixers/blocked_attention.py`) against what `Attention` runs without it: SDPA
+    over K/V repeated to the query heads under the causal mask with padding, fp32; tiles of 16 x 16 (a workspace far
+    below the scores) so that every tile boundary and the skipped blocks are crossed, and with one tile."""
+    import torch.nn.functional as F
+
+    from hybridize.mixers import blocked_attention
+
+    Lk = past + T
+    q = torch.randn(B, H, T, D)
+    k, v = torch.randn(B, Hkv, Lk, D), torch.randn(B, Hkv, Lk, D)
+    valid = None if pad is None else torch.arange(Lk + 5)[None, :] >= torch.tensor(pad)[:, None]  # longer: a buffer
+    q_pos, k_pos = torch.arange(past, Lk), torch.arange(Lk)
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if valid is not None:
+        allowed = allowed[None] & valid[:, None, :Lk]
+    allowed = (allowed | (k_pos[None, :] == q_pos[:, None])).view(-1 if valid is not None else 1, 1, T, Lk)
+    g = H // Hkv
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=allowed,
+                                         scale=D**-0.5)
+    for workspace in (4 * B * H * 16 * 16, None):
+        out = blocked_attention.attend(q, k, v, past, 0, D**-0.5, valid, workspace=workspace)
+        assert_close(out, ref, f"blocked attention B={B} H={H} T={T} past={past} workspace={workspace}")
+    # keys that start later in the token stream (the dynamic cache's sliding layers keep a suffix): the same positions
+    assert_close(blocked_attention.attend(q, k[:, :, 5:], v[:, :, 5:], past, 5, D**-0.5, valid, workspace=1024),
+                 F.scaled_dot_product_attention(q, k[:, :, 5:].repeat_interleave(g, 1),
+                                                v[:, :, 5:].repeat_interleave(g, 1), attn_mask=allowed[..., 5:],
+                                                scale=D**-0.5), "blocked attention over a suffix")
+
+
+@pytest.mark.parametrize("pattern", ["all_attention", "mixed", "intra_concat"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_chunked_prefill_through_blocked_attention_equals_one_shot(pattern, static, monkeypatch):
+    """With a workspace small enough that every chunk after the first takes the bounded path (`_bounded`), chunked
+    prefill of left-padded rows gives the one-shot prefill's logits and cache, and the decode step after it the same
+    logits."""
+    from hybridize.mixers import blocked_attention
+
+    model = _model(pattern, sliding=False)
+    ids, mask = _left_padded([30, 9, 21])
+    new_cache = (lambda: HybridStaticCache(model.config, 40, 3)) if static else (lambda: HybridCache(model.config))
+    one = model.prefill(ids, attention_mask=mask, cache=new_cache(), all_logits=True)
+    calls = []
+    attend = blocked_attention.attend
+    monkeypatch.setattr(blocked_attention, "WORKSPACE_BYTES", 2048)
+    monkeypatch.setattr(blocked_attention, "attend", lambda *a, **k: calls.append(a[0].shape) or attend(*a, **k))
+    chunked = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=7, all_logits=True)
+    assert calls, "the bounded path did not run"
+    assert_close(chunked.logits, one.logits, f"{pattern} chunked through blocked attention")
+    for i, (a, b) in enumerate(zip(_cache_tensors(output_cache(chunked)), _cache_tensors(output_cache(one)))):
+        assert_close(a.float(), b.float(), f"{pattern} cache tensor {i}")
+    m = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        a, b = (model(ids[:, -1:], attention_mask=m, past_key_values=output_cache(o)).logits for o in (one, chunked))
+    assert_close(b, a, f"{pattern} decode step after the two prefills")
+
+
+@pytest.mark.parametrize("pattern", ["all_attention", "mixed"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_chunked_prefill_memory_does_not_grow_with_the_context(pattern, padded, monkeypatch):
+    """What a chunked prefill into a static cache allocates beyond the cache (the most bytes held at once, from the
+    CPU allocator's events): the same at 128 and 512 tokens of context, with and without left padding, once the
+    chunks' attention over the cache is past the workspace (set small here, so a tiny model gets there). Through
+    SDPA's masked path (the default workspace, far above these sizes) the same prefill grows with the context: the
+    measurement sees what the bound removes (masks of chunk x context, K/V repeated to the query heads)."""
+    from hybridize.bench.profile import host_peak_bytes
+    from hybridize.mixers import blocked_attention
+
+    model = _model(pattern, sliding=False)
+
+    def prefill_peak(context: int) -> int:
+        ids = torch.randint(1, 101, (2, context))
+        mask = torch.ones_like(ids)
+        if padded:
+            mask[1, :5] = 0
+        cache = HybridStaticCache(model.config, context, 2)
+        with torch.no_grad():
+            return host_peak_bytes(lambda: model.prefill(ids, attention_mask=mask, cache=cache, chunk_size=16))[1]
+
+    through_sdpa = prefill_peak(128), prefill_peak(512)
+    monkeypatch.setattr(blocked_attention, "WORKSPACE_BYTES", 4096)
+    bounded = prefill_peak(128), prefill_peak(512)
+    print(f"{pattern} padded={padded}: prefill peak beyond the cache at 128 / 512 tokens: SDPA path {through_sdpa}, "
+          f"bounded {bounded} bytes")
+    assert through_sdpa[1] > 1.5 * through_sdpa[0]
+    assert bounded[1] <= bounded[0] * 1.01 and bounded[1] < through_sdpa[1]
+
+
 def test_static_cache_layout():
     config = tiny_config("mixed", linear_conv_size=4)
     cache = HybridStaticCache(config, max_cache_len=20, batch_size=3, dtype=torch.bfloat16)

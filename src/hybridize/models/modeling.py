@@ -306,7 +306,7 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             out = self(input_ids[:, start:end], past_key_values=cache, use_cache=True,
                        attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
                        logits_to_keep=0 if all_logits else 1)
-            logits.append(out.logits)
+            logits = [*logits, out.logits] if all_logits else [out.logits]  # only the last chunk's, unless asked
         return CausalLMOutputWithPast(logits=torch.cat(logits, dim=1) if all_logits else logits[-1],
                                       **cache_kwargs(cache))
 
