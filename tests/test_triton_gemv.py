@@ -154,3 +154,24 @@ def test_decode_step_with_gemv_equals_the_step_without(monkeypatch, triton_devic
     for i, (a, b) in enumerate(zip(on, off)):
         assert_close(a, b, f"{pattern} decode step {i} gemv on vs off", dtype=dtype)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_gemv_benchmark_records_every_matmul_of_a_decode_step():
+    """benchmarks/gemv.py times the shapes one decode step multiplies, recorded from a real step: for the teacher of
+    the tiny shape, per layer the fused q|k|v, o_proj, the fused gate|up and down_proj, then the lm_head; the hybrid
+    has as many calls, its linear layers' projections fused in their own widths."""
+    from conftest import load_script
+    from hybridize.bench.inference import build_models
+
+    mod = load_script("benchmarks/gemv.py")
+    models = build_models("tiny", 0.25, "lightning")
+    c = models.teacher
+    H, Hkv, D, h, i = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size, c.intermediate_size
+    L = c.num_hidden_layers
+    calls = mod.step_linears(c, 3, "cpu", torch.float32)
+    assert calls == {(3, (H + 2 * Hkv) * D, h, False): L, (3, h, H * D, False): L, (3, 2 * i, h, False): L,
+                     (3, h, i, False): L, (3, c.vocab_size, h, False): 1}
+    hybrid = mod.step_linears(models.hybrid, 1, "cpu", torch.float32)
+    assert sum(hybrid.values()) == sum(calls.values()) and all(rows == 1 for rows, *_ in hybrid)
+    rows = [dict(f_linear_us=2.0, gemv_us=1.0, bound_us=0.5, calls_per_step=n, weight_bytes=10) for n in (3, 1)]
+    assert mod.step_totals(rows) == {"f_linear_ms": 0.008, "gemv_ms": 0.004, "bound_ms": 0.002, "weight_gb": 4e-8}

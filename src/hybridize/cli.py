@@ -321,8 +321,9 @@ def _add_bench(sub) -> None:
                        "context (doubling, then bisection; each try one prefill and a few decode steps), measure it "
                        "and add its tokens/s to the throughput table")
     bench.add_argument("--gpu-memory", type=_positive_float, default=None, metavar="GIB",
-                       help="memory the run may use: on CUDA a cap the allocator enforces (an H200 run as an 80 GB "
-                       "H100: 79.1); on the CPU the peak a --largest-batch try must stay under (required there)")
+                       help="memory the run may use: on CUDA a cap the allocator enforces (an H100's total, about 79, "
+                       "runs an H200 as an 80 GB H100); on the CPU the peak a --largest-batch try must stay under "
+                       "(required there)")
     bench.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
     bench.add_argument("--commit", default=None, help="commit measured (default: git rev-parse of the package)")
     bench.add_argument("--train", action="store_true", help="benchmark stage-2 distillation instead")

@@ -39,7 +39,9 @@ A variant that runs out of memory at some context is recorded there (`oom: true`
 
 `largest_batch=True` (`--largest-batch`) also finds, per variant and context, the largest batch whose prefill and
 decode fit: doubling from a batch the memory left after the weights suggests, then bisection, each try a short
-measurement (one prefill, `LARGEST_TRY_STEPS` decode steps) with memory freed in between. The batch found is then
+measurement (one prefill, `LARGEST_TRY_STEPS` decode steps, over a cache of the row's length) with memory freed in
+between. A chunk of the prefill is batch x `prefill_chunk` tokens: give large batches a small `prefill_chunk`, or the
+chunk's activations rather than the cache set the batch that fits. The batch found is then
 measured in full and recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits,
 peak). What "fits" means: on CUDA, no out-of-memory error within the device's memory, or within `gpu_memory` GiB
 (`--gpu-memory`, enforced by the allocator: an H200 can stand in for an 80 GB H100); on the CPU the measured peak of
@@ -466,7 +468,7 @@ def _largest_batch_row(runner: _Runner, measure, context: int, cap: _MemoryCap) 
     host_peak = runner.device.type != "cuda"
 
     def fits(batch: int) -> bool:
-        row = measure(batch, context, new_tokens=LARGEST_TRY_STEPS, warmup=1, repeats=1, profiled=0,
+        row = measure(batch, context, new_tokens=LARGEST_TRY_STEPS, warmup=1, repeats=0, profiled=0,
                       host_peak=host_peak)
         ok = cap.fits(row)
         tries.append(dict(batch=batch, fits=ok, peak_gib=row["peak_gib"]))
@@ -542,8 +544,9 @@ def _is_oom(err: BaseException) -> bool:
 def _measure(runner: _Runner, models: Models, batch: int, context: int, new_tokens: int, warmup: int, repeats: int,
              peaks: dict, header: dict, budget, mixer: str, room: int | None = None, profiled: int = PROFILED_STEPS,
              host_peak: bool = False) -> dict:
-    """One row: `repeats` prefills (after a warm-up one), `warmup` + `new_tokens` decode steps, then `profiled`
-    steps under the profiler (CUDA only), over a cache of `context` + `room` tokens (default: the steps it runs).
+    """One row: `repeats` prefills (after a warm-up one; `repeats=0`: the one prefill, timed with its warm-up costs,
+    as a largest-batch try runs), `warmup` + `new_tokens` decode steps, then `profiled` steps under the profiler
+    (CUDA only), over a cache of `context` + `room` tokens (default: the steps it runs).
     `host_peak` (the CPU): `peak_gib` is measured too, as the weights plus the most the prefill and decode allocated
     at once (`profile.host_peak_bytes`)."""
     device = runner.device
@@ -574,7 +577,7 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
             start = time.perf_counter()
             cache = runner.prefill(ids, room)
             _sync(device)
-            if i:
+            if i or not repeats:
                 times.append(time.perf_counter() - start)
         row["prefill_s"] = statistics.median(times)
         if cache is not None:
