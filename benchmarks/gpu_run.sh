@@ -40,7 +40,8 @@
 #                      with kernels per step (-fused vs -gemv), 512K prefill memory, the largest batch at 8K and 32K;
 #                      PART=tests|gemv|gemv-sweep|speed|gdn|memory|largest-8k|largest-32k runs one part (each sized
 #                      for under 10 min on an H100, by estimate), default all; GPU_MEMORY (GiB) caps the allocator
-#                      (an H100's total as torch reports it, about 79: an H200 run as an H100)
+#                      (an H100's total as torch reports it, about 79: an H200 run as an H100); LARGEST_VARIANTS
+#                      (default hybrid-fused,teacher-engine-fused) splits a largest-* part per variant
 #
 # Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
 # finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
@@ -360,7 +361,8 @@ job_decode_limit() {
           --out "$DIR/memory-512k" "$@" || status=1 ;;
       largest-8k | largest-32k)  # the largest batch that fits and the throughput table; small chunks per row
         run "$DIR/largest.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts "${part#largest-}" \
-          --batches 1,8,64 --largest-batch --variants hybrid-fused,teacher-engine-fused --repeats 1 --new-tokens 8 \
+          --batches 1,8,64 --largest-batch --variants "${LARGEST_VARIANTS:-hybrid-fused,teacher-engine-fused}" \
+          --repeats 1 --new-tokens 8 \
           --prefill-chunk 1024 "${cap[@]}" --out "$DIR/$part" "$@" || status=1 ;;
       *) echo "unknown PART '$part' (tests gemv gemv-sweep speed gdn memory largest-8k largest-32k)"; return 2 ;;
     esac

@@ -736,3 +736,19 @@ def test_bench_prefills_never_hold_two_caches(monkeypatch):
     peaks = {"matmul_flops": 1e12, "copy_bytes": 1e10}
     row = bench._measure(runner, models, 2, 40, 2, 1, 3, peaks, {"device": "cpu", "commit": "x"}, 0.25, "lightning")
     assert not row["oom"] and len(live) == 4 and row["kernels_per_step"] is None
+
+
+def test_bench_recognises_out_of_memory_behind_another_error():
+    """An out-of-memory error inside a CUDA-graph capture surfaces as the error the capture's end raises while it
+    unwinds; the bench still records the row as out of memory, and re-raises anything else."""
+    from hybridize.bench.inference import _is_oom
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as err:
+        assert _is_oom(err)
+    assert _is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"))
+    assert not _is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

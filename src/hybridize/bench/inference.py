@@ -535,10 +535,16 @@ def format_throughput(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _is_oom(err: BaseException) -> bool:
-    """Out of memory, from the allocator or from a library that allocates its own workspace (cuBLAS)."""
-    text = str(err)
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text
+def _is_oom(err: BaseException | None) -> bool:
+    """Out of memory, from the allocator or from a library that allocates its own workspace (cuBLAS); also when it
+    is the cause or context of another error (a CUDA-graph capture that ends while out-of-memory unwinds it)."""
+    seen = 0
+    while err is not None and seen < 8:
+        text = str(err)
+        if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "ALLOC_FAILED" in text:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _measure(runner: _Runner, models: Models, batch: int, context: int, new_tokens: int, warmup: int, repeats: int,
