@@ -701,8 +701,9 @@ def test_kernel_count_per_step_from_profiler_events():
         return SimpleNamespace(name=name, device_time_total=us, device_type=f"DeviceType.{device_type}")
 
     events = [evt("_gemv_kernel", 30.0), evt("_sum_splits_kernel", 2.0), evt("_split_kernel", 10.0),
-              evt("Memcpy DtoD (Device -> Device)", 5.0), evt("Memset (Device)", 1.0), evt("cudaGraphLaunch", 9.0, "CPU"),
-              evt("gemv2T_kernel_val<int, int, __nv_bfloat16>", 40.0), evt("_rms_norm_kernel", 4.0)] * 2
+              evt("Memcpy DtoD (Device -> Device)", 5.0), evt("Memset (Device)", 1.0),
+              evt("cudaGraphLaunch", 9.0, "CPU"), evt("gemv2T_kernel_val<int, int, __nv_bfloat16>", 40.0),
+              evt("_rms_norm_kernel", 4.0)] * 2
     s = kernel_summary(events, calls=2)
     assert s["kernels"] == 5 and s["kernel_ms"] == pytest.approx(0.086)
     assert s["by_category"] == pytest.approx({"matmul": 0.072, "attention": 0.010,

@@ -55,7 +55,7 @@ def test_gemv_leading_dims_strided_rows_and_tiles(gemv_mod, triton_device):
     dtype = torch.bfloat16
     wide, w, b = _operands(triton_device, dtype, 6, 70, 2 * 90)
     x = wide[:, :90].reshape(6, 1, 90)[:, :, :]  # rows 180 apart
-    w = w[:, :90]  # rows of W 180 apart as well (a slice of a fused projection's weight is contiguous; any stride works)
+    w = w[:, :90]  # rows of W 180 apart as well (a fused projection's slice is contiguous; any row stride works)
     assert x.stride(0) == 180 and w.stride(0) == 180
     ref = torch.einsum("btk,nk->btn", x.float(), w.float()) + b.float()
     for knobs in ({}, dict(block_n=16, block_k=16, split_k=5), dict(block_n=32, block_k=64, split_k=1, num_warps=2,

@@ -41,12 +41,12 @@ A variant that runs out of memory at some context is recorded there (`oom: true`
 decode fit: doubling from a batch the memory left after the weights suggests, then bisection, each try a short
 measurement (one prefill, `LARGEST_TRY_STEPS` decode steps, over a cache of the row's length) with memory freed in
 between. A chunk of the prefill is batch x `prefill_chunk` tokens: give large batches a small `prefill_chunk`, or the
-chunk's activations rather than the cache set the batch that fits. The batch found is then
-measured in full and recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits,
-peak). What "fits" means: on CUDA, no out-of-memory error within the device's memory, or within `gpu_memory` GiB
-(`--gpu-memory`, enforced by the allocator: an H200 can stand in for an 80 GB H100); on the CPU the measured peak of
-the try (the weights plus what the try allocated, from the profiler's allocation events) is at most `gpu_memory`
-GiB, which is required there (the CPU has no allocator limit to run into).
+chunk's activations rather than the cache set the batch that fits. The batch found is then measured in full and
+recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits, peak). What "fits"
+means: on CUDA, no out-of-memory error within the device's memory, or within `gpu_memory` GiB (`--gpu-memory`,
+enforced by the allocator: an H200 can stand in for an 80 GB H100); on the CPU the measured peak of the try (the
+weights plus what the try allocated, from the profiler's allocation events) is at most `gpu_memory` GiB, which is
+required there (the CPU has no allocator limit to run into).
 
 The throughput table (`throughput_table`, printed at the end and written to run.json as `throughput`): decode
 tokens/s per variant and context at each measured batch and at the largest batch that fits, and each hybrid variant's
@@ -470,10 +470,8 @@ def _largest_batch_row(runner: _Runner, measure, context: int, cap: _MemoryCap) 
     def fits(batch: int) -> bool:
         row = measure(batch, context, new_tokens=LARGEST_TRY_STEPS, warmup=1, repeats=0, profiled=0,
                       host_peak=host_peak)
-        ok = cap.fits(row)
-        tries.append(dict(batch=batch, fits=ok, peak_gib=row["peak_gib"]))
-        tries[-1]["row"] = row
-        return ok
+        tries.append(dict(batch=batch, fits=cap.fits(row), peak_gib=row["peak_gib"], row=row))
+        return tries[-1]["fits"]
 
     best, _ = largest_fitting(fits, _search_start(runner, context, cap))
     if best:
