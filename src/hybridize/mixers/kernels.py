@@ -181,14 +181,14 @@ def gemv_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     return _fusable(x)
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`F.linear(x, weight, bias)`: the split-K GEMV (`triton/gemv.py`) where `gemv_ok`, else F.linear."""
-    if gemv_ok(x, weight, bias):
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002 (F.linear's names)
+    """`F.linear(input, weight, bias)`: the split-K GEMV (`triton/gemv.py`) where `gemv_ok`, else F.linear."""
+    if gemv_ok(input, weight, bias):
         from .triton.gemv import gemv  # imports Triton: only ever on this path
 
-        with _on_device(x):
-            return gemv(x, weight, bias)
-    return F.linear(x, weight, bias)
+        with _on_device(input):
+            return gemv(input, weight, bias)
+    return F.linear(input, weight, bias)
 
 
 class _LinearsThroughGemv(TorchFunctionMode):

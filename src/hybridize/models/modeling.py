@@ -314,7 +314,8 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     # hybridize.mixers.fusion); False keeps them apart.
     decode_fusion: bool = True
     # True: the captured decode step runs its matmuls through our split-K GEMV instead of cuBLAS
-    # (hybridize.mixers.kernels.decode_gemv); off until a GPU measurement shows it faster.
+    # (hybridize.mixers.kernels.decode_gemv); off until a GPU measurement shows it faster. Read when a step is
+    # captured: after changing it, `get_compiled_call().release()` makes the next step capture anew.
     decode_gemv: bool = False
 
     def fuse_projections(self) -> int:
