@@ -44,6 +44,12 @@
 #   sweep-grid         issue 22's design-space grid trained from scratch at the `mini` size: every linear mixer x
 #                      all-linear/12:1/6:1/3:1 + the Transformer, then inter- vs intra-layer at 6:1 (INTRA, default
 #                      mamba2,gated_deltanet); LANES (default 9) cells side by side; stops by MINUTES (default 7.5)
+#   decode-limit       issue 23 (docs/speed.md): the GEMV and bounded-prefill GPU tests, benchmarks/gemv.py, bench
+#                      with kernels per step (-fused vs -gemv), 512K prefill memory, the largest batch at 8K and 32K;
+#                      PART=tests|gemv|gemv-sweep|speed|gdn|memory|largest-8k|largest-32k runs one part (each sized
+#                      for under 10 min on an H100, by estimate), default all; GPU_MEMORY (GiB) caps the allocator
+#                      (an H100's total as torch reports it, about 79: an H200 run as an H100); LARGEST_VARIANTS
+#                      (default hybrid-fused,teacher-engine-fused) splits a largest-* part per variant
 #
 # Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
 # finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
@@ -157,8 +163,8 @@ job_gpu_tests() {
   local status=0
   HYBRIDIZE_GPU_REPORT=$DIR/kernels.json run "$DIR/gpu-tests.log" \
     "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu "$@" || status=1
-  run "$DIR/triton-tests-cuda.log" \
-    "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_decode.py tests/test_triton_fused.py || status=1
+  run "$DIR/triton-tests-cuda.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_decode.py \
+    tests/test_triton_fused.py tests/test_triton_gemv.py || status=1
   return "$status"
 }
 
@@ -467,8 +473,48 @@ job_sweep_grid() {
   return "$status"
 }
 
+# decode-limit: each PART one command of a few minutes; `PART=speed bash benchmarks/gpu_run.sh decode-limit`
+job_decode_limit() {
+  local m=(-m hybridize bench --model qwen3-1.7b --device "$DEVICE") part status=0 cap=()
+  [ -n "${GPU_MEMORY:-}" ] && cap=(--gpu-memory "$GPU_MEMORY")
+  for part in ${PART:-tests gemv gemv-sweep speed gdn memory largest-8k largest-32k}; do
+    echo "=== $part" | tee -a "$DIR/decode-limit.log"
+    case $part in
+      tests)
+        run "$DIR/tests.log" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA -s tests/gpu/test_gemv_gpu.py \
+          || status=1
+        run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py || status=1 ;;
+      gemv)
+        run "$DIR/gemv.log" "$PY" benchmarks/gemv.py --model qwen3-1.7b --batches 1,8 --out "$DIR/gemv.json" \
+          || status=1 ;;
+      gemv-sweep)
+        run "$DIR/gemv.log" "$PY" benchmarks/gemv.py --model qwen3-1.7b --batches 1 --variants hybrid --sweep \
+          --out "$DIR/gemv-sweep.json" || status=1 ;;
+      speed)  # TPOT against its bound and kernels per step, cuBLAS vs our GEMV, one run
+        run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 8K,32K,128K \
+          --variants hybrid-fused,hybrid-gemv,teacher-engine-fused,teacher-engine-gemv --repeats 1 --new-tokens 16 \
+          "${cap[@]}" --out "$DIR/speed-lightning-25" "$@" || status=1 ;;
+      gdn)
+        run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
+          --variants hybrid-fused,hybrid-gemv,teacher-engine-fused --repeats 1 --new-tokens 16 "${cap[@]}" \
+          --out "$DIR/speed-gdn-25" "$@" || status=1 ;;
+      memory)  # 512K: the teacher-engine (one cache per prefill now) beside the 12.5% hybrid, same GPU
+        run "$DIR/memory.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 512K \
+          --variants hybrid-fused,teacher-engine-fused --repeats 1 --new-tokens 8 "${cap[@]}" \
+          --out "$DIR/memory-512k" "$@" || status=1 ;;
+      largest-8k | largest-32k)  # the largest batch that fits and the throughput table; small chunks per row
+        run "$DIR/largest.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts "${part#largest-}" \
+          --batches 1,8,64 --largest-batch --variants "${LARGEST_VARIANTS:-hybrid-fused,teacher-engine-fused}" \
+          --repeats 1 --new-tokens 8 \
+          --prefill-chunk 1024 "${cap[@]}" --out "$DIR/$part" "$@" || status=1 ;;
+      *) echo "unknown PART '$part' (tests gemv gemv-sweep speed gdn memory largest-8k largest-32k)"; return 2 ;;
+    esac
+  done
+  return "$status"
+}
+
 JOBS=(gpu-tests speed decode-attention mixers fused-projections train-profile convert teacher selectors mixer-rows
-      ppl-checks quality sweep-grid)
+      ppl-checks quality sweep-grid decode-limit)
 
 case "${1:-}" in
   "" | -h | --help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;

@@ -159,6 +159,99 @@ def test_chunked_prefill_long_prompt_then_decode_matches_full_forward():
         assert_close(torch.cat(parts, 1), full, type(cache).__name__)
 
 
+@pytest.mark.parametrize("B,H,Hkv,T,past,D,pad", [
+    (2, 4, 2, 16, 40, 10, [0, 13]),  # GQA, a row padded across the first key blocks
+    (1, 3, 3, 9, 100, 8, None),  # no grouping, no padding, T and past not multiples of a tile
+    (3, 8, 2, 33, 7, 16, [7, 0, 30]),  # a row whose every cached key is padding, one padded into the chunk
+])
+def test_blocked_attention_equals_masked_sdpa(B, H, Hkv, T, past, D, pad):
+    """The bounded chunk attention (`mixers/blocked_attention.py`) against what `Attention` runs without it: SDPA
+    over K/V repeated to the query heads under the causal mask with padding, fp32; tiles of 16 x 16 (a workspace far
+    below the scores) so that every tile boundary and the skipped blocks are crossed, and with one tile."""
+    import torch.nn.functional as F
+
+    from hybridize.mixers import blocked_attention
+
+    Lk = past + T
+    q = torch.randn(B, H, T, D)
+    k, v = torch.randn(B, Hkv, Lk, D), torch.randn(B, Hkv, Lk, D)
+    valid = None if pad is None else torch.arange(Lk + 5)[None, :] >= torch.tensor(pad)[:, None]  # longer: a buffer
+    q_pos, k_pos = torch.arange(past, Lk), torch.arange(Lk)
+    allowed = k_pos[None, :] <= q_pos[:, None]
+    if valid is not None:
+        allowed = allowed[None] & valid[:, None, :Lk]
+    allowed = (allowed | (k_pos[None, :] == q_pos[:, None])).view(-1 if valid is not None else 1, 1, T, Lk)
+    g = H // Hkv
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=allowed,
+                                         scale=D**-0.5)
+    for workspace in (4 * B * H * 16 * 16, None):
+        out = blocked_attention.attend(q, k, v, past, 0, D**-0.5, valid, workspace=workspace)
+        assert_close(out, ref, f"blocked attention B={B} H={H} T={T} past={past} workspace={workspace}")
+    # keys that start later in the token stream (the dynamic cache's sliding layers keep a suffix): the same positions
+    assert_close(blocked_attention.attend(q, k[:, :, 5:], v[:, :, 5:], past, 5, D**-0.5, valid, workspace=1024),
+                 F.scaled_dot_product_attention(q, k[:, :, 5:].repeat_interleave(g, 1),
+                                                v[:, :, 5:].repeat_interleave(g, 1), attn_mask=allowed[..., 5:],
+                                                scale=D**-0.5), "blocked attention over a suffix")
+
+
+@pytest.mark.parametrize("pattern", ["all_attention", "mixed", "intra_concat"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_chunked_prefill_through_blocked_attention_equals_one_shot(pattern, static, monkeypatch):
+    """With a workspace small enough that every chunk after the first takes the bounded path (`_bounded`), chunked
+    prefill of left-padded rows gives the one-shot prefill's logits and cache, and the decode step after it the same
+    logits."""
+    from hybridize.mixers import blocked_attention
+
+    model = _model(pattern, sliding=False)
+    ids, mask = _left_padded([30, 9, 21])
+    new_cache = (lambda: HybridStaticCache(model.config, 40, 3)) if static else (lambda: HybridCache(model.config))
+    one = model.prefill(ids, attention_mask=mask, cache=new_cache(), all_logits=True)
+    calls = []
+    attend = blocked_attention.attend
+    monkeypatch.setattr(blocked_attention, "WORKSPACE_BYTES", 2048)
+    monkeypatch.setattr(blocked_attention, "attend", lambda *a, **k: calls.append(a[0].shape) or attend(*a, **k))
+    chunked = model.prefill(ids, attention_mask=mask, cache=new_cache(), chunk_size=7, all_logits=True)
+    assert calls, "the bounded path did not run"
+    assert_close(chunked.logits, one.logits, f"{pattern} chunked through blocked attention")
+    for i, (a, b) in enumerate(zip(_cache_tensors(output_cache(chunked)), _cache_tensors(output_cache(one)))):
+        assert_close(a.float(), b.float(), f"{pattern} cache tensor {i}")
+    m = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        a, b = (model(ids[:, -1:], attention_mask=m, past_key_values=output_cache(o)).logits for o in (one, chunked))
+    assert_close(b, a, f"{pattern} decode step after the two prefills")
+
+
+@pytest.mark.parametrize("pattern", ["all_attention", "mixed"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_chunked_prefill_memory_does_not_grow_with_the_context(pattern, padded, monkeypatch):
+    """What a chunked prefill into a static cache allocates beyond the cache (the most bytes held at once, from the
+    CPU allocator's events): the same at 128 and 512 tokens of context, with and without left padding, once the
+    chunks' attention over the cache is past the workspace (set small here, so a tiny model gets there). Through
+    SDPA's masked path (the default workspace, far above these sizes) the same prefill grows with the context: the
+    measurement sees what the bound removes (masks of chunk x context, K/V repeated to the query heads)."""
+    from hybridize.bench.profile import host_peak_bytes
+    from hybridize.mixers import blocked_attention
+
+    model = _model(pattern, sliding=False)
+
+    def prefill_peak(context: int) -> int:
+        ids = torch.randint(1, 101, (2, context))
+        mask = torch.ones_like(ids)
+        if padded:
+            mask[1, :5] = 0
+        cache = HybridStaticCache(model.config, context, 2)
+        with torch.no_grad():
+            return host_peak_bytes(lambda: model.prefill(ids, attention_mask=mask, cache=cache, chunk_size=16))[1]
+
+    through_sdpa = prefill_peak(128), prefill_peak(512)
+    monkeypatch.setattr(blocked_attention, "WORKSPACE_BYTES", 4096)
+    bounded = prefill_peak(128), prefill_peak(512)
+    print(f"{pattern} padded={padded}: prefill peak beyond the cache at 128 / 512 tokens: SDPA path {through_sdpa}, "
+          f"bounded {bounded} bytes")
+    assert through_sdpa[1] > 1.5 * through_sdpa[0]
+    assert bounded[1] <= bounded[0] * 1.01 and bounded[1] < through_sdpa[1]
+
+
 def test_static_cache_layout():
     config = tiny_config("mixed", linear_conv_size=4)
     cache = HybridStaticCache(config, max_cache_len=20, batch_size=3, dtype=torch.bfloat16)
@@ -200,7 +293,8 @@ def _cli(*args: str):
 
 
 ROW_FIELDS = {"model", "variant", "mixer", "budget", "context", "batch", "prefill_s", "tpot_ms", "tpot_bound_ms",
-              "prefill_bound_s", "peak_gib", "device", "commit", "decode_tok_s", "oom"}
+              "prefill_bound_s", "peak_gib", "device", "commit", "decode_tok_s", "oom", "kernels_per_step",
+              "kernel_ms_per_step", "matmul_ms_per_step", "matmul_gbs"}
 
 
 def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
@@ -223,6 +317,7 @@ def test_bench_cli_runs_end_to_end_on_the_cpu(tmp_path):
         assert r["mixer"] == ("gated_deltanet" if r["variant"] == "hybrid" else None)
         assert (r["cache_gib"] is None) == (r["variant"] == "teacher-hf")  # stock transformers: not our cache
         assert r["prefill_peak_gib"] is None and r["decode_peak_gib"] is None  # GPU-only figures
+        assert r["kernels_per_step"] is None and r["matmul_gbs"] is None  # no kernels on the CPU
     # the hybrid's static cache is smaller than the teacher's at the same batch and context
     by = {(r["variant"], r["batch"], r["context"]): r for r in rows}
     for b in (1, 2):
@@ -533,3 +628,128 @@ def test_decode_at_context_counts_every_byte_of_the_cache_and_decodes_past_it(pa
     assert abs(row["cache_bytes"] - model.state_size(slots, dtype=torch.float32)) <= 64, row  # + the step counters
     with pytest.raises(ValueError, match="context must be a positive number"):
         decode_at_context(model, 0)
+
+
+def test_bench_largest_batch_and_throughput_table_on_the_cpu(tmp_path):
+    """`--largest-batch` with a memory cap (required on the CPU): per variant and context a row of the largest batch
+    whose try stayed under the cap, measured in full, with the tries that found it: the batch found fits, the one
+    above it was tried and did not, and no batch that fit is larger. The throughput table (printed, and in run.json)
+    has tokens/s at each batch and at the largest, and the hybrid's ratio to the teacher-engine."""
+    out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32,64",
+               "--batches", "1,2", "--new-tokens", "2", "--repeats", "1", "--variants", "hybrid,teacher-engine",
+               "--largest-batch", "--gpu-memory", "0.004", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    largest = {(r["variant"], r["context"]): r for r in rows if r.get("largest_batch")}
+    assert set(largest) == {(v, c) for v in ("hybrid", "teacher-engine") for c in (32, 64)}
+    for (variant, context), r in largest.items():
+        tries = {t["batch"]: t for t in r["largest_batch_tries"]}
+        assert not r["oom"] and r["batch"] > 2 and r["tpot_ms"] > 0, r
+        assert tries[r["batch"]]["fits"] and not tries[r["batch"] + 1]["fits"]
+        assert max(b for b, t in tries.items() if t["fits"]) == r["batch"]
+        assert all((t["peak_gib"] <= 0.004) == t["fits"] for t in tries.values())
+        assert r["peak_gib"] <= 0.004
+    for variant in ("hybrid", "teacher-engine"):  # a longer context leaves room for fewer sequences
+        assert largest[variant, 64]["batch"] < largest[variant, 32]["batch"]
+    table = json.loads((tmp_path / "run.json").read_text())["throughput"]
+    entry = {(e["variant"], e["context"]): e for e in table}
+    for (variant, context), r in largest.items():
+        e = entry[variant, context]
+        assert e["largest_batch"] == r["batch"] and e["largest_tok_s"] == r["decode_tok_s"]
+        assert set(e["tok_s"]) == {"1", "2"} and all(v > 0 for v in e["tok_s"].values())
+    ratio = entry["hybrid / teacher-engine", 32]
+    assert ratio["largest_tok_s"] == pytest.approx(entry["hybrid", 32]["largest_tok_s"]
+                                                   / entry["teacher-engine", 32]["largest_tok_s"])
+    assert "largest that fits" in out.stdout and f"(B={largest['hybrid', 32]['batch']})" in out.stdout
+    # the latency plot keeps to the --batches rows
+    assert (tmp_path / "latency.png").stat().st_size > 10_000
+
+
+def test_bench_largest_batch_on_the_cpu_needs_a_cap(capsys, tmp_path):
+    from hybridize.cli import main
+
+    code = main(["bench", "--device", "cpu", "--model", "tiny", "--largest-batch", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "largest_batch off CUDA needs gpu_memory (--gpu-memory GIB" in err
+    with pytest.raises(SystemExit) as exit:
+        main(["bench", "--device", "cpu", "--model", "tiny", "--gpu-memory", "0", "--out", str(tmp_path)])
+    assert exit.value.code == 2 and "--gpu-memory: must be a number > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("start", [1, 3, 64, 5000])
+@pytest.mark.parametrize("answer", [0, 1, 2, 37, 64, 1000, 4096])
+def test_largest_fitting_doubles_then_bisects(start, answer):
+    from hybridize.bench.inference import largest_fitting
+
+    best, tried = largest_fitting(lambda b: b <= answer, start=start, limit=4096)
+    assert best == answer
+    assert all(fit == (b <= answer) for b, fit in tried.items())
+    assert len(tried) <= 2 * 13 + 1  # doubling and bisection: logarithmic in the limit
+    if answer < 4096:
+        assert (answer + 1) in tried and (answer == 0 or answer in tried)
+
+
+def test_kernel_count_per_step_from_profiler_events():
+    """Kernels per step: the device's kernel events over the profiled steps, copies and memsets left out, host
+    events not counted; their time split by category (our GEMV counts as matmul)."""
+    from types import SimpleNamespace
+
+    from hybridize.bench.profile import kernel_summary, kernels_per_call
+
+    def evt(name, us, device_type="CUDA"):
+        return SimpleNamespace(name=name, device_time_total=us, device_type=f"DeviceType.{device_type}")
+
+    events = [evt("_gemv_kernel", 30.0), evt("_sum_splits_kernel", 2.0), evt("_split_kernel", 10.0),
+              evt("Memcpy DtoD (Device -> Device)", 5.0), evt("Memset (Device)", 1.0),
+              evt("cudaGraphLaunch", 9.0, "CPU"), evt("gemv2T_kernel_val<int, int, __nv_bfloat16>", 40.0),
+              evt("_rms_norm_kernel", 4.0)] * 2
+    s = kernel_summary(events, calls=2)
+    assert s["kernels"] == 5 and s["kernel_ms"] == pytest.approx(0.086)
+    assert s["by_category"] == pytest.approx({"matmul": 0.072, "attention": 0.010,
+                                              "norms / rotary / activations": 0.004})
+    assert kernel_summary([evt("cudaGraphLaunch", 9.0, "CPU")], 1) is None
+    assert kernels_per_call(lambda: None, 3, torch.device("cpu")) is None
+
+
+def test_bench_prefills_never_hold_two_caches(monkeypatch):
+    """The prefills of one row (a warm-up and the timed repeats) each allocate a static cache; the previous one is
+    freed first, so a row's peak is one cache. (A kept output held the previous cache: at 512K the teacher-engine
+    needed two 56 GiB caches at once and ran out of memory on an 80 GB H100.)"""
+    import gc
+    import weakref
+
+    import hybridize.bench.inference as bench
+
+    live = []
+    real = bench.HybridStaticCache
+
+    def tracked(*args, **kwargs):
+        gc.collect()
+        assert not any(ref() is not None for ref in live), "a previous prefill's cache is still alive"
+        cache = real(*args, **kwargs)
+        live.append(weakref.ref(cache))
+        return cache
+
+    monkeypatch.setattr(bench, "HybridStaticCache", tracked)
+    models = bench.build_models("tiny", 0.25, "lightning")
+    runner = bench._Runner("teacher-engine", models, torch.device("cpu"), torch.float32, 16)
+    peaks = {"matmul_flops": 1e12, "copy_bytes": 1e10}
+    row = bench._measure(runner, models, 2, 40, 2, 1, 3, peaks, {"device": "cpu", "commit": "x"}, 0.25, "lightning")
+    assert not row["oom"] and len(live) == 4 and row["kernels_per_step"] is None
+
+
+def test_bench_recognises_out_of_memory_behind_another_error():
+    """An out-of-memory error inside a CUDA-graph capture surfaces as the error the capture's end raises while it
+    unwinds; the bench still records the row as out of memory, and re-raises anything else."""
+    from hybridize.bench.inference import _is_oom
+
+    try:
+        try:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        except torch.OutOfMemoryError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+    except RuntimeError as err:
+        assert _is_oom(err)
+    assert _is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"))
+    assert not _is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))

@@ -412,6 +412,8 @@ def _bench(args: argparse.Namespace) -> None:
     command = args.command
     if args.profile and not args.train:
         raise SystemExit("hybridize bench: --profile profiles a distillation step; add --train")
+    if args.largest_batch and args.train:
+        raise SystemExit("hybridize bench: --largest-batch searches decode batches; leave out --train")
     if args.train:
         if len(args.mixer) != 1:
             raise SystemExit("hybridize bench: --train measures one mixer; give one name to --mixer")
@@ -427,7 +429,7 @@ def _bench(args: argparse.Namespace) -> None:
         run_bench(model, args.out, budget=args.budget, mixer=args.mixer, contexts=args.contexts,
                   batches=args.batches, variants=variants, device=args.device, dtype=args.dtype,
                   new_tokens=args.new_tokens, repeats=args.repeats, prefill_chunk=args.prefill_chunk,
-                  commit=args.commit, command=command)
+                  largest_batch=args.largest_batch, gpu_memory=args.gpu_memory, commit=args.commit, command=command)
     print(f"hybridize: wrote {args.out}/{'train.json' if args.train else 'summary.json and latency.png'}")
 
 
@@ -461,6 +463,13 @@ def _add_bench(sub) -> None:
     bench.add_argument("--new-tokens", type=int, default=32, help="timed decode steps per measurement")
     bench.add_argument("--repeats", type=int, default=3, help="timed prefills per measurement (median)")
     bench.add_argument("--prefill-chunk", type=int, default=16384, help="tokens per prefill chunk (our engine)")
+    bench.add_argument("--largest-batch", action="store_true", help="also find the largest batch that fits at each "
+                       "context (doubling, then bisection; each try one prefill and a few decode steps), measure it "
+                       "and add its tokens/s to the throughput table")
+    bench.add_argument("--gpu-memory", type=_positive_float, default=None, metavar="GIB",
+                       help="memory the run may use: on CUDA a cap the allocator enforces (an H100's total, about 79, "
+                       "runs an H200 as an 80 GB H100); on the CPU the peak a --largest-batch try must stay under "
+                       "(required there)")
     bench.add_argument("--out", default="results/bench", help="output folder (default results/bench)")
     bench.add_argument("--commit", default=None, help="commit measured (default: git rev-parse of the package)")
     bench.add_argument("--train", action="store_true", help="benchmark stage-2 distillation instead")

@@ -25,8 +25,10 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("linear mixers (fla)", r"chunk_|fused_recurrent|recurrent_fwd|recurrent_bwd|cumsum|l2norm|wy_fast|solve_tril|"
                             r"prepare_wy|gated_delta|simple_gla"),
     ("softmax / loss (KL)", r"softmax|logsumexp|kl_div|cross_entropy|nll_loss|log_softmax"),
-    ("matmul", r"gemm|nvjet|cutlass|xmma|sm\d+_.*tn|sm\d+_.*nt|cublas|aten::(mm|addmm|bmm|baddbmm|matmul|linear)\b|"
-               r"aten::_?addmm|mkldnn.*(linear|matmul)|splitk"),
+    # (_gemv_kernel / _sum_splits_kernel: our split-K GEMV, hybridize/mixers/triton/gemv.py)
+    ("matmul", r"gemm|gemv|nvjet|cutlass|xmma|sm\d+_.*tn|sm\d+_.*nt|cublas|"
+               r"aten::(mm|addmm|bmm|baddbmm|matmul|linear)\b|aten::_?addmm|mkldnn.*(linear|matmul)|splitk|"
+               r"_sum_splits_kernel"),
     ("norms / rotary / activations", r"rms_?norm|layer_?norm|rotary|rope|silu|gelu|swiglu|sigmoid|rsqrt|aten::pow"),
     # ("nocast" is not a cast: PyTorch's gpu_kernel_impl_nocast<BinaryFunctor<...>> is an elementwise op)
     ("copies / casts", r"copy|(?<!no)cast|_to_copy|aten::to\b|contiguous|\bcat\b|concat|clone|index|gather|scatter|"
@@ -108,4 +110,52 @@ def format_profile(p: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CATEGORIES", "OTHER", "categorize", "format_profile", "profile_call", "summarize"]
+def kernels_per_call(fn: Callable[[], object], calls: int, device: torch.device) -> dict | None:
+    """`calls` calls of `fn` under the profiler, on CUDA: {"kernels": kernels launched per call, "kernel_ms": their
+    summed device time per call, "by_category": {category: ms per call}}. Kernels replayed from a CUDA graph count
+    one by one, as launched ones do; copies and memsets are not kernels. None on the CPU, where operators run on the
+    host and launch nothing, and None when the profiler recorded no kernel (a build without CUPTI)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize(device)
+    return kernel_summary(prof.events(), calls)
+
+
+def kernel_summary(events, calls: int) -> dict | None:
+    """`kernels_per_call`'s record from the profiler's events (each with `name`, `device_type` and
+    `device_time_total` in microseconds)."""
+    kernels = [(e.name, float(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)))
+               for e in events
+               if str(getattr(e, "device_type", "")).endswith("CUDA") and not e.name.startswith(("Memcpy", "Memset"))]
+    if not kernels:
+        return None
+    by: dict[str, float] = {}
+    for name, us in kernels:
+        by[categorize(name)] = by.get(categorize(name), 0.0) + us / 1e3 / calls
+    return {"kernels": len(kernels) / calls, "kernel_ms": sum(us for _, us in kernels) / 1e3 / calls,
+            "by_category": dict(sorted(by.items(), key=lambda kv: -kv[1]))}
+
+
+def host_peak_bytes(fn: Callable[[], object]) -> tuple[object, int]:
+    """(fn(), the largest number of bytes the CPU allocator held during the call beyond what it held before), from
+    the profiler's allocation events: what a call adds to host memory at its peak (on the CPU there is no
+    `max_memory_allocated`)."""
+    import itertools
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+             and e.device_type() == torch.autograd.DeviceType.CPU]
+    return out, max([0, *itertools.accumulate(sizes)])
+
+
+__all__ = ["CATEGORIES", "OTHER", "categorize", "format_profile", "host_peak_bytes", "kernel_summary",
+           "kernels_per_call", "profile_call", "summarize"]

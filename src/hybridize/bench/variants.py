@@ -5,5 +5,8 @@ VARIANTS = ("hybrid", "teacher-engine", "teacher-hf")  # the default set
 # the same engines with fused input projections (hybridize.mixers.fusion): `--variants hybrid,hybrid-fused` measures
 # the fusion side by side in one run
 FUSED = ("hybrid-fused", "teacher-engine-fused")
-ALL_VARIANTS = VARIANTS + ("hybrid-intra",) + FUSED
+# fused projections and every decode matmul through our split-K GEMV (`model.decode_gemv`, hybridize.mixers.kernels):
+# beside the -fused ones, the GEMV is the only difference
+GEMV = ("hybrid-gemv", "teacher-engine-gemv")
+ALL_VARIANTS = VARIANTS + ("hybrid-intra",) + FUSED + GEMV
 DTYPE_NAMES = ("bfloat16", "float16", "float32")

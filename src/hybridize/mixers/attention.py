@@ -2,7 +2,10 @@
 
 Covers the Llama / Qwen2 / Qwen3 / Mistral attention (GQA, q/k/v bias, q/k RMSNorm, head_dim independent of
 hidden_size, RoPE with any transformers scaling, sliding window) and HypeNet's HyPE variant (NoPE, query scaling
-log(t + a) / log(a), sigmoid output gate). The product runs through `scaled_dot_product_attention`.
+log(t + a) / log(a), sigmoid output gate). The product runs through `scaled_dot_product_attention`, the one-token
+step over a static cache on the GPU through our split-K kernel (`kernels.decode_attention`), and a prefill chunk over a
+long cached prefix, where SDPA would build tensors as long as the context, through `blocked_attention` (bounded
+memory).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from torch import nn
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.cache_utils import StaticLayer
 
-from . import kernels
+from . import blocked_attention, kernels
 from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
 from .state import StaticKV
 from .fusion import project
@@ -72,10 +75,27 @@ class Attention(Mixer):
             if state is not None:
                 _refuse_transformers_static(state)
                 k, v = state.update(k, v)  # dynamic layers return the tokens they kept, ending with the new ones
-            k_pos = torch.arange(past + T - k.shape[2], past + T, device=q.device)
+            k_pos = None
+        key_start = past + T - k.shape[2]  # where k_pos is None: the keys are the tokens key_start .. past + T - 1
+        if k_pos is None and self._bounded(q, k, v, info):
+            o = blocked_attention.attend(q, k, v, past, key_start, self.scaling, info.padding_mask)
+            return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
+        if k_pos is None:
+            k_pos = torch.arange(key_start, past + T, device=q.device)
         mask = self._mask(info, q_pos, k_pos, contiguous)
         o = self._attend(q, k, v, mask)
         return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
+
+    def _bounded(self, q: Tensor, k: Tensor, v: Tensor, info: SeqInfo) -> bool:
+        """Whether a chunk after a cached prefix runs `blocked_attention.attend`: SDPA would build a mask or K/V
+        copies as long as the context (module doc there), more than `blocked_attention.WORKSPACE_BYTES` of them."""
+        B, H, T, D = q.shape
+        if T == 1 or info.past_length == 0 or info.cu_seqlens is not None or self.sliding_window is not None:
+            return False
+        if info.padding_mask is None and blocked_attention.native_lower_right(q, k, v):
+            return False  # the flash / memory-efficient kernel takes the causal bias as it is
+        return (blocked_attention.context_bytes(B, H, self.num_kv_heads, T, k.shape[2], D, k.element_size())
+                > blocked_attention.WORKSPACE_BYTES)
 
     def _out(self, o: Tensor, gate: Tensor | None) -> Tensor:
         """(B, T, H*D) attention output -> (B, T, hidden): the optional sigmoid gate, then o_proj (if any)."""

@@ -13,6 +13,10 @@
   run the kernels on the CPU in Triton's interpreter (TRITON_INTERPRET=1) and on the GPU, against those references.
   `rms_norm`, `rms_norm_gated`, `rope` and `silu_mul` below choose between a fused kernel (`triton/fused.py`) and
   its reference (`reference.rms_norm`, `reference.apply_rope`, `F.silu(gate) * up`).
+* the split-K GEMV (`triton/gemv.py`) for the matmuls of a decode step, opt-in: `linear` chooses between it and
+  `F.linear` under the same conditions, for at most `GEMV_MAX_ROWS` rows; `with decode_gemv():` sends every
+  `F.linear` (each `nn.Linear`, the fused projections, the lm_head) through `linear`. The CUDA-graph decoder
+  (`hybridize/models/graphs.py`) enters it around the step it captures when `model.decode_gemv` is True.
 
 "auto" picks fla for CUDA tensors when fla is installed, else torch. `HYBRIDIZE_BACKEND=torch|fla` or
 `with force_backend("torch"):` overrides it (used by the GPU tests to run both on the same inputs).
@@ -29,6 +33,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from . import reference
 
@@ -157,6 +162,50 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
         with _on_device(gate):
             return _fused().silu_mul(gate, up)
     return F.silu(gate) * up
+
+
+# A decode step's matmuls have batch x 1 rows; up to this many the GEMV replaces F.linear under `decode_gemv()`
+# (the kernel takes up to 16: `triton.gemv.MAX_ROWS`).
+GEMV_MAX_ROWS = 8
+
+
+def gemv_ok(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether `linear` runs the split-K GEMV: `fused_inference(x)`, at most GEMV_MAX_ROWS rows, x, weight (and bias)
+    of one dtype the kernel takes, weight 2-D with a contiguous last dim."""
+    if not isinstance(weight, Tensor) or weight.dim() != 2 or x.dim() == 0 or x.shape[-1] != weight.shape[1]:
+        return False
+    if x.numel() > GEMV_MAX_ROWS * x.shape[-1] or weight.stride(1) != 1 or weight.dtype != x.dtype:
+        return False
+    if bias is not None and (bias.dtype != x.dtype or bias.shape != (weight.shape[0],)):
+        return False
+    return _fusable(x)
+
+
+def linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # noqa: A002 (F.linear's names)
+    """`F.linear(input, weight, bias)`: the split-K GEMV (`triton/gemv.py`) where `gemv_ok`, else F.linear."""
+    if gemv_ok(input, weight, bias):
+        from .triton.gemv import gemv  # imports Triton: only ever on this path
+
+        with _on_device(input):
+            return gemv(input, weight, bias)
+    return F.linear(input, weight, bias)
+
+
+class _LinearsThroughGemv(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            return linear(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def decode_gemv() -> Iterator[None]:
+    """Inside, every `F.linear` call (nn.Linear's forward, the fused projections, the lm_head) goes through `linear`:
+    the GEMV for decode-sized inputs on the GPU, F.linear for the rest. Meant around a decode step that is captured
+    in a CUDA graph: the mode costs Python time per operator, which a replay does not pay."""
+    with _LinearsThroughGemv():
+        yield
 
 
 def backend_for(x: Tensor) -> str:

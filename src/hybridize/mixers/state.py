@@ -39,17 +39,20 @@ class StaticKV(CacheLayerMixin):
         self.max_cache_len = self.slots
         self.is_initialized = True
 
-    def write(self, k: Tensor, v: Tensor, cache_position: Tensor, past: int) -> tuple[Tensor, Tensor, Tensor]:
+    def write(self, k: Tensor, v: Tensor, cache_position: Tensor, past: int
+              ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Store the new k, v (B, Hkv, T, D) of tokens `cache_position` (T,) and return what the queries attend to:
         (keys, values, key_positions): key_positions (Lk,) is each key's index in the token stream, -1 for an empty
-        slot. `past` (tokens before this call) only shapes what a longer, eager call returns."""
+        slot; None for a longer call of full attention, whose keys are the tokens 0 .. past + T - 1 in order (the
+        positions would be as long as the context; the caller builds them only where a mask needs them). `past`
+        (tokens before this call) only shapes what a longer, eager call returns."""
         T = k.shape[2]
         if self.window is None:
             self.store(k, v, cache_position)
             if T == 1:  # the captured step: the whole buffer, unwritten slots masked as being in the future
                 return self.keys, self.values, torch.arange(self.slots, device=k.device)
             end = past + T
-            return self.keys[:, :, :end], self.values[:, :, :end], torch.arange(end, device=k.device)
+            return self.keys[:, :, :end], self.values[:, :, :end], None
         if T == 1:  # write first: the slot it replaces holds a token just outside the window
             slot = cache_position % self.slots
             self.keys.index_copy_(2, slot, k)

@@ -17,7 +17,9 @@ What it gives up: the kernel fusion inductor would do on the small elementwise o
 read and write (B, hidden)-sized tensors, small next to the weights and the KV cache that bound the step.
 
 Before each capture the decoder fuses the model's input projections (`hybridize.mixers.fusion`: one matmul for
-q|k|v|gate and one for gate|up; measured there), unless `model.decode_fusion` is False.
+q|k|v|gate and one for gate|up; measured there), unless `model.decode_fusion` is False. With `model.decode_gemv` True
+(default False: opt-in until a GPU measurement says otherwise) the captured step runs its matmuls through our split-K
+GEMV (`hybridize.mixers.kernels.decode_gemv`, `hybridize/mixers/triton/gemv.py`) instead of cuBLAS.
 
 What keeps the step capturable (see `HybridModel.static_seq_info` and `hybridize.mixers.state`): every buffer the
 step touches has a fixed address; where the new token goes and its position are device tensors; T = 1 attends over
@@ -27,12 +29,14 @@ recompute their tables from the largest position ("dynamic", "longrope") read ba
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..mixers import kernels
 from ..mixers.fusion import fuse_projections
 from .cache import HybridStaticCache, cache_kwargs, resolve_cache
 
@@ -130,8 +134,10 @@ class CudaGraphDecoder:
         self.captured = None
 
     def _step(self, cache, input_ids, new_mask, position_ids):
-        return self.model(input_ids=input_ids, attention_mask=new_mask, past_key_values=cache, use_cache=True,
-                          logits_to_keep=1, position_ids=position_ids).logits
+        model = self.model
+        with kernels.decode_gemv() if getattr(model, "decode_gemv", False) else contextlib.nullcontext():
+            return model(input_ids=input_ids, attention_mask=new_mask, past_key_values=cache, use_cache=True,
+                         logits_to_keep=1, position_ids=position_ids).logits
 
     def _capture(self, cache: HybridStaticCache, input_ids, new_mask, position_ids) -> CausalLMOutputWithPast:
         self.captured = None  # release the previous graph's memory pool first

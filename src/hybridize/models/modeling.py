@@ -306,13 +306,17 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             out = self(input_ids[:, start:end], past_key_values=cache, use_cache=True,
                        attention_mask=None if attention_mask is None else attention_mask[:, : past + end],
                        logits_to_keep=0 if all_logits else 1)
-            logits.append(out.logits)
+            logits = [*logits, out.logits] if all_logits else [out.logits]  # only the last chunk's, unless asked
         return CausalLMOutputWithPast(logits=torch.cat(logits, dim=1) if all_logits else logits[-1],
                                       **cache_kwargs(cache))
 
     # CUDA-graph decode (generate on CUDA with a static cache) fuses the projections before it captures a step (why:
     # hybridize.mixers.fusion); False keeps them apart.
     decode_fusion: bool = True
+    # True: the captured decode step runs its matmuls through our split-K GEMV instead of cuBLAS
+    # (hybridize.mixers.kernels.decode_gemv); off until a GPU measurement shows it faster. Read when a step is
+    # captured: after changing it, `get_compiled_call().release()` makes the next step capture anew.
+    decode_gemv: bool = False
 
     def fuse_projections(self) -> int:
         """Decode: one matmul for q|k|v(|gate) of each mixer and for gate|up of each MLP in steps of at most 64
