@@ -148,11 +148,11 @@ PY
 }
 
 job_prepare() {
-  if [ -f .gpu/send/install.sh ]; then
-    bash .gpu/send/install.sh
-  elif ls .gpu/send/wheels/*.whl > /dev/null 2>&1; then
+  # the wheels first: install.sh returns early, before its own wheel step, while Triton 3.7.1's parts are incomplete
+  if ls .gpu/send/wheels/*.whl > /dev/null 2>&1; then
     "$PY" -m pip install -q --no-deps .gpu/send/wheels/*.whl
   fi
+  [ -f .gpu/send/install.sh ] && bash .gpu/send/install.sh
   unpack_autotune
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
   "$PY" -c 'import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'
