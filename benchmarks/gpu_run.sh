@@ -2,6 +2,8 @@
 # GPU measurements of hybridize, one named job at a time; each job writes its log and results under $OUT/JOB/.
 #
 #   bash benchmarks/gpu_run.sh prepare          # fla (and Triton >= 3.7.1 where staged) from .gpu/send, autotune caches
+#   (.gpu/ is git-ignored: a device call must carry it, `carry: [".gpu/send"]`, or prepare finds no fla and the
+#   linear mixers run their PyTorch forms)
 #   bash benchmarks/gpu_run.sh list             # the jobs, one line each
 #   bash benchmarks/gpu_run.sh JOB [ARGS...]    # run JOB; ARGS go to its main command (e.g. --set KEY=VALUE)
 #
