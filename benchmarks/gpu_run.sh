@@ -359,13 +359,18 @@ PY
 # trained here (~9.5 min; deterministic kernels may slow it, not timed). A call stops before a conversion that would
 # overrun it, so each leaves up to ~2 min unused.
 quality_back() {
-  cp "$WORK/quality-state"/state.json "$WORK/quality-state"/summary.json "$WORK/quality-state"/summary.md "$DIR/" \
+  local live=$WORK/quality-state${QUALITY_SUFFIX}
+  cp "$live"/state.json "$live"/summary.json "$live"/summary.md "$DIR/" \
     2> /dev/null || true
 }
 
 job_quality() {
-  local t0=$SECONDS limit=${CALL_SECONDS:-530} live=$WORK/quality-state parts=$WORK/teacher-parts
-  local mixers=${MIXERS:-lightning,gated_deltanet} from=${STATE_FROM:-results/quality} ep f sent=0 rc=3 minutes
+  # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random or
+  # flashmorph: SELECTORS), a state of its own (results/quality-intra) on the same teacher and prompts
+  QUALITY_SUFFIX=$([ "${FUSION:-inter}" = intra ] && echo -intra)
+  local t0=$SECONDS limit=${CALL_SECONDS:-530} live=$WORK/quality-state$QUALITY_SUFFIX parts=$WORK/teacher-parts
+  local mixers=${MIXERS:-lightning,gated_deltanet} from=${STATE_FROM:-results/quality$QUALITY_SUFFIX} ep f sent=0 rc=3
+  local minutes
   quality_left() { echo $(( limit - (SECONDS - t0) )); }
   mkdir -p "$live" "$parts"
   if [ ! -f "$live/state.json" ] && [ -f "$from/state.json" ]; then
@@ -404,7 +409,8 @@ job_quality() {
     # only catches an estimate gone wrong, whose conversion the next call on this machine continues
     run "$DIR/quality.log" timeout -s USR1 -k 20 "$(( $(quality_left) + 30 ))" "$PY" benchmarks/quality_grid.py \
       --teacher "$TEACHER" --state "$live" --work "$WORK/quality" --mixers "$mixers" \
-      --selectors "${SELECTORS:-uniform,halo,flashmorph}" --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" \
+      --selectors "${SELECTORS:-$([ -n "$QUALITY_SUFFIX" ] && echo uniform,random,flashmorph || echo uniform,halo,flashmorph)}" \
+      --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" --fusion "${FUSION:-inter}" \
       --recipe gpu-small --data $TRAIN_DATA "$ep" --eval-data builtin:heldout --device "$DEVICE" \
       --deadline "$(quality_left)" "$@"
     rc=$?

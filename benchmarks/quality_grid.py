@@ -23,7 +23,7 @@ the prompts the teacher was scored on, checked by their fingerprints, so every h
 every other (McNemar's test).
 
 `summary.json`, a list of rows, one per conversion, task and length: teacher (its folder name), teacher_sha256, mixer,
-budget, selector, seed, task, length (a multiple of the teacher's trained context), length_tokens, n, successes,
+budget, fusion (inter: whole layers; intra: KV-head groups of every layer, `--fusion`), selector, seed, task, length (a multiple of the teacher's trained context), length_tokens, n, successes,
 recall, ci_low, ci_high (Wilson 95%), teacher_recall (with teacher_n, teacher_ci_low, teacher_ci_high), p_vs_teacher
 and p_vs_<first selector> (McNemar, exact, on the same prompts), tokens (the conversion's training tokens: stage 1 +
 distill + finetune), tokens_per_parameter (of the teacher), select_tokens and select_gpu_s (the selection's tokens and
@@ -50,7 +50,8 @@ from hybridize.mixers import LINEAR_MIXERS
 from hybridize.pipeline import load_recipe
 from hybridize.pipeline.stages import Conversion, align, convert
 from hybridize.provenance import check_weights, device_name, git_commit, provenance, weights_sha256
-from hybridize.selection import SELECTORS
+from hybridize.names import LAYER_FUSIONS
+from hybridize.selection import GROUP_SELECTORS, SELECTORS
 
 STATE, SUMMARY, SUMMARY_MD = "state.json", "summary.json", "summary.md"
 # Seconds of one conversion and its evaluation before any is measured: the recipe gpu-small on the `small` teacher
@@ -61,7 +62,7 @@ DEFAULT_SECONDS = {"stage1": 60, "train": 90, "eval": 45, "select": {"uniform": 
                                                                      "flashmorph": 150, "kl_guided": 130}}
 # what a state's results depend on: a call with other values would mix two grids
 STOPPED = 3  # exit status of a call that stopped at its deadline with conversions to go (0: the grid is complete)
-SETTINGS = ("recipe", "overrides", "budget", "data", "eval_data", "tasks", "lengths", "depths", "samples")
+SETTINGS = ("recipe", "overrides", "budget", "fusion", "data", "eval_data", "tasks", "lengths", "depths", "samples")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--selectors", default="uniform,halo,flashmorph", help="the first is each row's paired baseline")
     p.add_argument("--seeds", type=int, default=3, help="conversion seeds 0..N-1")
     p.add_argument("--budget", default="0.25")
+    p.add_argument("--fusion", default="inter", help="inter: the budget's whole layers keep attention; intra: that share "
+                   "of every layer's KV-head groups (selectors uniform, random, flashmorph). Each fusion is a grid of "
+                   "its own --state; both score the teacher's same prompts, so their conversions pair")
     p.add_argument("--recipe", default="gpu-small")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", nargs="+", default=None, help="conversion data (default: the recipe's)")
@@ -100,6 +104,11 @@ def check_args(a: argparse.Namespace) -> dict:
         raise ValueError(f"--mixers {a.mixers!r}: comma-separated linear mixers of {sorted(LINEAR_MIXERS)}")
     if not selectors or any(s not in SELECTORS for s in selectors) or len(set(selectors)) != len(selectors):
         raise ValueError(f"--selectors {a.selectors!r}: distinct selectors of {sorted(SELECTORS)}")
+    if a.fusion not in LAYER_FUSIONS:
+        raise ValueError(f"--fusion {a.fusion!r}: one of {list(LAYER_FUSIONS)}")
+    if a.fusion == "intra" and any(s not in GROUP_SELECTORS for s in selectors):
+        raise ValueError(f"--selectors {a.selectors!r}: with --fusion intra (KV-head groups) distinct selectors of "
+                         f"{sorted(GROUP_SELECTORS)}")
     if not tasks or any(t not in TASKS for t in tasks):
         raise ValueError(f"--tasks {a.tasks!r}: comma-separated synthetic tasks of {sorted(TASKS)}")
     if a.seeds < 1:
@@ -121,8 +130,8 @@ def check_args(a: argparse.Namespace) -> dict:
     if a.teacher is None:
         raise ValueError("--teacher: the teacher's folder is needed to run the grid (or give --summary-only)")
     for m in mixers:  # the recipe with every override, so that a bad --set fails now
-        load_recipe(a.recipe, [f"budget={a.budget}", f"mixer={m}", *a.overrides])
-    return {"recipe": a.recipe, "overrides": a.overrides, "budget": a.budget, "data": a.data,
+        load_recipe(a.recipe, [f"budget={a.budget}", f"fusion={a.fusion}", f"mixer={m}", *a.overrides])
+    return {"recipe": a.recipe, "overrides": a.overrides, "budget": a.budget, "fusion": a.fusion, "data": a.data,
             "eval_data": a.eval_data, "tasks": tasks, "lengths": lengths, "depths": depths, "samples": a.samples,
             "mixers": mixers, "selectors": selectors, "seeds": a.seeds, "device": device}
 
@@ -158,6 +167,8 @@ class Grid:
         self.a, self.settings, self.t0 = a, settings, time.monotonic()
         self.device = settings["device"]
         self.state_dir, self.work = Path(a.state), Path(a.work)
+        # an intra-layer grid's conversions (their recipes differ in `fusion`, stage 1 too) apart from an inter one's
+        self.root = self.work / "intra" if settings["fusion"] == "intra" else self.work
         sha = check_weights(a.teacher, a.teacher_sha256)
         if sha is None:
             raise ValueError(f"--teacher {a.teacher} holds no *.safetensors: the grid needs a local teacher folder")
@@ -169,7 +180,7 @@ class Grid:
         settings["samples"] = (settings["samples"] or (state or {}).get("settings", {}).get("samples")
                                or default_samples(self.device, len(settings["depths"])))
         if state is not None:
-            old = {k: state["settings"].get(k) for k in SETTINGS}
+            old = {k: state["settings"].get(k, "inter" if k == "fusion" else None) for k in SETTINGS}
             diff = [k for k in SETTINGS if old[k] != settings[k]]
             if diff:
                 detail = ", ".join(f"{k}: {old[k]!r} -> {settings[k]!r}" for k in diff[:3])
@@ -216,17 +227,17 @@ class Grid:
                 + DEFAULT_SECONDS["eval"])
 
     def stage1_dir(self, mixer: str, seed: int) -> Path:
-        return self.work / mixer / f"seed{seed}" / "stage1"
+        return self.root / mixer / f"seed{seed}" / "stage1"
 
     def run_unit(self, mixer: str, selector: str, seed: int) -> dict:
         t0 = time.perf_counter()
         a, s = self.a, self.settings
         sha = self.state["teacher"]["weights_sha256"]
-        base = [f"budget={s['budget']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
+        base = [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
         shared = Conversion(a.teacher, self.stage1_dir(mixer, seed), load_recipe(s["recipe"], base), data=s["data"],
                             device=self.device, teacher_sha256=sha)
         align(shared)
-        conv = Conversion(a.teacher, self.work / mixer / f"seed{seed}" / selector,
+        conv = Conversion(a.teacher, self.root / mixer / f"seed{seed}" / selector,
                           load_recipe(s["recipe"], [*base, f"selector={selector}"]), data=s["data"], device=a.device,
                           teacher_sha256=sha)
         if not conv.done("align"):
@@ -244,7 +255,7 @@ class Grid:
                              f"{other[0]['length']}): a tokenizer or settings differ; use a new --state")
         sel = conv.done("select")
         stages = {st: conv.done(st) for st in ("align", "distill", "finetune")}
-        record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"],
+        record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"], "groups": sel.get("groups"),
                   "tokens": {st: r["result"]["tokens"] for st, r in stages.items() if r},
                   "stage_seconds": {st: r["result"]["seconds"] for st, r in stages.items() if r},
                   "select_tokens": sel.get("tokens"), "select_seconds": sel.get("seconds"),
@@ -300,7 +311,8 @@ def summary_rows(state: dict) -> list[dict]:
             for n in sorted({e["length"] for e in u["entries"] if e["task"] == task}):
                 r, t = pooled(entries, key, task, n), pooled(entries, "teacher", task, n)
                 row = {"teacher": teacher["name"], "teacher_sha256": teacher["weights_sha256"], "mixer": u["mixer"],
-                       "budget": float(state["settings"]["budget"]), "selector": u["selector"], "seed": u["seed"],
+                       "budget": float(state["settings"]["budget"]),
+                       "fusion": state["settings"].get("fusion", "inter"), "selector": u["selector"], "seed": u["seed"],
                        "task": task, "length": n / trained, "length_tokens": n, "n": r["n"],
                        "successes": r["successes"], "recall": r["recall"], "ci_low": r["ci_low"],
                        "ci_high": r["ci_high"], "teacher_recall": t["recall"] if t else None,

@@ -73,6 +73,14 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
     assert qg.main(["--state", str(state), "--summary-only"]) == 0
     assert json.loads((state / "summary.json").read_text()) == rows
 
+    # the intra-layer grid of the same teacher: its own state and conversions, the teacher's same prompts
+    intra = tmp_path / "state-intra"
+    assert qg.main([*_argv(teacher, tmp_path, "--selectors", "uniform", "--fusion", "intra"), "--state", str(intra)]) == 0
+    unit = json.loads((intra / "state.json").read_text())["units"]["lightning/uniform/seed0"]
+    assert unit["groups"] == [[], [1], [], [1]] and unit["layers"] == []  # 25% of 4 layers x 2 KV-head groups
+    (row,) = json.loads((intra / "summary.json").read_text())
+    assert row["fusion"] == "intra" and rows[0]["fusion"] == "inter" and row["n"] == rows[0]["n"]
+
     # refusals, each one line before any work: another teacher, other settings
     other = make_teacher("qwen3", tmp_path / "other", seed=1)
     capsys.readouterr()
@@ -88,7 +96,8 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
     (["--mixers", "lightning,softmax"], "--mixers"), (["--selectors", "uniform,uniform"], "--selectors"),
     (["--tasks", "hellaswag"], "--tasks"), (["--seeds", "0"], "--seeds"), (["--lengths", "1,x"], "--lengths"),
     (["--depths", "1.5"], "--depths"), (["--samples", "0"], "--samples"), (["--deadline", "0"], "--deadline"),
-    (["--set", "distill.lr=-1"], "distill.lr"),
+    (["--set", "distill.lr=-1"], "distill.lr"), (["--fusion", "cross"], "--fusion"),
+    (["--fusion", "intra", "--selectors", "uniform,halo"], "--selectors"),
 ])
 def test_bad_arguments_name_their_field(qg, tmp_path, capsys, extra, field):
     assert qg.main(_argv(tmp_path / "teacher", tmp_path, *extra)) == 2
