@@ -346,7 +346,7 @@ PY
 # call: that folder is all a fresh machine needs to go on, with the same teacher only (state.json pins its weights
 # hash). A teacher trained here comes back too, 3 parts of 15 MiB per call (OUT/quality/teacher-part??;
 # TEACHER_PARTS=0: not): `cat teacher-part?? | tar xf - -C DIR` gives DIR/teacher-small, whose weights_sha256 must be
-# state.json's; a later session sends it (../shared/gpu) instead of training it again. Exit 3: stopped at
+# state.json's; a later call on a fresh machine sends it (../shared/gpu) instead of training it again. Exit 3: stopped at
 # CALL_SECONDS, call again.
 #
 # Estimate, and how: the H200 times of results/ with compiled kernels, x 1.15 for an H100 (the small teacher trained

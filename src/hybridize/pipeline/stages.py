@@ -141,8 +141,8 @@ class Conversion:
         if not path.is_file():
             self.out.mkdir(parents=True, exist_ok=True)
             save_recipe(self.recipe, path)
-        # the teacher's hash, unless one is recorded: none is after a first run whose teacher was no local folder (a
-        # hub id, a mistyped path), and the next run's then stands
+        # the teacher's hash, unless one is recorded: a folder whose teacher was no local folder (a hub id, a mistyped
+        # path) has none, and takes the hash of the teacher it is resumed with
         if self._recorded_teacher().get("weights_sha256") is None:
             (self.out / SOURCE_TEACHER).write_text(
                 json.dumps({"path": str(self.teacher), "weights_sha256": self.teacher_hash}, indent=1) + "\n")

@@ -187,13 +187,18 @@ def _last_eval(metrics: Path, eval_data) -> dict | None:
             "perplexity": row["eval/heldout_ppl"], "train_corpus_loss_that_step": row.get("lm_loss")}
 
 
+def differing_fields(path: Path, new: dict) -> list[str]:
+    """The top-level fields in which the JSON file `path` (if there) differs from `new` as it would read back."""
+    if not path.is_file():
+        return []
+    old, new = json.loads(path.read_text()), json.loads(json.dumps(new))  # as it reads back: tuples are lists
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def check_same_recipe(path: Path, new: dict) -> None:
     """Write `new` to `path`, or refuse when `path` holds another recipe (a resume must train what it started)."""
-    new = json.loads(json.dumps(new))  # as it reads back: tuples are lists
     if path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
+        if diff := differing_fields(path, new):
             raise ValueError(f"{path.parent.parent} holds a model trained with another recipe (differs in {diff}); "
                              "use a new --out or the same options to resume")
     else:

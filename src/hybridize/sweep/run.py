@@ -61,13 +61,11 @@ def _resolved(cfg: SweepConfig) -> SweepConfig:
 
 
 def _check_folder(out: Path, record: dict) -> None:
-    path = out / CONFIG_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        if diff:
-            raise ValueError(f"{out} holds a sweep with other {', '.join(diff)} (its {CONFIG_FILE}); cells are compared "
-                             "only when trained and scored alike: use a new --out, or the same settings to add cells")
+    from ..pretrain.train import differing_fields
+
+    if diff := differing_fields(out / CONFIG_FILE, record):
+        raise ValueError(f"{out} holds a sweep with other {', '.join(diff)} (its {CONFIG_FILE}); cells are compared "
+                         "only when trained and scored alike: use a new --out, or the same settings to add cells")
 
 
 def _tokenizer(out: Path, base):
