@@ -434,21 +434,19 @@ job_quality() {
 # whose scored cells are not trained again. SWEEP_SIZE=tiny DEVICE=cpu LANES=2 MIXERS=retnet,mamba2 INTRA=mamba2 is a
 # CPU check of the job (~1 min on 2 cores; add --samples 2 --eval-windows 2).
 #
-# Time on one H100, estimated, not measured (the job has not run on a GPU yet): ~7 min.
-# - Compiling and autotuning fla's Triton kernels for these shapes in each lane's first cell: ~2-3 min. The archives in
-#   benchmarks/triton-autotune/ hold other shapes; a conversion's stage 1 that included its first compiles took 122 s
-#   (GatedDeltaNet) and 206 s (GLA) on an H200 (results/archive/gpu/mixers-small-gdn-gla/README.md), and the lanes
-#   compile at once on 16 cores.
-# - Training, 256 steps x 35 cells: a step is ~0.5 TFLOP (~10 ms of H100 arithmetic) in ~1,300 small kernels. One
-#   process alone: ~30-40 ms a step, bound by Python and launches (a 12-layer step at these shapes with tiny tensors
-#   took 55 ms on the project's 2-core CPU, without fla's Triton launches; the 4-layer tiny teacher trained at 27-28
-#   steps/s on an H200: results/gpu/mixers-small-12/logs/teacher-gpu-test.log). Nine lanes share the GPU's ~10 ms of kernels a step each: ~100-120 ms a step per lane, so
-#   4 cells x 256 steps take ~2-2.5 min per lane.
-# - Scoring: ~5-10 s a cell (9 greedy batches of prompts up to 1,024 tokens, ~20 new tokens each; 8 windows).
-# - Grid 2: two cells side by side, new kernels for the 5-head linear branches: ~1-1.5 min.
-# If compiling takes longer, the job stops at MINUTES with what finished; run it again for the rest.
+# Time on one H100, measured at f411199 (results/sweep-mini/): 688 s of job time for the 35 cells over two calls. With
+# 9 lanes a cell's 256 steps take 19-36 s; a lane's first cell 33-222 s, mostly compiling and autotuning fla's kernels
+# (benchmarks/triton-autotune/ now holds that run's results for Triton 3.7.1).
+#
+# At 256 steps no cell learns to retrieve (the Transformer neither): recall needs ~2,000-3,000 optimizer steps at these
+# sizes (src/hybridize/pretrain/teachers.py). The longer grid runs in a folder of its own (SWEEP_NAME) with more steps:
+#   SWEEP_NAME=sweep-3072 bash benchmarks/gpu_run.sh sweep-grid --set train.tokens=12582912 --samples 32
+# 12x the steps: ~4-7 min a cell with 9 lanes, ~25 min for the grid on one H100 (by the measured rate, not yet run),
+# so over several calls (MINUTES each; a cell in training resumes from its checkpoint on the same machine; on a fresh
+# one only scored cells carry over with RESUME_FROM). MIXERS=lightning,deltanet,hgrn,retnet (and the Transformer)
+# train on Triton 3.6; the gated mixers need Triton 3.7.1.
 job_sweep_grid() {
-  local work=$WORK/sweep-grid start status=0 lanes
+  local work=$WORK/${SWEEP_NAME:-sweep-grid} start status=0 lanes
   local minutes=${MINUTES:-7.5} intra=${INTRA:-mamba2,gated_deltanet}
   local common=(-m hybridize sweep --size "${SWEEP_SIZE:-mini}" --out "$work" --device "$DEVICE")
   start=$(date +%s)
