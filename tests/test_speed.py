@@ -708,6 +708,14 @@ def test_kernel_count_per_step_from_profiler_events():
     assert s["kernels"] == 5 and s["kernel_ms"] == pytest.approx(0.086)
     assert s["by_category"] == pytest.approx({"matmul": 0.072, "attention": 0.010,
                                               "norms / rotary / activations": 0.004})
+    assert list(s["by_name"]) == ["gemv2T_kernel_val<int, int, __nv_bfloat16>", "_gemv_kernel", "_split_kernel",
+                                  "_rms_norm_kernel", "_sum_splits_kernel"]  # one launch each per call: by time
+    assert s["by_name"]["_gemv_kernel"] == pytest.approx({"launches": 1, "ms": 0.030})
+    few = kernel_summary(events + [evt("_rms_norm_kernel", 4.0)] * 4, calls=2, top=1)
+    assert list(few["by_name"]) == ["_rms_norm_kernel", "other"]
+    assert few["by_name"]["_rms_norm_kernel"] == pytest.approx({"launches": 3, "ms": 0.012})
+    assert few["by_name"]["other"] == pytest.approx({"launches": 4, "ms": 0.082})
+    assert sum(v["launches"] for v in few["by_name"].values()) == few["kernels"]
     assert kernel_summary([evt("cudaGraphLaunch", 9.0, "CPU")], 1) is None
     assert kernels_per_call(lambda: None, 3, torch.device("cpu")) is None
 

@@ -599,7 +599,7 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
         if runner.kernels is not None:
             matmul_ms = runner.kernels["by_category"].get("matmul", 0.0)
             row.update(kernels_per_step=runner.kernels["kernels"], kernel_ms_per_step=runner.kernels["kernel_ms"],
-                       matmul_ms_per_step=matmul_ms,
+                       matmul_ms_per_step=matmul_ms, kernels_by_name=runner.kernels["by_name"],
                        matmul_gbs=runner.weight_bytes / (matmul_ms * 1e-3) / 1e9 if matmul_ms else None)
 
     try:

@@ -127,9 +127,10 @@ def kernels_per_call(fn: Callable[[], object], calls: int, device: torch.device)
     return kernel_summary(prof.events(), calls)
 
 
-def kernel_summary(events, calls: int) -> dict | None:
+def kernel_summary(events, calls: int, top: int = 40) -> dict | None:
     """`kernels_per_call`'s record from the profiler's events (each with `name`, `device_type` and
-    `device_time_total` in microseconds)."""
+    `device_time_total` in microseconds). `by_name`: each kernel name's launches and ms per call, most launched first
+    (the `top` names; the rest summed under "other"): what a step's kernel count is made of."""
     kernels = [(e.name, float(getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)))
                for e in events
                if str(getattr(e, "device_type", "")).endswith("CUDA") and not e.name.startswith(("Memcpy", "Memset"))]
@@ -138,8 +139,17 @@ def kernel_summary(events, calls: int) -> dict | None:
     by: dict[str, float] = {}
     for name, us in kernels:
         by[categorize(name)] = by.get(categorize(name), 0.0) + us / 1e3 / calls
+    names: dict[str, list[float]] = {}
+    for name, us in kernels:
+        entry = names.setdefault(name[:120], [0.0, 0.0])
+        entry[0] += 1 / calls
+        entry[1] += us / 1e3 / calls
+    ranked = sorted(names.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
+    by_name = {name: {"launches": n, "ms": ms} for name, (n, ms) in ranked[:top]}
+    if len(ranked) > top:
+        by_name["other"] = {"launches": sum(n for _, (n, _) in ranked[top:]), "ms": sum(ms for _, (_, ms) in ranked[top:])}
     return {"kernels": len(kernels) / calls, "kernel_ms": sum(us for _, us in kernels) / 1e3 / calls,
-            "by_category": dict(sorted(by.items(), key=lambda kv: -kv[1]))}
+            "by_category": dict(sorted(by.items(), key=lambda kv: -kv[1])), "by_name": by_name}
 
 
 def host_peak_bytes(fn: Callable[[], object]) -> tuple[object, int]:
