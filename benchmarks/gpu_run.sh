@@ -357,11 +357,18 @@ PY
 # six of the grid ~48 min; with the teacher's evaluation (~40 s) and, per fresh machine, ~5 min of compiling, episodes
 # and installs: ~55 min of GPU time in ~7 calls of ~9 min with the teacher sent, one or two calls more when it is
 # trained here (~9.5 min; deterministic kernels may slow it, not timed). A call stops before a conversion that would
-# overrun it, so each leaves up to ~2 min unused.
+# overrun it, so each leaves up to ~2 min unused. Those times are of one conversion at a time: LANES (default 3)
+# converts that many (mixer, seed) groups side by side (`quality_grid.py --jobs`), as the design-space grid's 9 lanes
+# did at a similar size (results/sweep-mini/); the gain for these conversions is not measured, and the deadline check
+# goes by the lanes' own measured conversions. LANES=1: one at a time.
 quality_back() {
-  local live=$WORK/quality-state${QUALITY_SUFFIX}
+  local live=$WORK/quality-state${QUALITY_SUFFIX} lane
   cp "$live"/state.json "$live"/summary.json "$live"/summary.md "$DIR/" \
     2> /dev/null || true
+  for lane in "$WORK"/quality/${QUALITY_SUFFIX:+intra/}lanes/*/; do
+    [ -f "$lane/lane.log" ] && mkdir -p "$DIR/lanes" && cp "$lane/lane.log" "$DIR/lanes/$(basename "$lane").log"
+  done
+  return 0
 }
 
 job_quality() {
@@ -410,7 +417,7 @@ job_quality() {
     run "$DIR/quality.log" timeout -s USR1 -k 20 "$(( $(quality_left) + 30 ))" "$PY" benchmarks/quality_grid.py \
       --teacher "$TEACHER" --state "$live" --work "$WORK/quality" --mixers "$mixers" \
       --selectors "${SELECTORS:-$([ -n "$QUALITY_SUFFIX" ] && echo uniform,random,flashmorph || echo uniform,halo,flashmorph)}" \
-      --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" --fusion "${FUSION:-inter}" \
+      --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" --fusion "${FUSION:-inter}" --jobs "${LANES:-3}" \
       --recipe gpu-small --data $TRAIN_DATA "$ep" --eval-data builtin:heldout --device "$DEVICE" \
       --deadline "$(quality_left)" "$@"
     rc=$?

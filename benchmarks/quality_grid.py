@@ -15,6 +15,12 @@ stops if `--deadline` seconds (from its start) would not leave room for it, goin
 measured so far (or DEFAULT_SECONDS). Bring the state folder back, pass it again, and the grid goes on: on another
 machine too, but only with a teacher of the recorded weights hash (another is refused, `--teacher-sha256` likewise).
 
+`--jobs N` runs up to N (mixer, seed) groups side by side on the device, each a process of its own (a lane: its
+stage 1, then its selectors one after another), in `--work`/lanes/<mixer>-seed<k>/ with its log; the parent merges
+each conversion a lane finishes into the state as it lands. Small conversions leave a GPU waiting on Python and
+kernel launches, so lanes add throughput; each record says how many lanes ran (`lanes`), since a selection's and a
+stage's seconds measured beside other lanes are not its seconds alone.
+
 Per (mixer, seed): one stage 1 (align), shared by that seed's selectors; per selector its selection, distill and
 finetune (`pipeline.stages.convert`, the recipe's `seed` = the conversion seed), then `hybridize eval` of the
 exported hybrid on `--tasks` at `--lengths` (multiples of the teacher's trained context), `--depths`, `--samples`
@@ -27,7 +33,7 @@ budget, fusion (inter: whole layers; intra: KV-head groups of every layer, `--fu
 recall, ci_low, ci_high (Wilson 95%), teacher_recall (with teacher_n, teacher_ci_low, teacher_ci_high), p_vs_teacher
 and p_vs_<first selector> (McNemar, exact, on the same prompts), tokens (the conversion's training tokens: stage 1 +
 distill + finetune), tokens_per_parameter (of the teacher), select_tokens and select_gpu_s (the selection's tokens and
-wall seconds on `device`), layers, stage1_sha256 (the aligned model's weights: which selectors of a seed shared
+wall seconds on `device`; lanes: how many conversions ran side by side), layers, stage1_sha256 (the aligned model's weights: which selectors of a seed shared
 one stage 1), device, commit.
 """
 
@@ -36,7 +42,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "eval's on this device, then the state's)")
     p.add_argument("--device", default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds this call may run (default: no limit)")
+    p.add_argument("--jobs", type=int, default=1, help="(mixer, seed) groups converted side by side on the device, "
+                   "each in a process of its own (default 1)")
+    p.add_argument("--lane", default=None, metavar="MIXER:SEED", help=argparse.SUPPRESS)  # set by --jobs for a lane
     return p.parse_args(argv)
 
 
@@ -127,6 +138,8 @@ def check_args(a: argparse.Namespace) -> dict:
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if a.deadline is not None and a.deadline <= 0:
         raise ValueError(f"--deadline must be > 0 seconds, got {a.deadline}")
+    if a.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (conversions side by side), got {a.jobs}")
     if a.teacher is None:
         raise ValueError("--teacher: the teacher's folder is needed to run the grid (or give --summary-only)")
     for m in mixers:  # the recipe with every override, so that a bad --set fails now
@@ -163,8 +176,9 @@ def _entries(report: dict, model: str) -> list[dict]:
 
 
 class Grid:
-    def __init__(self, a: argparse.Namespace, settings: dict, state: dict | None):
+    def __init__(self, a: argparse.Namespace, settings: dict, state: dict | None, argv: list[str] | None = None):
         self.a, self.settings, self.t0 = a, settings, time.monotonic()
+        self.argv = list(sys.argv[1:] if argv is None else argv)  # a lane's command is this one's, re-pointed
         self.device = settings["device"]
         self.state_dir, self.work = Path(a.state), Path(a.work)
         # an intra-layer grid's conversions (their recipes differ in `fusion`, stage 1 too) apart from an inter one's
@@ -258,7 +272,7 @@ class Grid:
         record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"], "groups": sel.get("groups"),
                   "tokens": {st: r["result"]["tokens"] for st, r in stages.items() if r},
                   "stage_seconds": {st: r["result"]["seconds"] for st, r in stages.items() if r},
-                  "select_tokens": sel.get("tokens"), "select_seconds": sel.get("seconds"),
+                  "select_tokens": sel.get("tokens"), "select_seconds": sel.get("seconds"), "lanes": a.jobs,
                   "device": device_name(conv.device), "eval_seconds": time.perf_counter() - t_eval,
                   "seconds": time.perf_counter() - t0,
                   "stage1_sha256": weights_sha256(shared.stage_dir("align") / "model"),
@@ -279,6 +293,10 @@ class Grid:
         s = self.settings
         todo = [(m, sel, k) for m in s["mixers"] for k in range(s["seeds"]) for sel in s["selectors"]
                 if unit_key(m, sel, k) not in self.state["units"]]
+        if self.a.lane is not None:
+            todo = [t for t in todo if f"{t[0]}:{t[2]}" == self.a.lane]
+        elif self.a.jobs > 1:
+            return self.run_lanes(todo)
         for mixer, selector, seed in todo:
             need = self.estimate(mixer, selector, seed)
             if need > self.left():
@@ -288,6 +306,89 @@ class Grid:
             print(f"--- {unit_key(mixer, selector, seed)} (~{need:.0f} s; {self.left():.0f} s left)", flush=True)
             self.state["units"][unit_key(mixer, selector, seed)] = self.run_unit(mixer, selector, seed)
             save_state(self.state_dir, self.state)
+        print(f"grid complete: {len(self.state['units'])} conversions in {self.state_dir / SUMMARY}")
+        return True
+
+    def lane_argv(self, mixer: str, seed: int, folder: Path) -> list[str]:
+        """This call's arguments for the lane of (mixer, seed): its own state folder and what is left of the
+        deadline."""
+        drop, argv, skip = {"--state", "--deadline", "--lane"}, [], False
+        for arg in self.argv:
+            if skip:
+                skip = False
+            elif arg in drop:
+                skip = True
+            elif arg.split("=", 1)[0] not in drop:
+                argv.append(arg)
+        argv += ["--state", str(folder), "--lane", f"{mixer}:{seed}"]
+        if self.a.deadline is not None:
+            argv += ["--deadline", f"{max(1.0, self.left()):.0f}"]
+        return argv
+
+    def merge(self, folder: Path) -> int:
+        """The conversions a lane's state holds that this one does not yet: added and saved; how many."""
+        lane = load_state(folder)
+        new = {k: u for k, u in (lane or {}).get("units", {}).items() if k not in self.state["units"]}
+        if new:
+            self.state["units"].update(new)
+            save_state(self.state_dir, self.state)
+        return len(new)
+
+    def run_lanes(self, todo: list[tuple[str, str, int]], poll: float = 5.0) -> bool:
+        """`todo`'s (mixer, seed) groups in up to --jobs lane processes; a group starts while its first conversion
+        fits the deadline. True when every conversion is in the state."""
+        groups = list(dict.fromkeys((m, k) for m, _, k in todo))
+        root = self.root / "lanes"
+        running: dict[tuple[str, int], tuple[subprocess.Popen, Path]] = {}
+        failed: list[str] = []
+        env = dict(os.environ)
+        if self.device.type == "cpu":  # the lanes share the cores
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.a.jobs))
+        try:
+            while groups or running:
+                while groups and len(running) < self.a.jobs:
+                    mixer, seed = groups[0]
+                    first = next(sel for m, sel, k in todo if (m, k) == (mixer, seed))
+                    need = self.estimate(mixer, first, seed)
+                    if need > self.left():
+                        print(f"stopped before the lane {mixer}/seed{seed}: {self.left():.0f} s left, ~{need:.0f} s "
+                              f"needed; run again", flush=True)
+                        groups = []
+                        break
+                    groups.pop(0)
+                    folder = root / f"{mixer}-seed{seed}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    save_state(folder, self.state)  # the teacher's evaluation and what is done: the lane's start
+                    log = open(folder / "lane.log", "a", buffering=1)
+                    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                             *self.lane_argv(mixer, seed, folder)],
+                                            stdout=log, stderr=subprocess.STDOUT, env=env)
+                    log.close()
+                    running[(mixer, seed)] = (proc, folder)
+                    print(f"--- lane {mixer}/seed{seed} -> {folder / 'lane.log'} ({self.left():.0f} s left)",
+                          flush=True)
+                time.sleep(poll if running else 0)
+                for key, (proc, folder) in list(running.items()):
+                    landed = self.merge(folder)
+                    if landed:
+                        print(f"lane {key[0]}/seed{key[1]}: {landed} conversion(s) in", flush=True)
+                    if proc.poll() is not None:
+                        del running[key]
+                        self.merge(folder)
+                        if proc.returncode not in (0, STOPPED):
+                            failed.append(str(folder / "lane.log"))
+        finally:
+            for proc, _ in running.values():  # an interrupted parent stops its lanes (each keeps its checkpoints)
+                proc.terminate()
+                proc.wait()
+        if failed:
+            print(f"lanes failed (exit status other than 0 and {STOPPED}): {', '.join(failed)}", flush=True)
+        s = self.settings
+        left = [unit_key(m, sel, k) for m in s["mixers"] for k in range(s["seeds"]) for sel in s["selectors"]
+                if unit_key(m, sel, k) not in self.state["units"]]
+        if left:
+            print(f"{len(left)} conversions to go: run again")
+            return False
         print(f"grid complete: {len(self.state['units'])} conversions in {self.state_dir / SUMMARY}")
         return True
 
@@ -323,6 +424,7 @@ def summary_rows(state: dict) -> list[dict]:
                     row[f"p_vs_{selectors[0]}"] = paired(entries, key, baseline, task, n)["p"]
                 row.update({"tokens": tokens, "tokens_per_parameter": tokens / params if params else None,
                             "select_tokens": u["select_tokens"], "select_gpu_s": u["select_seconds"],
+                            "lanes": u.get("lanes", 1),
                             "layers": u["layers"], "stage1_sha256": u.get("stage1_sha256"), "device": u["device"],
                             "commit": u["commit"]})
                 rows.append(row)
@@ -388,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             print(Path(a.state) / SUMMARY)
             return 0
         settings = check_args(a)
-        grid = Grid(a, settings, load_state(Path(a.state)))
+        grid = Grid(a, settings, load_state(Path(a.state)), argv)
     except ValueError as err:
         print(f"quality_grid: error: {err}", file=sys.stderr)
         return 2

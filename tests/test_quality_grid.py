@@ -92,12 +92,42 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
         assert err.startswith("quality_grid: error: ") and message in err and err.count("\n") == 1, err
 
 
+def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, capsys):
+    """--jobs 2: the two seeds' conversions in two lane processes, merged into the state as each lands; the same
+    stage 1, layers and answers to the same prompts as the grid converted one after another in this process."""
+    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    for i in range(6):
+        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
+    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    one = ["--selectors", "uniform", "--seeds", "2", "--set", "align.tokens=512", "--set", "distill.tokens=512",
+           "--set", "finetune.tokens=256"]
+    assert qg.main([*_argv(teacher, tmp_path, *one), "--state", str(tmp_path / "seq"),
+                    "--work", str(tmp_path / "work-seq")]) == 0
+    capsys.readouterr()
+    assert qg.main([*_argv(teacher, tmp_path, *one), "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "--- lane lightning/seed0" in out and "--- lane lightning/seed1" in out and "grid complete" in out
+    seq = json.loads((tmp_path / "seq" / "state.json").read_text())["units"]
+    lanes = json.loads((tmp_path / "state" / "state.json").read_text())["units"]
+    assert sorted(lanes) == sorted(seq) == ["lightning/uniform/seed0", "lightning/uniform/seed1"]
+    for key in seq:
+        assert lanes[key]["lanes"] == 2 and seq[key]["lanes"] == 1
+        assert lanes[key]["stage1_sha256"] == seq[key]["stage1_sha256"], key
+        assert lanes[key]["layers"] == seq[key]["layers"] and lanes[key]["entries"] == seq[key]["entries"], key
+    for seed in (0, 1):
+        log = (tmp_path / "work" / "lanes" / f"lightning-seed{seed}" / "lane.log").read_text()
+        assert f"--- lightning/uniform/seed{seed}" in log and f"seed{1 - seed}" not in log.split("grid complete")[0]
+    rows = json.loads((tmp_path / "state" / "summary.json").read_text())
+    assert [(r["seed"], r["n"], r["lanes"]) for r in rows] == [(0, 2, 2), (1, 2, 2)]
+
+
 @pytest.mark.parametrize("extra, field", [
     (["--mixers", "lightning,softmax"], "--mixers"), (["--selectors", "uniform,uniform"], "--selectors"),
     (["--tasks", "hellaswag"], "--tasks"), (["--seeds", "0"], "--seeds"), (["--lengths", "1,x"], "--lengths"),
     (["--depths", "1.5"], "--depths"), (["--samples", "0"], "--samples"), (["--deadline", "0"], "--deadline"),
     (["--set", "distill.lr=-1"], "distill.lr"), (["--fusion", "cross"], "--fusion"),
-    (["--fusion", "intra", "--selectors", "uniform,halo"], "--selectors"),
+    (["--fusion", "intra", "--selectors", "uniform,halo"], "--selectors"), (["--jobs", "0"], "--jobs"),
 ])
 def test_bad_arguments_name_their_field(qg, tmp_path, capsys, extra, field):
     assert qg.main(_argv(tmp_path / "teacher", tmp_path, *extra)) == 2
