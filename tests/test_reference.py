@@ -135,6 +135,33 @@ def test_causal_conv_matches_definition_and_carries_state():
     assert_close(torch.cat([y1, y2], 1), y, "conv in two calls")
 
 
+@pytest.mark.parametrize("with_state", [False, True])
+def test_packed_causal_conv_equals_each_document_alone(with_state):
+    """`causal_conv1d` over packed documents (one convolution over the documents laid out behind their own states)
+    gives the outputs, final states and gradients of each document convolved alone: documents shorter than the
+    window, one token, none."""
+    lengths, D, W = [9, 2, 0, 1, 14, 3], 5, 4
+    x, w, bias = torch.randn(1, sum(lengths), D), torch.randn(D, W), torch.randn(D)
+    h0 = torch.randn(len(lengths), D, W) if with_state else None
+    leaves = [x, w, bias] + ([h0] if with_state else [])
+    for t in leaves:
+        t.requires_grad_(True)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    y, s = reference.causal_conv1d(x, w, bias, h0, cu, activation="silu")
+    state = (lambda n: torch.zeros(1, D, W)) if h0 is None else (lambda n: h0[n : n + 1])
+    apart = [reference.causal_conv1d(x[:, a:b], w, bias, state(n), activation="silu") if b > a
+             else (x[:, a:b], state(n))  # empty: the state as it was
+             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+    y_apart, s_apart = torch.cat([t for t, _ in apart], dim=1), torch.cat([t for _, t in apart])
+    assert_close(y, y_apart, "packed conv output")
+    assert_close(s, s_apart, "packed conv final states")
+    w_y, w_s = torch.randn_like(y), torch.randn_like(s)
+    packed = torch.autograd.grad((y * w_y).sum() + (s * w_s).sum(), leaves)
+    alone = torch.autograd.grad((y_apart * w_y).sum() + (s_apart * w_s).sum(), leaves)
+    for name, a, b in zip(["dx", "dweight", "dbias", "dh0"], packed, alone):
+        assert_close(a, b, f"packed conv {name}")
+
+
 def test_dispatch_uses_torch_on_cpu_and_rejects_bad_backend():
     q, k, v, (g,) = _inputs("gla_head", 5)
     assert kernels.backend_for(q) == "torch"

@@ -358,14 +358,7 @@ def causal_conv1d(
     x: (B, T, D); weight: (D, W); state: (N, D, W), the last W inputs (zeros before the start).
     Returns (y (B, T, D), final state (N, D, W))."""
     if cu_seqlens is not None:
-        bounds = cu_seqlens.tolist()
-        ys, states = [], []
-        for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-            h0 = None if initial_state is None else initial_state[n : n + 1]
-            y, h = causal_conv1d(x[:, s:e], weight, bias, h0, None, activation)
-            ys.append(y)
-            states.append(h)
-        return torch.cat(ys, dim=1), torch.cat(states, dim=0)
+        return _causal_conv1d_packed(x, weight, bias, initial_state, cu_seqlens, activation)
     B, T, D = x.shape
     W = weight.shape[-1]
     xt = x.transpose(1, 2)  # (B, D, T)
@@ -378,3 +371,31 @@ def causal_conv1d(
     elif activation is not None:
         raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
     return y.transpose(1, 2), full[..., -W:]
+
+
+def _causal_conv1d_packed(x, weight, bias, initial_state, cu_seqlens, activation):
+    """`causal_conv1d` over packed documents (batch 1), each from its own row of `initial_state`, as one convolution:
+    every document is laid out behind its own W state columns ([state_n, x_n], what a document run alone convolves),
+    so that no window reaches into another document, and the outputs at the documents' tokens are picked out."""
+    if x.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {x.shape[0]}")
+    _, T, D = x.shape
+    W = weight.shape[-1]
+    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+    N = cu.numel() - 1
+    lengths = cu.diff()
+    doc = torch.repeat_interleave(torch.arange(N, device=x.device), lengths, output_size=T)  # (T,)
+    at = torch.arange(T, device=x.device) + (doc + 1) * W  # each token's column in the laid-out row
+    state_at = (cu[:-1] + torch.arange(N, device=x.device) * W)[:, None] + torch.arange(W, device=x.device)  # (N, W)
+    states = x.new_zeros(N, D, W) if initial_state is None else initial_state.to(x.dtype)
+    row = x.new_zeros(D, T + N * W)
+    row = row.index_copy(1, state_at.flatten(), states.permute(1, 0, 2).reshape(D, N * W))
+    row = row.index_copy(1, at, x[0].transpose(0, 1))
+    y = F.conv1d(row[None], weight.unsqueeze(1), bias, groups=D)[0]  # column i: the window ending at i + W - 1
+    y = y.index_select(1, at - (W - 1))
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
+    final = row.index_select(1, (state_at + lengths[:, None]).flatten()).view(D, N, W).permute(1, 0, 2)
+    return y.transpose(0, 1)[None], final
