@@ -82,6 +82,46 @@ def test_attention_matches_explicit_softmax(sliding, hype):
     assert_close(y, _naive_attention(mixer, x, positions, config.sliding_window if sliding else None), "attention")
 
 
+@pytest.mark.parametrize("sliding", [False, True])
+@pytest.mark.parametrize("lengths", [[7, 1, 12, 0, 5, 3, 9], [4, 4, 4, 4], [2, 13, 1, 6, 9]])
+def test_packed_attention_segments_equal_the_whole_row_mask(sliding, lengths):
+    """Packed documents: attention over segments of whole documents (`SeqInfo.document_segments`) gives the outputs
+    and gradients of attention over the whole row with its (T, T) same-document mask (GQA, HyPE, sliding window)."""
+    from hybridize.models.modeling import _positions
+
+    config = tiny_config([None], sliding=sliding, attention_rope=False, hype_a=7.0, attention_output_gate=True)
+    mixer = Attention(config, 0)
+    T = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    positions = _positions(None, cu, 0, 1, T, "cpu")
+    x = torch.randn(1, T, config.hidden_size, requires_grad=True)
+    segmented, whole = SeqInfo(positions, cu_seqlens=cu), SeqInfo(positions, cu_seqlens=cu)
+    whole._segments = None  # as when the segments would cost more: the (T, T) mask
+    segments = segmented.document_segments()
+    assert segments is not None and segments.count * segments.size < 2 * T, (segments, T)
+    w = torch.randn(1, T, config.hidden_size)
+    outs, grads = [], []
+    for info in (segmented, whole):
+        y, _ = mixer(x, info)
+        outs.append(y)
+        grads.append(torch.autograd.grad((y * w).sum(), [x, *mixer.parameters()]))
+    assert_close(outs[0], outs[1], "packed attention output")
+    for i, (a, b) in enumerate(zip(*grads)):
+        assert_close(a, b, f"packed attention grad {i}", scale=3)
+
+
+def test_document_segments_group_whole_documents():
+    """Consecutive documents share a segment while they fit; a slot holds one token, a token one slot; one long
+    document (no saving) gives None."""
+    from hybridize.mixers.base import DocumentSegments
+
+    s = DocumentSegments.build(torch.tensor([0, 3, 5, 9, 10, 11]))  # lengths 3, 2, 4, 1, 1: size 4
+    assert (s.count, s.size) == (4, 4)
+    assert s.source.tolist() == [0, 1, 2, 11, 3, 4, 11, 11, 5, 6, 7, 8, 9, 10, 11, 11]
+    assert torch.equal(s.source[s.slot], torch.arange(11))
+    assert DocumentSegments.build(torch.tensor([0, 9, 10])) is None
+
+
 def test_lightning_decays_and_hype_scale_by_formula():
     H = 8
     gamma = lightning_log_decay(H).exp()

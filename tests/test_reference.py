@@ -71,6 +71,32 @@ def test_packed_documents_do_not_leak(kind):
             assert_close(s[n : n + 1], s_n, f"{fn.__name__} doc {n} state")
 
 
+@pytest.mark.parametrize("kind", ["gla_head", "gla_channel"])
+def test_packed_gla_chunk_equals_each_document_chunked_alone(kind):
+    """`gla_chunk` over packed documents (all documents' chunks in one batch, the state passed for all documents
+    side by side) gives the outputs, final states and gradients of `gla_chunk` run on each document alone: documents
+    of several chunks, a partial last chunk, one token, none."""
+    lengths, C = [37, 5, 0, 16, 70, 1, 33], 16
+    q, k, v, (g,) = _inputs(kind, sum(lengths), batch=1)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    h0 = torch.randn(len(lengths), H, K, V)
+    leaves = [q, k, v, g, h0]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, s = reference.gla_chunk(q, k, v, g, scale=0.4, initial_state=h0, cu_seqlens=cu, chunk_size=C)
+    apart = [reference.gla_chunk(q[:, a:b], k[:, a:b], v[:, a:b], g[:, a:b], scale=0.4, initial_state=h0[n : n + 1],
+                                 chunk_size=C) if b > a else (v[:, a:b], h0[n : n + 1])  # empty: the state as it was
+             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+    o_apart, s_apart = torch.cat([x for x, _ in apart], dim=1), torch.cat([x for _, x in apart])
+    assert_close(o, o_apart, f"{kind} packed output")
+    assert_close(s, s_apart, f"{kind} packed final states")
+    w_o, w_s = torch.randn_like(o), torch.randn_like(s)
+    packed = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
+    alone = torch.autograd.grad((o_apart * w_o).sum() + (s_apart * w_s).sum(), leaves)
+    for name, a, b in zip(["dq", "dk", "dv", "dg", "dh0"], packed, alone):
+        assert_close(a, b, f"{kind} packed {name}")
+
+
 def test_recurrence_definitions_by_hand():
     """One head, K = V = 1: the recurrences reduce to scalar formulas we can write out."""
     q = torch.tensor([1.0, 2.0, -1.0]).view(1, 3, 1, 1)
@@ -107,6 +133,33 @@ def test_causal_conv_matches_definition_and_carries_state():
     y1, s1 = reference.causal_conv1d(x[:, :4], w, bias, activation=None)
     y2, _ = reference.causal_conv1d(x[:, 4:], w, bias, initial_state=s1, activation=None)
     assert_close(torch.cat([y1, y2], 1), y, "conv in two calls")
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_packed_causal_conv_equals_each_document_alone(with_state):
+    """`causal_conv1d` over packed documents (one convolution over the documents laid out behind their own states)
+    gives the outputs, final states and gradients of each document convolved alone: documents shorter than the
+    window, one token, none."""
+    lengths, D, W = [9, 2, 0, 1, 14, 3], 5, 4
+    x, w, bias = torch.randn(1, sum(lengths), D), torch.randn(D, W), torch.randn(D)
+    h0 = torch.randn(len(lengths), D, W) if with_state else None
+    leaves = [x, w, bias] + ([h0] if with_state else [])
+    for t in leaves:
+        t.requires_grad_(True)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    y, s = reference.causal_conv1d(x, w, bias, h0, cu, activation="silu")
+    state = (lambda n: torch.zeros(1, D, W)) if h0 is None else (lambda n: h0[n : n + 1])
+    apart = [reference.causal_conv1d(x[:, a:b], w, bias, state(n), activation="silu") if b > a
+             else (x[:, a:b], state(n))  # empty: the state as it was
+             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+    y_apart, s_apart = torch.cat([t for t, _ in apart], dim=1), torch.cat([t for _, t in apart])
+    assert_close(y, y_apart, "packed conv output")
+    assert_close(s, s_apart, "packed conv final states")
+    w_y, w_s = torch.randn_like(y), torch.randn_like(s)
+    packed = torch.autograd.grad((y * w_y).sum() + (s * w_s).sum(), leaves)
+    alone = torch.autograd.grad((y_apart * w_y).sum() + (s_apart * w_s).sum(), leaves)
+    for name, a, b in zip(["dx", "dweight", "dbias", "dh0"], packed, alone):
+        assert_close(a, b, f"packed conv {name}")
 
 
 def test_dispatch_uses_torch_on_cpu_and_rejects_bad_backend():

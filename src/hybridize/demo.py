@@ -3,8 +3,9 @@
 1. the tiny teacher: the one the package ships (trained by `hybridize teacher --size tiny`), or trained anew;
 2. `hybridize convert` with the `demo` recipe, stages align, select and distill: attention kept in the two layers
    that hold the teacher's retrieval (its passkey layer 1 and its NIAH layer 3: results/cpu-selectors), Lightning
-   mixers in the others. Stage 3 (finetune, next-token CE at 512 tokens) is left out: on this teacher it cost the
-   hybrid most of the NIAH recall distillation had kept (42% -> 4% at 1x: results/cpu-demo/choices.json);
+   mixers with a short convolution in the others (the recipe says why). Stage 3 (finetune, next-token CE at 512
+   tokens) is left out: on this teacher it cost the hybrid most of the NIAH recall distillation had kept (42% -> 4%
+   at 1x: results/cpu-demo/choices.json);
 3. `hybridize eval`: teacher, hybrid and the all-linear stage-1 student on the same perplexity windows and the
    same passkey / NIAH prompts at 1x, 2x and 4x the teacher's training length. MQAR is left out: the tiny teacher
    has none to keep (0% at every length, results/cpu-demo);

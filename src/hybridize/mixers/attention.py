@@ -17,7 +17,7 @@ from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.cache_utils import StaticLayer
 
 from . import blocked_attention, kernels
-from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
+from .base import DocumentSegments, Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
 from .state import StaticKV
 from .fusion import project
 
@@ -80,6 +80,11 @@ class Attention(Mixer):
         if k_pos is None and self._bounded(q, k, v, info):
             o = blocked_attention.attend(q, k, v, past, key_start, self.scaling, info.padding_mask)
             return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
+        if k_pos is None and info.cu_seqlens is not None and past == 0 and k.shape[2] == T:
+            segments = info.document_segments()
+            if segments is not None:
+                o = self._attend_segments(q, k, v, segments)
+                return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
         if k_pos is None:
             k_pos = torch.arange(key_start, past + T, device=q.device)
         mask = self._mask(info, q_pos, k_pos, contiguous)
@@ -123,6 +128,24 @@ class Attention(Mixer):
         if groups > 1:  # the masked kernels do not all take grouped heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
+
+    def _attend_segments(self, q: Tensor, k: Tensor, v: Tensor, segments: DocumentSegments) -> Tensor:
+        """Packed documents (q (1, H, T, D), k, v (1, Hkv, T, D)) as a batch of segments, each a few whole documents
+        (`SeqInfo.document_segments`): one SDPA over (segments, heads, S, D) with each segment's causal, same-document
+        (and sliding-window) mask instead of one over the whole row with a (T, T) mask. Every query sees the same
+        keys as there, so the result is the same up to summation order; the work is segments x S^2 instead of T^2."""
+        n, S = segments.count, segments.size
+
+        def gather(x: Tensor) -> Tensor:  # (1, h, T, D) -> (n, h, S, D); padding slots read a zero row
+            x = F.pad(x[0], (0, 0, 0, 1)).index_select(1, segments.source)
+            return x.view(x.shape[0], n, S, x.shape[-1]).transpose(0, 1)
+
+        mask = segments.mask
+        if self.sliding_window is not None:
+            i = torch.arange(S, device=q.device)
+            mask = mask & (i[:, None] - i[None, :] < self.sliding_window)  # slots of one document are its positions
+        o = self._attend(gather(q), gather(k), gather(v), mask)  # (n, H, S, D)
+        return o.transpose(0, 1).reshape(1, self.num_heads, n * S, -1).index_select(2, segments.slot)
 
     def _mask(self, info: SeqInfo, q_pos: Tensor, k_pos: Tensor, contiguous: bool):
         """Where each query (B or 1, 1, T, Lk) may attend: None when plain causal SDPA is exact, a lower-right

@@ -23,7 +23,7 @@ attention each transferred tensor of the mixer comes from (`hybridize.convert.tr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -61,6 +61,17 @@ class SeqInfo:
     cu_seqlens: Tensor | None = None
     cache_position: Tensor | None = None
     static_mask: Tensor | None = None
+    _segments: Any = field(default=False, init=False, repr=False)  # document_segments(), once per forward
+
+    def document_segments(self) -> DocumentSegments | None:
+        """The packed documents of `cu_seqlens` grouped into segments for attention (`DocumentSegments`), computed
+        once for all layers; None without cu_seqlens, inside torch.compile's tracing (the grouping reads the offsets
+        on the host), or when the segments would hold no fewer query-key pairs than the whole row."""
+        if self._segments is False:
+            self._segments = None
+            if self.cu_seqlens is not None and not torch.compiler.is_compiling():
+                self._segments = DocumentSegments.build(self.cu_seqlens)
+        return self._segments
 
     @property
     def token_mask(self) -> Tensor | None:
@@ -76,6 +87,55 @@ class SeqInfo:
         if self.cache_position is not None:
             return self.cache_position
         return torch.arange(self.past_length, self.past_length + self.position_ids.shape[1], device=device)
+
+
+@dataclass
+class DocumentSegments:
+    """Packed documents (offsets `cu_seqlens` over a row of T tokens) grouped, in order, into `count` segments of
+    `size` slots (the longest document's length), each holding whole documents, consecutive ones together while they
+    fit, and padding: attention over (count, size) slots instead of over the whole row.
+
+    source: (count * size,) the token each slot holds, T for a padding slot (a zero row the caller appends).
+    slot: (T,) the slot of each token, the inverse of `source` on the real slots.
+    mask: (count, 1, size, size) bool, slot i may attend slot j: the same document (padding counts as one more
+        document, so its rows are never empty) and j <= i."""
+
+    count: int
+    size: int
+    source: Tensor
+    slot: Tensor
+    mask: Tensor
+
+    @classmethod
+    def build(cls, cu_seqlens: Tensor) -> DocumentSegments | None:
+        """The segments, or None when count x size^2 >= T^2 (one long document, say): the whole row is no dearer."""
+        bounds = cu_seqlens.tolist()
+        T = bounds[-1]
+        lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        size = max(lengths)
+        if size == 0:
+            return None
+        starts, segment, fill = [], 0, 0  # each document's first slot; the segment being filled, its slots used
+        for n in lengths:
+            if fill + n > size:
+                segment, fill = segment + 1, 0
+            starts.append(segment * size + fill)
+            fill += n
+        count = segment + 1
+        if count * size * size >= T * T:
+            return None
+        device = cu_seqlens.device
+        lengths_t = torch.tensor(lengths, device=device)
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths_t)  # (T,)
+        shift = torch.tensor(starts, device=device) - cu_seqlens[:-1].to(device)  # slot - token, per document
+        slot = torch.arange(T, device=device) + shift[doc]
+        source = torch.full((count * size,), T, dtype=torch.long, device=device).index_copy(
+            0, slot, torch.arange(T, device=device))
+        owner = torch.full((count * size,), -1, dtype=torch.long, device=device).index_copy(0, slot, doc)
+        owner = owner.view(count, size)
+        causal = torch.ones(size, size, dtype=torch.bool, device=device).tril()
+        mask = (owner[:, :, None] == owner[:, None, :]) & causal
+        return cls(count, size, source, slot, mask[:, None])
 
 
 class Mixer(nn.Module):

@@ -132,7 +132,6 @@ def _unchunk(o: Tensor, T: int) -> Tensor:
     return rearrange(o, "b h n c v -> b (n c) h v")[:, :T]
 
 
-@_per_document
 def gla_chunk(
     q: Tensor,
     k: Tensor,
@@ -141,6 +140,7 @@ def gla_chunk(
     *,
     scale: float,
     initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
     chunk_size: int = 64,
 ):
     """Chunked gated linear attention; same results as `gla_recurrent`.
@@ -148,29 +148,18 @@ def gla_chunk(
     Inside a chunk, with G the inclusive cumulative log decay from the chunk start:
         o_i = scale * [ (q_i * exp(G_i)) S_0 + sum_{j<=i} (q_i . k_j exp(G_i - G_j)) v_j ]
         S_C = exp(G_C) S_0 + sum_j (k_j exp(G_C - G_j))^T v_j
-    The pairwise exp(G_i - G_j) is only ever taken for j <= i, where it is <= 1, so no overflow."""
+    The pairwise exp(G_i - G_j) is only ever taken for j <= i, where it is <= 1, so no overflow.
+    Packed documents (`cu_seqlens`) run together: every document is cut into its own chunks (its last one
+    zero-padded, as a document run alone is), all chunks of all documents make one batch for the within-chunk products,
+    and the state passing runs over the documents side by side (`_PackedChunks`)."""
+    if cu_seqlens is not None:
+        return _gla_chunk_packed(q, k, v, g, scale, initial_state, cu_seqlens, chunk_size)
     T, C = q.shape[1], chunk_size
-    per_channel = g.dim() == 4
     qc = _chunked(q.float() * scale, C)  # (B, H, N, C, K)
     kc = _chunked(k.float(), C)
     vc = _chunked(v.float(), C)  # (B, H, N, C, V)
     G = _chunked(g.float(), C).cumsum(dim=3)  # (B, H, N, C[, K])
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    if per_channel:
-        diff = G.unsqueeze(4) - G.unsqueeze(3)  # (B, H, N, C_i, C_j, K)
-        decay = diff.masked_fill(~causal[..., None], float("-inf")).exp()
-        A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", qc, kc, decay)
-        q_in = qc * G.exp()  # decay from the chunk start to i
-        k_out = kc * (G[:, :, :, -1:] - G).exp()  # decay from j to the chunk end
-        g_last = G[:, :, :, -1]  # (B, H, N, K)
-    else:
-        diff = G.unsqueeze(4) - G.unsqueeze(3)  # (B, H, N, C_i, C_j)
-        A = (qc @ kc.transpose(-1, -2)) * diff.masked_fill(~causal, float("-inf")).exp()
-        q_in = qc * G.exp().unsqueeze(-1)
-        k_out = kc * (G[:, :, :, -1:] - G).exp().unsqueeze(-1)
-        g_last = G[:, :, :, -1].unsqueeze(-1).expand(*G.shape[:3], q.shape[-1])
-    o_intra = A @ vc  # (B, H, N, C, V)
-    kv = k_out.transpose(-1, -2) @ vc  # (B, H, N, K, V): each chunk's own contribution to the state
+    o_intra, kv, q_in, g_last = _gla_within_chunks(qc, kc, vc, G)
     S = _zero_state(q, v) if initial_state is None else initial_state.float()
     o_inter = []
     for n in range(qc.shape[2]):
@@ -178,6 +167,100 @@ def gla_chunk(
         S = S * g_last[:, :, n].exp().unsqueeze(-1) + kv[:, :, n]
     o = o_intra + torch.stack(o_inter, dim=2)
     return _unchunk(o, T).to(v.dtype), S
+
+
+def _gla_within_chunks(qc: Tensor, kc: Tensor, vc: Tensor, G: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What each chunk computes on its own (`gla_chunk`): qc, kc (B, H, N, C, K) (q scaled), vc (B, H, N, C, V), G the
+    inclusive cumulative log decay (B, H, N, C) per head or (B, H, N, C, K) per key channel. Returns (o_intra, each
+    chunk's output from its own tokens (B, H, N, C, V); kv, each chunk's contribution to the state (B, H, N, K, V);
+    q_in, the queries decayed from the chunk start (B, H, N, C, K); g_last, the chunk's total log decay (B, H, N, K))."""
+    C = qc.shape[3]
+    causal = torch.ones(C, C, dtype=torch.bool, device=qc.device).tril()
+    diff = G.unsqueeze(4) - G.unsqueeze(3)  # (B, H, N, C_i, C_j[, K])
+    if G.dim() == 5:  # one decay per key channel
+        decay = diff.masked_fill(~causal[..., None], float("-inf")).exp()
+        A = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", qc, kc, decay)
+        q_in = qc * G.exp()  # decay from the chunk start to i
+        k_out = kc * (G[:, :, :, -1:] - G).exp()  # decay from j to the chunk end
+        g_last = G[:, :, :, -1]  # (B, H, N, K)
+    else:
+        A = (qc @ kc.transpose(-1, -2)) * diff.masked_fill(~causal, float("-inf")).exp()
+        q_in = qc * G.exp().unsqueeze(-1)
+        k_out = kc * (G[:, :, :, -1:] - G).exp().unsqueeze(-1)
+        g_last = G[:, :, :, -1].unsqueeze(-1).expand(*G.shape[:3], qc.shape[-1])
+    o_intra = A @ vc  # (B, H, N, C, V)
+    kv = k_out.transpose(-1, -2) @ vc  # (B, H, N, K, V): each chunk's own contribution to the state
+    return o_intra, kv, q_in, g_last
+
+
+class _PackedChunks:
+    """The chunks of packed documents (offsets `cu_seqlens` over T tokens) laid out for a batched chunked recurrence.
+
+    Document d of n_d tokens has ceil(n_d / C) chunks, its last one zero-padded. The documents are ranked by their
+    number of chunks (most first) and the chunks ordered by (index within the document, rank): the documents that
+    still have a chunk j are then a prefix of the ranking, and their j-th chunks the consecutive slots
+    `offsets[j] : offsets[j] + counts[j]`.
+
+    source: (chunks * C,) the token each chunk slot holds, T for padding (a zero row the caller appends).
+    slot: (T,) the chunk slot of each token. order: (D,) the documents by rank; rank: (D,) each document's rank."""
+
+    def __init__(self, cu_seqlens: Tensor, C: int):
+        device = cu_seqlens.device
+        cu = cu_seqlens.to(torch.long)
+        T = int(cu[-1])
+        lengths = cu.diff()
+        n = (lengths + C - 1) // C  # chunks per document
+        self.order = torch.argsort(n, descending=True, stable=True)
+        self.rank = torch.empty_like(self.order).index_copy_(0, self.order, torch.arange(len(n), device=device))
+        longest = int(n.max()) if len(n) else 0
+        counts = (n[:, None] > torch.arange(longest, device=device)).sum(0)  # (longest,) documents with a chunk j
+        self.counts = counts.tolist()
+        self.offsets = [0, *counts.cumsum(0).tolist()]
+        self.chunks = self.offsets[-1]
+        doc = torch.repeat_interleave(torch.arange(len(n), device=device), n)  # (chunks,) in document order
+        first = torch.cumsum(n, 0) - n
+        j = torch.arange(self.chunks, device=device) - first[doc]  # index of each chunk within its document
+        where = torch.tensor(self.offsets[:-1], device=device, dtype=torch.long)[j] + self.rank[doc]
+        tokens = cu[doc, None] + j[:, None] * C + torch.arange(C, device=device)  # (chunks, C)
+        real = tokens < cu[doc + 1, None]
+        slots = where[:, None] * C + torch.arange(C, device=device)
+        self.source = torch.full((self.chunks * C,), T, dtype=torch.long, device=device)
+        self.source[slots[real]] = tokens[real]
+        self.slot = torch.empty(T, dtype=torch.long, device=device)
+        self.slot[tokens[real]] = slots[real]
+
+    def gather(self, x: Tensor) -> Tensor:
+        """(1, T, ...) -> (1, chunks * C, ...) in chunk-slot order, zeros in the padding."""
+        x = x[0]
+        return torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, self.source).unsqueeze(0)
+
+
+def _gla_chunk_packed(q, k, v, g, scale, initial_state, cu_seqlens, C):
+    """`gla_chunk` over packed documents (batch 1), each from its own row of `initial_state` (zeros if None)."""
+    if q.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {q.shape[0]}")
+    T = q.shape[1]
+    packed = _PackedChunks(cu_seqlens, C)
+    D = len(packed.order)
+    qc = _chunked(packed.gather(q.float() * scale), C)  # (1, H, chunks, C, K)
+    kc = _chunked(packed.gather(k.float()), C)
+    vc = _chunked(packed.gather(v.float()), C)
+    G = _chunked(packed.gather(g.float()), C).cumsum(dim=3)
+    o_intra, kv, q_in, g_last = _gla_within_chunks(qc, kc, vc, G)
+    S = q.new_zeros(D, q.shape[2], q.shape[3], v.shape[-1], dtype=torch.float32) if initial_state is None \
+        else initial_state.float()
+    S = S.index_select(0, packed.order)  # (D, H, K, V) by rank: the documents still running are a prefix
+    o_inter = []
+    for start, m in zip(packed.offsets, packed.counts):  # the j-th chunks of the first m documents
+        chunks = slice(start, start + m)
+        o_inter.append(q_in[0, :, chunks].transpose(0, 1) @ S[:m])  # (m, H, C, V)
+        ran = S[:m] * g_last[0, :, chunks].transpose(0, 1).exp().unsqueeze(-1) + kv[0, :, chunks].transpose(0, 1)
+        S = torch.cat([ran, S[m:]]) if m < D else ran
+    if not o_inter:  # no tokens
+        return v.new_zeros(v.shape), S.index_select(0, packed.rank)
+    o = o_intra + torch.cat(o_inter).transpose(0, 1).unsqueeze(0)  # (1, H, chunks, C, V)
+    o = _unchunk(o, packed.chunks * C).index_select(1, packed.slot)  # (1, T, H, V)
+    return o.to(v.dtype), S.index_select(0, packed.rank)
 
 
 @_per_document
@@ -275,14 +358,7 @@ def causal_conv1d(
     x: (B, T, D); weight: (D, W); state: (N, D, W), the last W inputs (zeros before the start).
     Returns (y (B, T, D), final state (N, D, W))."""
     if cu_seqlens is not None:
-        bounds = cu_seqlens.tolist()
-        ys, states = [], []
-        for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-            h0 = None if initial_state is None else initial_state[n : n + 1]
-            y, h = causal_conv1d(x[:, s:e], weight, bias, h0, None, activation)
-            ys.append(y)
-            states.append(h)
-        return torch.cat(ys, dim=1), torch.cat(states, dim=0)
+        return _causal_conv1d_packed(x, weight, bias, initial_state, cu_seqlens, activation)
     B, T, D = x.shape
     W = weight.shape[-1]
     xt = x.transpose(1, 2)  # (B, D, T)
@@ -295,3 +371,31 @@ def causal_conv1d(
     elif activation is not None:
         raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
     return y.transpose(1, 2), full[..., -W:]
+
+
+def _causal_conv1d_packed(x, weight, bias, initial_state, cu_seqlens, activation):
+    """`causal_conv1d` over packed documents (batch 1), each from its own row of `initial_state`, as one convolution:
+    every document is laid out behind its own W state columns ([state_n, x_n], what a document run alone convolves),
+    so that no window reaches into another document, and the outputs at the documents' tokens are picked out."""
+    if x.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {x.shape[0]}")
+    _, T, D = x.shape
+    W = weight.shape[-1]
+    cu = cu_seqlens.to(device=x.device, dtype=torch.long)
+    N = cu.numel() - 1
+    lengths = cu.diff()
+    doc = torch.repeat_interleave(torch.arange(N, device=x.device), lengths, output_size=T)  # (T,)
+    at = torch.arange(T, device=x.device) + (doc + 1) * W  # each token's column in the laid-out row
+    state_at = (cu[:-1] + torch.arange(N, device=x.device) * W)[:, None] + torch.arange(W, device=x.device)  # (N, W)
+    states = x.new_zeros(N, D, W) if initial_state is None else initial_state.to(x.dtype)
+    row = x.new_zeros(D, T + N * W)
+    row = row.index_copy(1, state_at.flatten(), states.permute(1, 0, 2).reshape(D, N * W))
+    row = row.index_copy(1, at, x[0].transpose(0, 1))
+    y = F.conv1d(row[None], weight.unsqueeze(1), bias, groups=D)[0]  # column i: the window ending at i + W - 1
+    y = y.index_select(1, at - (W - 1))
+    if activation in ("silu", "swish"):
+        y = F.silu(y)
+    elif activation is not None:
+        raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
+    final = row.index_select(1, (state_at + lengths[:, None]).flatten()).view(D, N, W).permute(1, 0, 2)
+    return y.transpose(0, 1)[None], final
