@@ -494,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain-teacher", action="store_true", help="train the tiny teacher anew (a few minutes)")
     demo.add_argument("--mixer", default="lightning", choices=LINEAR_MIXER_NAMES, metavar="NAME",
                       help="linear mixer of the hybrid: %(choices)s (default %(default)s)")
-    demo.add_argument("--samples", type=int, default=8, help="examples per (task, length, depth) (default: 8)")
+    demo.add_argument("--samples", type=int, default=40, help="prompts per (task, length, depth) (default: 40, "
+                      "120 per task and length over 3 depths)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a field of the demo recipe, e.g. --set distill.tokens=100000")
     demo.add_argument("--device", default=None, help="cuda, cpu, cuda:1, ... (default: cuda when available)")

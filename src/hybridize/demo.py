@@ -3,11 +3,12 @@
 1. the tiny teacher: the one the package ships (trained by `hybridize teacher --size tiny`), or trained anew;
 2. `hybridize convert` with the `demo` recipe, stages align, select and distill: attention kept in the two layers
    that hold the teacher's retrieval (its passkey layer 1 and its NIAH layer 3: results/cpu-selectors), Lightning
-   mixers with a short convolution in the others (the recipe says why). Stage 3 (finetune, next-token CE at 512
+   mixers in the others. Stage 3 (finetune, next-token CE at 512
    tokens) is left out: on this teacher it cost the hybrid most of the NIAH recall distillation had kept (42% -> 4%
    at 1x: results/cpu-demo/choices.json);
 3. `hybridize eval`: teacher, hybrid and the all-linear stage-1 student on the same perplexity windows and the
-   same passkey / NIAH prompts at 1x, 2x and 4x the teacher's training length. MQAR is left out: the tiny teacher
+   same passkey / NIAH prompts at 1x, 2x and 4x the teacher's training length, 120 prompts per task and length (a
+   95% interval of about +-9 points). MQAR is left out: the tiny teacher
    has none to keep (0% at every length, results/cpu-demo);
 4. why one converts, measured on the machine at hand: the time of a decode step and the bytes of the cache at long
    contexts, teacher vs hybrid (`hybridize.bench.decode`);
@@ -34,6 +35,7 @@ TRAIN_DATA = "builtin:train"  # what the tiny teacher trained on (its recipe's d
 EVAL_DATA = "builtin:heldout"  # perplexity windows and haystack filler: the one document in eight neither saw
 STAGES = ["align", "select", "distill"]
 DECODE_CONTEXTS = [4096, 32768, 131072]  # the decode measurement: far past the 256 tokens the teacher trained on
+SAMPLES = 40  # prompts per (task, length, depth): 120 per cell, a 95% interval of about +-9 points at 50%
 DECODE_THREADS = 1  # batch-1 decode of a 1M-parameter model is a chain of tiny ops: a second thread only adds waits
 
 
@@ -43,7 +45,7 @@ def shipped_teacher() -> Path | None:
 
 
 def run_demo(out: str | Path = "out/demo", teacher: str | Path | None = None, retrain_teacher: bool = False,
-             mixer: str = "lightning", device: str | None = None, samples: int = 8,
+             mixer: str = "lightning", device: str | None = None, samples: int = SAMPLES,
              overrides: list[str] | None = None, command: str | None = None) -> Path:
     from .evaluation.runner import EvalConfig, run_eval
     from .pipeline import Conversion, convert, load_recipe
