@@ -383,9 +383,7 @@ class Grid:
                 proc.wait()
         if failed:
             print(f"lanes failed (exit status other than 0 and {STOPPED}): {', '.join(failed)}", flush=True)
-        s = self.settings
-        left = [unit_key(m, sel, k) for m in s["mixers"] for k in range(s["seeds"]) for sel in s["selectors"]
-                if unit_key(m, sel, k) not in self.state["units"]]
+        left = [t for t in todo if unit_key(*t) not in self.state["units"]]
         if left:
             print(f"{len(left)} conversions to go: run again")
             return False

@@ -54,6 +54,12 @@ def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, 
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 
+def _check_packed(x: Tensor) -> None:
+    """Packed documents (cu_seqlens) lie along time in one row."""
+    if x.shape[0] != 1:
+        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {x.shape[0]}")
+
+
 def _per_document(fn: Callable) -> Callable:
     """Run `fn` once per document of a packed (cu_seqlens) batch, each from its own initial state. Every positional
     argument is a (B, T, ...) tensor, cut along T."""
@@ -61,9 +67,7 @@ def _per_document(fn: Callable) -> Callable:
     def wrapper(*tensors, initial_state=None, cu_seqlens=None, **kw):
         if cu_seqlens is None:
             return fn(*tensors, initial_state=initial_state, **kw)
-        if tensors[0].shape[0] != 1:
-            raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch "
-                             f"{tensors[0].shape[0]}")
+        _check_packed(tensors[0])
         outs, states = [], []
         bounds = cu_seqlens.tolist()
         for n, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
@@ -237,8 +241,7 @@ class _PackedChunks:
 
 def _gla_chunk_packed(q, k, v, g, scale, initial_state, cu_seqlens, C):
     """`gla_chunk` over packed documents (batch 1), each from its own row of `initial_state` (zeros if None)."""
-    if q.shape[0] != 1:
-        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {q.shape[0]}")
+    _check_packed(q)
     T = q.shape[1]
     packed = _PackedChunks(cu_seqlens, C)
     D = len(packed.order)
@@ -366,19 +369,23 @@ def causal_conv1d(
         initial_state = xt.new_zeros(B, D, W)
     full = torch.cat([initial_state.to(xt.dtype), xt], dim=-1)  # (B, D, W + T)
     y = F.conv1d(full[..., 1:], weight.unsqueeze(1), bias, groups=D)  # output t sees inputs t-W+1 .. t
-    if activation in ("silu", "swish"):
-        y = F.silu(y)
-    elif activation is not None:
-        raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
+    y = _conv_activation(y, activation)
     return y.transpose(1, 2), full[..., -W:]
+
+
+def _conv_activation(y: Tensor, activation: str | None) -> Tensor:
+    if activation in ("silu", "swish"):
+        return F.silu(y)
+    if activation is not None:
+        raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
+    return y
 
 
 def _causal_conv1d_packed(x, weight, bias, initial_state, cu_seqlens, activation):
     """`causal_conv1d` over packed documents (batch 1), each from its own row of `initial_state`, as one convolution:
     every document is laid out behind its own W state columns ([state_n, x_n], what a document run alone convolves),
     so that no window reaches into another document, and the outputs at the documents' tokens are picked out."""
-    if x.shape[0] != 1:
-        raise ValueError(f"cu_seqlens needs batch size 1 (documents packed along time), got batch {x.shape[0]}")
+    _check_packed(x)
     _, T, D = x.shape
     W = weight.shape[-1]
     cu = cu_seqlens.to(device=x.device, dtype=torch.long)
@@ -393,9 +400,6 @@ def _causal_conv1d_packed(x, weight, bias, initial_state, cu_seqlens, activation
     row = row.index_copy(1, at, x[0].transpose(0, 1))
     y = F.conv1d(row[None], weight.unsqueeze(1), bias, groups=D)[0]  # column i: the window ending at i + W - 1
     y = y.index_select(1, at - (W - 1))
-    if activation in ("silu", "swish"):
-        y = F.silu(y)
-    elif activation is not None:
-        raise ValueError(f"activation must be 'silu', 'swish' or None, got {activation!r}")
+    y = _conv_activation(y, activation)
     final = row.index_select(1, (state_at + lengths[:, None]).flatten()).view(D, N, W).permute(1, 0, 2)
     return y.transpose(0, 1)[None], final
