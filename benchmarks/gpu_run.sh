@@ -441,9 +441,9 @@ job_quality() {
 # whose scored cells are not trained again. SWEEP_SIZE=tiny DEVICE=cpu LANES=2 MIXERS=retnet,mamba2 INTRA=mamba2 is a
 # CPU check of the job (~1 min on 2 cores; add --samples 2 --eval-windows 2).
 #
-# Time on one H100, measured at f411199 (results/sweep-mini/): 688 s of job time for the 35 cells over two calls. With
+# Time on one H100, measured at f411199 (results/sweep-mini/): ~11.5 min of job time for the 35 cells over two calls. With
 # 9 lanes a cell's 256 steps take 19-36 s; a lane's first cell 33-222 s, mostly compiling and autotuning fla's kernels
-# (benchmarks/triton-autotune/ now holds that run's results for Triton 3.7.1).
+# (benchmarks/triton-autotune/autotune-h100-triton3.7.1-fla0.6.0.tgz holds these shapes).
 #
 # At 256 steps no cell learns to retrieve (the Transformer neither): recall needs ~2,000-3,000 optimizer steps at these
 # sizes (src/hybridize/pretrain/teachers.py). The longer grid runs in a folder of its own (SWEEP_NAME) with more steps:

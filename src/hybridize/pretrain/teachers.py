@@ -67,9 +67,9 @@ def _recipe(size: str, model: dict, train: dict, **data) -> TeacherRecipe:
 
 
 SIZES = {
-    # 1.0M parameters: ~11K tokens/s on 2 CPU cores (18 min). lr 1.2e-3 since 2026-12-01: at 3e-3 the teacher
-    # retrieved passkey 6% / NIAH 50% at 256 on held-out filler, at 1.2e-3 44% / 83% (results/cpu-demo/; the small
-    # teacher had shown the same: a lower LR learns retrieval sooner)
+    # 1.0M parameters: ~11K tokens/s on 2 CPU cores (18 min). lr 1.2e-3: with it the teacher retrieved passkey 44% /
+    # NIAH 83% at 256 on held-out filler, with 3e-3 6% / 50% (results/cpu-demo/; the small teacher agrees: a lower LR
+    # learns retrieval sooner)
     "tiny": lambda: _recipe(
         "tiny",
         dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
@@ -78,10 +78,10 @@ SIZES = {
              warmup_steps=100, weight_decay=0.1, save_every=100),
         episode_rows=10),
     # 67M parameters, >= 12 layers. Measured on an H200 (results/gpu/teachers-small/): 3,051 steps, 100M tokens in
-    # 589 s; passkey 88% and NIAH 83% exact match at 1024 on held-out filler, MQAR 0%. Its first recipe (batch 128,
-    # 8 of 32 rows episodes, lr 1.5e-3: 495 steps in 65M tokens) learned no retrieval; retrieval is learned late
-    # (the answer loss falls from ~1.7 to 0.1 between steps ~1,000 and ~2,500), so optimizer steps count more than
-    # tokens, and a lower LR with more of each batch in episodes got there first.
+    # 589 s; passkey 88% and NIAH 83% exact match at 1024 on held-out filler, MQAR 0%. Retrieval is learned late (the
+    # answer loss falls from ~1.7 to 0.1 between steps ~1,000 and ~2,500), so optimizer steps count more than tokens:
+    # batch 128 with 8 of 32 rows episodes and lr 1.5e-3 (495 steps in 65M tokens) learned no retrieval
+    # (results/archive/gpu/teacher-small/); batch 32, 20 rows episodes and lr 6e-4 did.
     "small": lambda: _recipe(
         "small",
         dict(vocab_size=16384, hidden_size=640, intermediate_size=1792, num_hidden_layers=12, num_attention_heads=10,
@@ -89,9 +89,10 @@ SIZES = {
         dict(tokens=100_000_000, seq_len=1024, batch_size=32, micro_batch_size=32, lr=6e-4, min_lr=6e-5,
              warmup_steps=305, weight_decay=0.1, save_every=200),
         episode_rows=20, passkey_words=5, mqar_queries=4,
-        # ~6x the text since 2026-12-01: on builtin:train alone the recipe memorised its corpus (held-out perplexity
-        # 72 -> 244 over the run); with the stdlib's source too it went 3.58 -> 3.79 and retrieved better, passkey
-        # and NIAH 100% at 1024 (H200, one seed: results/gpu/mixers-small-code-teacher/). builtin:heldout stays unseen.
+        # the stdlib's source beside builtin:train (~6x the text): on builtin:train alone the recipe memorised its
+        # corpus (held-out perplexity 72 -> 244 over the run); with both it went 3.58 -> 3.79 and retrieved better,
+        # passkey and NIAH 100% at 1024 (H200, one seed: results/gpu/mixers-small-code-teacher/). builtin:heldout
+        # stays unseen.
         data=["builtin:train", "stdlib-code:train"]),
     # 316M parameters, >= 24 layers
     "base": lambda: _recipe(
