@@ -344,10 +344,11 @@ PY
 # bash benchmarks/gpu_run.sh quality`, carry [".gpu/send"]). The next call right away keeps the machine, and with it
 # the state, the teacher and each seed's stage 1 under $WORK. Copy OUT/quality/* into results/quality/ after each
 # call: that folder is all a fresh machine needs to go on, with the same teacher only (state.json pins its weights
-# hash). A teacher trained here comes back too, 3 parts of 15 MiB per call (OUT/quality/teacher-part??;
-# TEACHER_PARTS=0: not): `cat teacher-part?? | tar xf - -C DIR` gives DIR/teacher-small, whose weights_sha256 must be
-# state.json's; a later call on a fresh machine sends it (../shared/gpu) instead of training it again. Exit 3: stopped at
-# CALL_SECONDS, call again.
+# hash). A teacher trained here comes back too, PARTS_PER_CALL (default 3) parts of 15 MiB per call beside
+# teacher-manifest (OUT/quality/; TEACHER_PARTS=0: not): `cat teacher-part?? | tar xf - -C DIR` gives
+# DIR/teacher-small, whose weights_sha256 must be state.json's; a later call on a fresh machine sends it back over
+# several calls (receive_teacher, TEACHER_IN) instead of training it again. Exit 3: stopped at CALL_SECONDS, or teacher
+# parts still missing: call again.
 #
 # Estimate, and how: the H200 times of results/ with compiled kernels, x 1.15 for an H100 (the small teacher trained
 # at 210K tokens/s on an H200, 180K on an H100). Per conversion: distill ~70 s, finetune ~12 s, evaluation ~40 s (2
@@ -371,6 +372,32 @@ quality_back() {
   return 0
 }
 
+# A teacher brought back in parts (teacher-manifest: the weights' hash, then each part's sha256) goes to a fresh machine
+# over several calls, as many parts a call as fit beside the tree: TEACHER_IN (default .gpu/teacher, carried) holds
+# the manifest and this call's parts; they collect in $WORK/teacher-in until every part is there, then make $TEACHER,
+# whose weights hash must be the manifest's. Returns 1 while parts are missing (the job stops: call again with the
+# next parts); 0 when there is no manifest (the job trains the teacher) or the teacher was made.
+receive_teacher() {
+  local in=${TEACHER_IN:-.gpu/teacher} got=$WORK/teacher-in want have
+  [ -f "$in/teacher-manifest" ] || return 0
+  mkdir -p "$got" && cp "$in/teacher-manifest" "$got/"
+  find "$in" -maxdepth 1 -name 'teacher-part??' -exec cp -t "$got" {} +
+  want=$(grep -c ' teacher-part' "$got/teacher-manifest")
+  # parts whose sha256 is the manifest's (a corrupt one is named by sha256sum and removed, to be sent again)
+  have=$(cd "$got" && grep ' teacher-part' teacher-manifest | sha256sum --check --ignore-missing 2> /dev/null \
+    | awk '/: OK$/ { n++; next } { sub(/:.*/, ""); print "corrupt: " $0 > "/dev/stderr"; system("rm -f " $0) }
+           END { print n + 0 }')
+  if [ "$have" -lt "$want" ]; then
+    echo "teacher: $have of $want parts on this machine; send the rest (${TEACHER_IN:-.gpu/teacher}) and call again"
+    return 1
+  fi
+  mkdir -p "$(dirname "$TEACHER")" && cat "$got"/teacher-part?? | tar xf - -C "$(dirname "$TEACHER")"
+  want=$(awk '/^weights_sha256/ { print $2 }' "$got/teacher-manifest")
+  have=$("$PY" -c "from hybridize.provenance import weights_sha256 as w; print(w('$TEACHER'))")
+  [ "$have" = "$want" ] || { echo "teacher from parts: weights $have, manifest $want"; rm -rf "$TEACHER"; return 1; }
+  echo "teacher: made at $TEACHER from $(grep -c " teacher-part" "$got/teacher-manifest") parts (weights $have)"
+}
+
 job_quality() {
   # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random or
   # flashmorph: SELECTORS), a state of its own (results/quality-intra) on the same teacher and prompts
@@ -386,6 +413,7 @@ job_quality() {
   [[ $DEVICE == cuda* ]] && unpack_autotune
   # the teacher: here (an earlier call on this machine, or sent), else trained within this call; the next call on
   # this machine continues it from its checkpoint
+  [ -f "$TEACHER/teacher.json" ] || receive_teacher || return 3
   if [ ! -f "$TEACHER/teacher.json" ]; then
     minutes=$(awk "BEGIN { m = ($(quality_left) - 45) / 60; print (m < 1 ? 1 : m) }")
     run "$DIR/quality.log" "$PY" -m hybridize teacher --size "${SIZE:-small}" --out "$TEACHER" --device "$DEVICE" \
@@ -395,10 +423,16 @@ job_quality() {
   fi
   "$PY" -c "from hybridize.provenance import weights_sha256; print('teacher $TEACHER', weights_sha256('$TEACHER'))"
   if [ "${TEACHER_PARTS:-1}" = 1 ] && [ -f "$parts/trained-here" ]; then
-    [ -f "$parts/teacher-part00" ] || tar cf - -C "$(dirname "$TEACHER")" "$(basename "$TEACHER")" \
-      | split -b 15M -d - "$parts/teacher-part"
+    # the weights, config, tokenizer and records; not run/ (checkpoints with optimizer state, TensorBoard)
+    if [ ! -f "$parts/teacher-part00" ]; then
+      tar cf - --exclude="$(basename "$TEACHER")/run" -C "$(dirname "$TEACHER")" "$(basename "$TEACHER")" \
+        | split -b 15M -d - "$parts/teacher-part"
+      (cd "$parts" && { echo "weights_sha256 $("$PY" -c "from hybridize.provenance import weights_sha256 as w; \
+print(w('$TEACHER'))")"; sha256sum teacher-part??; } > teacher-manifest)
+    fi
+    cp "$parts/teacher-manifest" "$DIR/"
     for f in "$parts"/teacher-part??; do
-      [ -e "$f.sent" ] || [ "$sent" -ge 3 ] || { cp "$f" "$DIR/" && touch "$f.sent" && sent=$((sent + 1)); }
+      [ -e "$f.sent" ] || [ "$sent" -ge "${PARTS_PER_CALL:-3}" ] || { cp "$f" "$DIR/" && touch "$f.sent" && sent=$((sent + 1)); }
     done
     echo "teacher parts: $sent in this call;" \
       "$(ls "$parts"/*.sent | wc -l) of $(ls "$parts"/teacher-part?? | wc -l) sent"
