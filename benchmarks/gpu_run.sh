@@ -428,8 +428,8 @@ job_quality() {
     if [ ! -f "$parts/teacher-part00" ]; then
       tar cf - --exclude="$(basename "$TEACHER")/run" -C "$(dirname "$TEACHER")" "$(basename "$TEACHER")" \
         | gzip -1 | split -b 15M -d - "$parts/teacher-part"
-      (cd "$parts" && { echo "weights_sha256 $("$PY" -c "from hybridize.provenance import weights_sha256 as w; \
-print(w('$TEACHER'))")"; sha256sum teacher-part??; } > teacher-manifest)
+      f=$("$PY" -c "from hybridize.provenance import weights_sha256 as w; print(w('$TEACHER'))")
+      (cd "$parts" && { echo "weights_sha256 $f"; sha256sum teacher-part??; } > teacher-manifest)
     fi
     cp "$parts/teacher-manifest" "$DIR/"
     for f in "$parts"/teacher-part??; do
