@@ -344,11 +344,12 @@ PY
 # bash benchmarks/gpu_run.sh quality`, carry [".gpu/send"]). The next call right away keeps the machine, and with it
 # the state, the teacher and each seed's stage 1 under $WORK. Copy OUT/quality/* into results/quality/ after each
 # call: that folder is all a fresh machine needs to go on, with the same teacher only (state.json pins its weights
-# hash). A teacher trained here comes back too, PARTS_PER_CALL (default 3) parts of 15 MiB per call beside
-# teacher-manifest (OUT/quality/; TEACHER_PARTS=0: not): `cat teacher-part?? | tar xzf - -C DIR` gives
-# DIR/teacher-small, whose weights_sha256 must be state.json's; a later call on a fresh machine sends it back over
-# several calls (receive_teacher, TEACHER_IN) instead of training it again. Exit 3: stopped at CALL_SECONDS, or teacher
-# parts still missing: call again.
+# hash). The grid's teacher is $TEACHER in bf16 (WORK/teacher-small-bf16). Made here, it comes back too, PARTS_PER_CALL
+# (default 3) parts of PART_SIZE (default 15M) per call beside teacher-manifest (OUT/quality/; TEACHER_PARTS=0: not):
+# `cat teacher-part?? | tar xzf - -C DIR` gives DIR/teacher-small-bf16, whose weights_sha256 must be state.json's; a
+# later call on a fresh machine sends it back over several calls (receive_teacher, TEACHER_IN;
+# benchmarks/stage_teacher.sh) instead of training it again. Exit 3: stopped at CALL_SECONDS, or teacher parts still
+# missing: call again.
 #
 # Estimate, and how: the H200 times of results/ with compiled kernels, x 1.15 for an H100 (the small teacher trained
 # at 210K tokens/s on an H200, 180K on an H100). Per conversion: distill ~70 s, finetune ~12 s, evaluation ~40 s (2
@@ -367,7 +368,8 @@ quality_back() {
   cp "$live"/state.json "$live"/summary.json "$live"/summary.md "$DIR/" \
     2> /dev/null || true
   for lane in "$WORK"/quality/${QUALITY_SUFFIX:+intra/}lanes/*/; do
-    [ -f "$lane/lane.log" ] && mkdir -p "$DIR/lanes" && cp "$lane/lane.log" "$DIR/lanes/$(basename "$lane").log"
+    [ -f "$lane/lane.log" ] && mkdir -p "$DIR/lanes" && lines < "$lane/lane.log" | progress \
+      > "$DIR/lanes/$(basename "$lane").log"
   done
   return 0
 }
@@ -411,14 +413,40 @@ job_quality() {
     cp "$from/state.json" "$live/" && echo "state: from $from"
   fi
   [[ $DEVICE == cuda* ]] && unpack_autotune
-  # the teacher: here (an earlier call on this machine, or sent), else trained within this call; the next call on
-  # this machine continues it from its checkpoint
+  # the teacher the grid converts from: $TEACHER's weights in bf16 ($WORK/<name>-bf16), the dtype every conversion
+  # and evaluation loads it in on CUDA, half the bytes to bring back and send. Here (an earlier call on this machine,
+  # or sent), else made from $TEACHER, which is trained within this call when missing; the next call on this machine
+  # continues the training from its checkpoint
+  local trained=$TEACHER
+  TEACHER=$WORK/$(basename "$trained")-bf16
   [ -f "$TEACHER/teacher.json" ] || receive_teacher || return 3
   if [ ! -f "$TEACHER/teacher.json" ]; then
-    minutes=$(awk "BEGIN { m = ($(quality_left) - 45) / 60; print (m < 1 ? 1 : m) }")
-    run "$DIR/quality.log" "$PY" -m hybridize teacher --size "${SIZE:-small}" --out "$TEACHER" --device "$DEVICE" \
-      --set train.deterministic=true --max-minutes "$minutes"
-    [ -f "$TEACHER/teacher.json" ] || { echo "teacher not finished: run the job again"; quality_back; return 3; }
+    if [ ! -f "$trained/teacher.json" ]; then
+      minutes=$(awk "BEGIN { m = ($(quality_left) - 45) / 60; print (m < 1 ? 1 : m) }")
+      run "$DIR/quality.log" "$PY" -m hybridize teacher --size "${SIZE:-small}" --out "$trained" --device "$DEVICE" \
+        --set train.deterministic=true --max-minutes "$minutes"
+      [ -f "$trained/teacher.json" ] || { echo "teacher not finished: run the job again"; quality_back; return 3; }
+    fi
+    "$PY" - "$trained" "$TEACHER" <<'PY' | tee -a "$DIR/quality.log"
+import json, shutil, sys
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+from hybridize.provenance import weights_sha256
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+for f in src.iterdir():  # config, tokenizer, records; not run/ (checkpoints, TensorBoard) nor the weights
+    if f.is_file() and f.suffix != ".safetensors":
+        shutil.copy2(f, dst / f.name)
+for f in sorted(src.glob("*.safetensors")):
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in load_file(f).items()},
+              dst / f.name, metadata={"format": "pt"})
+config = json.loads((dst / "config.json").read_text())
+config.pop("torch_dtype", None)
+(dst / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}, indent=2))
+print(f"teacher {src} (weights {weights_sha256(src)}) in bf16: {dst} (weights {weights_sha256(dst)})")
+PY
+    [ -f "$TEACHER/teacher.json" ] || return 1
     touch "$parts/trained-here"
   fi
   "$PY" -c "from hybridize.provenance import weights_sha256; print('teacher $TEACHER', weights_sha256('$TEACHER'))"
@@ -427,7 +455,7 @@ job_quality() {
     # takes bf16 weights to ~80% (the exponent bytes), 7 parts instead of 9 for the small teacher
     if [ ! -f "$parts/teacher-part00" ]; then
       tar cf - --exclude="$(basename "$TEACHER")/run" -C "$(dirname "$TEACHER")" "$(basename "$TEACHER")" \
-        | gzip -1 | split -b 15M -d - "$parts/teacher-part"
+        | gzip -1 | split -b "${PART_SIZE:-15M}" -d - "$parts/teacher-part"
       f=$("$PY" -c "from hybridize.provenance import weights_sha256 as w; print(w('$TEACHER'))")
       (cd "$parts" && { echo "weights_sha256 $f"; sha256sum teacher-part??; } > teacher-manifest)
     fi

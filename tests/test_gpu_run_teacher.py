@@ -1,0 +1,83 @@
+"""`benchmarks/gpu_run.sh quality` keeps one teacher across GPU machines: it converts from the teacher's weights in
+bf16, brings them back in parts with a manifest of hashes, and on a fresh machine makes the same teacher from parts
+sent over several calls (refusing a corrupt part). Run here on the CPU with the shipped tiny teacher; the grid itself
+is skipped (CALL_SECONDS=0 leaves it no time)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from hybridize.provenance import weights_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "src/hybridize/assets/teacher-tiny"
+
+
+def _quality(tmp: Path, work: str, **env) -> subprocess.CompletedProcess:
+    e = {**os.environ, "DEVICE": "cpu", "WORK": str(tmp / work), "OUT": str(tmp / "out" / work),
+         "TEACHER": str(tmp / "teacher-tiny"), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"),
+         "HYBRIDIZE_COMMIT": "test", "CALL_SECONDS": "0", "N_EPISODES": "2", "MIXERS": "lightning",
+         "STATE_FROM": str(tmp / "no-state"), "PART_SIZE": "512K", "PARTS_PER_CALL": "2", **env}
+    out = subprocess.run(["bash", "benchmarks/gpu_run.sh", "quality"], cwd=ROOT, env=e, capture_output=True,
+                         text=True, timeout=600)
+    return out
+
+
+def test_teacher_goes_back_in_parts_and_comes_back_the_same(tmp_path):
+    shutil.copytree(TINY, tmp_path / "teacher-tiny")
+    (tmp_path / "teacher-tiny/run/checkpoints").mkdir(parents=True)
+    (tmp_path / "teacher-tiny/run/checkpoints/optimizer.pt").write_bytes(b"\0" * 4096)
+
+    # machine 1: the teacher cast to bf16, its parts (not run/) brought back two per call
+    out = _quality(tmp_path, "m1")
+    log = out.stdout + out.stderr
+    assert out.returncode == 3, log
+    bf16 = tmp_path / "m1/teacher-tiny-bf16"
+    weights = load_file(bf16 / "model.safetensors")
+    assert {v.dtype for v in weights.values()} == {torch.bfloat16}
+    fp32 = load_file(TINY / "model.safetensors")
+    assert all(torch.equal(weights[k], v.to(torch.bfloat16)) for k, v in fp32.items())
+    want = weights_sha256(bf16)
+    back = tmp_path / "out/m1/quality"
+    manifest = (back / "teacher-manifest").read_text()
+    assert manifest.splitlines()[0] == f"weights_sha256 {want}", manifest
+    parts = sorted(p.name for p in (tmp_path / "m1/teacher-parts").glob("teacher-part??"))
+    assert len(parts) >= 3 and sorted(p.name for p in back.glob("teacher-part??")) == parts[:2], log
+    shutil.rmtree(back)  # each device call starts with an empty OUT
+    assert _quality(tmp_path, "m1").returncode == 3  # the next call brings the next parts
+    assert sorted(p.name for p in back.glob("teacher-part??")) == parts[2:4]
+    for p in parts:  # what the calls brought back, collected here
+        shutil.copy(tmp_path / "m1/teacher-parts" / p, tmp_path / p)
+    shutil.copy(back / "teacher-manifest", tmp_path / "teacher-manifest")
+
+    # machine 2 (fresh): the parts sent over calls, as benchmarks/stage_teacher.sh stages them
+    send = tmp_path / "send"
+    env = {"TEACHER_IN": str(send), "TEACHER": str(tmp_path / "nowhere/teacher-tiny")}
+
+    def stage(names: list[str], corrupt: str | None = None) -> None:
+        shutil.rmtree(send, ignore_errors=True)
+        send.mkdir()
+        shutil.copy(tmp_path / "teacher-manifest", send)
+        for name in names:
+            shutil.copy(tmp_path / name, send)
+        if corrupt:
+            (send / corrupt).write_bytes(b"not the part")
+
+    stage(parts[:1], corrupt=parts[1])
+    out = _quality(tmp_path, "m2", **env)
+    assert out.returncode == 3 and f"1 of {len(parts)} parts" in out.stdout, out.stdout + out.stderr
+    assert f"corrupt: {parts[1]}" in out.stderr
+    assert not (tmp_path / "m2/teacher-tiny-bf16").exists()
+    stage(parts[1:])
+    out = _quality(tmp_path, "m2", **env)
+    assert f"made at {tmp_path}/m2/teacher-tiny-bf16" in out.stdout, out.stdout + out.stderr
+    assert weights_sha256(tmp_path / "m2/teacher-tiny-bf16") == want
+    # not trained here: nothing to bring back
+    assert not list((tmp_path / "out/m2/quality").glob("teacher-part??"))
