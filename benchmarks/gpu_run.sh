@@ -166,7 +166,7 @@ job_gpu_tests() {
   HYBRIDIZE_GPU_REPORT=$DIR/kernels.json run "$DIR/gpu-tests.log" \
     "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu "$@" || status=1
   run "$DIR/triton-tests-cuda.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_decode.py \
-    tests/test_triton_fused.py tests/test_triton_gemv.py || status=1
+    tests/test_triton_fused.py tests/test_triton_gemv.py tests/test_triton_linear_decode.py || status=1
   return "$status"
 }
 
@@ -558,8 +558,12 @@ job_decode_limit() {
     case $part in
       tests)
         run "$DIR/tests.log" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA -s tests/gpu/test_gemv_gpu.py \
-          || status=1
-        run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py || status=1 ;;
+          tests/gpu/test_linear_decode_gpu.py || status=1
+        # graph decode through the one-kernel linear step (Lightning / RetNet layers) against eager and dynamic
+        run "$DIR/tests.log" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu/test_decode_gpu.py \
+          -k "graph_decode_equals_eager and (lightning or retnet or mixed)" || status=1
+        run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py \
+          tests/test_triton_linear_decode.py || status=1 ;;
       gemv)
         run "$DIR/gemv.log" "$PY" benchmarks/gemv.py --model qwen3-1.7b --batches 1,8 --out "$DIR/gemv.json" \
           || status=1 ;;

@@ -141,11 +141,13 @@ class LinearMixer(RecurrentMixer):
         elif self.qkv_activation == "silu":
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.use_rope:
-            q, k = kernels.rope(q, k, info.cos, info.sin)
-        o, rec = self._recur(x, q, k, v, mask, rec, info.cu_seqlens)
+        o = self._decode_in_place(q, k, v, mask, rec, state, info)
+        if o is None:
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if self.use_rope:
+                q, k = kernels.rope(q, k, info.cos, info.sin)
+            o, rec = self._recur(x, q, k, v, mask, rec, info.cu_seqlens)
         if state is not None:
             state.update_recurrent_state(rec)
             if conv_state is not None:
@@ -166,6 +168,29 @@ class LinearMixer(RecurrentMixer):
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def _decode_log_decay(self, device: torch.device) -> Tensor | None:
+        """(H,) the fixed log decay of a mixer whose recurrence is S = exp(log_decay) S + k^T v (Lightning, RetNet),
+        else None."""
+        return None
+
+    def _decode_in_place(self, q, k, v, mask, rec, state, info: SeqInfo) -> Tensor | None:
+        """A one-token step of a fixed-decay mixer over the static cache's state, in one kernel that norms, rotates
+        and updates the state buffer in place (`kernels.linear_decode_step`); None where that does not apply (then the
+        ops run one by one, as on the CPU)."""
+        if q.shape[1] != 1 or not isinstance(state, StaticState) or rec is None:
+            return None
+        log_decay = self._decode_log_decay(q.device)
+        if log_decay is None:
+            return None
+        norm = self.q_norm is not None
+        cos, sin = (info.cos, info.sin) if self.use_rope else (None, None)
+        if not kernels.linear_decode_ok(q, k, v, rec, self.q_norm.weight if norm else None, cos):
+            return None
+        return kernels.linear_decode_step(
+            q, k, v, rec, log_decay, scale=self.scale, q_weight=self.q_norm.weight if norm else None,
+            k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6, cos=cos, sin=sin,
+            mask=mask)
 
 
 def read_state(layer) -> tuple[Tensor | None, Tensor | None]:

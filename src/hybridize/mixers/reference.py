@@ -102,6 +102,24 @@ def gla_recurrent(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float, i
     return o.to(v.dtype), S
 
 
+def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
+                       q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
+                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """One token of a fixed-decay linear mixer (Lightning, RetNet) as the eager step computes it: q/k RMSNorm (with
+    weights), RoPE, S = exp(log_decay) S + k^T v (no decay where `mask`, (B, 1), is False), o = scale q S; `state` (B, H, K, V) fp32 updated in place. The
+    reference of `triton/linear_decode.py`. Returns o (B, 1, H, V) in v's dtype."""
+    if q_weight is not None:
+        q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
+    if cos is not None:
+        q, k = apply_rope(q, k, cos, sin)
+    g = log_decay.float().view(1, 1, -1).expand(*q.shape[:3])
+    if mask is not None:  # padded tokens (zero k and v) do not decay the state
+        g = torch.where(mask.view(*mask.shape, 1), g, torch.zeros_like(g))
+    o, new = gla_recurrent(q, k, v, g, scale=scale, initial_state=state)
+    state.copy_(new)
+    return o
+
+
 @_per_document
 def gated_delta_rule_recurrent(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, *, scale: float, initial_state: Tensor | None = None

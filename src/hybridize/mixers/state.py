@@ -125,7 +125,8 @@ class StaticState(LinearAttentionLayer):
             self.is_conv_states_initialized[0] = True
 
     def update_recurrent_state(self, recurrent_states: Tensor, state_idx: int = 0, **kwargs) -> Tensor:
-        self.recurrent_states[state_idx].copy_(recurrent_states)
+        if recurrent_states is not self.recurrent_states[state_idx]:  # a step that updated the buffer in place: no copy
+            self.recurrent_states[state_idx].copy_(recurrent_states)
         self.has_previous_state[state_idx] = True
         return self.recurrent_states[state_idx]
 

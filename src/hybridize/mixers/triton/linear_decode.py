@@ -1,0 +1,143 @@
+"""One-token decode step of the fixed-decay linear mixers (Lightning, RetNet) in one kernel, state updated in place.
+
+Per layer and token the eager step is: RMSNorm of q, RMSNorm of k, RoPE of both, then fla's `fused_recurrent_simple_gla`
+(which allocates its output and a new final state around its kernel), the copy of that state into the cache's buffer
+and a cast of the output: about eight launches for a few KB of activations and the (B, H, K, V) state. Here:
+
+    q, k = RMSNorm(q) * wq, RMSNorm(k) * wk          (optional: the mixer's q/k norm)
+    q, k = RoPE(q), RoPE(k)                          (optional: rotate-half, cos / sin of the token's position)
+    S = exp(log_decay_h) S + k^T v                   (S: (K, V) fp32 per (batch, head), written back in place)
+    o = (scale q) S                                  (in v's dtype)
+
+one program per (batch, head, block of V), each holding its (K, BLOCK_V) block of the state. The norms and the
+rotation of one head's q and k are recomputed by each of its V blocks (a few hundred flops, no second launch).
+Roundings follow the reference (`hybridize.mixers.reference.linear_decode_step`, the ops the eager step runs): q and
+k rounded to their dtype after the norm, after the weight and after each RoPE product and sum, as those ops round;
+the recurrence in fp32 as fla's kernel and `reference.gla_recurrent` compute it. Inference only.
+
+Importing this module imports Triton; only `kernels.py` imports it, on first use.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused import _round, _warps
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _norm_rope(X, W, c1, c2, s1, s2, half, h_ok, inv_D, eps,
+               HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr):
+    """One head vector at X (contiguous D = 2 * HALF values) as two fp32 halves, normed and rotated as the reference
+    rounds: each half's values are representable in X's dtype."""
+    dt = X.dtype.element_ty
+    x1 = tl.load(X + half, mask=h_ok, other=0.0).to(tl.float32)
+    x2 = tl.load(X + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        r = tl.math.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) * inv_D + eps)
+        w1 = tl.load(W + half, mask=h_ok, other=0.0).to(tl.float32)
+        w2 = tl.load(W + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+        x1 = _round(w1 * _round(x1 * r, dt, INTERPRETER), dt, INTERPRETER)
+        x2 = _round(w2 * _round(x2 * r, dt, INTERPRETER), dt, INTERPRETER)
+    if HAS_ROPE:
+        a1 = _round(x1 * c1, dt, INTERPRETER)
+        b1 = _round(-x2 * s1, dt, INTERPRETER)
+        a2 = _round(x2 * c2, dt, INTERPRETER)
+        b2 = _round(x1 * s2, dt, INTERPRETER)
+        x1 = _round(a1 + b1, dt, INTERPRETER)
+        x2 = _round(a2 + b2, dt, INTERPRETER)
+    return x1, x2
+
+
+@triton.jit
+def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
+                          H, HV_BLOCKS, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sc_b, ss_b, scale, inv_D, eps,
+                          HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_V: tl.constexpr,
+                          HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_MASK: tl.constexpr,
+                          INTERPRETER: tl.constexpr):
+    pid = tl.program_id(0)  # (batch, head, V block)
+    vb = pid % HV_BLOCKS
+    bh = pid // HV_BLOCKS
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    half = tl.arange(0, BLOCK_HALF)
+    h_ok = half < HALF
+    c1 = tl.zeros([BLOCK_HALF], tl.float32)
+    c2 = c1
+    s1 = c1
+    s2 = c1
+    if HAS_ROPE:
+        c1 = tl.load(COS + b * sc_b + half, mask=h_ok, other=0.0).to(tl.float32)
+        c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
+        s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+    q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, inv_D, eps,
+                        HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
+    k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, inv_D, eps,
+                        HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
+    cols = vb * BLOCK_V + tl.arange(0, BLOCK_V)
+    v_ok = cols < DV
+    v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32)
+    g = tl.load(G + h).to(tl.float32)
+    if HAS_MASK:  # a padded token (its k and v are zero already) leaves the state undecayed, as the reference does
+        g = tl.where(tl.load(MASK + b) != 0, g, 0.0)
+    decay = tl.exp(g)
+    # the state of this (batch, head): rows 0 .. HALF - 1 and HALF .. 2 HALF - 1, the V block's columns
+    base = S + (b * H + h) * (2 * HALF) * DV
+    m = h_ok[:, None] & v_ok[None, :]
+    p1 = base + half.to(tl.int64)[:, None] * DV + cols[None, :]
+    p2 = p1 + HALF * DV
+    s_1 = tl.load(p1, mask=m, other=0.0) * decay + k1[:, None] * v[None, :]
+    s_2 = tl.load(p2, mask=m, other=0.0) * decay + k2[:, None] * v[None, :]
+    tl.store(p1, s_1, mask=m)
+    tl.store(p2, s_2, mask=m)
+    o = tl.sum(s_1 * (q1 * scale)[:, None], axis=0) + tl.sum(s_2 * (q2 * scale)[:, None], axis=0)
+    tl.store(O + (b * H + h) * DV + cols, o.to(O.dtype.element_ty), mask=v_ok)
+
+
+def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
+                       q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
+                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """q, k: (B, 1, H, D), v: (B, 1, H, DV) (any strides but the last: slices of a fused projection); state: (B, H, D,
+    DV) fp32 contiguous, updated in place; log_decay: (H,) fp32; q_weight / k_weight: (D,) q/k RMSNorm weights (both
+    or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token (no decay:
+    the state stays as it is). D even. Returns o (B, 1, H, DV) in v's
+    dtype."""
+    B, T, H, D = q.shape
+    DV = v.shape[-1]
+    if T != 1 or k.shape != q.shape or v.shape[:3] != (B, 1, H) or D % 2:
+        raise ValueError(f"one token of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, even head dim")
+    if state.shape != (B, H, D, DV) or state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"state must be ({B}, {H}, {D}, {DV}) fp32 contiguous, got {tuple(state.shape)} "
+                         f"{state.dtype}")
+    if (q_weight is None) != (k_weight is None) or (cos is None) != (sin is None):
+        raise ValueError("give both q_weight and k_weight or neither, both cos and sin or neither")
+    if log_decay.shape != (H,):
+        raise ValueError(f"log_decay must be ({H},), got {tuple(log_decay.shape)}")
+    has_rope = cos is not None
+    if has_rope:
+        if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, D):
+            raise ValueError(f"cos / sin must be (B or 1, 1, {D}), got {tuple(cos.shape)} / {tuple(sin.shape)}")
+        cos, sin = cos.expand(B, 1, D), sin.expand(B, 1, D)
+    q, k, v = (a if a.stride(-1) == 1 else a.contiguous() for a in (q, k, v))
+    o = torch.empty((B, 1, H, DV), dtype=v.dtype, device=q.device)
+    half = D // 2
+    BLOCK_HALF = triton.next_power_of_2(half)
+    BLOCK_V = min(triton.next_power_of_2(DV), max(16, 4096 // (2 * BLOCK_HALF)))
+    blocks = triton.cdiv(DV, BLOCK_V)
+    norm = q_weight is not None
+    _linear_decode_kernel[(B * H * blocks,)](
+        q, k, v, q_weight if norm else q, k_weight if norm else k, cos if has_rope else q, sin if has_rope else q,
+        log_decay.float().contiguous(), q if mask is None else mask.reshape(B), state, o,
+        H, blocks, q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
+        cos.stride(0) if has_rope else 0, sin.stride(0) if has_rope else 0, float(scale), 1.0 / D, float(eps),
+        HALF=half, DV=DV, BLOCK_HALF=BLOCK_HALF, BLOCK_V=BLOCK_V, HAS_NORM=norm, HAS_ROPE=has_rope,
+        HAS_MASK=mask is not None,
+        INTERPRETER=not q.is_cuda, num_warps=_warps(2 * BLOCK_HALF * BLOCK_V),
+        enable_fp_fusion=False,  # the norm's sum of squares and RoPE's products as torch computes them: no fma
+    )
+    return o
