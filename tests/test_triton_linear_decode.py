@@ -75,18 +75,22 @@ def test_dispatch(monkeypatch, triton_device):
     """CPU tensors (or autograd on) run the reference; with fused inference on, the kernel, except where the dtypes
     differ (the reference rounds the norm's product to the promoted dtype) or the head dim is odd."""
     q, k, v, state, log_decay, w = _step_inputs(1, 2, 16, 16, torch.bfloat16, triton_device, True, True)
-    assert not kernels.linear_decode_ok(q.cpu(), k.cpu(), v.cpu(), state.cpu(), w["q_weight"], w["cos"])
+    x = torch.randn(1, 1, 44, device=triton_device).to(torch.bfloat16)
+    heads = (2, 16, 16)
+    assert not kernels.linear_decode_ok(x.cpu(), heads, state.cpu(), w["q_weight"].cpu(), w["cos"].cpu())
     monkeypatch.setattr(kernels, "fused_inference", lambda x: True)
     with torch.no_grad():
-        assert kernels.linear_decode_ok(q, k, v, state, w["q_weight"], w["cos"])
-        assert not kernels.linear_decode_ok(q, k, v, state, w["q_weight"].float(), w["cos"])
-        assert not kernels.linear_decode_ok(q, k, v, state, w["q_weight"], w["cos"].float())
-        q9 = q[..., :9]
-        assert not kernels.linear_decode_ok(q9, q9, v, state[..., :9, :], None, None)
+        assert kernels.linear_decode_ok(x, heads, state, w["q_weight"], w["cos"])
+        assert kernels.linear_decode_ok(x, heads, state, None, None)
+        assert not kernels.linear_decode_ok(x, heads, state, w["q_weight"].float(), w["cos"])
+        assert not kernels.linear_decode_ok(x, heads, state, w["q_weight"], w["cos"].float())
+        assert not kernels.linear_decode_ok(x, (2, 9, 16), state[..., :9, :].contiguous(), None, None)
+        assert not kernels.linear_decode_ok(x.expand(1, 2, 44), heads, state, None, None)
         ref_state = state.clone()
         out = kernels.linear_decode_step(q, k, v, state, log_decay, scale=0.25, **w)
         ref = reference.linear_decode_step(q, k, v, ref_state, log_decay, scale=0.25, **w)
     assert_close(out, ref, "dispatched linear decode step")
+    assert_close(state, ref_state, "dispatched state", dtype=torch.float32)
 
 
 @pytest.mark.parametrize("mixer", ["lightning", "retnet"])
@@ -121,16 +125,16 @@ def test_model_decode_over_static_cache(monkeypatch, triton_device, mixer, dtype
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_kernel_with_a_padded_token(kernel, triton_device, dtype):
-    """mask (B, 1) False: that row's token is padding (the mixer zeroed its k and v): its state is neither decayed nor
-    written, as in the reference; the other row's step is the usual one."""
+    """mask (B, 1) False: that row's token is padding: its q, k, v count as zero (the eager step zeroes its input), so
+    its state is neither decayed nor written and its output is zero, as in the reference; the other row's step is the
+    usual one."""
     q, k, v, state, log_decay, w = _step_inputs(2, 3, 16, 24, dtype, triton_device, True, True)
-    k, v = k.clone(), v.clone()
-    k[1], v[1] = 0, 0
     mask = torch.tensor([[True], [False]], device=triton_device)
     ref_state, before = state.clone(), state.clone()
     ref = reference.linear_decode_step(q, k, v, ref_state, log_decay, scale=0.25, mask=mask, **w)
     out = kernel(q, k, v, state, log_decay, scale=0.25, mask=mask, **w)
     assert torch.equal(ref_state[1], before[1]) and torch.equal(state[1], before[1])
     assert not torch.equal(state[0], before[0])
+    assert not out[1].any() and not ref[1].any()
     assert_close(state, ref_state, f"masked state {dtype}", dtype=torch.float32)
     assert_close(out, ref, f"masked o {dtype}")

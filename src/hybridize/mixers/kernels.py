@@ -156,27 +156,30 @@ def _rope_fusable(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> bool:
             and cos.shape[0] in (1, B) and cos.shape[1] in (1, T))
 
 
-def linear_decode_ok(q: Tensor, k: Tensor, v: Tensor, state: Tensor, q_weight: Tensor | None,
+def linear_decode_ok(x: Tensor, heads: tuple[int, int, int], state: Tensor, q_weight: Tensor | None,
                      cos: Tensor | None) -> bool:
-    """Whether `linear_decode_step` takes this one-token step: fused inference, one token, one dtype for q, k, v (and
-    the norm weights and RoPE tables, whose products the reference rounds to it), an fp32 contiguous (B, H, K, V)
-    state, an even head dim of at most 256 (the two halves of one head in registers)."""
-    if not _fusable(q, k, v) or q.dim() != 4 or q.shape[1] != 1 or k.shape != q.shape:
+    """Whether `linear_decode_step` takes the one-token step of input x (B, 1, hidden) with `heads` (H, K, V) (q, k,
+    v in x's dtype): fused inference, the norm weights and RoPE tables in x's dtype (the reference rounds their
+    products to it), an fp32 contiguous (B, H, K, V) state, an even head dim of at most 256 (the two halves of one
+    head in registers)."""
+    if not _fusable(x) or x.dim() != 3 or x.shape[1] != 1:
         return False
-    B, _, H, D = q.shape
-    return (q.dtype == k.dtype == v.dtype and D % 2 == 0 and D <= 256 and state.dtype == torch.float32
-            and state.is_contiguous() and state.shape == (B, H, D, v.shape[-1])
-            and (q_weight is None or q_weight.dtype == q.dtype) and (cos is None or cos.dtype == q.dtype))
+    H, K, V = heads
+    return (K % 2 == 0 and K <= 256 and state.dtype == torch.float32 and state.is_contiguous()
+            and state.shape == (x.shape[0], H, K, V) and (q_weight is None or q_weight.dtype == x.dtype)
+            and (cos is None or cos.dtype == x.dtype))
 
 
 def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
                        cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """One decode token of a fixed-decay linear mixer: q/k norm, RoPE, S = exp(log_decay) S + k^T v (state updated
-    in place; none where `mask` (B, 1) is False), o = scale q S, in one kernel where `linear_decode_ok` says so (`triton/linear_decode.py`), else
+    in place; none where `mask` (B, 1) is False, whose q, k, v count as zero), o = scale q S, in one kernel
+    where `linear_decode_ok` says so (`triton/linear_decode.py`), else
     `reference.linear_decode_step`. Returns o (B, 1, H, V)."""
     args = dict(scale=scale, q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin, mask=mask)
-    if linear_decode_ok(q, k, v, state, q_weight, cos):
+    if (q.dim() == 4 and q.dtype == k.dtype == v.dtype and k.shape == q.shape
+            and linear_decode_ok(q[:, :, 0], (q.shape[2], q.shape[3], v.shape[-1]), state, q_weight, cos)):
         from .triton.linear_decode import linear_decode_step as kernel
 
         with _on_device(q):

@@ -128,11 +128,12 @@ class LinearMixer(RecurrentMixer):
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         mask = info.token_mask  # (B, T) or None
-        if mask is not None:
-            x = x * mask.unsqueeze(-1).to(x.dtype)
         rec, conv_state = read_state(state)
+        log_decay = self._decode_in_place(x, rec, state, info)  # not None: the one-kernel step, which masks by itself
+        if mask is not None and log_decay is None:
+            x = x * mask.unsqueeze(-1).to(x.dtype)
         q, k, v, gate = project(self, x, self.fused_projections)  # one matmul once fused
-        if mask is not None and self.v_proj.bias is not None:  # biases would make padded k, v non-zero
+        if mask is not None and log_decay is None and self.v_proj.bias is not None:  # biases make padded k, v non-zero
             keep = mask.unsqueeze(-1).to(x.dtype)
             q, k, v = q * keep, k * keep, v * keep
         if self.conv is not None:
@@ -141,8 +142,13 @@ class LinearMixer(RecurrentMixer):
         elif self.qkv_activation == "silu":
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
-        o = self._decode_in_place(q, k, v, mask, rec, state, info)
-        if o is None:
+        if log_decay is not None:
+            norm = self.q_norm is not None
+            o = kernels.linear_decode_step(
+                q, k, v, rec, log_decay, scale=self.scale, q_weight=self.q_norm.weight if norm else None,
+                k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
+                cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, mask=mask)
+        else:
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
             if self.use_rope:
@@ -174,23 +180,23 @@ class LinearMixer(RecurrentMixer):
         else None."""
         return None
 
-    def _decode_in_place(self, q, k, v, mask, rec, state, info: SeqInfo) -> Tensor | None:
-        """A one-token step of a fixed-decay mixer over the static cache's state, in one kernel that norms, rotates
-        and updates the state buffer in place (`kernels.linear_decode_step`); None where that does not apply (then the
-        ops run one by one, as on the CPU)."""
-        if q.shape[1] != 1 or not isinstance(state, StaticState) or rec is None:
+    def _decode_in_place(self, x: Tensor, rec: Tensor | None, state, info: SeqInfo) -> Tensor | None:
+        """The log decay when this call is a one-token step that `kernels.linear_decode_step` takes in one kernel
+        (a fixed-decay mixer without short convolution or q/k/v activation, over the static cache's state buffer,
+        which it updates in place; padded tokens masked inside the kernel), else None: then the ops run one by one,
+        as on the CPU."""
+        if (x.shape[1] != 1 or not isinstance(state, StaticState) or rec is None or self.conv is not None
+                or self.qkv_activation is not None or self.q_proj.weight.dtype != x.dtype
+                or torch.is_autocast_enabled(x.device.type)):
             return None
-        log_decay = self._decode_log_decay(q.device)
+        log_decay = self._decode_log_decay(x.device)
         if log_decay is None:
             return None
-        norm = self.q_norm is not None
-        cos, sin = (info.cos, info.sin) if self.use_rope else (None, None)
-        if not kernels.linear_decode_ok(q, k, v, rec, self.q_norm.weight if norm else None, cos):
+        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
+        if not kernels.linear_decode_ok(x, (H, K, V), rec, self.q_norm.weight if self.q_norm is not None else None,
+                                        info.cos if self.use_rope else None):
             return None
-        return kernels.linear_decode_step(
-            q, k, v, rec, log_decay, scale=self.scale, q_weight=self.q_norm.weight if norm else None,
-            k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6, cos=cos, sin=sin,
-            mask=mask)
+        return log_decay
 
 
 def read_state(layer) -> tuple[Tensor | None, Tensor | None]:

@@ -106,15 +106,18 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
                        cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """One token of a fixed-decay linear mixer (Lightning, RetNet) as the eager step computes it: q/k RMSNorm (with
-    weights), RoPE, S = exp(log_decay) S + k^T v (no decay where `mask`, (B, 1), is False), o = scale q S; `state` (B, H, K, V) fp32 updated in place. The
+    weights), RoPE, S = exp(log_decay) S + k^T v, o = scale q S (where `mask` (B, 1) is False, q, k, v count as zero and
+    the state is not decayed); `state` (B, H, K, V) fp32 updated in place. The
     reference of `triton/linear_decode.py`. Returns o (B, 1, H, V) in v's dtype."""
+    g = log_decay.float().view(1, 1, -1).expand(*q.shape[:3])
+    if mask is not None:  # a padded token: zero q, k, v (the eager step zeroes its input), no decay
+        keep = mask.view(*mask.shape, 1, 1).to(q.dtype)
+        q, k, v = q * keep, k * keep, v * keep
+        g = torch.where(mask.view(*mask.shape, 1), g, torch.zeros_like(g))
     if q_weight is not None:
         q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
     if cos is not None:
         q, k = apply_rope(q, k, cos, sin)
-    g = log_decay.float().view(1, 1, -1).expand(*q.shape[:3])
-    if mask is not None:  # padded tokens (zero k and v) do not decay the state
-        g = torch.where(mask.view(*mask.shape, 1), g, torch.zeros_like(g))
     o, new = gla_recurrent(q, k, v, g, scale=scale, initial_state=state)
     state.copy_(new)
     return o

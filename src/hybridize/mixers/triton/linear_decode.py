@@ -30,13 +30,13 @@ Tensor = torch.Tensor
 
 
 @triton.jit
-def _norm_rope(X, W, c1, c2, s1, s2, half, h_ok, inv_D, eps,
+def _norm_rope(X, W, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr):
     """One head vector at X (contiguous D = 2 * HALF values) as two fp32 halves, normed and rotated as the reference
-    rounds: each half's values are representable in X's dtype."""
+    rounds: each half's values are representable in X's dtype. keep 0: a padded token, whose vector is zero."""
     dt = X.dtype.element_ty
-    x1 = tl.load(X + half, mask=h_ok, other=0.0).to(tl.float32)
-    x2 = tl.load(X + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+    x1 = tl.load(X + half, mask=h_ok, other=0.0).to(tl.float32) * keep
+    x2 = tl.load(X + HALF + half, mask=h_ok, other=0.0).to(tl.float32) * keep
     if HAS_NORM:
         r = tl.math.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) * inv_D + eps)
         w1 = tl.load(W + half, mask=h_ok, other=0.0).to(tl.float32)
@@ -75,17 +75,17 @@ def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
         c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
         s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
         s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-    q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, inv_D, eps,
+    keep = 1.0
+    if HAS_MASK:  # a padded token: q, k, v count as zero (the eager step zeroes its input) and the state keeps as is
+        keep = tl.where(tl.load(MASK + b) != 0, 1.0, 0.0)
+    q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
-    k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, inv_D, eps,
+    k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
     cols = vb * BLOCK_V + tl.arange(0, BLOCK_V)
     v_ok = cols < DV
-    v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32)
-    g = tl.load(G + h).to(tl.float32)
-    if HAS_MASK:  # a padded token (its k and v are zero already) leaves the state undecayed, as the reference does
-        g = tl.where(tl.load(MASK + b) != 0, g, 0.0)
-    decay = tl.exp(g)
+    v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32) * keep
+    decay = tl.exp(tl.load(G + h).to(tl.float32) * keep)
     # the state of this (batch, head): rows 0 .. HALF - 1 and HALF .. 2 HALF - 1, the V block's columns
     base = S + (b * H + h) * (2 * HALF) * DV
     m = h_ok[:, None] & v_ok[None, :]
@@ -104,8 +104,8 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
                        cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """q, k: (B, 1, H, D), v: (B, 1, H, DV) (any strides but the last: slices of a fused projection); state: (B, H, D,
     DV) fp32 contiguous, updated in place; log_decay: (H,) fp32; q_weight / k_weight: (D,) q/k RMSNorm weights (both
-    or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token (no decay:
-    the state stays as it is). D even. Returns o (B, 1, H, DV) in v's
+    or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token (its q, k, v
+    count as zero, no decay: the state stays as it is, the output is zero). D even. Returns o (B, 1, H, DV) in v's
     dtype."""
     B, T, H, D = q.shape
     DV = v.shape[-1]
@@ -123,6 +123,8 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
         if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, D):
             raise ValueError(f"cos / sin must be (B or 1, 1, {D}), got {tuple(cos.shape)} / {tuple(sin.shape)}")
         cos, sin = cos.expand(B, 1, D), sin.expand(B, 1, D)
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     q, k, v = (a if a.stride(-1) == 1 else a.contiguous() for a in (q, k, v))
     o = torch.empty((B, 1, H, DV), dtype=v.dtype, device=q.device)
     half = D // 2
