@@ -100,6 +100,21 @@ def test_rms_norm_strided_inputs(fused, triton_device, case):
     differing(out, ref, f"rms_norm {case}")
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", [(2, 1, 44), (3, 5, 130), (1, 1, 2048)])
+def test_add_rms_norm_matches_reference(fused, triton_device, dtype, shape):
+    """The residual add and the norm after it in one kernel: the sum bit for bit (one rounding, as torch's add), the
+    norm as rms_norm's."""
+    x, h = (3 * torch.randn(shape, device=triton_device)).to(dtype), torch.randn(shape, device=triton_device).to(dtype)
+    w = (1 + 0.5 * torch.randn(shape[-1], device=triton_device)).to(dtype)
+    s, y = fused.add_rms_norm(x, h, w, 1e-6)
+    assert torch.equal(s, x + h)
+    ref = rms_norm(x + h, w, 1e-6)
+    assert y.dtype == ref.dtype and y.shape == ref.shape
+    assert_close(y, ref, f"add_rms_norm {shape}")
+    differing(y, ref, f"add_rms_norm {shape} {dtype}")
+
 # ------------------------------------------------------------------------------------------------------------- RoPE
 
 
@@ -243,7 +258,7 @@ def test_model_with_fused_ops_matches_reference(monkeypatch, triton_device, dtyp
     def run(fused_on: bool):
         monkeypatch.setattr(kernels, "fused_inference", lambda x: fused_on)
         spy = []
-        for name in ("rms_norm", "rope", "silu_mul", "rms_norm_gated"):
+        for name in ("rms_norm", "rope", "silu_mul", "rms_norm_gated", "add_rms_norm"):
             fn = getattr(kernels, name)
             monkeypatch.setattr(kernels, name, lambda *a, _fn=fn, _name=name: spy.append(_name) or _fn(*a))
         with torch.no_grad(), kernels.force_backend("torch"):
@@ -251,7 +266,7 @@ def test_model_with_fused_ops_matches_reference(monkeypatch, triton_device, dtyp
             prefill = model(ids[:, :8], past_key_values=cache, use_cache=True).logits
             step = model(ids[:, 8:], past_key_values=cache, use_cache=True).logits
         monkeypatch.undo()
-        assert {"rms_norm", "rope", "silu_mul", "rms_norm_gated"} <= set(spy)
+        assert {"rms_norm", "rope", "silu_mul", "rms_norm_gated", "add_rms_norm"} <= set(spy)
         return torch.cat([prefill, step], dim=1).float()
 
     ref, out = run(False), run(True)

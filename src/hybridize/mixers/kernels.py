@@ -127,6 +127,16 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return reference.rms_norm(x, weight, eps)
 
 
+def add_rms_norm(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(x + h, RMSNorm(x + h)): the residual add and the norm after it, one fused kernel at inference on the GPU,
+    else `x + h` and `reference.rms_norm`."""
+    if _fusable(x, h, weight) and weight.dim() == 1 and h.shape == x.shape and h.dtype == x.dtype:
+        with _on_device(x):
+            return _fused().add_rms_norm(x, h, weight, eps)
+    s = x + h
+    return s, reference.rms_norm(s, weight, eps)
+
+
 def rms_norm_gated(x: Tensor, weight: Tensor, eps: float, gate: Tensor, activation: str) -> Tensor:
     """RMSNorm(x) * act(gate) with act "sigmoid" or "silu" (the linear mixers' output norm and gate): one fused
     kernel at inference on the GPU, else those ops."""

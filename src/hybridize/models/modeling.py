@@ -93,10 +93,21 @@ class HybridBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = HybridMLP(config)
 
-    def forward(self, x: torch.Tensor, info: SeqInfo, state=None) -> torch.Tensor:
-        h, _ = self.mixer(self.input_layernorm(x), info, state)
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, info: SeqInfo, state=None, delta: torch.Tensor | None = None,
+                defer: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x + mixer(norm(x)), then + mlp(norm(.)). Each residual add and the norm after it are one call
+        (`kernels.add_rms_norm`: one kernel at inference on the GPU). `delta`: the previous block's last term, not yet
+        added (this block's input is x + delta), so that add fuses with this block's input norm too; `defer`: return
+        (x, mlp term) unsummed for the next block (or the final norm) to add."""
+        if delta is None:
+            normed = self.input_layernorm(x)
+        else:
+            x, normed = kernels.add_rms_norm(x, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+        h, _ = self.mixer(normed, info, state)
+        norm = self.post_attention_layernorm
+        x, normed = kernels.add_rms_norm(x, h, norm.weight, norm.eps)
+        out = self.mlp(normed)
+        return (x, out) if defer else x + out
 
 
 class HybridPreTrainedModel(PreTrainedModel):
@@ -169,11 +180,22 @@ class HybridModel(HybridPreTrainedModel):
         else:
             info = self.seq_info(x, attention_mask, position_ids, past_length(past_key_values), cu_seqlens)
         hidden_states = [] if output_hidden_states else None
+        # at inference each block's last residual add is left to the next block's input norm (one fused kernel);
+        # training and callers of every layer's output take the plain sums
+        defer = hidden_states is None and not torch.is_grad_enabled()
+        delta = None
         for i, layer in enumerate(self.layers):
             if hidden_states is not None:
                 hidden_states.append(x)
-            x = layer(x, info, None if past_key_values is None else past_key_values.layers[i])
-        x = self.norm(x)
+            state = None if past_key_values is None else past_key_values.layers[i]
+            if defer:
+                x, delta = layer(x, info, state, delta=delta, defer=True)
+            else:
+                x = layer(x, info, state)
+        if delta is not None:
+            _, x = kernels.add_rms_norm(x, delta, self.norm.weight, self.norm.eps)
+        else:
+            x = self.norm(x)
         if hidden_states is not None:
             hidden_states.append(x)
         if isinstance(past_key_values, (HybridCache, HybridStaticCache)):

@@ -8,6 +8,7 @@ References (the PyTorch code they replace; `hybridize.mixers.kernels` chooses be
 * `rms_norm`: `hybridize.mixers.reference.rms_norm` (`RMSNorm.forward`).
 * `apply_rope`: `hybridize.mixers.reference.apply_rope` (rotate-half RoPE on q and k, one launch for both).
 * `silu_mul`: `F.silu(gate) * up` (`HybridMLP` with hidden_act="silu").
+* `add_rms_norm`: the residual add and the next RMSNorm (`s = x + h; rms_norm(s, w, eps)`, `HybridBlock`).
 
 Rounding follows the references step by step: every intermediate torch rounds to the tensor dtype (bf16 / fp16) is
 rounded here too, so outputs agree bit for bit except where the fp32 arithmetic itself differs: the order of the
@@ -126,6 +127,49 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, gate: Tensor | None = None, 
         enable_fp_fusion=False,  # x * x summed as torch does: each square rounded, no fma
     )
     return out
+
+
+@triton.jit
+def _add_rms_norm_kernel(X, H, W, S, Y, n_rows, D, inv_D, eps,
+                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRETER: tl.constexpr):
+    # s = x + h (the residual stream, rounded to its dtype as torch's add rounds), y = RMSNorm(s) * w: contiguous rows
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
+    offs = rows.to(tl.int64)[:, None] * D + cols[None, :]
+    sdt = S.dtype.element_ty
+    s = _round(tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+               + tl.load(H + offs, mask=mask, other=0.0).to(tl.float32), sdt, INTERPRETER)
+    tl.store(S + offs, s.to(sdt), mask=mask)
+    r = tl.math.rsqrt(tl.sum(s * s, axis=1) * inv_D + eps)
+    n = _round(s * r[:, None], sdt, INTERPRETER)
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(Y + offs, _round(w[None, :] * n, Y.dtype.element_ty, INTERPRETER).to(Y.dtype.element_ty), mask=mask)
+
+
+def add_rms_norm(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(s, y): s = x + h, y = RMSNorm(s) * weight (reference: `s = x + h; rms_norm(s, weight, eps)`), one kernel that
+    reads x and h once. x, h: one shape and dtype (any leading shape, last dim D); weight: (D,). s in x's dtype, y in
+    torch's promotion of (weight.dtype, x.dtype), both contiguous."""
+    D = x.shape[-1]
+    if h.shape != x.shape or h.dtype != x.dtype:
+        raise ValueError(f"x {tuple(x.shape)} {x.dtype} and h {tuple(h.shape)} {h.dtype} must match")
+    if weight.shape != (D,):
+        raise ValueError(f"weight must have shape ({D},), got {tuple(weight.shape)}")
+    x, h = x.contiguous(), h.contiguous()
+    s = torch.empty_like(x)
+    y = torch.empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype), device=x.device)
+    n_rows = x.numel() // D if D else 0
+    if n_rows:
+        BLOCK_D = triton.next_power_of_2(D)
+        BLOCK_R = max(1, min(triton.next_power_of_2(n_rows), 4096 // BLOCK_D))
+        _add_rms_norm_kernel[(triton.cdiv(n_rows, BLOCK_R),)](
+            x, h, weight.contiguous(), s, y, n_rows, D, 1.0 / D, float(eps), BLOCK_R=BLOCK_R, BLOCK_D=BLOCK_D,
+            INTERPRETER=not x.is_cuda, num_warps=_warps(BLOCK_R * BLOCK_D),
+            enable_fp_fusion=False,  # s * s summed as torch does: each square rounded, no fma
+        )
+    return s, y
 
 
 # ---------------------------------------------------------------------------------------------------------------------
