@@ -51,6 +51,17 @@ class Attention(Mixer):
         q = q.view(B, T, self.num_heads, self.head_dim)
         k = k.view(B, T, self.num_kv_heads, self.head_dim)
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
+        if self._one_kernel_prologue(q, k, v, info, state):
+            # the decode step on a GPU: norms, RoPE and the cache write in one kernel, then the split-K attention
+            norm = self.q_norm is not None
+            q_pos = info.query_positions(q.device)
+            q = kernels.attention_decode_prologue(
+                q, k, v, state.keys, state.values, q_pos, q_weight=self.q_norm.weight if norm else None,
+                k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
+                cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None)
+            o = kernels.decode_attention(q.view(B, self.num_kv_heads, -1, self.head_dim), state.keys, state.values,
+                                         q_pos, info.padding_mask, self.scaling)
+            return self._out(o.reshape(B, 1, self.num_heads * self.head_dim), gate), state
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
@@ -90,6 +101,16 @@ class Attention(Mixer):
         mask = self._mask(info, q_pos, k_pos, contiguous)
         o = self._attend(q, k, v, mask)
         return self._out(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim), gate), state
+
+    def _one_kernel_prologue(self, q: Tensor, k: Tensor, v: Tensor, info: SeqInfo, state) -> bool:
+        """A one-token step over a full-attention static buffer whose norms, RoPE and cache write one kernel takes
+        (`kernels.attention_decode_prologue`), and whose attention the decode kernel takes; not with HyPE's query
+        scale (then the ops run one by one)."""
+        return (q.shape[1] == 1 and isinstance(state, StaticKV) and state.window is None and info.cu_seqlens is None
+                and self.hype_a is None and kernels.decode_attention_ok(q)
+                and kernels.attention_prologue_ok(q, k, v, state.keys,
+                                                  self.q_norm.weight if self.q_norm is not None else None,
+                                                  info.cos if self.use_rope else None))
 
     def _bounded(self, q: Tensor, k: Tensor, v: Tensor, info: SeqInfo) -> bool:
         """Whether a chunk after a cached prefix runs `blocked_attention.attend`: SDPA would build a mask or K/V

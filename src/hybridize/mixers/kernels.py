@@ -166,6 +166,34 @@ def _rope_fusable(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> bool:
             and cos.shape[0] in (1, B) and cos.shape[1] in (1, T))
 
 
+def attention_prologue_ok(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, q_weight: Tensor | None,
+                          cos: Tensor | None) -> bool:
+    """Whether `attention_decode_prologue` takes this one-token step in one kernel: fused inference, q, k, v and the
+    cache in one dtype (and the norm weights and RoPE tables: the reference rounds their products to it), an even
+    head dim of at most 256."""
+    if not _fusable(q, k, v) or q.dim() != 4 or q.shape[1] != 1 or k.dim() != 4 or v.shape != k.shape:
+        return False
+    D = q.shape[-1]
+    return (q.dtype == k.dtype == v.dtype == keys.dtype and D % 2 == 0 and D <= 256 and k.shape[-1] == D
+            and keys.stride(-1) == 1 and (q_weight is None or q_weight.dtype == q.dtype)
+            and (cos is None or cos.dtype == q.dtype))
+
+
+def attention_decode_prologue(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, values: Tensor, pos: Tensor, *,
+                              q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
+                              cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
+    """An attention layer's decode token before the attention: q/k norm, RoPE, k and v into the static cache's
+    buffers at slot `pos`; one kernel where `attention_prologue_ok` says so (`triton/attention_prologue.py`), else
+    `reference.attention_decode_prologue`. Returns q (B, 1, H, D)."""
+    args = dict(q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin)
+    if attention_prologue_ok(q, k, v, keys, q_weight, cos):
+        from .triton.attention_prologue import attention_decode_prologue as kernel
+
+        with _on_device(q):
+            return kernel(q, k, v, keys, values, pos, **args)
+    return reference.attention_decode_prologue(q, k, v, keys, values, pos, **args)
+
+
 def linear_decode_ok(x: Tensor, heads: tuple[int, int, int], state: Tensor, q_weight: Tensor | None,
                      cos: Tensor | None) -> bool:
     """Whether `linear_decode_step` takes the one-token step of input x (B, 1, hidden) with `heads` (H, K, V) (q, k,

@@ -24,33 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import _round, _warps
+from .fused import _norm_rope, _warps
 
 Tensor = torch.Tensor
-
-
-@triton.jit
-def _norm_rope(X, W, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
-               HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr):
-    """One head vector at X (contiguous D = 2 * HALF values) as two fp32 halves, normed and rotated as the reference
-    rounds: each half's values are representable in X's dtype. keep 0: a padded token, whose vector is zero."""
-    dt = X.dtype.element_ty
-    x1 = tl.load(X + half, mask=h_ok, other=0.0).to(tl.float32) * keep
-    x2 = tl.load(X + HALF + half, mask=h_ok, other=0.0).to(tl.float32) * keep
-    if HAS_NORM:
-        r = tl.math.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) * inv_D + eps)
-        w1 = tl.load(W + half, mask=h_ok, other=0.0).to(tl.float32)
-        w2 = tl.load(W + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-        x1 = _round(w1 * _round(x1 * r, dt, INTERPRETER), dt, INTERPRETER)
-        x2 = _round(w2 * _round(x2 * r, dt, INTERPRETER), dt, INTERPRETER)
-    if HAS_ROPE:
-        a1 = _round(x1 * c1, dt, INTERPRETER)
-        b1 = _round(-x2 * s1, dt, INTERPRETER)
-        a2 = _round(x2 * c2, dt, INTERPRETER)
-        b2 = _round(x1 * s2, dt, INTERPRETER)
-        x1 = _round(a1 + b1, dt, INTERPRETER)
-        x2 = _round(a2 + b2, dt, INTERPRETER)
-    return x1, x2
 
 
 @triton.jit
