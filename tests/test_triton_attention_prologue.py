@@ -25,7 +25,7 @@ def kernel(triton_device):
     return attention_decode_prologue
 
 
-def _inputs(B, H, HK, D, slots, dtype, device, norm: bool, rope: bool):
+def _inputs(B, H, HK, D, slots, dtype, device, norm: bool, rope: bool, hype: bool = False):
     qkv = (2 * torch.randn(B, 1, (H + 2 * HK) * D, device=device)).to(dtype)
     q, k, v = qkv.split([H * D, HK * D, HK * D], dim=-1)
     q, k, v = q.view(B, 1, H, D), k.view(B, 1, HK, D), v.view(B, 1, HK, D)
@@ -37,17 +37,20 @@ def _inputs(B, H, HK, D, slots, dtype, device, norm: bool, rope: bool):
         inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device=device).float() / D))
         emb = torch.cat([torch.full((1, 1, 1), 5.0, device=device) * inv] * 2, dim=-1)
         w.update(cos=emb.cos().to(dtype), sin=emb.sin().to(dtype))
+    if hype:
+        w.update(hype_a=6.0, position_ids=torch.tensor([[5 + 900 * b] for b in range(B)], device=device))
     return q, k, v, keys, values, w
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("norm,rope", [(True, True), (False, True), (True, False), (False, False)],
-                         ids=["norm-rope", "rope", "norm", "plain"])
+@pytest.mark.parametrize("norm,rope,hype", [(True, True, False), (False, True, False), (True, False, False),
+                                            (False, False, False), (True, False, True)],
+                         ids=["norm-rope", "rope", "norm", "plain", "norm-hype"])
 @pytest.mark.parametrize("shape", [(2, 4, 2, 10), (1, 8, 2, 64)], ids=["gqa-odd-half", "gqa-64"])
-def test_kernel_matches_reference(kernel, triton_device, dtype, norm, rope, shape):
+def test_kernel_matches_reference(kernel, triton_device, dtype, norm, rope, hype, shape):
     """The new q, and the cache buffers (the token's slot written, every other slot as it was)."""
     B, H, HK, D = shape
-    q, k, v, keys, values, w = _inputs(B, H, HK, D, 7, dtype, triton_device, norm, rope)
+    q, k, v, keys, values, w = _inputs(B, H, HK, D, 7, dtype, triton_device, norm, rope, hype)
     pos = torch.tensor([5], device=triton_device)
     rk, rv = keys.clone(), values.clone()
     ref = reference.attention_decode_prologue(q, k, v, rk, rv, pos, **w)
@@ -82,15 +85,17 @@ def test_dispatch(monkeypatch, triton_device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_model_decode_through_the_prologue(monkeypatch, triton_device, dtype):
+@pytest.mark.parametrize("hype", [False, True], ids=["rope", "nope-hype"])
+def test_model_decode_through_the_prologue(monkeypatch, triton_device, dtype, hype):
     """A tiny hybrid (q/k norm and RoPE in attention, a Lightning layer) decoding over the static cache with the fused
-    kernels on (the interpreter on the CPU): every full-attention step takes the one-kernel prologue and the decode
+    kernels on (the interpreter on the CPU), or HyPE's NoPE attention with the query scale: every full-attention step takes the one-kernel prologue and the decode
     attention kernel, and gives the reference decode's logits."""
     mixers = [None, "lightning", None]
     config = HybridConfig(vocab_size=96, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=12, qk_norm=True,
                           layer_types=["full_attention" if m is None else "linear_attention" for m in mixers],
-                          linear_mixers=mixers, max_position_embeddings=32, pad_token_id=0)
+                          linear_mixers=mixers, max_position_embeddings=32, pad_token_id=0,
+                          **(dict(attention_rope=False, hype_a=6.0) if hype else {}))
     model = HybridForCausalLM(config).to(triton_device, dtype).eval()
     ids = torch.randint(1, 96, (2, 8), device=triton_device)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close
+from conftest import assert_close, differing
 
 
 def _case(device, dtype, B, Hkv, G, D, N, pos, pad=None, seed=0):
@@ -49,6 +49,26 @@ def test_kernel_matches_reference(triton_device, dtype, B, Hkv, G, D, N, pos, pa
     assert_close(out, sdpa.to(dtype), "decode attention vs masked SDPA")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_output_gate_in_the_merge(triton_device, dtype):
+    """gate: the attention's output gate applied in the merge kernel equals o * sigmoid(gate) after the kernel, the
+    gate a strided slice of a fused projection row."""
+    from hybridize.mixers.triton.decode_attention import decode_attention
+
+    B, Hkv, G, D = 2, 2, 3, 24
+    q, k, v, p, valid = _case(triton_device, dtype, B, Hkv, G, D, 90, 70, [0, 9])
+    row = torch.randn(B, 1, 2 * Hkv * G * D, device=triton_device).to(dtype)
+    gate = row[..., Hkv * G * D:]
+    plain = decode_attention(q, k, v, p, valid, D**-0.5, num_splits=3)
+    gated = decode_attention(q, k, v, p, valid, D**-0.5, num_splits=3, gate=gate)
+    expected = plain * torch.sigmoid(gate.reshape(B, Hkv, G, D))
+    assert_close(gated, expected, f"gated decode attention {dtype}")
+    differing(gated, expected, f"gated decode attention {dtype}")
+    # no bit-for-bit count: Triton's interpreter truncates the ungated kernel's fp32 -> bf16 store (the GPU rounds)
+    with pytest.raises(ValueError, match="gate must be"):
+        decode_attention(q, k, v, p, valid, D**-0.5, gate=gate[..., 1:])
+
+
 def test_bad_shapes_are_refused(triton_device):
     from hybridize.mixers.triton.decode_attention import decode_attention
 
@@ -70,7 +90,7 @@ def test_model_decode_with_the_kernel_equals_dynamic_decode(triton_device, patte
     calls = []
     kernel = kernels.decode_attention
     monkeypatch.setattr(kernels, "fused_inference", lambda x: not torch.is_grad_enabled())
-    monkeypatch.setattr(kernels, "decode_attention", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(kernels, "decode_attention", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     model = HybridForCausalLM(tiny_config(pattern)).eval().to(triton_device)
     ids = torch.randint(1, 101, (3, 9), device=triton_device)
     mask = torch.ones_like(ids)

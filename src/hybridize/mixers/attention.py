@@ -58,10 +58,12 @@ class Attention(Mixer):
             q = kernels.attention_decode_prologue(
                 q, k, v, state.keys, state.values, q_pos, q_weight=self.q_norm.weight if norm else None,
                 k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
-                cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None)
+                cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, hype_a=self.hype_a,
+                position_ids=None if self.hype_a is None else info.position_ids)
+            fold = gate is not None and gate.dtype == q.dtype and gate.stride(-1) == 1  # the gate in the merge
             o = kernels.decode_attention(q.view(B, self.num_kv_heads, -1, self.head_dim), state.keys, state.values,
-                                         q_pos, info.padding_mask, self.scaling)
-            return self._out(o.reshape(B, 1, self.num_heads * self.head_dim), gate), state
+                                         q_pos, info.padding_mask, self.scaling, gate=gate if fold else None)
+            return self._out(o.reshape(B, 1, self.num_heads * self.head_dim), None if fold else gate), state
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
@@ -104,10 +106,10 @@ class Attention(Mixer):
 
     def _one_kernel_prologue(self, q: Tensor, k: Tensor, v: Tensor, info: SeqInfo, state) -> bool:
         """A one-token step over a full-attention static buffer whose norms, RoPE and cache write one kernel takes
-        (`kernels.attention_decode_prologue`), and whose attention the decode kernel takes; not with HyPE's query
-        scale (then the ops run one by one)."""
+        (`kernels.attention_decode_prologue`, HyPE's query scale too), and whose attention the decode kernel
+        takes."""
         return (q.shape[1] == 1 and isinstance(state, StaticKV) and state.window is None and info.cu_seqlens is None
-                and self.hype_a is None and kernels.decode_attention_ok(q)
+                and kernels.decode_attention_ok(q)
                 and kernels.attention_prologue_ok(q, k, v, state.keys,
                                                   self.q_norm.weight if self.q_norm is not None else None,
                                                   info.cos if self.use_rope else None))

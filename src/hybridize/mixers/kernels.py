@@ -93,14 +93,16 @@ def decode_attention_ok(q: Tensor) -> bool:
     return _fusable(q) and q.shape[-1] <= 256
 
 
-def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float) -> Tensor:
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float,
+                     gate: Tensor | None = None) -> Tensor:
     """The one-token attention step over a static KV buffer (Triton, split-K, fp32 scores); q (B, Hkv, G, D),
-    k/v (B, Hkv, N, D), pos the new token's slot (device tensor), valid (B, N) or None. Callers check
-    `decode_attention_ok` first; without it the attention mixer runs masked SDPA, the kernel's reference."""
+    k/v (B, Hkv, N, D), pos the new token's slot (device tensor), valid (B, N) or None; gate (B, 1, H * D) or None:
+    the output times sigmoid(gate) in the same launch. Callers check `decode_attention_ok` first; without it the
+    attention mixer runs masked SDPA, the kernel's reference."""
     from .triton.decode_attention import decode_attention as kernel
 
     with _on_device(q):
-        return kernel(q, k, v, pos, valid, scale)
+        return kernel(q, k, v, pos, valid, scale, gate=gate)
 
 
 def _on_device(x: Tensor):
@@ -181,11 +183,13 @@ def attention_prologue_ok(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, q_weigh
 
 def attention_decode_prologue(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, values: Tensor, pos: Tensor, *,
                               q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
-                              cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
-    """An attention layer's decode token before the attention: q/k norm, RoPE, k and v into the static cache's
-    buffers at slot `pos`; one kernel where `attention_prologue_ok` says so (`triton/attention_prologue.py`), else
+                              cos: Tensor | None = None, sin: Tensor | None = None, hype_a: float | None = None,
+                              position_ids: Tensor | None = None) -> Tensor:
+    """An attention layer's decode token before the attention: q/k norm, RoPE, HyPE's query scale, k and v into the
+    static cache's buffers at slot `pos`; one kernel where `attention_prologue_ok` says so (`triton/attention_prologue.py`), else
     `reference.attention_decode_prologue`. Returns q (B, 1, H, D)."""
-    args = dict(q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin)
+    args = dict(q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin, hype_a=hype_a,
+                position_ids=position_ids)
     if attention_prologue_ok(q, k, v, keys, q_weight, cos):
         from .triton.attention_prologue import attention_decode_prologue as kernel
 

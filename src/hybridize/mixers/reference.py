@@ -26,6 +26,7 @@ PyTorch form) and `apply_rope` (rotate-half RoPE).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -125,14 +126,17 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
 
 def attention_decode_prologue(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, values: Tensor, pos: Tensor, *,
                               q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
-                              cos: Tensor | None = None, sin: Tensor | None = None) -> Tensor:
+                              cos: Tensor | None = None, sin: Tensor | None = None, hype_a: float | None = None,
+                              position_ids: Tensor | None = None) -> Tensor:
     """One decode token of an attention layer between its projection and the attention: q/k RMSNorm (with weights),
-    RoPE, k and v (B, 1, Hk, D) written into the cache buffers keys / values (B, Hk, slots, D) at slot `pos` (1,).
+    RoPE, HyPE's query scale (`hype_a`, positions (B, 1)), k and v (B, 1, Hk, D) written into the cache buffers keys / values (B, Hk, slots, D) at slot `pos` (1,).
     The reference of `triton/attention_prologue.py`. Returns q (B, 1, H, D)."""
     if q_weight is not None:
         q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
     if cos is not None:
         q, k = apply_rope(q, k, cos, sin)
+    if hype_a is not None:
+        q = q * (torch.log(position_ids.float() + hype_a) / math.log(hype_a)).to(q.dtype)[..., None, None]
     keys.index_copy_(2, pos.view(1), k.transpose(1, 2))
     values.index_copy_(2, pos.view(1), v.transpose(1, 2))
     return q

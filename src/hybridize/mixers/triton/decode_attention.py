@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused import _act, _round
+
 Tensor = torch.Tensor
 BLOCK_N = 64
 
@@ -97,9 +99,9 @@ def _split_kernel(Q, K, V, VALID, POS, O_PART, M_PART, L_PART,
 
 
 @triton.jit
-def _combine_kernel(O_PART, M_PART, L_PART, OUT, s_ob, s_oh, s_og, Hkv,
+def _combine_kernel(O_PART, M_PART, L_PART, OUT, GATE, s_ob, s_oh, s_og, s_gb, Hkv, G,
                     NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+                    BLOCK_D: tl.constexpr, HAS_GATE: tl.constexpr = False, INTERPRETER: tl.constexpr = False):
     """One program per (row, KV head, query head of the group): all splits' partials loaded at once (a serial loop
     over them measured 10 us per layer at 8K on an H100, a third of the attention step)."""
     bh = tl.program_id(0)
@@ -119,6 +121,11 @@ def _combine_kernel(O_PART, M_PART, L_PART, OUT, s_ob, s_oh, s_og, Hkv,
     o = tl.load(O_PART + part[:, None] * BLOCK_D + offs_d[None, :], mask=s_ok[:, None] & (offs_d[None, :] < D),
                 other=0.0)
     out = tl.sum(w[:, None] * o, 0) / denom
+    if HAS_GATE:  # the attention's output gate, o * sigmoid(gate) rounded as torch rounds each step
+        odt = OUT.dtype.element_ty
+        gt = tl.load(GATE + b.to(tl.int64) * s_gb + (h * G + g) * D + offs_d, mask=offs_d < D, other=0.0)
+        a = _round(_act(gt.to(tl.float32), 1, INTERPRETER), odt, INTERPRETER)
+        out = _round(_round(out, odt, INTERPRETER) * a, odt, INTERPRETER)
     tl.store(OUT + b * s_ob + h * s_oh + g * s_og + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
 
 
@@ -138,10 +145,13 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None, scale: float,
-                     num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4) -> Tensor:
+                     num_splits: int | None = None, block_n: int | None = None, num_warps: int = 4,
+                     gate: Tensor | None = None) -> Tensor:
     """q: (B, Hkv, G, D), the G query heads of each KV head; k, v: (B, Hkv, N, D) cache buffers (last dim
     contiguous); pos: (1,) or 0-d long, the new token's slot (< N); valid: (B, N) bool or None (every slot < pos is
-    real). Returns (B, Hkv, G, D) in q's dtype. `num_splits`, `block_n`, `num_warps`: tuning knobs (benchmarks)."""
+    real). gate: (B, 1, Hkv * G * D) in q's dtype (last dim contiguous) or None: the output times sigmoid(gate), the
+    attention's output gate, in the merge. Returns (B, Hkv, G, D) in q's dtype. `num_splits`, `block_n`,
+    `num_warps`: tuning knobs (benchmarks)."""
     B, Hkv, G, D = q.shape
     N = k.shape[2]
     if k.shape != (B, Hkv, N, D) or v.shape != k.shape:
@@ -175,10 +185,15 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor
         HAS_VALID=valid is not None, NUM_SPLITS=splits, BLOCK_G=BLOCK_G, BLOCK_N=block_n, D=D, BLOCK_D=BLOCK_D,
         IEEE=ieee, num_warps=num_warps,
     )
+    if gate is not None and (gate.shape != (B, 1, Hkv * G * D) or gate.dtype != q.dtype or gate.stride(-1) != 1):
+        raise ValueError(f"gate must be ({B}, 1, {Hkv * G * D}) in {q.dtype}, last dim contiguous, got "
+                         f"{tuple(gate.shape)} {gate.dtype}")
     _combine_kernel[(B * Hkv, G)](
-        o_part, m_part, l_part, out, out.stride(0), out.stride(1), out.stride(2), Hkv,
+        o_part, m_part, l_part, out, out if gate is None else gate, out.stride(0), out.stride(1), out.stride(2),
+        0 if gate is None else gate.stride(0), Hkv, G,
         NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits), BLOCK_G=BLOCK_G, D=D, BLOCK_D=BLOCK_D,
-        num_warps=4,
+        HAS_GATE=gate is not None, INTERPRETER=not q.is_cuda, num_warps=4,
+        enable_fp_fusion=False,  # the gate's products as torch rounds them
     )
     return out
 
