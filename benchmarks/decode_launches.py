@@ -51,9 +51,9 @@ class _Launches(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_step(model, batch: int = 1, prefill: int = 4) -> dict:
+def count_step(model, batch: int = 1, prefill: int = 4, fused: bool = True) -> dict:
     """Launches of one decode step of `model` (a HybridForCausalLM on the CPU) over a static cache, the fused kernels
-    on: {"total", "by_layer": [{"layer", "type", "mixer", "launches", "ops"}], "outside": {...}}."""
+    on (`fused` False: the PyTorch operators the CPU runs instead): {"total", "by_layer": [{"layer", "type", "mixer", "launches", "ops"}], "outside": {...}}."""
     from triton.runtime import interpreter
 
     from hybridize.mixers import kernels
@@ -76,7 +76,7 @@ def count_step(model, batch: int = 1, prefill: int = 4) -> dict:
 
     fused_inference = kernels.fused_inference
     interpreter.InterpretedFunction.run = counted_run
-    kernels.fused_inference = lambda x: not torch.is_grad_enabled()
+    kernels.fused_inference = lambda x: fused and not torch.is_grad_enabled()
     hooks = []
     try:
         model.fuse_projections()
