@@ -166,7 +166,8 @@ job_gpu_tests() {
   HYBRIDIZE_GPU_REPORT=$DIR/kernels.json run "$DIR/gpu-tests.log" \
     "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu "$@" || status=1
   run "$DIR/triton-tests-cuda.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_decode.py \
-    tests/test_triton_fused.py tests/test_triton_gemv.py tests/test_triton_linear_decode.py || status=1
+    tests/test_triton_fused.py tests/test_triton_gemv.py tests/test_triton_linear_decode.py \
+    tests/test_triton_attention_prologue.py || status=1
   return "$status"
 }
 
@@ -563,7 +564,7 @@ job_decode_limit() {
         run "$DIR/tests.log" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu/test_decode_gpu.py \
           -k "graph_decode_equals_eager and (lightning or retnet or mixed)" || status=1
         run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py \
-          tests/test_triton_linear_decode.py || status=1 ;;
+          tests/test_triton_linear_decode.py tests/test_triton_attention_prologue.py || status=1 ;;
       gemv)
         run "$DIR/gemv.log" "$PY" benchmarks/gemv.py --model qwen3-1.7b --batches 1,8 --out "$DIR/gemv.json" \
           || status=1 ;;
