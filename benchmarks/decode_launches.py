@@ -52,8 +52,9 @@ class _Launches(TorchDispatchMode):
 
 
 def count_step(model, batch: int = 1, prefill: int = 4, fused: bool = True) -> dict:
-    """Launches of one decode step of `model` (a HybridForCausalLM on the CPU) over a static cache, the fused kernels
-    on (`fused` False: the PyTorch operators the CPU runs instead): {"total", "by_layer": [{"layer", "type", "mixer", "launches", "ops"}], "outside": {...}}."""
+    """Launches of one decode step of `model` (a HybridForCausalLM on the CPU) over a static cache, the fused kernels on
+    (`fused` False: the PyTorch operators the CPU runs instead): {"total", "by_layer": [{"layer", "type", "mixer",
+    "launches", "ops"}], "outside": {...}}."""
     from triton.runtime import interpreter
 
     from hybridize.mixers import kernels

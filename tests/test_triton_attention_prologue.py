@@ -1,5 +1,6 @@
-"""An attention layer's decode token before the attention in one kernel (`hybridize/mixers/triton/attention_prologue.py`:
-q/k norm, RoPE, k and v into the static cache at the token's slot) against its reference
+"""An attention layer's decode token before the attention in one kernel
+(`hybridize/mixers/triton/attention_prologue.py`: q/k norm, RoPE or HyPE's scale, k and v into the static cache at the
+token's slot) against its reference
 (`reference.attention_decode_prologue`, the ops the eager step runs), and the model's decode through it.
 
 Without a GPU the kernel runs in Triton's interpreter on CPU tensors (`triton_device`), so shapes stay small."""
@@ -88,8 +89,8 @@ def test_dispatch(monkeypatch, triton_device):
 @pytest.mark.parametrize("hype", [False, True], ids=["rope", "nope-hype"])
 def test_model_decode_through_the_prologue(monkeypatch, triton_device, dtype, hype):
     """A tiny hybrid (q/k norm and RoPE in attention, a Lightning layer) decoding over the static cache with the fused
-    kernels on (the interpreter on the CPU), or HyPE's NoPE attention with the query scale: every full-attention step takes the one-kernel prologue and the decode
-    attention kernel, and gives the reference decode's logits."""
+    kernels on (the interpreter on the CPU), or HyPE's NoPE attention with the query scale: every full-attention step
+    takes the one-kernel prologue and the decode attention kernel, and gives the reference decode's logits."""
     mixers = [None, "lightning", None]
     config = HybridConfig(vocab_size=96, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
                           num_attention_heads=4, num_key_value_heads=2, head_dim=12, qk_norm=True,

@@ -186,8 +186,8 @@ def attention_decode_prologue(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, val
                               cos: Tensor | None = None, sin: Tensor | None = None, hype_a: float | None = None,
                               position_ids: Tensor | None = None) -> Tensor:
     """An attention layer's decode token before the attention: q/k norm, RoPE, HyPE's query scale, k and v into the
-    static cache's buffers at slot `pos`; one kernel where `attention_prologue_ok` says so (`triton/attention_prologue.py`), else
-    `reference.attention_decode_prologue`. Returns q (B, 1, H, D)."""
+    static cache's buffers at slot `pos`; one kernel where `attention_prologue_ok` says so
+    (`triton/attention_prologue.py`), else `reference.attention_decode_prologue`. Returns q (B, 1, H, D)."""
     args = dict(q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin, hype_a=hype_a,
                 position_ids=position_ids)
     if attention_prologue_ok(q, k, v, keys, q_weight, cos):

@@ -128,9 +128,10 @@ def attention_decode_prologue(q: Tensor, k: Tensor, v: Tensor, keys: Tensor, val
                               q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
                               cos: Tensor | None = None, sin: Tensor | None = None, hype_a: float | None = None,
                               position_ids: Tensor | None = None) -> Tensor:
-    """One decode token of an attention layer between its projection and the attention: q/k RMSNorm (with weights),
-    RoPE, HyPE's query scale (`hype_a`, positions (B, 1)), k and v (B, 1, Hk, D) written into the cache buffers keys / values (B, Hk, slots, D) at slot `pos` (1,).
-    The reference of `triton/attention_prologue.py`. Returns q (B, 1, H, D)."""
+    """One decode token of an attention layer between its projection and the attention: q/k RMSNorm (with
+    weights), RoPE, HyPE's query scale (`hype_a`, positions (B, 1)), k and v (B, 1, Hk, D) written into the cache
+    buffers keys / values (B, Hk, slots, D) at slot `pos` (1,). The reference of `triton/attention_prologue.py`.
+    Returns q (B, 1, H, D)."""
     if q_weight is not None:
         q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
     if cos is not None:

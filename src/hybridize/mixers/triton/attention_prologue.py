@@ -5,10 +5,11 @@
     q = q * log(t + a) / log(a)                      (optional: HyPE's query scale at the token's position t)
     K[:, :, pos], V[:, :, pos] = k, v                (the static cache's full-attention buffers, written in place)
 
-returning the new q. The eager step runs two norms, RoPE, HyPE's scale (five small operators) and two `index_copy_`s for
-it (up to ten launches per attention layer). One program per (batch row, head) over the q heads and the KV heads; a KV head's program writes both its k and
-its v. Roundings as the reference (`hybridize.mixers.reference.attention_decode_prologue`, the ops the eager step
-runs): see `fused._norm_rope`. Inference only.
+returning the new q. The eager step runs two norms, RoPE, HyPE's scale (five small operators) and two `index_copy_`s
+for it (up to ten launches per attention layer). One program per (batch row, head) over the q heads and the KV heads;
+a KV head's program writes both its k and its v. Roundings as the reference
+(`hybridize.mixers.reference.attention_decode_prologue`, the ops the eager step runs): see `fused._norm_rope`.
+Inference only.
 
 Importing this module imports Triton; only `kernels.py` imports it, on first use.
 """

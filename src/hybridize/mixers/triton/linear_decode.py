@@ -80,9 +80,9 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
                        cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """q, k: (B, 1, H, D), v: (B, 1, H, DV) (any strides but the last: slices of a fused projection); state: (B, H, D,
     DV) fp32 contiguous, updated in place; log_decay: (H,) fp32; q_weight / k_weight: (D,) q/k RMSNorm weights (both
-    or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token (its q, k, v
-    count as zero, no decay: the state stays as it is, the output is zero). D even. Returns o (B, 1, H, DV) in v's
-    dtype."""
+    or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token
+    (its q, k, v count as zero, no decay: the state stays as it is, the output is zero). D even. Returns o (B, 1, H,
+    DV) in v's dtype."""
     B, T, H, D = q.shape
     DV = v.shape[-1]
     if T != 1 or k.shape != q.shape or v.shape[:3] != (B, 1, H) or D % 2:
@@ -108,9 +108,11 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
     BLOCK_V = min(triton.next_power_of_2(DV), max(16, 4096 // (2 * BLOCK_HALF)))
     blocks = triton.cdiv(DV, BLOCK_V)
     norm = q_weight is not None
+    if mask is not None:  # bool as bytes (a view), which Triton loads as integers
+        mask_arg = mask.reshape(B).view(torch.uint8) if mask.dtype == torch.bool else mask.reshape(B)
     _linear_decode_kernel[(B * H * blocks,)](
         q, k, v, q_weight if norm else q, k_weight if norm else k, cos if has_rope else q, sin if has_rope else q,
-        log_decay.float().contiguous(), q if mask is None else mask.reshape(B), state, o,
+        log_decay.float().contiguous(), q if mask is None else mask_arg, state, o,
         H, blocks, q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
         cos.stride(0) if has_rope else 0, sin.stride(0) if has_rope else 0, float(scale), 1.0 / D, float(eps),
         HALF=half, DV=DV, BLOCK_HALF=BLOCK_HALF, BLOCK_V=BLOCK_V, HAS_NORM=norm, HAS_ROPE=has_rope,
