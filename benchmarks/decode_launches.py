@@ -86,16 +86,15 @@ def count_step(model, batch: int = 1, prefill: int = 4, fused: bool = True) -> d
         with torch.no_grad():
             cache = HybridStaticCache(config, max_cache_len=prefill + 4, batch_size=batch, dtype=dtype)
             model(ids[:, :prefill], past_key_values=cache, use_cache=True)
-            for i, layer in enumerate(model.model.layers):
-                hooks.append(layer.register_forward_pre_hook(lambda m, a, i=i: setattr(counter, "where", i)))
-                hooks.append(layer.register_forward_hook(lambda m, a, o: setattr(counter, "where", "model")))
+            for i, layer in enumerate(model.model.layers):  # wrapped, not hooked: hooks on a block change the step
+                hooks.append(_attribute(layer, i, counter))
             counting[0] = True
             with counter:
                 model(ids[:, prefill:], past_key_values=cache, use_cache=True)
     finally:
         counting[0] = False
-        for h in hooks:
-            h.remove()
+        for undo in hooks:
+            undo()
         interpreter.InterpretedFunction.run = run
         kernels.fused_inference = fused_inference
     per = collections.defaultdict(collections.Counter)
@@ -109,6 +108,22 @@ def count_step(model, batch: int = 1, prefill: int = 4, fused: bool = True) -> d
     outside = per.get("model", collections.Counter())
     return {"total": sum(counter.counts.values()), "by_layer": layers,
             "outside": {"launches": sum(outside.values()), "ops": dict(sorted(outside.items()))}}
+
+
+def _attribute(layer, index: int, counter: _Launches):
+    """Count what `layer` launches under `index`: its forward wrapped on the instance (a forward hook would make the
+    model keep every block's output whole, a different step). Returns the undo."""
+    forward = layer.forward
+
+    def counted(*args, **kwargs):
+        counter.where = index
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            counter.where = "model"
+
+    layer.forward = counted
+    return lambda: delattr(layer, "forward")
 
 
 def small_widths(config):

@@ -180,9 +180,11 @@ class HybridModel(HybridPreTrainedModel):
         else:
             info = self.seq_info(x, attention_mask, position_ids, past_length(past_key_values), cu_seqlens)
         hidden_states = [] if output_hidden_states else None
-        # at inference each block's last residual add is left to the next block's input norm (one fused kernel);
-        # training and callers of every layer's output take the plain sums
-        defer = hidden_states is None and not torch.is_grad_enabled()
+        # in a decode step over the static cache (what the CUDA graph replays) each block's last residual add is left
+        # to the next block's input norm, one fused kernel; elsewhere, and where anything hooks a block's output (the
+        # residual stream: distillation, FlashMorph), every block returns its sum
+        defer = (T == 1 and isinstance(past_key_values, HybridStaticCache) and hidden_states is None
+                 and not torch.is_grad_enabled() and not any(layer._forward_hooks for layer in self.layers))
         delta = None
         for i, layer in enumerate(self.layers):
             if hidden_states is not None:
