@@ -1,7 +1,8 @@
-"""GPU: the fixed-decay linear mixers' one-kernel decode step (`hybridize/mixers/triton/linear_decode.py`) against its
-reference at a real model's sizes (16 heads of 128 x 128, B = 1, 8 and 64), state updated in place. The model-level
-check is tests/gpu/test_decode_gpu.py: its Lightning and RetNet patterns (no short convolution) decode through this
-kernel, in CUDA graphs and eagerly. Run on a CUDA machine:
+"""GPU: the linear mixers' one-kernel decode steps (`hybridize/mixers/triton/linear_decode.py` for Lightning and
+RetNet, `gdn_decode.py` for GatedDeltaNet) against their references at a real model's sizes (16 heads of 128 x 128,
+B = 1, 8 and 64), state updated in place. The model-level check is tests/gpu/test_decode_gpu.py: its Lightning,
+RetNet and GatedDeltaNet patterns (no short convolution) decode through these kernels, in CUDA graphs and eagerly.
+Run on a CUDA machine:
 
     pytest -m gpu tests/gpu/test_linear_decode_gpu.py -s
 """
@@ -45,3 +46,26 @@ def test_linear_decode_kernel_at_scale(B, dtype):
     assert_close(state, ref_state, f"state B={B} {dtype}", dtype=torch.float32)
     assert_close(out, ref, f"o B={B} {dtype}")
     differing(out, ref, f"o B={B} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("B", [1, 8, 64])
+def test_gdn_decode_kernel_at_scale(B, dtype):
+    from hybridize.mixers.triton.gdn_decode import gdn_decode_step
+
+    H, D = 16, 128
+    g = torch.Generator(device="cuda").manual_seed(B)
+    row = torch.randn(B, 1, 3 * H * D + 2 * H, device="cuda", generator=g).to(dtype)
+    q, k, v, a, b = row.split([H * D, H * D, H * D, H, H], dim=-1)
+    q, k, v = (t.reshape(B, 1, H, D) for t in (q, k, v))
+    A_log = torch.rand(H, device="cuda", generator=g).mul(16).log().to(dtype)
+    dt_bias = torch.randn(H, device="cuda", generator=g).to(dtype)
+    state = 0.1 * torch.randn(B, H, D, D, device="cuda", generator=g)
+    w = dict(q_weight=(1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(dtype),
+             k_weight=(1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(dtype), eps=1e-6)
+    ref_state = state.clone()
+    ref = reference.gdn_decode_step(q, k, v, a, b, A_log, dt_bias, ref_state, scale=D**-0.5, **w)
+    out = gdn_decode_step(q, k, v, a, b, A_log, dt_bias, state, scale=D**-0.5, **w)
+    assert_close(state, ref_state, f"gdn state B={B} {dtype}", dtype=torch.float32, scale=4)
+    assert_close(out, ref, f"gdn o B={B} {dtype}", scale=4)
+    differing(out, ref, f"gdn o B={B} {dtype}")

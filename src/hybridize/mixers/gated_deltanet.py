@@ -22,6 +22,8 @@ from .linear import LinearMixer, masked
 
 class GatedDeltaNet(LinearMixer):
     qkv_activation = "silu"
+    # the gate inputs read x too: one matmul with q|k|v|gate in the one-kernel decode step
+    fused_projections = LinearMixer.fused_projections + ("a_proj", "b_proj")
 
     def __init__(self, config, layer_idx: int, project_output: bool = True):
         super().__init__(config, layer_idx, project_output)
@@ -41,6 +43,19 @@ class GatedDeltaNet(LinearMixer):
         A_log = torch.empty(num_heads).uniform_(0, 16).log()
         dt = torch.exp(torch.rand(num_heads) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
         return {"A_log": A_log, "dt_bias": dt + torch.log(-torch.expm1(-dt))}
+
+    def _decode_plan(self, device):
+        return True if self.qkv_activation in (None, "silu") else None
+
+    def _decode_step(self, x, q, k, v, rec, info, mask, plan, extra):
+        """One kernel from the raw projections: activations, norms, RoPE, gates, L2 norm, the delta rule in place."""
+        norm = self.q_norm is not None
+        a, b = extra if extra else (self.a_proj(x), self.b_proj(x))
+        return kernels.gdn_decode_step(
+            q, k, v, a, b, self.A_log, self.dt_bias, rec, scale=self.scale,
+            activation=self.qkv_activation, q_weight=self.q_norm.weight if norm else None,
+            k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
+            cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, mask=mask)
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())

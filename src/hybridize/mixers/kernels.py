@@ -229,6 +229,24 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
     return reference.linear_decode_step(q, k, v, state, log_decay, **args)
 
 
+def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor,
+                    state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
+                    k_weight: Tensor | None = None, eps: float = 1e-6, cos: Tensor | None = None,
+                    sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """One decode token of Gated DeltaNet from its raw projections (activations, norms, RoPE, gates, L2 norm, the
+    delta rule with the state updated in place), in one kernel where `linear_decode_ok` says so
+    (`triton/gdn_decode.py`), else `reference.gdn_decode_step`. Returns o (B, 1, H, V)."""
+    args = dict(scale=scale, activation=activation, q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin,
+                mask=mask)
+    if (q.dim() == 4 and q.dtype == k.dtype == v.dtype and k.shape == q.shape
+            and linear_decode_ok(q[:, :, 0], (q.shape[2], q.shape[3], v.shape[-1]), state, q_weight, cos)):
+        from .triton.gdn_decode import gdn_decode_step as kernel
+
+        with _on_device(q):
+            return kernel(q, k, v, a, b, A_log, dt_bias, state, **args)
+    return reference.gdn_decode_step(q, k, v, a, b, A_log, dt_bias, state, **args)
+
+
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SwiGLU's `F.silu(gate) * up`: one fused kernel at inference on the GPU, else those two ops."""
     if _fusable(gate, up) and gate.shape == up.shape:

@@ -129,25 +129,24 @@ class LinearMixer(RecurrentMixer):
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         mask = info.token_mask  # (B, T) or None
         rec, conv_state = read_state(state)
-        log_decay = self._decode_in_place(x, rec, state, info)  # not None: the one-kernel step, which masks by itself
-        if mask is not None and log_decay is None:
+        plan = self._decode_in_place(x, rec, state, info)  # not None: the one-kernel step, which masks by itself
+        if mask is not None and plan is None:
             x = x * mask.unsqueeze(-1).to(x.dtype)
-        q, k, v, gate = project(self, x, self.fused_projections)  # one matmul once fused
-        if mask is not None and log_decay is None and self.v_proj.bias is not None:  # biases make padded k, v non-zero
+        # one matmul once fused; projections beyond the first four (GatedDeltaNet's gate inputs) only for the
+        # one-kernel step, the other paths compute them where they use them
+        q, k, v, gate, *extra = project(self, x, self.fused_projections if plan is not None
+                                        else self.fused_projections[:4])
+        if mask is not None and plan is None and self.v_proj.bias is not None:  # biases make padded k, v non-zero
             keep = mask.unsqueeze(-1).to(x.dtype)
             q, k, v = q * keep, k * keep, v * keep
         if self.conv is not None:
             qkv, conv_state = self.conv(torch.cat([q, k, v], dim=-1), conv_state, info.cu_seqlens)
             q, k, v = qkv.split([H * K, H * K, H * V], dim=-1)
-        elif self.qkv_activation == "silu":
+        elif self.qkv_activation == "silu" and plan is None:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         q, k, v = q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
-        if log_decay is not None:
-            norm = self.q_norm is not None
-            o = kernels.linear_decode_step(
-                q, k, v, rec, log_decay, scale=self.scale, q_weight=self.q_norm.weight if norm else None,
-                k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
-                cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, mask=mask)
+        if plan is not None:
+            o = self._decode_step(x, q, k, v, rec, info, mask, plan, extra)
         else:
             if self.q_norm is not None:
                 q, k = self.q_norm(q), self.k_norm(k)
@@ -180,23 +179,37 @@ class LinearMixer(RecurrentMixer):
         else None."""
         return None
 
-    def _decode_in_place(self, x: Tensor, rec: Tensor | None, state, info: SeqInfo) -> Tensor | None:
-        """The log decay when this call is a one-token step that `kernels.linear_decode_step` takes in one kernel
-        (a fixed-decay mixer without short convolution or q/k/v activation, over the static cache's state buffer,
-        which it updates in place; padded tokens masked inside the kernel), else None: then the ops run one by one,
-        as on the CPU."""
+    def _decode_plan(self, device: torch.device):
+        """What the one-kernel decode step needs beyond the tensors (not None: this mixer has one): here the fixed log
+        decay of a mixer without q/k/v activation."""
+        log_decay = self._decode_log_decay(device)
+        return log_decay if self.qkv_activation is None else None
+
+    def _decode_step(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, rec: Tensor, info: SeqInfo,
+                     mask: Tensor | None, plan, extra: list) -> Tensor:
+        """The one-kernel step (`_decode_in_place` said so): o (B, 1, H, V), the state `rec` updated in place;
+        `extra`: the projections of `fused_projections` beyond q, k, v and the gate."""
+        norm = self.q_norm is not None
+        return kernels.linear_decode_step(
+            q, k, v, rec, plan, scale=self.scale, q_weight=self.q_norm.weight if norm else None,
+            k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
+            cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, mask=mask)
+
+    def _decode_in_place(self, x: Tensor, rec: Tensor | None, state, info: SeqInfo):
+        """`_decode_plan` when this call is a one-token step the mixer's one kernel takes (`_decode_step`: norms,
+        RoPE, the recurrence over the static cache's state buffer, updated in place; padded tokens masked inside the
+        kernel), else None: then the ops run one by one, as on the CPU."""
         if (x.shape[1] != 1 or not isinstance(state, StaticState) or rec is None or self.conv is not None
-                or self.qkv_activation is not None or self.q_proj.weight.dtype != x.dtype
-                or torch.is_autocast_enabled(x.device.type)):
+                or self.q_proj.weight.dtype != x.dtype or torch.is_autocast_enabled(x.device.type)):
             return None
-        log_decay = self._decode_log_decay(x.device)
-        if log_decay is None:
+        plan = self._decode_plan(x.device)
+        if plan is None:
             return None
         H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
         if not kernels.linear_decode_ok(x, (H, K, V), rec, self.q_norm.weight if self.q_norm is not None else None,
                                         info.cos if self.use_rope else None):
             return None
-        return log_decay
+        return plan
 
 
 def read_state(layer) -> tuple[Tensor | None, Tensor | None]:

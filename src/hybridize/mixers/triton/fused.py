@@ -52,12 +52,16 @@ def _warps(elements: int) -> int:
 
 @triton.jit
 def _norm_rope(X, W, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
-               HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr):
+               HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr, ACT: tl.constexpr = 0):
     """One head vector at X (contiguous D = 2 * HALF values) as two fp32 halves, normed and rotated as the reference
-    rounds: each half's values are representable in X's dtype. keep 0: a padded token, whose vector is zero."""
+    rounds: each half's values are representable in X's dtype. keep 0: a padded token, whose vector is zero;
+    ACT: an activation first (`_act`)."""
     dt = X.dtype.element_ty
     x1 = tl.load(X + half, mask=h_ok, other=0.0).to(tl.float32) * keep
     x2 = tl.load(X + HALF + half, mask=h_ok, other=0.0).to(tl.float32) * keep
+    if ACT != 0:  # the mixer's activation on its q / k projection (ACT 2: SiLU), rounded as F.silu rounds
+        x1 = _round(_act(x1, ACT, INTERPRETER), dt, INTERPRETER)
+        x2 = _round(_act(x2, ACT, INTERPRETER), dt, INTERPRETER)
     if HAS_NORM:
         r = tl.math.rsqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) * inv_D + eps)
         w1 = tl.load(W + half, mask=h_ok, other=0.0).to(tl.float32)
@@ -88,6 +92,16 @@ def _act(g, ACT: tl.constexpr, INTERPRETER: tl.constexpr):
     if ACT == 1:
         return tl.div_rn(tl.full(g.shape, 1.0, tl.float32), 1.0 + e)
     return tl.div_rn(g, 1.0 + e)
+
+
+@triton.jit
+def _softplus(x, INTERPRETER: tl.constexpr):
+    """fp32 softplus as torch computes it (threshold 20: x itself above it, else log1p(exp(x)))."""
+    if INTERPRETER:  # no libdevice in the interpreter
+        sp = tl.log(1.0 + tl.exp(tl.minimum(x, 20.0)))
+    else:
+        sp = libdevice.log1p(libdevice.exp(tl.minimum(x, 20.0)))
+    return tl.where(x > 20.0, x, sp)
 
 
 @triton.jit

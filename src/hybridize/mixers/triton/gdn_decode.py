@@ -1,0 +1,145 @@
+"""One-token decode step of Gated DeltaNet in one kernel, its state updated in place in the static cache:
+
+    q, k, v = SiLU(q), SiLU(k), SiLU(v)                       (the mixer's q/k/v activation)
+    q, k = RMSNorm(q) * wq, RMSNorm(k) * wk                   (optional q/k norm), RoPE(q), RoPE(k) (optional)
+    q, k = q / |q|, k / |k|                                   (L2, fp32, as fla's `use_qk_l2norm_in_kernel`)
+    g = -exp(A_log) softplus(a + dt_bias),  beta = sigmoid(b)  (a, b: the token's a_proj / b_proj outputs, per head)
+    S = exp(g) S;  S = S + k^T (beta (v - k S));  o = (scale q) S
+
+Per layer and token the eager step runs the three activations, the norms, RoPE, the gates' half-dozen small operators,
+the masking of padded tokens, fla's `fused_recurrent_gated_delta_rule` (with the output and final state it allocates)
+and the state's copy into the cache: twenty-odd launches. One program per (batch row, head, block of V) holds its
+(K, BLOCK_V) block of the state; the k . S product it needs runs over the whole K within the program. Roundings as the
+reference (`hybridize.mixers.reference.gdn_decode_step`, the ops the eager step runs): the activations, norms and RoPE
+round to the model's dtype as torch does, beta is rounded to it as `kernels.gated_delta_rule` does, the rest is fp32.
+Inference only.
+
+Importing this module imports Triton; only `kernels.py` imports it, on first use.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused import _act, _norm_rope, _round, _softplus, _warps
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S, O,
+                       H, HV_BLOCKS, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sc_b, ss_b, sa_b, sb_b, scale, inv_D, eps,
+                       HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_V: tl.constexpr,
+                       HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
+                       INTERPRETER: tl.constexpr):
+    pid = tl.program_id(0)  # (batch, head, V block)
+    vb = pid % HV_BLOCKS
+    bh = pid // HV_BLOCKS
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    half = tl.arange(0, BLOCK_HALF)
+    h_ok = half < HALF
+    c1 = tl.zeros([BLOCK_HALF], tl.float32)
+    c2 = c1
+    s1 = c1
+    s2 = c1
+    if HAS_ROPE:
+        c1 = tl.load(COS + b * sc_b + half, mask=h_ok, other=0.0).to(tl.float32)
+        c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
+        s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+    keep = 1.0
+    if HAS_MASK:  # a padded token: q, k, v, a, b count as zero and the gates as neutral (no decay, no write)
+        keep = tl.where(tl.load(MASK + b) != 0, 1.0, 0.0)
+    q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
+                        HAS_NORM, HAS_ROPE, HALF, INTERPRETER, ACT)
+    k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
+                        HAS_NORM, HAS_ROPE, HALF, INTERPRETER, ACT)
+    # L2 normalisation in fp32 (F.normalize: x / max(|x|, 1e-12))
+    rq = 1.0 / tl.maximum(tl.sqrt(tl.sum(q1 * q1, axis=0) + tl.sum(q2 * q2, axis=0)), 1e-12)
+    rk = 1.0 / tl.maximum(tl.sqrt(tl.sum(k1 * k1, axis=0) + tl.sum(k2 * k2, axis=0)), 1e-12)
+    q1, q2, k1, k2 = q1 * rq * scale, q2 * rq * scale, k1 * rk, k2 * rk
+    cols = vb * BLOCK_V + tl.arange(0, BLOCK_V)
+    v_ok = cols < DV
+    vdt = V.dtype.element_ty
+    v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32) * keep
+    if ACT == 2:
+        v = _round(_act(v, 2, INTERPRETER), vdt, INTERPRETER)
+    # gates: softplus as torch's (threshold 20), beta rounded to the model's dtype as the eager step does
+    a = tl.load(A + b * sa_b + h).to(tl.float32) * keep + tl.load(DT_BIAS + h).to(tl.float32)
+    sp = _softplus(a, INTERPRETER)
+    g = -tl.exp(tl.load(A_LOG + h).to(tl.float32)) * sp * keep
+    bt = tl.load(BB + b * sb_b + h).to(tl.float32) * keep
+    beta = _round(_act(bt, 1, INTERPRETER), vdt, INTERPRETER) * keep
+    base = S + (b * H + h) * (2 * HALF) * DV
+    m = h_ok[:, None] & v_ok[None, :]
+    p1 = base + half.to(tl.int64)[:, None] * DV + cols[None, :]
+    p2 = p1 + HALF * DV
+    decay = tl.exp(g)
+    s_1 = tl.load(p1, mask=m, other=0.0) * decay
+    s_2 = tl.load(p2, mask=m, other=0.0) * decay
+    kv = tl.sum(s_1 * k1[:, None], axis=0) + tl.sum(s_2 * k2[:, None], axis=0)
+    delta = beta * (v - kv)
+    s_1 = s_1 + k1[:, None] * delta[None, :]
+    s_2 = s_2 + k2[:, None] * delta[None, :]
+    tl.store(p1, s_1, mask=m)
+    tl.store(p2, s_2, mask=m)
+    o = tl.sum(s_1 * q1[:, None], axis=0) + tl.sum(s_2 * q2[:, None], axis=0)
+    tl.store(O + (b * H + h) * DV + cols, o.to(O.dtype.element_ty), mask=v_ok)
+
+
+def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor,
+                    state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
+                    k_weight: Tensor | None = None, eps: float = 1e-6, cos: Tensor | None = None,
+                    sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    """q, k: (B, 1, H, D), v: (B, 1, H, DV) raw projections (before the activation; any strides but the last), one
+    dtype; a, b: (B, 1, H) the a_proj / b_proj outputs; A_log, dt_bias: (H,); state: (B, H, D, DV) fp32 contiguous,
+    updated in place; activation "silu" or None; q_weight / k_weight: (D,) in q's dtype (both or neither); cos, sin:
+    (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token. D even. Returns o (B, 1, H, DV) in
+    v's dtype."""
+    B, T, H, D = q.shape
+    DV = v.shape[-1]
+    if T != 1 or k.shape != q.shape or v.shape[:3] != (B, 1, H) or D % 2:
+        raise ValueError(f"one token of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, even head dim")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if a.shape != (B, 1, H) or b.shape != (B, 1, H) or A_log.shape != (H,) or dt_bias.shape != (H,):
+        raise ValueError(f"a, b must be ({B}, 1, {H}) and A_log, dt_bias ({H},), got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)}, {tuple(A_log.shape)}, {tuple(dt_bias.shape)}")
+    if state.shape != (B, H, D, DV) or state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"state must be ({B}, {H}, {D}, {DV}) fp32 contiguous, got {tuple(state.shape)} "
+                         f"{state.dtype}")
+    if (q_weight is None) != (k_weight is None) or (cos is None) != (sin is None):
+        raise ValueError("give both q_weight and k_weight or neither, both cos and sin or neither")
+    if activation not in ("silu", None):
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+    has_rope = cos is not None
+    if has_rope:
+        if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, D):
+            raise ValueError(f"cos / sin must be (B or 1, 1, {D}), got {tuple(cos.shape)} / {tuple(sin.shape)}")
+        cos, sin = cos.expand(B, 1, D), sin.expand(B, 1, D)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    a, b = (t if t.stride(-1) == 1 else t.contiguous() for t in (a, b))
+    o = torch.empty((B, 1, H, DV), dtype=v.dtype, device=q.device)
+    half = D // 2
+    BLOCK_HALF = triton.next_power_of_2(half)
+    BLOCK_V = min(triton.next_power_of_2(DV), max(16, 4096 // (2 * BLOCK_HALF)))
+    blocks = triton.cdiv(DV, BLOCK_V)
+    norm = q_weight is not None
+    mask_arg = q
+    if mask is not None:  # bool as bytes (a view), which Triton loads as integers
+        mask_arg = mask.reshape(B).view(torch.uint8) if mask.dtype == torch.bool else mask.reshape(B)
+    _gdn_decode_kernel[(B * H * blocks,)](
+        q, k, v, q_weight if norm else q, k_weight if norm else k, cos if has_rope else q, sin if has_rope else q,
+        a, b, A_log, dt_bias, mask_arg, state, o,
+        H, blocks, q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
+        cos.stride(0) if has_rope else 0, sin.stride(0) if has_rope else 0, a.stride(0), b.stride(0),
+        float(scale), 1.0 / D, float(eps),
+        HALF=half, DV=DV, BLOCK_HALF=BLOCK_HALF, BLOCK_V=BLOCK_V, HAS_NORM=norm, HAS_ROPE=has_rope,
+        HAS_MASK=mask is not None, ACT=2 if activation == "silu" else 0, INTERPRETER=not q.is_cuda,
+        num_warps=_warps(2 * BLOCK_HALF * BLOCK_V),
+        enable_fp_fusion=False,  # the activations, norms and RoPE as torch computes them: no fma
+    )
+    return o
