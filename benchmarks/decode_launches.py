@@ -89,7 +89,7 @@ def count_step(model, batch: int = 1, prefill: int = 4, fused: bool = True) -> d
             for i, layer in enumerate(model.model.layers):  # wrapped, not hooked: hooks on a block change the step
                 hooks.append(_attribute(layer, i, counter))
             counting[0] = True
-            with counter:
+            with counter, kernels.fused_steps(fused):
                 model(ids[:, prefill:], past_key_values=cache, use_cache=True)
     finally:
         counting[0] = False

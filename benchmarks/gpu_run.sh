@@ -573,11 +573,11 @@ job_decode_limit() {
           --out "$DIR/gemv-sweep.json" || status=1 ;;
       speed)  # TPOT against its bound and kernels per step, cuBLAS vs our GEMV, one run
         run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 8K,32K,128K \
-          --variants hybrid-fused,hybrid-gemv,teacher-engine-fused,teacher-engine-gemv --repeats 1 --new-tokens 16 \
+          --variants hybrid-fused,hybrid-gemv,hybrid-steps,teacher-engine-fused,teacher-engine-steps --repeats 1 --new-tokens 16 \
           "${cap[@]}" --out "$DIR/speed-lightning-25" "$@" || status=1 ;;
       gdn)
         run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
-          --variants hybrid-fused,hybrid-gemv,teacher-engine-fused --repeats 1 --new-tokens 16 "${cap[@]}" \
+          --variants hybrid-fused,hybrid-steps,teacher-engine-fused --repeats 1 --new-tokens 16 "${cap[@]}" \
           --out "$DIR/speed-gdn-25" "$@" || status=1 ;;
       memory)  # 512K: the teacher-engine (one cache per prefill now) beside the 12.5% hybrid, same GPU
         run "$DIR/memory.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 512K \

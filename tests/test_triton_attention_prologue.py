@@ -106,7 +106,7 @@ def test_model_decode_through_the_prologue(monkeypatch, triton_device, dtype, hy
         fn = kernels.attention_decode_prologue
         monkeypatch.setattr(kernels, "attention_decode_prologue", lambda *a, **kw: calls.append(1) or fn(*a, **kw))
         logits = []
-        with torch.no_grad(), kernels.force_backend("torch"):
+        with torch.no_grad(), kernels.force_backend("torch"), kernels.fused_steps(fused_on):
             cache = HybridStaticCache(config, max_cache_len=12, batch_size=2, device=triton_device, dtype=dtype)
             logits.append(model(ids[:, :5], past_key_values=cache, use_cache=True).logits[:, -1])
             for t in range(5, 8):

@@ -109,7 +109,7 @@ def test_model_decode_over_static_cache(monkeypatch, triton_device, mixer, dtype
         fn = kernels.linear_decode_step
         monkeypatch.setattr(kernels, "linear_decode_step", lambda *a, **kw: calls.append(1) or fn(*a, **kw))
         logits = []
-        with torch.no_grad(), kernels.force_backend("torch"):
+        with torch.no_grad(), kernels.force_backend("torch"), kernels.fused_steps(fused_on):
             cache = HybridStaticCache(config, max_cache_len=16, batch_size=2, device=triton_device, dtype=dtype)
             logits.append(model(ids[:, :5], past_key_values=cache, use_cache=True).logits[:, -1])
             for t in range(5, 8):

@@ -69,3 +69,27 @@ def test_gdn_decode_kernel_at_scale(B, dtype):
     assert_close(state, ref_state, f"gdn state B={B} {dtype}", dtype=torch.float32, scale=4)
     assert_close(out, ref, f"gdn o B={B} {dtype}", scale=4)
     differing(out, ref, f"gdn o B={B} {dtype}")
+
+
+@pytest.mark.parametrize("pattern", ["lightning", "retnet", "gated_deltanet", "mixed"])
+def test_graph_decode_with_fused_steps(pattern):
+    """`model.decode_steps`: the CUDA graph replays the one-kernel paths (linear mixers' tokens, attention prologue
+    with HyPE and the output gate, add + norm); its tokens equal the graph decode without them in fp32, and its
+    logits stay within bf16 rounding of it in bf16."""
+    from test_decode_gpu import _model, _prompts
+
+    for dtype in (torch.bfloat16, torch.float32):
+        model = _model(pattern, dtype)
+        ids, mask = _prompts(8)
+        kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, return_dict_in_generate=True,
+                  output_logits=True, cache_implementation="static")
+        plain = model.generate(ids, **kw)
+        model.decode_steps = True
+        model.get_compiled_call().release()  # the next step captures anew, with the fused paths
+        steps = model.generate(ids, **kw)
+        assert model._graph_decoder.replays >= 12, "the decode steps did not replay a CUDA graph"
+        for step, (a, b) in enumerate(zip(steps.logits, plain.logits)):
+            rel = ((a.double() - b.double()).norm() / b.double().norm()).item()
+            assert rel < (3e-2 if dtype == torch.bfloat16 else 1e-4), f"{pattern} {dtype} step {step}: rel {rel:.2e}"
+        if dtype == torch.float32:
+            assert torch.equal(steps.sequences, plain.sequences), f"{pattern}: fused steps changed the tokens"

@@ -14,6 +14,10 @@ Variants (same shape, random weights: speed does not depend on their values):
   hybrid-gemv, teacher-engine-gemv
                   fused projections, and the decode step's matmuls through our split-K GEMV (`model.decode_gemv`);
                   beside the -fused variants the GEMV is the only difference (not in the default set);
+  hybrid-steps, teacher-engine-steps
+                  fused projections, and the decode step's one-kernel paths (`model.decode_steps`: a linear mixer's
+                  token, the attention prologue, add + norm); beside the -fused variants those are the only
+                  difference (not in the default set);
   teacher-hf      the stock transformers model of the shape (Qwen3 / Llama class, SDPA) in its fastest stock setting:
                   prefill with its dynamic cache, decode with its `StaticCache` and `torch.compile(mode=
                   "reduce-overhead")` on CUDA (eager on the CPU, where compiling would dominate a test run).
@@ -75,7 +79,7 @@ from ..models.shapes import SHAPES, shape_config
 from ..names import LINEAR_MIXER_NAMES
 from ..selection.uniform import resolve_budget, uniform_groups, uniform_layers
 from . import profile, roofline
-from .variants import ALL_VARIANTS, DTYPE_NAMES, FUSED, GEMV, VARIANTS
+from .variants import ALL_VARIANTS, DTYPE_NAMES, FUSED, GEMV, STEPS, VARIANTS
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 LINEAR_MIXERS = LINEAR_MIXER_NAMES
@@ -194,9 +198,10 @@ class _Runner:
             self.config = models.hybrid_intra
         self.model = _instantiate(models.hf_config if self.hf else self.config, device, dtype, self.hf)
         if not self.hf:  # the plain variants stay unfused (generate would fuse on CUDA), the -fused ones fuse now
-            self.model.decode_fusion = variant in FUSED + GEMV
+            self.model.decode_fusion = variant in FUSED + GEMV + STEPS
             self.model.decode_gemv = variant in GEMV
-        if variant in FUSED + GEMV:
+            self.model.decode_steps = variant in STEPS
+        if variant in FUSED + GEMV + STEPS:
             self.model.fuse_projections()
         self.weight_bytes = roofline.weight_bytes(self.model)
         self._compiled = None
@@ -488,7 +493,8 @@ def _largest_batch_row(runner: _Runner, measure, context: int, cap: _MemoryCap) 
 def throughput_table(rows: list[dict]) -> list[dict]:
     """Decode tokens/s per (variant, mixer, context): at each measured batch (None where it ran out of memory) and at
     the largest batch that fits; then, for each hybrid variant, its ratio to the teacher-engine of the same setting
-    (hybrid-fused to teacher-engine-fused, hybrid-gemv to teacher-engine-gemv, hybrid and hybrid-intra to
+    (hybrid-fused to teacher-engine-fused, hybrid-gemv to teacher-engine-gemv, hybrid-steps to teacher-engine-steps,
+    hybrid and hybrid-intra to
     teacher-engine) at the batches both have."""
     table: dict[tuple, dict] = {}
     for r in rows:

@@ -8,5 +8,8 @@ FUSED = ("hybrid-fused", "teacher-engine-fused")
 # fused projections and every decode matmul through our split-K GEMV (`model.decode_gemv`, hybridize.mixers.kernels):
 # beside the -fused ones, the GEMV is the only difference
 GEMV = ("hybrid-gemv", "teacher-engine-gemv")
-ALL_VARIANTS = VARIANTS + ("hybrid-intra",) + FUSED + GEMV
+# fused projections and the one-kernel decode paths (`model.decode_steps`, hybridize.mixers.kernels.fused_steps: a
+# linear mixer's token, the attention prologue, add + norm): beside the -fused ones, those are the only difference
+STEPS = ("hybrid-steps", "teacher-engine-steps")
+ALL_VARIANTS = VARIANTS + ("hybrid-intra",) + FUSED + GEMV + STEPS
 DTYPE_NAMES = ("bfloat16", "float16", "float32")

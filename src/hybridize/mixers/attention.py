@@ -108,7 +108,8 @@ class Attention(Mixer):
         """A one-token step over a full-attention static buffer whose norms, RoPE and cache write one kernel takes
         (`kernels.attention_decode_prologue`, HyPE's query scale too), and whose attention the decode kernel
         takes."""
-        return (q.shape[1] == 1 and isinstance(state, StaticKV) and state.window is None and info.cu_seqlens is None
+        return (kernels.steps_on() and q.shape[1] == 1 and isinstance(state, StaticKV) and state.window is None
+                and info.cu_seqlens is None
                 and kernels.decode_attention_ok(q)
                 and kernels.attention_prologue_ok(q, k, v, state.keys,
                                                   self.q_norm.weight if self.q_norm is not None else None,

@@ -130,13 +130,13 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
 
 
 def add_rms_norm(x: Tensor, h: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(x + h, RMSNorm(x + h)): the residual add and the norm after it, one fused kernel at inference on the GPU,
-    else `x + h` and `reference.rms_norm`."""
-    if _fusable(x, h, weight) and weight.dim() == 1 and h.shape == x.shape and h.dtype == x.dtype:
+    """(x + h, RMSNorm(x + h)): the residual add and the norm after it, one fused kernel at inference on the GPU
+    inside `fused_steps`, else `x + h` and the norm (`rms_norm`)."""
+    if _steps and _fusable(x, h, weight) and weight.dim() == 1 and h.shape == x.shape and h.dtype == x.dtype:
         with _on_device(x):
             return _fused().add_rms_norm(x, h, weight, eps)
     s = x + h
-    return s, reference.rms_norm(s, weight, eps)
+    return s, rms_norm(s, weight, eps)
 
 
 def rms_norm_gated(x: Tensor, weight: Tensor, eps: float, gate: Tensor, activation: str) -> Tensor:
@@ -288,6 +288,29 @@ class _LinearsThroughGemv(TorchFunctionMode):
         if func is F.linear:
             return linear(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+_steps = False
+
+
+@contextlib.contextmanager
+def fused_steps(enabled: bool = True) -> Iterator[None]:
+    """Inside (enabled), a decode step takes the one-kernel paths: a linear mixer's token (`linear_decode_step`,
+    `gdn_decode_step`), an attention layer's prologue with its output gate in the attention's merge, and each
+    residual add fused with the norm after it (`add_rms_norm`), where `fused_inference` allows the fused kernels.
+    Outside, those ops run one by one as before. The model's `decode_steps` switches it around its decode steps
+    (off by default until the GPU tests of these kernels pass on a GPU)."""
+    global _steps
+    before, _steps = _steps, enabled
+    try:
+        yield
+    finally:
+        _steps = before
+
+
+def steps_on() -> bool:
+    """Whether the one-kernel decode paths may run (`fused_steps`)."""
+    return _steps
 
 
 @contextlib.contextmanager

@@ -199,7 +199,8 @@ class LinearMixer(RecurrentMixer):
         """`_decode_plan` when this call is a one-token step the mixer's one kernel takes (`_decode_step`: norms,
         RoPE, the recurrence over the static cache's state buffer, updated in place; padded tokens masked inside the
         kernel), else None: then the ops run one by one, as on the CPU."""
-        if (x.shape[1] != 1 or not isinstance(state, StaticState) or rec is None or self.conv is not None
+        if (not kernels.steps_on() or x.shape[1] != 1 or not isinstance(state, StaticState) or rec is None
+                or self.conv is not None
                 or self.q_proj.weight.dtype != x.dtype or torch.is_autocast_enabled(x.device.type)):
             return None
         plan = self._decode_plan(x.device)

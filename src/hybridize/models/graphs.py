@@ -135,7 +135,8 @@ class CudaGraphDecoder:
 
     def _step(self, cache, input_ids, new_mask, position_ids):
         model = self.model
-        with kernels.decode_gemv() if getattr(model, "decode_gemv", False) else contextlib.nullcontext():
+        with (kernels.decode_gemv() if getattr(model, "decode_gemv", False) else contextlib.nullcontext(),
+              kernels.fused_steps(getattr(model, "decode_steps", False))):
             return model(input_ids=input_ids, attention_mask=new_mask, past_key_values=cache, use_cache=True,
                          logits_to_keep=1, position_ids=position_ids).logits
 

@@ -180,11 +180,12 @@ class HybridModel(HybridPreTrainedModel):
         else:
             info = self.seq_info(x, attention_mask, position_ids, past_length(past_key_values), cu_seqlens)
         hidden_states = [] if output_hidden_states else None
-        # in a decode step over the static cache (what the CUDA graph replays) each block's last residual add is left
-        # to the next block's input norm, one fused kernel; elsewhere, and where anything hooks a block's output (the
-        # residual stream: distillation, FlashMorph), every block returns its sum
-        defer = (T == 1 and isinstance(past_key_values, HybridStaticCache) and hidden_states is None
-                 and not torch.is_grad_enabled() and not any(layer._forward_hooks for layer in self.layers))
+        # in a decode step over the static cache with the one-kernel paths on (`kernels.fused_steps`) each block's last
+        # residual add is left to the next block's input norm, one fused kernel; elsewhere, and where anything hooks
+        # a block's output (the residual stream: distillation, FlashMorph), every block returns its sum
+        defer = (kernels.steps_on() and T == 1 and isinstance(past_key_values, HybridStaticCache)
+                 and hidden_states is None and not torch.is_grad_enabled()
+                 and not any(layer._forward_hooks for layer in self.layers))
         delta = None
         for i, layer in enumerate(self.layers):
             if hidden_states is not None:
@@ -341,6 +342,10 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     # (hybridize.mixers.kernels.decode_gemv); off until a GPU measurement shows it faster. Read when a step is
     # captured: after changing it, `get_compiled_call().release()` makes the next step capture anew.
     decode_gemv: bool = False
+    # True: decode steps over the static cache take the one-kernel paths (hybridize.mixers.kernels.fused_steps: a
+    # linear mixer's token, the attention prologue, add + norm); off until their GPU tests pass on a GPU. Read when a
+    # step is captured, like decode_gemv.
+    decode_steps: bool = False
 
     def fuse_projections(self) -> int:
         """Decode: one matmul for q|k|v(|gate) of each mixer and for gate|up of each MLP in steps of at most 64
