@@ -121,6 +121,36 @@ def tiny_config(pattern: str | list = "mixed", sliding: bool = True, **overrides
     return HybridConfig(**kwargs)
 
 
+def token_rope(B: int, D: int, dtype, device, first: float = 7.0) -> dict:
+    """cos, sin (B, 1, D) of one decode token per row at positions first, first + 1, ... (rotate-half tables)."""
+    inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device=device).float() / D))
+    pos = first + torch.arange(B, device=device, dtype=torch.float32)[:, None]
+    emb = torch.cat([pos[..., None] * inv] * 2, dim=-1)
+    return dict(cos=emb.cos().to(dtype), sin=emb.sin().to(dtype))
+
+
+def static_decode_logits(monkeypatch, model, ids, spied: str, fused_on: bool, device, dtype, prefill: int = 5):
+    """Last-position logits of a prefill of `prefill` tokens, then one decode step per remaining token of `ids`, over
+    a static cache, with the fused kernels and the one-kernel decode paths on or off (the PyTorch backend for the
+    recurrences otherwise), and how often `kernels.<spied>` was called."""
+    from hybridize.mixers import kernels
+    from hybridize.models.cache import HybridStaticCache
+
+    monkeypatch.setattr(kernels, "fused_inference", lambda x: fused_on)
+    calls = []
+    fn = getattr(kernels, spied)
+    monkeypatch.setattr(kernels, spied, lambda *a, **kw: calls.append(1) or fn(*a, **kw))
+    logits = []
+    B, T = ids.shape
+    with torch.no_grad(), kernels.force_backend("torch"), kernels.fused_steps(fused_on):
+        cache = HybridStaticCache(model.config, max_cache_len=T + 4, batch_size=B, device=device, dtype=dtype)
+        logits.append(model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits[:, -1])
+        for t in range(prefill, T):
+            logits.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[:, -1])
+    monkeypatch.undo()
+    return torch.stack(logits, 1).float(), len(calls)
+
+
 def require_gpu(*, fla: bool = True, triton: bool = False) -> None:
     """The GPU test modules call this first: without what they need they fail (they are selected with -m gpu, so a
     skip would hide a misconfigured GPU run), saying what to install."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close, differing
+from conftest import assert_close, differing, static_decode_logits, token_rope
 from hybridize import HybridConfig, HybridForCausalLM
 from hybridize.mixers import kernels, reference
-from hybridize.models.cache import HybridStaticCache
 
 DTYPES = [torch.bfloat16, torch.float32]
 DTYPE_IDS = ["bf16", "fp32"]
@@ -35,9 +34,7 @@ def _inputs(B, H, HK, D, slots, dtype, device, norm: bool, rope: bool, hype: boo
     w = dict(q_weight=(1 + 0.3 * torch.randn(D, device=device)).to(dtype),
              k_weight=(1 + 0.3 * torch.randn(D, device=device)).to(dtype), eps=1e-6) if norm else {}
     if rope:
-        inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device=device).float() / D))
-        emb = torch.cat([torch.full((1, 1, 1), 5.0, device=device) * inv] * 2, dim=-1)
-        w.update(cos=emb.cos().to(dtype), sin=emb.sin().to(dtype))
+        w.update(token_rope(1, D, dtype, device, first=5.0))
     if hype:
         w.update(hype_a=6.0, position_ids=torch.tensor([[5 + 900 * b] for b in range(B)], device=device))
     return q, k, v, keys, values, w
@@ -100,21 +97,9 @@ def test_model_decode_through_the_prologue(monkeypatch, triton_device, dtype, hy
     model = HybridForCausalLM(config).to(triton_device, dtype).eval()
     ids = torch.randint(1, 96, (2, 8), device=triton_device)
 
-    def run(fused_on: bool):
-        monkeypatch.setattr(kernels, "fused_inference", lambda x: fused_on)
-        calls = []
-        fn = kernels.attention_decode_prologue
-        monkeypatch.setattr(kernels, "attention_decode_prologue", lambda *a, **kw: calls.append(1) or fn(*a, **kw))
-        logits = []
-        with torch.no_grad(), kernels.force_backend("torch"), kernels.fused_steps(fused_on):
-            cache = HybridStaticCache(config, max_cache_len=12, batch_size=2, device=triton_device, dtype=dtype)
-            logits.append(model(ids[:, :5], past_key_values=cache, use_cache=True).logits[:, -1])
-            for t in range(5, 8):
-                logits.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[:, -1])
-        monkeypatch.undo()
-        return torch.stack(logits, 1).float(), len(calls)
-
-    (ref, ref_calls), (out, out_calls) = run(False), run(True)
+    spied = "attention_decode_prologue"
+    (ref, ref_calls), (out, out_calls) = (
+        static_decode_logits(monkeypatch, model, ids, spied, on, triton_device, dtype) for on in (False, True))
     assert ref_calls == 0 and out_calls == 3 * 2, (ref_calls, out_calls)  # 3 steps x 2 attention layers
     assert_close(out, ref, "decode logits, one-kernel prologue vs reference", dtype=dtype)
     differing(out, ref, f"decode logits {dtype}")

@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_close, differing, tiny_config
+from conftest import assert_close, differing, static_decode_logits, tiny_config, token_rope
 from hybridize import HybridForCausalLM
-from hybridize.mixers import kernels, reference
-from hybridize.models.cache import HybridStaticCache
+from hybridize.mixers import reference
 
 DTYPES = [torch.bfloat16, torch.float32]
 DTYPE_IDS = ["bf16", "fp32"]
@@ -35,10 +34,7 @@ def _inputs(B, H, D, DV, dtype, device, norm: bool, rope: bool):
     w = dict(q_weight=(1 + 0.3 * torch.randn(D, device=device)).to(dtype),
              k_weight=(1 + 0.3 * torch.randn(D, device=device)).to(dtype), eps=1e-6) if norm else {}
     if rope:
-        inv = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device=device).float() / D))
-        pos = torch.tensor([[7.0]] * B, device=device) + torch.arange(B, device=device)[:, None]
-        emb = torch.cat([pos[..., None] * inv] * 2, dim=-1)
-        w.update(cos=emb.cos().to(dtype), sin=emb.sin().to(dtype))
+        w.update(token_rope(B, D, dtype, device))
     return (q, k, v, a, b, A_log, dt_bias), state, w
 
 
@@ -80,21 +76,9 @@ def test_model_decode_over_static_cache(monkeypatch, triton_device, dtype):
     model = HybridForCausalLM(config).to(triton_device, dtype).eval()
     ids = torch.randint(1, 101, (2, 8), device=triton_device)
 
-    def run(fused_on: bool):
-        monkeypatch.setattr(kernels, "fused_inference", lambda x: fused_on)
-        calls = []
-        fn = kernels.gdn_decode_step
-        monkeypatch.setattr(kernels, "gdn_decode_step", lambda *a, **kw: calls.append(1) or fn(*a, **kw))
-        logits = []
-        with torch.no_grad(), kernels.force_backend("torch"), kernels.fused_steps(fused_on):
-            cache = HybridStaticCache(config, max_cache_len=16, batch_size=2, device=triton_device, dtype=dtype)
-            logits.append(model(ids[:, :5], past_key_values=cache, use_cache=True).logits[:, -1])
-            for t in range(5, 8):
-                logits.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[:, -1])
-        monkeypatch.undo()
-        return torch.stack(logits, 1).float(), len(calls)
-
-    (ref, ref_calls), (out, out_calls) = run(False), run(True)
+    spied = "gdn_decode_step"
+    (ref, ref_calls), (out, out_calls) = (
+        static_decode_logits(monkeypatch, model, ids, spied, on, triton_device, dtype) for on in (False, True))
     assert ref_calls == 0 and out_calls == 3 * 4, (ref_calls, out_calls)  # 3 steps x 4 GatedDeltaNet layers
     assert_close(out, ref, "gated_deltanet decode logits, one-kernel step vs reference", dtype=dtype)
     differing(out, ref, f"gated_deltanet decode logits {dtype}")

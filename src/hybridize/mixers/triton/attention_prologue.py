@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import _norm_rope, _round, _warps
+from .fused import _norm_rope, _rope_halves, _round, _warps
 
 Tensor = torch.Tensor
 
@@ -38,15 +38,7 @@ def _prologue_kernel(Q, K, V, QW, KW, COS, SIN, KC, VC, POS, QO, TPOS,
     j = pid % (H + HK)
     half = tl.arange(0, BLOCK_HALF)
     h_ok = half < HALF
-    c1 = tl.zeros([BLOCK_HALF], tl.float32)
-    c2 = c1
-    s1 = c1
-    s2 = c1
-    if HAS_ROPE:
-        c1 = tl.load(COS + b * sc_b + half, mask=h_ok, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
-        s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+    c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
     if j < H:
         x1, x2 = _norm_rope(Q + b * sq_b + j * sq_h, QW, c1, c2, s1, s2, half, h_ok, 1.0, inv_D, eps,
                             HAS_NORM, HAS_ROPE, HALF, INTERPRETER)

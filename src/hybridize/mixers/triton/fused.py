@@ -51,8 +51,34 @@ def _warps(elements: int) -> int:
 
 
 @triton.jit
+def _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF: tl.constexpr, HAS_ROPE: tl.constexpr,
+                 BLOCK_HALF: tl.constexpr):
+    """The token's rotary table of row b as fp32 halves (c1, c2, s1, s2); zeros without RoPE."""
+    c1 = tl.zeros([BLOCK_HALF], tl.float32)
+    c2 = c1
+    s1 = c1
+    s2 = c1
+    if HAS_ROPE:
+        c1 = tl.load(COS + b * sc_b + half, mask=h_ok, other=0.0).to(tl.float32)
+        c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+        s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
+        s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
+    return c1, c2, s1, s2
+
+
+@triton.jit
+def _keep(MASK, b, HAS_MASK: tl.constexpr):
+    """1.0, or 0.0 where the row's token is padding (MASK[b] == 0): its inputs count as zero."""
+    keep = 1.0
+    if HAS_MASK:
+        keep = tl.where(tl.load(MASK + b) != 0, 1.0, 0.0)
+    return keep
+
+
+@triton.jit
 def _norm_rope(X, W, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
-               HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr, ACT: tl.constexpr = 0):
+               HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HALF: tl.constexpr, INTERPRETER: tl.constexpr,
+               ACT: tl.constexpr = 0):
     """One head vector at X (contiguous D = 2 * HALF values) as two fp32 halves, normed and rotated as the reference
     rounds: each half's values are representable in X's dtype. keep 0: a padded token, whose vector is zero;
     ACT: an activation first (`_act`)."""

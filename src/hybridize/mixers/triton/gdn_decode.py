@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import _act, _norm_rope, _round, _softplus, _warps
+from .fused import _act, _keep, _norm_rope, _rope_halves, _round, _softplus
+from .linear_decode import _Step
 
 Tensor = torch.Tensor
 
@@ -41,18 +42,8 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
     h = (bh % H).to(tl.int64)
     half = tl.arange(0, BLOCK_HALF)
     h_ok = half < HALF
-    c1 = tl.zeros([BLOCK_HALF], tl.float32)
-    c2 = c1
-    s1 = c1
-    s2 = c1
-    if HAS_ROPE:
-        c1 = tl.load(COS + b * sc_b + half, mask=h_ok, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
-        s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-    keep = 1.0
-    if HAS_MASK:  # a padded token: q, k, v, a, b count as zero and the gates as neutral (no decay, no write)
-        keep = tl.where(tl.load(MASK + b) != 0, 1.0, 0.0)
+    c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
+    keep = _keep(MASK, b, HAS_MASK)  # a padded token: q, k, v, a, b count as zero, the gates neutral
     q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER, ACT)
     k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
@@ -99,47 +90,16 @@ def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log
     updated in place; activation "silu" or None; q_weight / k_weight: (D,) in q's dtype (both or neither); cos, sin:
     (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token. D even. Returns o (B, 1, H, DV) in
     v's dtype."""
-    B, T, H, D = q.shape
-    DV = v.shape[-1]
-    if T != 1 or k.shape != q.shape or v.shape[:3] != (B, 1, H) or D % 2:
-        raise ValueError(f"one token of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, even head dim")
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    st = _Step(q, k, v, state, q_weight, k_weight, cos, sin, mask)
+    B, H = st.B, st.H
     if a.shape != (B, 1, H) or b.shape != (B, 1, H) or A_log.shape != (H,) or dt_bias.shape != (H,):
         raise ValueError(f"a, b must be ({B}, 1, {H}) and A_log, dt_bias ({H},), got {tuple(a.shape)}, "
                          f"{tuple(b.shape)}, {tuple(A_log.shape)}, {tuple(dt_bias.shape)}")
-    if state.shape != (B, H, D, DV) or state.dtype != torch.float32 or not state.is_contiguous():
-        raise ValueError(f"state must be ({B}, {H}, {D}, {DV}) fp32 contiguous, got {tuple(state.shape)} "
-                         f"{state.dtype}")
-    if (q_weight is None) != (k_weight is None) or (cos is None) != (sin is None):
-        raise ValueError("give both q_weight and k_weight or neither, both cos and sin or neither")
     if activation not in ("silu", None):
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
-    has_rope = cos is not None
-    if has_rope:
-        if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, D):
-            raise ValueError(f"cos / sin must be (B or 1, 1, {D}), got {tuple(cos.shape)} / {tuple(sin.shape)}")
-        cos, sin = cos.expand(B, 1, D), sin.expand(B, 1, D)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     a, b = (t if t.stride(-1) == 1 else t.contiguous() for t in (a, b))
-    o = torch.empty((B, 1, H, DV), dtype=v.dtype, device=q.device)
-    half = D // 2
-    BLOCK_HALF = triton.next_power_of_2(half)
-    BLOCK_V = min(triton.next_power_of_2(DV), max(16, 4096 // (2 * BLOCK_HALF)))
-    blocks = triton.cdiv(DV, BLOCK_V)
-    norm = q_weight is not None
-    mask_arg = q
-    if mask is not None:  # bool as bytes (a view), which Triton loads as integers
-        mask_arg = mask.reshape(B).view(torch.uint8) if mask.dtype == torch.bool else mask.reshape(B)
-    _gdn_decode_kernel[(B * H * blocks,)](
-        q, k, v, q_weight if norm else q, k_weight if norm else k, cos if has_rope else q, sin if has_rope else q,
-        a, b, A_log, dt_bias, mask_arg, state, o,
-        H, blocks, q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
-        cos.stride(0) if has_rope else 0, sin.stride(0) if has_rope else 0, a.stride(0), b.stride(0),
-        float(scale), 1.0 / D, float(eps),
-        HALF=half, DV=DV, BLOCK_HALF=BLOCK_HALF, BLOCK_V=BLOCK_V, HAS_NORM=norm, HAS_ROPE=has_rope,
-        HAS_MASK=mask is not None, ACT=2 if activation == "silu" else 0, INTERPRETER=not q.is_cuda,
-        num_warps=_warps(2 * BLOCK_HALF * BLOCK_V),
-        enable_fp_fusion=False,  # the activations, norms and RoPE as torch computes them: no fma
-    )
-    return o
+    _gdn_decode_kernel[st.grid](
+        st.q, st.k, st.v, st.q_weight, st.k_weight, st.cos, st.sin, a, b, A_log, dt_bias, st.mask_arg, state, st.out,
+        H, st.blocks, *st.strides(), a.stride(0), b.stride(0), float(scale), 1.0 / st.D, float(eps),
+        ACT=2 if activation == "silu" else 0, **st.meta())
+    return st.out

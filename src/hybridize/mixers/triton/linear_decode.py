@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fused import _norm_rope, _warps
+from .fused import _keep, _norm_rope, _rope_halves, _warps
 
 Tensor = torch.Tensor
 
@@ -42,18 +42,8 @@ def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
     h = (bh % H).to(tl.int64)
     half = tl.arange(0, BLOCK_HALF)
     h_ok = half < HALF
-    c1 = tl.zeros([BLOCK_HALF], tl.float32)
-    c2 = c1
-    s1 = c1
-    s2 = c1
-    if HAS_ROPE:
-        c1 = tl.load(COS + b * sc_b + half, mask=h_ok, other=0.0).to(tl.float32)
-        c2 = tl.load(COS + b * sc_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-        s1 = tl.load(SIN + b * ss_b + half, mask=h_ok, other=0.0).to(tl.float32)
-        s2 = tl.load(SIN + b * ss_b + HALF + half, mask=h_ok, other=0.0).to(tl.float32)
-    keep = 1.0
-    if HAS_MASK:  # a padded token: q, k, v count as zero (the eager step zeroes its input) and the state keeps as is
-        keep = tl.where(tl.load(MASK + b) != 0, 1.0, 0.0)
+    c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
+    keep = _keep(MASK, b, HAS_MASK)  # a padded token: q, k, v count as zero (the eager step zeroes its input)
     q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
     k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
@@ -75,6 +65,59 @@ def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
     tl.store(O + (b * H + h) * DV + cols, o.to(O.dtype.element_ty), mask=v_ok)
 
 
+class _Step:
+    """A one-token recurrent step's checked inputs and launch layout, shared by the linear mixers' decode kernels:
+    q, k: (B, 1, H, D), v: (B, 1, H, DV) (any strides but the last: slices of a fused projection), one dtype; state:
+    (B, H, D, DV) fp32 contiguous; q_weight / k_weight both or neither; cos, sin: (B or 1, 1, D) both or neither; mask
+    (B, 1) or None. D even. One program per (row, head, block of V)."""
+
+    def __init__(self, q, k, v, state, q_weight, k_weight, cos, sin, mask):
+        B, T, H, D = q.shape
+        DV = v.shape[-1]
+        if T != 1 or k.shape != q.shape or v.shape[:3] != (B, 1, H) or D % 2:
+            raise ValueError(f"one token of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, even head "
+                             f"dim")
+        if not q.dtype == k.dtype == v.dtype:
+            raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        if state.shape != (B, H, D, DV) or state.dtype != torch.float32 or not state.is_contiguous():
+            raise ValueError(f"state must be ({B}, {H}, {D}, {DV}) fp32 contiguous, got {tuple(state.shape)} "
+                             f"{state.dtype}")
+        if (q_weight is None) != (k_weight is None) or (cos is None) != (sin is None):
+            raise ValueError("give both q_weight and k_weight or neither, both cos and sin or neither")
+        self.rope = cos is not None
+        if self.rope:
+            if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, D):
+                raise ValueError(f"cos / sin must be (B or 1, 1, {D}), got {tuple(cos.shape)} / {tuple(sin.shape)}")
+            cos, sin = cos.expand(B, 1, D), sin.expand(B, 1, D)
+        self.B, self.H, self.D, self.DV = B, H, D, DV
+        self.q, self.k, self.v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        self.norm = q_weight is not None
+        self.q_weight, self.k_weight = (q_weight, k_weight) if self.norm else (q, k)  # unread placeholders
+        self.cos, self.sin = (cos, sin) if self.rope else (q, q)
+        self.mask = mask is not None
+        # bool as bytes (a view), which Triton loads as integers
+        self.mask_arg = q if mask is None else (mask.reshape(B).view(torch.uint8) if mask.dtype == torch.bool
+                                                else mask.reshape(B))
+        self.out = torch.empty((B, 1, H, DV), dtype=v.dtype, device=q.device)
+        self.half = D // 2
+        self.BLOCK_HALF = triton.next_power_of_2(self.half)
+        self.BLOCK_V = min(triton.next_power_of_2(DV), max(16, 4096 // (2 * self.BLOCK_HALF)))
+        self.blocks = triton.cdiv(DV, self.BLOCK_V)
+        self.grid = (B * H * self.blocks,)
+
+    def strides(self) -> tuple:
+        """q, k, v row and head strides, then cos and sin row strides."""
+        q, k, v = self.q, self.k, self.v
+        return (q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
+                self.cos.stride(0) if self.rope else 0, self.sin.stride(0) if self.rope else 0)
+
+    def meta(self) -> dict:
+        return dict(HALF=self.half, DV=self.DV, BLOCK_HALF=self.BLOCK_HALF, BLOCK_V=self.BLOCK_V, HAS_NORM=self.norm,
+                    HAS_ROPE=self.rope, HAS_MASK=self.mask, INTERPRETER=not self.q.is_cuda,
+                    num_warps=_warps(2 * self.BLOCK_HALF * self.BLOCK_V),
+                    enable_fp_fusion=False)  # the norm's sum of squares and RoPE's products as torch does: no fma
+
+
 def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
                        cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -83,41 +126,10 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
     or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token
     (its q, k, v count as zero, no decay: the state stays as it is, the output is zero). D even. Returns o (B, 1, H,
     DV) in v's dtype."""
-    B, T, H, D = q.shape
-    DV = v.shape[-1]
-    if T != 1 or k.shape != q.shape or v.shape[:3] != (B, 1, H) or D % 2:
-        raise ValueError(f"one token of q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, even head dim")
-    if state.shape != (B, H, D, DV) or state.dtype != torch.float32 or not state.is_contiguous():
-        raise ValueError(f"state must be ({B}, {H}, {D}, {DV}) fp32 contiguous, got {tuple(state.shape)} "
-                         f"{state.dtype}")
-    if (q_weight is None) != (k_weight is None) or (cos is None) != (sin is None):
-        raise ValueError("give both q_weight and k_weight or neither, both cos and sin or neither")
-    if log_decay.shape != (H,):
-        raise ValueError(f"log_decay must be ({H},), got {tuple(log_decay.shape)}")
-    has_rope = cos is not None
-    if has_rope:
-        if cos.shape != sin.shape or cos.dim() != 3 or cos.shape[0] not in (1, B) or cos.shape[1:] != (1, D):
-            raise ValueError(f"cos / sin must be (B or 1, 1, {D}), got {tuple(cos.shape)} / {tuple(sin.shape)}")
-        cos, sin = cos.expand(B, 1, D), sin.expand(B, 1, D)
-    if not q.dtype == k.dtype == v.dtype:
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    q, k, v = (a if a.stride(-1) == 1 else a.contiguous() for a in (q, k, v))
-    o = torch.empty((B, 1, H, DV), dtype=v.dtype, device=q.device)
-    half = D // 2
-    BLOCK_HALF = triton.next_power_of_2(half)
-    BLOCK_V = min(triton.next_power_of_2(DV), max(16, 4096 // (2 * BLOCK_HALF)))
-    blocks = triton.cdiv(DV, BLOCK_V)
-    norm = q_weight is not None
-    if mask is not None:  # bool as bytes (a view), which Triton loads as integers
-        mask_arg = mask.reshape(B).view(torch.uint8) if mask.dtype == torch.bool else mask.reshape(B)
-    _linear_decode_kernel[(B * H * blocks,)](
-        q, k, v, q_weight if norm else q, k_weight if norm else k, cos if has_rope else q, sin if has_rope else q,
-        log_decay.float().contiguous(), q if mask is None else mask_arg, state, o,
-        H, blocks, q.stride(0), q.stride(2), k.stride(0), k.stride(2), v.stride(0), v.stride(2),
-        cos.stride(0) if has_rope else 0, sin.stride(0) if has_rope else 0, float(scale), 1.0 / D, float(eps),
-        HALF=half, DV=DV, BLOCK_HALF=BLOCK_HALF, BLOCK_V=BLOCK_V, HAS_NORM=norm, HAS_ROPE=has_rope,
-        HAS_MASK=mask is not None,
-        INTERPRETER=not q.is_cuda, num_warps=_warps(2 * BLOCK_HALF * BLOCK_V),
-        enable_fp_fusion=False,  # the norm's sum of squares and RoPE's products as torch computes them: no fma
-    )
-    return o
+    st = _Step(q, k, v, state, q_weight, k_weight, cos, sin, mask)
+    if log_decay.shape != (st.H,):
+        raise ValueError(f"log_decay must be ({st.H},), got {tuple(log_decay.shape)}")
+    _linear_decode_kernel[st.grid](
+        st.q, st.k, st.v, st.q_weight, st.k_weight, st.cos, st.sin, log_decay.float().contiguous(), st.mask_arg,
+        state, st.out, st.H, st.blocks, *st.strides(), float(scale), 1.0 / st.D, float(eps), **st.meta())
+    return st.out
