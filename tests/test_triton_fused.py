@@ -174,6 +174,26 @@ def test_silu_mul_non_contiguous_halves(fused, triton_device):
     differing(out, ref, "silu_mul halves of one projection")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("scaling", [1.0, 1.25])
+def test_rope_tables_match_the_rotary_embedding(fused, triton_device, dtype, scaling):
+    """A step's cos / sin tables in one kernel against `HybridRotaryEmbedding.forward`'s operators, at small and
+    large positions (the fp32 angle is the same product; cos / sin may differ by an fp32 ulp)."""
+    from hybridize.models.modeling import HybridRotaryEmbedding
+
+    rot = HybridRotaryEmbedding(tiny_config("mixed", head_dim=12)).to(triton_device)
+    rot.attention_scaling = scaling
+    x = torch.zeros(1, device=triton_device, dtype=dtype)
+    pos = torch.tensor([[0], [7], [4095], [131071]], device=triton_device)
+    cos, sin = fused.rope_tables(pos, rot.inv_freq, scaling, dtype)
+    ref_cos, ref_sin = rot(x, pos)
+    assert cos.dtype == ref_cos.dtype and cos.shape == ref_cos.shape == (4, 1, 12)
+    assert_close(cos, ref_cos, f"rope cos {dtype}")
+    assert_close(sin, ref_sin, f"rope sin {dtype}")
+    differing(cos, ref_cos, f"rope cos {dtype}")
+    differing(sin, ref_sin, f"rope sin {dtype}")
+
+
 # --------------------------------------------------------------------------------------------------------- dispatch
 
 

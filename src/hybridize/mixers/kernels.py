@@ -247,6 +247,17 @@ def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log
     return reference.gdn_decode_step(q, k, v, a, b, A_log, dt_bias, state, **args)
 
 
+def rope_tables(position_ids: Tensor, inv_freq: Tensor, scaling: float, dtype: torch.dtype
+                ) -> tuple[Tensor, Tensor] | None:
+    """cos, sin (B, T, D) of a decode step's positions in one kernel inside `fused_steps` on the GPU
+    (`fused.rope_tables`); None elsewhere (the caller computes them with PyTorch operators)."""
+    if not (_steps and _fusable(inv_freq) and dtype in _FUSED_DTYPES and position_ids.dim() == 2
+            and inv_freq.dim() == 1):
+        return None
+    with _on_device(inv_freq):
+        return _fused().rope_tables(position_ids, inv_freq, scaling, dtype)
+
+
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SwiGLU's `F.silu(gate) * up`: one fused kernel at inference on the GPU, else those two ops."""
     if _fusable(gate, up) and gate.shape == up.shape:

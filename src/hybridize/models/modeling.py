@@ -58,6 +58,9 @@ class HybridRotaryEmbedding(nn.Module):
     @torch.no_grad()
     @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fused = kernels.rope_tables(position_ids, self.inv_freq, self.attention_scaling, x.dtype)
+        if fused is not None:  # a decode step with the one-kernel paths on: the same tables in one launch
+            return fused
         freqs = position_ids[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)

@@ -322,6 +322,42 @@ def apply_rope(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, 
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The rotary tables of a step: cos / sin of position x inv_freq, times the scaling, in the model's dtype.
+
+
+@triton.jit
+def _rope_tables_kernel(P, INV, COS, SIN, scaling, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                        INTERPRETER: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # one token (b, t)
+    half = tl.arange(0, BLOCK_HALF)
+    ok = half < HALF
+    f = tl.load(P + row).to(tl.float32) * tl.load(INV + half, mask=ok, other=0.0)
+    odt = COS.dtype.element_ty
+    c = _round(tl.cos(f) * scaling, odt, INTERPRETER).to(odt)
+    s = _round(tl.sin(f) * scaling, odt, INTERPRETER).to(odt)
+    base = row * (2 * HALF)
+    tl.store(COS + base + half, c, mask=ok)
+    tl.store(COS + base + HALF + half, c, mask=ok)
+    tl.store(SIN + base + half, s, mask=ok)
+    tl.store(SIN + base + HALF + half, s, mask=ok)
+
+
+def rope_tables(position_ids: Tensor, inv_freq: Tensor, scaling: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos, sin (B, T, 2 * len(inv_freq)) in `dtype` of positions (B, T): one launch for what
+    `HybridRotaryEmbedding.forward` computes in nine (cast, product, concatenation, cos, sin, scalings, casts)."""
+    B, T = position_ids.shape
+    half = inv_freq.numel()
+    cos = torch.empty((B, T, 2 * half), dtype=dtype, device=position_ids.device)
+    sin = torch.empty_like(cos)
+    if B * T:
+        BLOCK_HALF = triton.next_power_of_2(half)
+        _rope_tables_kernel[(B * T,)](position_ids.contiguous(), inv_freq.float().contiguous(), cos, sin,
+                                      float(scaling), HALF=half, BLOCK_HALF=BLOCK_HALF,
+                                      INTERPRETER=not position_ids.is_cuda, num_warps=1)
+    return cos, sin
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # SwiGLU's elementwise part: silu(gate) * up.
 
 
