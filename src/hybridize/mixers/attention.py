@@ -17,7 +17,7 @@ from torch.nn.attention.bias import CausalBias, causal_lower_right
 from transformers.cache_utils import StaticLayer
 
 from . import blocked_attention, kernels
-from .base import DocumentSegments, Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale
+from .base import DocumentSegments, Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, hype_scale, qk_prep
 from .state import StaticKV
 from .fusion import project
 
@@ -53,13 +53,11 @@ class Attention(Mixer):
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
         if self._one_kernel_prologue(q, k, v, info, state):
             # the decode step on a GPU: norms, RoPE and the cache write in one kernel, then the split-K attention
-            norm = self.q_norm is not None
             q_pos = info.query_positions(q.device)
             q = kernels.attention_decode_prologue(
-                q, k, v, state.keys, state.values, q_pos, q_weight=self.q_norm.weight if norm else None,
-                k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
-                cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, hype_a=self.hype_a,
-                position_ids=None if self.hype_a is None else info.position_ids)
+                q, k, v, state.keys, state.values, q_pos, hype_a=self.hype_a,
+                position_ids=None if self.hype_a is None else info.position_ids,
+                **qk_prep(self.q_norm, self.k_norm, self.use_rope, info))
             fold = gate is not None and gate.dtype == q.dtype and gate.stride(-1) == 1  # the gate in the merge
             o = kernels.decode_attention(q.view(B, self.num_kv_heads, -1, self.head_dim), state.keys, state.values,
                                          q_pos, info.padding_mask, self.scaling, gate=gate if fold else None)
@@ -108,12 +106,11 @@ class Attention(Mixer):
         """A one-token step over a full-attention static buffer whose norms, RoPE and cache write one kernel takes
         (`kernels.attention_decode_prologue`, HyPE's query scale too), and whose attention the decode kernel
         takes."""
-        return (kernels.steps_on() and q.shape[1] == 1 and isinstance(state, StaticKV) and state.window is None
-                and info.cu_seqlens is None
-                and kernels.decode_attention_ok(q)
-                and kernels.attention_prologue_ok(q, k, v, state.keys,
-                                                  self.q_norm.weight if self.q_norm is not None else None,
-                                                  info.cos if self.use_rope else None))
+        if not (kernels.steps_on() and q.shape[1] == 1 and isinstance(state, StaticKV) and state.window is None
+                and info.cu_seqlens is None and kernels.decode_attention_ok(q)):
+            return False
+        prep = qk_prep(self.q_norm, self.k_norm, self.use_rope, info)
+        return kernels.attention_prologue_ok(q, k, v, state.keys, prep["q_weight"], prep["cos"])
 
     def _bounded(self, q: Tensor, k: Tensor, v: Tensor, info: SeqInfo) -> bool:
         """Whether a chunk after a cached prefix runs `blocked_attention.attend`: SDPA would build a mask or K/V

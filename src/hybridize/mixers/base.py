@@ -179,6 +179,14 @@ class RMSNorm(nn.Module):
         return kernels.rms_norm(x, self.weight, self.eps)
 
 
+def qk_prep(q_norm: RMSNorm | None, k_norm: RMSNorm | None, rope: bool, info: SeqInfo) -> dict:
+    """The keyword arguments a one-kernel decode step takes for a mixer's q/k norms and RoPE: q_weight, k_weight, eps
+    (None, None, 1e-6 without norms) and cos, sin (None without RoPE)."""
+    norm = q_norm is not None
+    return dict(q_weight=q_norm.weight if norm else None, k_weight=k_norm.weight if norm else None,
+                eps=q_norm.eps if norm else 1e-6, cos=info.cos if rope else None, sin=info.sin if rope else None)
+
+
 def hype_scale(position_ids: Tensor, a: float) -> Tensor:
     """HyPE query scale s_t = log(t + a) / log(a), (B, T) fp32; s_0 = 1 and it grows slowly with t."""
     return torch.log(position_ids.float() + a) / math.log(a)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .base import qk_prep
 from .linear import LinearMixer, masked
 
 
@@ -49,13 +50,10 @@ class GatedDeltaNet(LinearMixer):
 
     def _decode_step(self, x, q, k, v, rec, info, mask, plan, extra):
         """One kernel from the raw projections: activations, norms, RoPE, gates, L2 norm, the delta rule in place."""
-        norm = self.q_norm is not None
         a, b = extra if extra else (self.a_proj(x), self.b_proj(x))
-        return kernels.gdn_decode_step(
-            q, k, v, a, b, self.A_log, self.dt_bias, rec, scale=self.scale,
-            activation=self.qkv_activation, q_weight=self.q_norm.weight if norm else None,
-            k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
-            cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, mask=mask)
+        return kernels.gdn_decode_step(q, k, v, a, b, self.A_log, self.dt_bias, rec, scale=self.scale,
+                                       activation=self.qkv_activation, mask=mask,
+                                       **qk_prep(self.q_norm, self.k_norm, self.use_rope, info))
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())

@@ -212,6 +212,12 @@ def linear_decode_ok(x: Tensor, heads: tuple[int, int, int], state: Tensor, q_we
             and (cos is None or cos.dtype == x.dtype))
 
 
+def _step_ok(q: Tensor, k: Tensor, v: Tensor, state: Tensor, q_weight: Tensor | None, cos: Tensor | None) -> bool:
+    """`linear_decode_ok` for the projections q, k (B, 1, H, K), v (B, 1, H, V) themselves."""
+    return (q.dim() == 4 and q.dtype == k.dtype == v.dtype and k.shape == q.shape
+            and linear_decode_ok(q[:, :, 0], (q.shape[2], q.shape[3], v.shape[-1]), state, q_weight, cos))
+
+
 def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
                        cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -220,8 +226,7 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
     where `linear_decode_ok` says so (`triton/linear_decode.py`), else
     `reference.linear_decode_step`. Returns o (B, 1, H, V)."""
     args = dict(scale=scale, q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin, mask=mask)
-    if (q.dim() == 4 and q.dtype == k.dtype == v.dtype and k.shape == q.shape
-            and linear_decode_ok(q[:, :, 0], (q.shape[2], q.shape[3], v.shape[-1]), state, q_weight, cos)):
+    if _step_ok(q, k, v, state, q_weight, cos):
         from .triton.linear_decode import linear_decode_step as kernel
 
         with _on_device(q):
@@ -238,8 +243,7 @@ def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log
     (`triton/gdn_decode.py`), else `reference.gdn_decode_step`. Returns o (B, 1, H, V)."""
     args = dict(scale=scale, activation=activation, q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin,
                 mask=mask)
-    if (q.dim() == 4 and q.dtype == k.dtype == v.dtype and k.shape == q.shape
-            and linear_decode_ok(q[:, :, 0], (q.shape[2], q.shape[3], v.shape[-1]), state, q_weight, cos)):
+    if _step_ok(q, k, v, state, q_weight, cos):
         from .triton.gdn_decode import gdn_decode_step as kernel
 
         with _on_device(q):

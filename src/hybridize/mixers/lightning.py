@@ -24,11 +24,11 @@ class Lightning(LinearMixer):
     gate_activation = "sigmoid"
     always_qk_norm = True
 
-    def _decode_log_decay(self, device):
+    def _log_decay(self, device):
         return fixed_log_decay(lightning_log_decay, self.num_heads, device)
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
-        log_gamma = fixed_log_decay(lightning_log_decay, self.num_heads, q.device)
+        log_gamma = self._log_decay(q.device)
         if mask is None:
             return kernels.gla(q, k, v, g_gamma=log_gamma, scale=self.scale, initial_state=initial_state,
                                cu_seqlens=cu_seqlens)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes
+from .base import Mixer, RMSNorm, SeqInfo, Tensor, dtype_bytes, qk_prep
 from . import kernels
 from .fusion import project
 from .state import StaticState
@@ -174,7 +174,7 @@ class LinearMixer(RecurrentMixer):
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def _decode_log_decay(self, device: torch.device) -> Tensor | None:
+    def _log_decay(self, device: torch.device) -> Tensor | None:
         """(H,) the fixed log decay of a mixer whose recurrence is S = exp(log_decay) S + k^T v (Lightning, RetNet),
         else None."""
         return None
@@ -182,18 +182,15 @@ class LinearMixer(RecurrentMixer):
     def _decode_plan(self, device: torch.device):
         """What the one-kernel decode step needs beyond the tensors (not None: this mixer has one): here the fixed log
         decay of a mixer without q/k/v activation."""
-        log_decay = self._decode_log_decay(device)
+        log_decay = self._log_decay(device)
         return log_decay if self.qkv_activation is None else None
 
     def _decode_step(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, rec: Tensor, info: SeqInfo,
                      mask: Tensor | None, plan, extra: list) -> Tensor:
         """The one-kernel step (`_decode_in_place` said so): o (B, 1, H, V), the state `rec` updated in place;
         `extra`: the projections of `fused_projections` beyond q, k, v and the gate."""
-        norm = self.q_norm is not None
-        return kernels.linear_decode_step(
-            q, k, v, rec, plan, scale=self.scale, q_weight=self.q_norm.weight if norm else None,
-            k_weight=self.k_norm.weight if norm else None, eps=self.q_norm.eps if norm else 1e-6,
-            cos=info.cos if self.use_rope else None, sin=info.sin if self.use_rope else None, mask=mask)
+        return kernels.linear_decode_step(q, k, v, rec, plan, scale=self.scale, mask=mask,
+                                          **qk_prep(self.q_norm, self.k_norm, self.use_rope, info))
 
     def _decode_in_place(self, x: Tensor, rec: Tensor | None, state, info: SeqInfo):
         """`_decode_plan` when this call is a one-token step the mixer's one kernel takes (`_decode_step`: norms,
@@ -206,11 +203,9 @@ class LinearMixer(RecurrentMixer):
         plan = self._decode_plan(x.device)
         if plan is None:
             return None
-        H, K, V = self.num_heads, self.head_k_dim, self.head_v_dim
-        if not kernels.linear_decode_ok(x, (H, K, V), rec, self.q_norm.weight if self.q_norm is not None else None,
-                                        info.cos if self.use_rope else None):
-            return None
-        return plan
+        prep = qk_prep(self.q_norm, self.k_norm, self.use_rope, info)
+        heads = (self.num_heads, self.head_k_dim, self.head_v_dim)
+        return plan if kernels.linear_decode_ok(x, heads, rec, prep["q_weight"], prep["cos"]) else None
 
 
 def read_state(layer) -> tuple[Tensor | None, Tensor | None]:

@@ -29,11 +29,11 @@ def retnet_log_decay(num_heads: int, device=None) -> torch.Tensor:
 class RetNet(LinearMixer):
     gate_activation = "silu"
 
-    def _decode_log_decay(self, device):
+    def _log_decay(self, device):
         return fixed_log_decay(retnet_log_decay, self.num_heads, device)
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
-        log_gamma = fixed_log_decay(retnet_log_decay, self.num_heads, q.device)
+        log_gamma = self._log_decay(q.device)
         if mask is None:
             return kernels.gla(q, k, v, g_gamma=log_gamma, scale=self.scale, initial_state=initial_state,
                                cu_seqlens=cu_seqlens)

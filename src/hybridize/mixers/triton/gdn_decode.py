@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .fused import _act, _keep, _norm_rope, _rope_halves, _round, _softplus
-from .linear_decode import _Step
+from .linear_decode import _head_program, _state_block, _Step
 
 Tensor = torch.Tensor
 
@@ -35,13 +35,7 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
                        HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_V: tl.constexpr,
                        HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
                        INTERPRETER: tl.constexpr):
-    pid = tl.program_id(0)  # (batch, head, V block)
-    vb = pid % HV_BLOCKS
-    bh = pid // HV_BLOCKS
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    half = tl.arange(0, BLOCK_HALF)
-    h_ok = half < HALF
+    b, h, half, h_ok, cols, v_ok = _head_program(H, HV_BLOCKS, HALF, DV, BLOCK_HALF, BLOCK_V)
     c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
     keep = _keep(MASK, b, HAS_MASK)  # a padded token: q, k, v, a, b count as zero, the gates neutral
     q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
@@ -52,8 +46,6 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
     rq = 1.0 / tl.maximum(tl.sqrt(tl.sum(q1 * q1, axis=0) + tl.sum(q2 * q2, axis=0)), 1e-12)
     rk = 1.0 / tl.maximum(tl.sqrt(tl.sum(k1 * k1, axis=0) + tl.sum(k2 * k2, axis=0)), 1e-12)
     q1, q2, k1, k2 = q1 * rq * scale, q2 * rq * scale, k1 * rk, k2 * rk
-    cols = vb * BLOCK_V + tl.arange(0, BLOCK_V)
-    v_ok = cols < DV
     vdt = V.dtype.element_ty
     v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32) * keep
     if ACT == 2:
@@ -64,10 +56,7 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
     g = -tl.exp(tl.load(A_LOG + h).to(tl.float32)) * sp * keep
     bt = tl.load(BB + b * sb_b + h).to(tl.float32) * keep
     beta = _round(_act(bt, 1, INTERPRETER), vdt, INTERPRETER) * keep
-    base = S + (b * H + h) * (2 * HALF) * DV
-    m = h_ok[:, None] & v_ok[None, :]
-    p1 = base + half.to(tl.int64)[:, None] * DV + cols[None, :]
-    p2 = p1 + HALF * DV
+    p1, p2, m = _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF, DV)
     decay = tl.exp(g)
     s_1 = tl.load(p1, mask=m, other=0.0) * decay
     s_2 = tl.load(p2, mask=m, other=0.0) * decay

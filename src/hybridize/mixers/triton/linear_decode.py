@@ -30,33 +30,43 @@ Tensor = torch.Tensor
 
 
 @triton.jit
+def _head_program(H, HV_BLOCKS, HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                  BLOCK_V: tl.constexpr):
+    """This program's batch row b and head h (one program per (row, head, block of V)), the head's half range
+    (`half`, `h_ok`) and its block of V columns (`cols`, `v_ok`)."""
+    pid = tl.program_id(0)
+    bh = pid // HV_BLOCKS
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    half = tl.arange(0, BLOCK_HALF)
+    cols = (pid % HV_BLOCKS) * BLOCK_V + tl.arange(0, BLOCK_V)
+    return b, h, half, half < HALF, cols, cols < DV
+
+
+@triton.jit
+def _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF: tl.constexpr, DV: tl.constexpr):
+    """Pointers to the (b, h) state's rows 0 .. HALF - 1 and HALF .. 2 HALF - 1 at this block's columns, and the
+    mask of both."""
+    p1 = S + (b * H + h) * (2 * HALF) * DV + half.to(tl.int64)[:, None] * DV + cols[None, :]
+    return p1, p1 + HALF * DV, h_ok[:, None] & v_ok[None, :]
+
+
+@triton.jit
 def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
                           H, HV_BLOCKS, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sc_b, ss_b, scale, inv_D, eps,
                           HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_V: tl.constexpr,
                           HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_MASK: tl.constexpr,
                           INTERPRETER: tl.constexpr):
-    pid = tl.program_id(0)  # (batch, head, V block)
-    vb = pid % HV_BLOCKS
-    bh = pid // HV_BLOCKS
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    half = tl.arange(0, BLOCK_HALF)
-    h_ok = half < HALF
+    b, h, half, h_ok, cols, v_ok = _head_program(H, HV_BLOCKS, HALF, DV, BLOCK_HALF, BLOCK_V)
     c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
     keep = _keep(MASK, b, HAS_MASK)  # a padded token: q, k, v count as zero (the eager step zeroes its input)
     q1, q2 = _norm_rope(Q + b * sq_b + h * sq_h, QW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
     k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
-    cols = vb * BLOCK_V + tl.arange(0, BLOCK_V)
-    v_ok = cols < DV
     v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32) * keep
     decay = tl.exp(tl.load(G + h).to(tl.float32) * keep)
-    # the state of this (batch, head): rows 0 .. HALF - 1 and HALF .. 2 HALF - 1, the V block's columns
-    base = S + (b * H + h) * (2 * HALF) * DV
-    m = h_ok[:, None] & v_ok[None, :]
-    p1 = base + half.to(tl.int64)[:, None] * DV + cols[None, :]
-    p2 = p1 + HALF * DV
+    p1, p2, m = _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF, DV)
     s_1 = tl.load(p1, mask=m, other=0.0) * decay + k1[:, None] * v[None, :]
     s_2 = tl.load(p2, mask=m, other=0.0) * decay + k2[:, None] * v[None, :]
     tl.store(p1, s_1, mask=m)
