@@ -24,7 +24,7 @@ def _quality(tmp: Path, work: str, **env) -> subprocess.CompletedProcess:
     e = {**os.environ, "DEVICE": "cpu", "WORK": str(tmp / work), "OUT": str(tmp / "out" / work),
          "TEACHER": str(tmp / "teacher-tiny"), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"),
          "HYBRIDIZE_COMMIT": "test", "CALL_SECONDS": "0", "N_EPISODES": "2", "MIXERS": "lightning",
-         "STATE_FROM": str(tmp / "no-state"), "PART_SIZE": "512K", "PARTS_PER_CALL": "2", **env}
+         "STATE_FROM": str(tmp / "no-state"), "TEACHER_IN": str(tmp / "no-parts"), "PART_SIZE": "512K", "PARTS_PER_CALL": "2", **env}
     out = subprocess.run(["bash", "benchmarks/gpu_run.sh", "quality"], cwd=ROOT, env=e, capture_output=True,
                          text=True, timeout=600)
     return out

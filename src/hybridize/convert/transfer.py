@@ -150,7 +150,8 @@ def _intra_from_teacher(i: int, config: HybridConfig, t_attn: dict, aligned_mixe
     wo = t_attn["o_proj.weight"]  # (hidden, H * D)
     columns = [_rows(wo, attention_heads, D, dim=1)]
     if config.intra_fusion == "concat":
-        source = aligned_mixer["o_proj.weight"] if aligned_mixer is not None else wo
+        # the stage-1 model loads on the CPU, the teacher may be on the GPU
+        source = aligned_mixer["o_proj.weight"].to(wo) if aligned_mixer is not None else wo
         columns.append(_rows(source, linear_heads, source.shape[1] // H, dim=1))
     out["o_proj.weight"] = torch.cat(columns, dim=1)
     if "o_proj.bias" in t_attn and "o_proj.bias" in sub_shapes:
