@@ -43,7 +43,12 @@ def test_linear_decode_kernel_at_scale(B, dtype):
     ref_state = state.clone()
     ref = reference.linear_decode_step(q, k, v, ref_state, log_decay, scale=D**-0.5, **w)
     out = linear_decode_step(q, k, v, state, log_decay, scale=D**-0.5, **w)
-    assert_close(state, ref_state, f"state B={B} {dtype}", dtype=torch.float32)
+    # the state is fp32, but with bf16 inputs a k element the kernel rounds one bf16 ulp away from the reference (a
+    # rounding tie after RoPE's fused multiply-adds) moves a whole state row by that ulp times v: bf16's tolerance
+    # there, and the state as a whole within 1e-3 (norm) either way
+    assert_close(state, ref_state, f"state B={B} {dtype}", dtype=dtype, scale=2 if dtype == torch.bfloat16 else 1)
+    rel = ((state.double() - ref_state.double()).norm() / ref_state.double().norm()).item()
+    assert rel < 1e-3, f"state B={B} {dtype}: relative (norm) error {rel:.2e}"
     assert_close(out, ref, f"o B={B} {dtype}")
     differing(out, ref, f"o B={B} {dtype}")
 
@@ -78,7 +83,7 @@ def test_graph_decode_with_fused_steps(pattern):
     logits stay within bf16 rounding of it in bf16."""
     from test_decode_gpu import _model, _prompts
 
-    for dtype in (torch.bfloat16, torch.float32):
+    for dtype in (torch.float32, torch.bfloat16):
         model = _model(pattern, dtype)
         ids, mask = _prompts(8)
         kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, return_dict_in_generate=True,
@@ -88,7 +93,15 @@ def test_graph_decode_with_fused_steps(pattern):
         model.get_compiled_call().release()  # the next step captures anew, with the fused paths
         steps = model.generate(ids, **kw)
         assert model._graph_decoder.replays >= 12, "the decode steps did not replay a CUDA graph"
-        for step, (a, b) in enumerate(zip(steps.logits, plain.logits)):
+        # fp32: the same tokens and logits within 1e-4 at every step. bf16: logits within bf16 rounding up to and
+        # including the first step where a near-tie of this random model's logits picks another token; after it the
+        # two continue different sequences, whose logits are not comparable
+        new = steps.sequences[:, ids.shape[1]:]
+        flips = (new != plain.sequences[:, ids.shape[1]:]).any(0).nonzero()
+        equal = int(flips[0]) if len(flips) else len(plain.logits)
+        last = len(plain.logits) if dtype == torch.float32 else min(equal + 1, len(plain.logits))
+        print(f"{pattern} {dtype}: the same tokens for {equal} of {len(plain.logits)} steps")
+        for step, (a, b) in enumerate(zip(steps.logits[:last], plain.logits[:last])):
             rel = ((a.double() - b.double()).norm() / b.double().norm()).item()
             assert rel < (3e-2 if dtype == torch.bfloat16 else 1e-4), f"{pattern} {dtype} step {step}: rel {rel:.2e}"
         if dtype == torch.float32:
