@@ -571,6 +571,8 @@ def test_intra_layer_conversion_end_to_end_on_the_cli(teachers, text_data, tmp_p
     assert run.returncode == 0, run.stderr[-3000:]
     selection = json.loads((out / "stages" / "select" / "selection.json").read_text())
     assert selection["fusion"] == "intra" and selection["groups"] == [[1]] * 4
+    said = run.stdout + run.stderr
+    assert "4 of 8 KV-head groups keep attention (uniform, budget 0.5), per layer 1 1 1 1 of 2" in said, said[-2000:]
     for stage in ("align", "distill", "finetune"):
         result = json.loads((out / "stages" / stage / "done.json").read_text())["result"]
         assert result["loss_last"] < result["loss_first"], (stage, result)

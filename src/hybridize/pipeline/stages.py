@@ -262,8 +262,13 @@ class Conversion:
 
     def kept(self, selection: dict) -> str:
         """Which layers keep attention, in words, from a selection record."""
-        L = self.load_teacher().model.config.num_hidden_layers
-        layers = selection["layers"]
+        config = self.load_teacher().model.config
+        L, layers = config.num_hidden_layers, selection["layers"]
+        if selection.get("groups") is not None:  # intra-layer: KV-head groups, per layer
+            G, groups = config.num_key_value_heads, selection["groups"]
+            return (f"{sum(map(len, groups))} of {L * G} KV-head groups keep attention ({selection['selector']}, "
+                    f"budget {selection['budget']}), per layer {' '.join(str(len(g)) for g in groups)} of {G}; the "
+                    f"other heads become {self.recipe.mixer} heads")
         return (f"{'layers' if len(layers) > 1 else 'layer'} {', '.join(map(str, layers))} of 0-{L - 1} "
                 f"{'keep' if len(layers) > 1 else 'keeps'} attention "
                 f"({selection['selector']}, budget {selection['budget']}); the other {L - len(layers)} become "
