@@ -342,12 +342,12 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
     # hybridize.mixers.fusion); False keeps them apart.
     decode_fusion: bool = True
     # True: the captured decode step runs its matmuls through our split-K GEMV instead of cuBLAS
-    # (hybridize.mixers.kernels.decode_gemv); off until a GPU measurement shows it faster. Read when a step is
-    # captured: after changing it, `get_compiled_call().release()` makes the next step capture anew.
+    # (hybridize.mixers.kernels.decode_gemv); off: slower than cuBLAS on an H100 (results/decode-limit). Read when a
+    # step is captured: after changing it, `get_compiled_call().release()` makes the next step capture anew.
     decode_gemv: bool = False
     # True: decode steps over the static cache take the one-kernel paths (hybridize.mixers.kernels.fused_steps: a
-    # linear mixer's token, the attention prologue, add + norm); off until their GPU tests pass on a GPU. Read when a
-    # step is captured, like decode_gemv.
+    # linear mixer's token, the attention prologue, add + norm): 1.2x faster steps on an H100 (results/decode-limit);
+    # off until the GPU test of the GatedDeltaNet path passes. Read when a step is captured, like decode_gemv.
     decode_steps: bool = False
 
     def fuse_projections(self) -> int:
