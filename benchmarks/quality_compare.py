@@ -1,5 +1,7 @@
 """Two rows of quality grids on the same teacher and prompts, prompt by prompt: for every conversion seed the two have
-in common, each task and length, both recalls with Wilson 95% intervals and McNemar's exact p on the same prompts.
+in common, each task and length, both recalls with Wilson 95% intervals and McNemar's exact p on the same prompts;
+where both conversions have perplexities (grids run since it was measured), each bucket's perplexity with its interval
+and the paired sign-flip test of the per-window NLLs on the same windows.
 This is how an intra-layer grid (results/quality-intra) is set beside the inter-layer one (results/quality), or one
 selector beside another in a grid:
 
@@ -18,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from hybridize.evaluation.compare import fmt_p, paired, pooled
+from hybridize.evaluation.compare import fmt_p, paired, paired_perplexity, pooled
 
 STATE = "state.json"
 
@@ -67,6 +69,18 @@ def compare(a: tuple[dict, str], b: tuple[dict, str]) -> list[dict]:
                              "b": {"unit": kb, "fusion": sb["settings"].get("fusion", "inter"), "layers": ub["layers"],
                                    "groups": ub.get("groups"), **pooled(entries, "b", task, n)},
                              **p})
+        ppl = [{**e, "model": "a", "metric": "perplexity"} for e in ua.get("perplexity", [])]
+        ppl += [{**e, "model": "b", "metric": "perplexity"} for e in ub.get("perplexity", [])]
+        for e in ua.get("perplexity", []):
+            p = paired_perplexity(ppl, "a", "b", e["length"])  # raises on different windows
+            if p is None:
+                continue
+            other = next(x for x in ub["perplexity"] if x["length"] == e["length"])
+            rows.append({"seed": seed, "task": "perplexity", "length": e["length"] / trained,
+                         "length_tokens": e["length"], "length_from": e["length_from"],
+                         "a": {"unit": ka, "perplexity": e["value"], "ci_low": e["ci_low"], "ci_high": e["ci_high"]},
+                         "b": {"unit": kb, "perplexity": other["value"], "ci_low": other["ci_low"],
+                               "ci_high": other["ci_high"]}, **p})
     return rows
 
 
@@ -75,6 +89,8 @@ def _pct(r: dict) -> str:
 
 
 def markdown(name_a: str, name_b: str, rows: list[dict]) -> str:
+    ppl = [r for r in rows if r["task"] == "perplexity"]
+    rows = [r for r in rows if r["task"] != "perplexity"]
     lines = [f"A = {name_a}, B = {name_b}: exact match with Wilson 95% intervals on the same prompts; only A / only B: "
              "prompts one of them got right; p: McNemar's exact test.", "",
              "| seed | task | length | n | A | B | only A | only B | p |", "|---|---|---|---|---|---|---|---|---|"]
@@ -85,6 +101,19 @@ def markdown(name_a: str, name_b: str, rows: list[dict]) -> str:
     wins_b = sum(r["p"] < 0.05 and r["only_b"] > r["only_a"] for r in rows)
     lines += ["", f"Of {len(rows)} cells (seed x task x length): A better in {wins_a}, B better in {wins_b}, "
               f"no significant difference (p >= 0.05) in {len(rows) - wins_a - wins_b}."]
+    if ppl:
+        lines += ["", "Perplexity on the same windows, by context position: each with its 95% bootstrap interval over "
+                  "windows; p: paired sign-flip test of the per-window NLLs.", "",
+                  "| seed | tokens | windows | A | B | p |", "|---|---|---|---|---|---|"]
+        for r in ppl:
+            a, b = r["a"], r["b"]
+            lines.append(f"| {r['seed']} | {r['length_from'] + 1}-{r['length_tokens']} ({r['length']:g}x) | {r['n']} | "
+                         f"{a['perplexity']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] | "
+                         f"{b['perplexity']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] | {fmt_p(r['p'])} |")
+        lower_a = sum(r["p"] < 0.05 and r["nll_a"] < r["nll_b"] for r in ppl)
+        lower_b = sum(r["p"] < 0.05 and r["nll_b"] < r["nll_a"] for r in ppl)
+        lines += ["", f"Of {len(ppl)} buckets (seed x context): A lower in {lower_a}, B lower in {lower_b}, no "
+                  f"significant difference in {len(ppl) - lower_a - lower_b}."]
     return "\n".join(lines) + "\n"
 
 

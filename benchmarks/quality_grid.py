@@ -35,6 +35,13 @@ and p_vs_<first selector> (McNemar, exact, on the same prompts), tokens (the con
 distill + finetune), tokens_per_parameter (of the teacher), select_tokens and select_gpu_s (the selection's tokens and
 wall seconds on `device`; lanes: how many conversions ran side by side), layers, stage1_sha256 (the aligned model's weights: which selectors of a seed shared
 one stage 1), device, commit.
+
+Perplexity rides along: `--windows` windows (default 16) of the longest length from `--eval-data`, bucketed at the
+lengths, the teacher's and every hybrid's on the same windows (checked by their fingerprint). Its rows in
+summary.json have task `perplexity`, length (the bucket's end as a multiple of the trained context), length_from (its
+start, tokens), n (windows), perplexity with ci_low / ci_high (95% bootstrap over windows), teacher_perplexity (with
+its interval), p_vs_teacher and p_vs_<first selector> (paired sign-flip test of the per-window NLLs); a state made
+before perplexity was measured gets the teacher's on its next call, and its earlier conversions have none.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import torch
 from hybridize.data.synthetic import TASKS
 from hybridize.evaluation.compare import paired, pooled
 from hybridize.evaluation.runner import EvalConfig, default_samples, run_eval
+from hybridize.metrics.stats import paired_permutation_p
 from hybridize.mixers import LINEAR_MIXERS
 from hybridize.pipeline import load_recipe
 from hybridize.pipeline.stages import Conversion, align, convert
@@ -70,7 +78,10 @@ DEFAULT_SECONDS = {"stage1": 60, "train": 90, "eval": 45, "select": {"uniform": 
                                                                      "flashmorph": 150, "kl_guided": 130}}
 # what a state's results depend on: a call with other values would mix two grids
 STOPPED = 3  # exit status of a call that stopped at its deadline with conversions to go (0: the grid is complete)
-SETTINGS = ("recipe", "overrides", "budget", "fusion", "data", "eval_data", "tasks", "lengths", "depths", "samples")
+SETTINGS = ("recipe", "overrides", "budget", "fusion", "data", "eval_data", "tasks", "lengths", "depths", "samples",
+            "windows")
+# settings added after states were committed: a state without one takes this call's value
+ADDED_SETTINGS = ("windows",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +107,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--samples", type=int, default=None, help="prompts per (task, length, depth) (default: hybridize "
                    "eval's on this device, then the state's)")
+    p.add_argument("--windows", type=int, default=16, help="perplexity windows of the longest length (default 16)")
     p.add_argument("--device", default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds this call may run (default: no limit)")
     p.add_argument("--jobs", type=int, default=1, help="(mixer, seed) groups converted side by side on the device, "
@@ -135,6 +147,8 @@ def check_args(a: argparse.Namespace) -> dict:
         raise ValueError(f"--depths {a.depths!r}: comma-separated fractions in [0, 1]")
     if a.samples is not None and a.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {a.samples}")
+    if a.windows < 2:
+        raise ValueError(f"--windows must be >= 2 (an interval needs two windows), got {a.windows}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if a.deadline is not None and a.deadline <= 0:
         raise ValueError(f"--deadline must be > 0 seconds, got {a.deadline}")
@@ -146,7 +160,7 @@ def check_args(a: argparse.Namespace) -> dict:
         load_recipe(a.recipe, [f"budget={a.budget}", f"fusion={a.fusion}", f"mixer={m}", *a.overrides])
     return {"recipe": a.recipe, "overrides": a.overrides, "budget": a.budget, "fusion": a.fusion, "data": a.data,
             "eval_data": a.eval_data, "tasks": tasks, "lengths": lengths, "depths": depths, "samples": a.samples,
-            "mixers": mixers, "selectors": selectors, "seeds": a.seeds, "device": device}
+            "windows": a.windows, "mixers": mixers, "selectors": selectors, "seeds": a.seeds, "device": device}
 
 
 def load_state(folder: Path) -> dict | None:
@@ -175,6 +189,12 @@ def _entries(report: dict, model: str) -> list[dict]:
     return [{k: e[k] for k in keep} for e in report["results"] if e["model"] == model and e["metric"] == "exact_match"]
 
 
+def _perplexity(report: dict, model: str) -> list[dict]:
+    """A report's perplexity entries of one model (per bucket, with per-window NLLs and the windows' fingerprint)."""
+    keep = ("length", "length_from", "samples", "value", "nll", "ci_low", "ci_high", "window_nll", "windows")
+    return [{k: e[k] for k in keep} for e in report["results"] if e["model"] == model and e["metric"] == "perplexity"]
+
+
 class Grid:
     def __init__(self, a: argparse.Namespace, settings: dict, state: dict | None, argv: list[str] | None = None):
         self.a, self.settings, self.t0 = a, settings, time.monotonic()
@@ -194,6 +214,8 @@ class Grid:
         settings["samples"] = (settings["samples"] or (state or {}).get("settings", {}).get("samples")
                                or default_samples(self.device, len(settings["depths"])))
         if state is not None:
+            for k in ADDED_SETTINGS:
+                state["settings"].setdefault(k, settings[k])
             old = {k: state["settings"].get(k, "inter" if k == "fusion" else None) for k in SETTINGS}
             diff = [k for k in SETTINGS if old[k] != settings[k]]
             if diff:
@@ -211,22 +233,28 @@ class Grid:
     def left(self) -> float:
         return math.inf if self.a.deadline is None else self.a.deadline - (time.monotonic() - self.t0)
 
-    def eval_config(self, model: Path, name: str, out: Path) -> EvalConfig:
+    def eval_config(self, model: Path, name: str, out: Path, suites: list[str] | None = None) -> EvalConfig:
         s = self.settings
-        return EvalConfig(models=[str(model)], names=[name], out=str(out), suites=s["tasks"],
+        return EvalConfig(models=[str(model)], names=[name], out=str(out),
+                          suites=suites or [*s["tasks"], "perplexity"],
                           lengths=[round(m * self.trained) for m in s["lengths"]], depths=s["depths"],
-                          samples=s["samples"], data=s["eval_data"], seed=0, device=str(self.device), progress=False,
-                          command=" ".join(sys.argv))
+                          samples=s["samples"], windows=s["windows"], data=s["eval_data"], seed=0,
+                          device=str(self.device), progress=False, command=" ".join(sys.argv))
 
     def teacher_eval(self) -> None:
-        if "eval" in self.state["teacher"]:
+        """The teacher's recall and perplexity, once; a state from before perplexity gets the teacher's alone."""
+        teacher = self.state["teacher"]
+        if "eval" in teacher and "perplexity" in teacher:
             return
         out = self.work / "teacher-eval"
-        run_eval(self.eval_config(Path(self.a.teacher), "teacher", out))
+        run_eval(self.eval_config(Path(self.a.teacher), "teacher", out,
+                                  suites=["perplexity"] if "eval" in teacher else None))
         report = json.loads((out / "report.json").read_text())
-        self.state["teacher"]["eval"] = {"entries": _entries(report, "teacher"), "samples": report["meta"]["samples"],
-                                         "device": report["meta"]["device"]}
-        self.state["teacher"]["parameters"] = report["meta"]["models"][0]["parameters"]
+        if "eval" not in teacher:
+            teacher["eval"] = {"entries": _entries(report, "teacher"), "samples": report["meta"]["samples"],
+                               "device": report["meta"]["device"]}
+            teacher["parameters"] = report["meta"]["models"][0]["parameters"]
+        teacher["perplexity"] = _perplexity(report, "teacher")
         save_state(self.state_dir, self.state)
 
     def estimate(self, mixer: str, selector: str, seed: int) -> float:
@@ -267,6 +295,11 @@ class Grid:
         if other:
             raise ValueError(f"{key} was scored on other prompts than the teacher (e.g. {other[0]['task']} at "
                              f"{other[0]['length']}): a tokenizer or settings differ; use a new --state")
+        perplexity = _perplexity(report, key.replace("/", "-"))
+        windows = {e["windows"] for e in [*perplexity, *self.state["teacher"]["perplexity"]]}
+        if len(windows) > 1:
+            raise ValueError(f"{key} was scored on other perplexity windows than the teacher ({sorted(windows)}): a "
+                             f"tokenizer or settings differ; use a new --state")
         sel = conv.done("select")
         stages = {st: conv.done(st) for st in ("align", "distill", "finetune")}
         record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"], "groups": sel.get("groups"),
@@ -276,7 +309,8 @@ class Grid:
                   "device": device_name(conv.device), "eval_seconds": time.perf_counter() - t_eval,
                   "seconds": time.perf_counter() - t0,
                   "stage1_sha256": weights_sha256(shared.stage_dir("align") / "model"),
-                  "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": entries}
+                  "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": entries,
+                  "perplexity": perplexity}
         for folder in (conv.out / "stages", shared.out / "stages"):  # resume state no longer needed: free the disk
             for ckpt in folder.glob("*/checkpoints"):
                 shutil.rmtree(ckpt, ignore_errors=True)
@@ -420,13 +454,32 @@ def summary_rows(state: dict) -> list[dict]:
                        "p_vs_teacher": (paired(entries, key, "teacher", task, n) or {}).get("p")}
                 if baseline and baseline != key and baseline in state["units"]:
                     row[f"p_vs_{selectors[0]}"] = paired(entries, key, baseline, task, n)["p"]
-                row.update({"tokens": tokens, "tokens_per_parameter": tokens / params if params else None,
-                            "select_tokens": u["select_tokens"], "select_gpu_s": u["select_seconds"],
-                            "lanes": u.get("lanes", 1),
-                            "layers": u["layers"], "stage1_sha256": u.get("stage1_sha256"), "device": u["device"],
-                            "commit": u["commit"]})
-                rows.append(row)
+                rows.append({**row, **_unit_fields(u, tokens, params)})
+        ppl_teacher = {e["length"]: e for e in teacher.get("perplexity", [])}
+        for e in u.get("perplexity", []):
+            t = ppl_teacher.get(e["length"])
+            row = {"teacher": teacher["name"], "teacher_sha256": teacher["weights_sha256"], "mixer": u["mixer"],
+                   "budget": float(state["settings"]["budget"]), "fusion": state["settings"].get("fusion", "inter"),
+                   "selector": u["selector"], "seed": u["seed"], "task": "perplexity", "length": e["length"] / trained,
+                   "length_tokens": e["length"], "length_from": e["length_from"], "n": e["samples"],
+                   "perplexity": e["value"], "ci_low": e["ci_low"], "ci_high": e["ci_high"],
+                   "teacher_perplexity": t["value"] if t else None, "teacher_ci_low": t["ci_low"] if t else None,
+                   "teacher_ci_high": t["ci_high"] if t else None,
+                   "p_vs_teacher": paired_permutation_p(e["window_nll"], t["window_nll"]) if t else None}
+            b = state["units"].get(baseline, {}) if baseline and baseline != key else {}
+            other = {x["length"]: x for x in b.get("perplexity", [])}.get(e["length"])
+            if other is not None:
+                row[f"p_vs_{selectors[0]}"] = paired_permutation_p(e["window_nll"], other["window_nll"])
+            rows.append({**row, **_unit_fields(u, tokens, params)})
     return rows
+
+
+def _unit_fields(u: dict, tokens: int, params: int | None) -> dict:
+    """A summary row's fields about the conversion (the same on its recall and perplexity rows)."""
+    return {"tokens": tokens, "tokens_per_parameter": tokens / params if params else None,
+            "select_tokens": u["select_tokens"], "select_gpu_s": u["select_seconds"], "lanes": u.get("lanes", 1),
+            "layers": u["layers"], "stage1_sha256": u.get("stage1_sha256"), "device": u["device"],
+            "commit": u["commit"]}
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float | None]:
@@ -441,6 +494,8 @@ def summary_markdown(state: dict, rows: list[dict]) -> str:
     lines = ["# Conversion quality on one teacher", "",
              f"Teacher `{t['name']}` (weights sha256 `{t['weights_sha256'][:16]}`, trained context "
              f"{t['trained_context']}); settings: `{json.dumps(state['settings'])}`.", ""]
+    ppl_rows = [r for r in rows if r["task"] == "perplexity"]
+    rows = [r for r in rows if r["task"] != "perplexity"]
     if not rows:
         return "\n".join(lines + ["No conversion evaluated yet."]) + "\n"
     cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
@@ -465,6 +520,26 @@ def summary_markdown(state: dict, rows: list[dict]) -> str:
             cells.append(f"{100 * mean:.0f}%" + (f" ± {100 * sd:.0f}" if sd is not None else "")
                          + f" [{100 * lo:.0f}-{100 * hi:.0f}] ({len(xs)}){share}")
         lines.append(f"| {mixer} | {selector} | " + " | ".join(cells) + " |")
+    if ppl_rows:
+        buckets = list(dict.fromkeys((r["length_from"], r["length_tokens"], r["length"]) for r in ppl_rows))
+        lines += ["", f"Perplexity on {ppl_rows[0]['n']} held-out windows by context position (the teacher's with its "
+                  "95% bootstrap interval over windows), mean over seeds ± standard deviation; each seed's interval "
+                  "and paired p in summary.json.", "",
+                  "| mixer | selector | " + " | ".join(f"tokens {a + 1}-{b} ({m:g}x)" for a, b, m in buckets) + " |",
+                  "|---" * (len(buckets) + 2) + "|"]
+        first = {r["length_tokens"]: r for r in ppl_rows}
+        lines.append("| teacher | | " + " | ".join(
+            f"{first[b]['teacher_perplexity']:.3f} [{first[b]['teacher_ci_low']:.3f}, {first[b]['teacher_ci_high']:.3f}]"
+            if first[b]["teacher_perplexity"] is not None else "-" for _, b, _ in buckets) + " |")
+        for mixer, selector in dict.fromkeys((r["mixer"], r["selector"]) for r in ppl_rows):
+            cells = []
+            for _, b, _ in buckets:
+                xs = [r["perplexity"] for r in ppl_rows
+                      if (r["mixer"], r["selector"], r["length_tokens"]) == (mixer, selector, b)]
+                mean, sd = _mean_sd(xs) if xs else (None, None)
+                cells.append("-" if mean is None else f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+                             + f" ({len(xs)})")
+            lines.append(f"| {mixer} | {selector} | " + " | ".join(cells) + " |")
     calls = state.get("calls", [])
     if calls:
         last = calls[-1]

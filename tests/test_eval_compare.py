@@ -115,3 +115,21 @@ def test_default_prompts_per_cell_decide_on_a_gpu_and_stay_small_on_the_cpu():
                       "needs a teacher"), (dict(names=["a", "a"]), "names must give each")):
         with pytest.raises(ValueError, match=field):
             EvalConfig(models=["m"], out="o", **kw)
+
+
+def test_perplexities_pair_over_the_same_windows_only():
+    from hybridize.evaluation.compare import paired_perplexity
+
+    def entry(model, nlls, windows="w1"):
+        mean = sum(nlls) / len(nlls)
+        return {"model": model, "metric": "perplexity", "length": 512, "value": 2.718281828 ** mean, "nll": mean,
+                "window_nll": nlls, "windows": windows}
+
+    a = entry("a", [2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
+    b = entry("b", [2.1, 2.2, 2.3, 2.4, 2.5, 2.6])
+    r = paired_perplexity([a, b], "a", "b", 512)
+    assert r["n"] == 6 and r["p"] == pytest.approx(2 / 64) and r["ppl_a"] < r["ppl_b"]
+    assert paired_perplexity([a, b], "a", "b", 1024) is None  # no such bucket
+    assert paired_perplexity([a, {k: v for k, v in b.items() if k != "window_nll"}], "a", "b", 512) is None
+    with pytest.raises(ValueError, match="different perplexity windows"):
+        paired_perplexity([a, entry("b", [2.0] * 6, windows="w2")], "a", "b", 512)

@@ -179,6 +179,10 @@ def test_perplexity_equals_the_plain_forward_and_buckets_by_context(tok):
         assert r["nll"] == pytest.approx(expected, rel=1e-5)
         assert r["perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
         assert r["entropy"] == pytest.approx(ref_ent[:, r["length_from"]:r["length"]].double().mean().item(), rel=1e-5)
+        # each window's mean over the bucket: the values intervals and paired tests rest on; their mean is `nll`
+        per_window = ref[:, r["length_from"]:r["length"]].double().mean(1)
+        assert r["window_nll"] == pytest.approx(per_window.tolist(), rel=1e-5)
+        assert sum(r["window_nll"]) / 3 == pytest.approx(r["nll"], rel=1e-9)
     with pytest.raises(ValueError, match="holds .* tokens, but 500 windows of 97 tokens need"):
         perplexity_windows(tok, TEXTS, max_length=96, samples=500)
 
@@ -234,6 +238,12 @@ def test_eval_report_for_a_teacher_and_two_students(model_dirs, tmp_path, capsys
     assert "| | teacher (teacher) | hybrid-a (student) | hybrid-b (student) |" in md
     assert "| niah_single_2 | 400† |" in md and "| niah_single_2 | 256 |" in md
     assert "perplexity, context 257-400† |" in md
+    # perplexity with its 95% interval over the windows, and the windows' fingerprint (the same for every model)
+    ppl = [e for e in results if e["metric"] == "perplexity"]
+    assert all(e["ci_low"] <= e["value"] <= e["ci_high"] and len(e["window_nll"]) == 1 for e in ppl)
+    assert len({e["windows"] for e in ppl}) == 1
+    t400 = next(e for e in ppl if e["model"] == "teacher" and e["length"] == 400)
+    assert f"{t400['value']:.2f} [{t400['ci_low']:.2f}, {t400['ci_high']:.2f}]" in md
     assert meta["command"] in md and "![" in md and "heatmap_mqar.png" in md
     # each model's weights hash; each rate with its interval; each student paired with the teacher on the same prompts
     assert all(len(m["weights_sha256"]) == 64 for m in meta["models"]) and meta["prompts_per_cell"] == 2

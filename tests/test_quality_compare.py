@@ -4,6 +4,7 @@ or the prompts differ, bad sides named in one line."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,13 +16,18 @@ import quality_compare as qc  # noqa: E402
 
 
 def _state(folder: Path, fusion: str, selector: str, correct: dict[int, str], teacher="ab" * 32,
-           prompts="f00d") -> Path:
+           prompts="f00d", nll: list[float] | None = None, windows="w1") -> Path:
     units = {}
     for seed, bits in correct.items():
         units[f"lightning/{selector}/seed{seed}"] = {
             "mixer": "lightning", "selector": selector, "seed": seed, "layers": [1], "groups": None,
             "entries": [{"task": "passkey", "length": 1024, "depth": 0.5, "samples": len(bits),
                          "successes": bits.count("1"), "correct": bits, "prompts": prompts}]}
+        if nll is not None:
+            mean = sum(nll) / len(nll)
+            units[f"lightning/{selector}/seed{seed}"]["perplexity"] = [
+                {"length": 1024, "length_from": 0, "samples": len(nll), "value": math.exp(mean), "nll": mean,
+                 "ci_low": math.exp(min(nll)), "ci_high": math.exp(max(nll)), "window_nll": nll, "windows": windows}]
     folder.mkdir(parents=True)
     (folder / "state.json").write_text(json.dumps({
         "settings": {"fusion": fusion}, "teacher": {"weights_sha256": teacher, "trained_context": 1024},
@@ -60,3 +66,18 @@ def test_refuses_what_cannot_be_paired(tmp_path, capsys, case, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_perplexities_pair_on_the_same_windows(tmp_path, capsys):
+    nll = [2.0, 2.2, 2.1, 2.3, 2.05, 2.15]
+    a = _state(tmp_path / "a", "intra", "uniform", {0: "1" * 10}, nll=[x - 0.1 for x in nll])
+    b = _state(tmp_path / "b", "inter", "halo", {0: "1" * 10}, nll=nll)
+    out = tmp_path / "rows.json"
+    assert qc.main([f"{a}:lightning/uniform", f"{b}:lightning/halo", "--out", str(out)]) == 0
+    recall, ppl = json.loads(out.read_text())["rows"]
+    assert recall["task"] == "passkey" and ppl["task"] == "perplexity" and ppl["n"] == 6
+    assert ppl["p"] == pytest.approx(2 / 64) and ppl["a"]["perplexity"] < ppl["b"]["perplexity"]
+    assert "Of 1 buckets (seed x context): A lower in 1, B lower in 0" in capsys.readouterr().out
+    c = _state(tmp_path / "c", "inter", "halo", {0: "1" * 10}, nll=nll, windows="w2")
+    assert qc.main([f"{a}:lightning/uniform", f"{c}:lightning/halo"]) == 2
+    assert "different perplexity windows" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def _argv(teacher, tmp_path, *extra):
     argv = ["--teacher", str(teacher), "--state", str(tmp_path / "state"), "--work", str(tmp_path / "work"),
             "--mixers", "lightning", "--seeds", "1", "--recipe", "smoke", "--data", str(tmp_path / "data"),
             "--eval-data", str(tmp_path / "data"), "--tasks", "passkey", "--lengths", "1", "--depths", "0.5",
-            "--samples", "2", "--device", "cpu"]
+            "--samples", "2", "--windows", "2", "--device", "cpu"]
     for kv in SMALL:
         argv += ["--set", kv]
     return argv + list(extra)
@@ -56,9 +56,19 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
     assert len({u["stage1_sha256"] for u in units}) == 1  # one stage 1 for both selectors of the seed
     assert not list((tmp_path / "work").rglob("checkpoints"))  # freed once each conversion was recorded
 
-    rows = json.loads((state / "summary.json").read_text())
+    summary = json.loads((state / "summary.json").read_text())
+    rows = [r for r in summary if r["task"] != "perplexity"]
     assert [(r["selector"], r["seed"], r["task"], r["length"], r["length_tokens"]) for r in rows] == \
         [("uniform", 0, "passkey", 1.0, 256), ("random", 0, "passkey", 1.0, 256)]
+    # perplexity on the teacher's windows: one row per conversion and bucket, an interval, paired p's
+    ppl = [r for r in summary if r["task"] == "perplexity"]
+    assert [(r["selector"], r["length_tokens"], r["length_from"], r["n"]) for r in ppl] == \
+        [("uniform", 256, 0, 2), ("random", 256, 0, 2)]
+    for r in ppl:
+        assert r["ci_low"] <= r["perplexity"] <= r["ci_high"] and r["perplexity"] > 1
+        assert r["teacher_ci_low"] <= r["teacher_perplexity"] <= r["teacher_ci_high"]
+        assert r["p_vs_teacher"] in (0.5, 1.0)  # 2 windows: the exact sign-flip test has 4 patterns
+    assert "p_vs_uniform" in ppl[1] and "p_vs_uniform" not in ppl[0]
     required = {"teacher", "mixer", "budget", "selector", "seed", "task", "length", "n", "recall", "ci_low",
                 "ci_high", "teacher_recall", "tokens", "select_gpu_s"}
     for r in rows:
@@ -68,18 +78,34 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
     assert "p_vs_uniform" in rows[1] and "p_vs_uniform" not in rows[0]
     md = (state / "summary.md").read_text()
     assert "| lightning | random |" in md and "passkey @ 1x" in md and "| teacher | |" in md
+    assert "Perplexity on 2 held-out windows" in md and "tokens 1-256 (1x)" in md
     # summary.json again from state.json alone
     (state / "summary.json").unlink()
     assert qg.main(["--state", str(state), "--summary-only"]) == 0
-    assert json.loads((state / "summary.json").read_text()) == rows
+    assert json.loads((state / "summary.json").read_text()) == summary
+
+    # a state from before perplexity (no `windows` setting, none for the teacher or the conversions): the next call
+    # takes it, measures the teacher's perplexity alone, and converts nothing again
+    old = json.loads((state / "state.json").read_text())
+    del old["settings"]["windows"], old["teacher"]["perplexity"]
+    for u in old["units"].values():
+        del u["perplexity"]
+    (state / "state.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert qg.main(_argv(teacher, tmp_path, "--selectors", "uniform,random")) == 0
+    assert "--- lightning" not in capsys.readouterr().out
+    again = json.loads((state / "state.json").read_text())
+    assert again["settings"]["windows"] == 2 and len(again["teacher"]["perplexity"]) == 1
+    assert [r for r in json.loads((state / "summary.json").read_text()) if r["task"] == "perplexity"] == []
 
     # the intra-layer grid of the same teacher: its own state and conversions, the teacher's same prompts
     intra = tmp_path / "state-intra"
     assert qg.main([*_argv(teacher, tmp_path, "--selectors", "uniform", "--fusion", "intra"), "--state", str(intra)]) == 0
     unit = json.loads((intra / "state.json").read_text())["units"]["lightning/uniform/seed0"]
     assert unit["groups"] == [[], [1], [], [1]] and unit["layers"] == []  # 25% of 4 layers x 2 KV-head groups
-    (row,) = json.loads((intra / "summary.json").read_text())
+    row, ppl_row = json.loads((intra / "summary.json").read_text())
     assert row["fusion"] == "intra" and rows[0]["fusion"] == "inter" and row["n"] == rows[0]["n"]
+    assert ppl_row["task"] == "perplexity" and ppl_row["teacher_perplexity"] == ppl[0]["teacher_perplexity"]
 
     # refusals, each one line before any work: another teacher, other settings
     other = make_teacher("qwen3", tmp_path / "other", seed=1)
@@ -115,11 +141,13 @@ def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, ca
         assert lanes[key]["lanes"] == 2 and seq[key]["lanes"] == 1
         assert lanes[key]["stage1_sha256"] == seq[key]["stage1_sha256"], key
         assert lanes[key]["layers"] == seq[key]["layers"] and lanes[key]["entries"] == seq[key]["entries"], key
+        assert lanes[key]["perplexity"] == seq[key]["perplexity"], key
     for seed in (0, 1):
         log = (tmp_path / "work" / "lanes" / f"lightning-seed{seed}" / "lane.log").read_text()
         assert f"--- lightning/uniform/seed{seed}" in log and f"seed{1 - seed}" not in log.split("grid complete")[0]
     rows = json.loads((tmp_path / "state" / "summary.json").read_text())
-    assert [(r["seed"], r["n"], r["lanes"]) for r in rows] == [(0, 2, 2), (1, 2, 2)]
+    assert [(r["seed"], r["task"], r["n"], r["lanes"]) for r in rows] == \
+        [(0, "passkey", 2, 2), (0, "perplexity", 2, 2), (1, "passkey", 2, 2), (1, "perplexity", 2, 2)]
 
 
 @pytest.mark.parametrize("extra, field", [
@@ -128,6 +156,7 @@ def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, ca
     (["--depths", "1.5"], "--depths"), (["--samples", "0"], "--samples"), (["--deadline", "0"], "--deadline"),
     (["--set", "distill.lr=-1"], "distill.lr"), (["--fusion", "cross"], "--fusion"),
     (["--fusion", "intra", "--selectors", "uniform,halo"], "--selectors"), (["--jobs", "0"], "--jobs"),
+    (["--windows", "1"], "--windows"),
 ])
 def test_bad_arguments_name_their_field(qg, tmp_path, capsys, extra, field):
     assert qg.main(_argv(tmp_path / "teacher", tmp_path, *extra)) == 2

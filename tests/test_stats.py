@@ -36,3 +36,33 @@ def test_paired_counts():
         {"both": 1, "only_a": 1, "only_b": 1, "neither": 1}
     with pytest.raises(ValueError, match="the same prompts"):
         paired_counts([True], [True, False])
+
+
+def test_mean_interval_bootstraps_the_mean_reproducibly():
+    from hybridize.metrics.stats import mean_interval
+
+    xs = [2.0, 2.1, 1.9, 2.05, 1.95, 2.2, 1.8, 2.0]
+    lo, hi = mean_interval(xs)
+    assert lo < sum(xs) / len(xs) < hi and hi - lo < 0.3 and (lo, hi) == mean_interval(xs)
+    assert mean_interval([3.0]) == (3.0, 3.0) and mean_interval([1.0] * 5) == (1.0, 1.0)
+    wide = mean_interval([0.0, 10.0] * 4)
+    assert wide[1] - wide[0] > 3
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_interval([])
+
+
+def test_paired_permutation_p_exact_and_sampled():
+    from hybridize.metrics.stats import paired_permutation_p
+
+    a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    # every difference +0.5: only the all-plus and all-minus sign patterns reach it, 2 of 64
+    assert paired_permutation_p([x + 0.5 for x in a], a) == pytest.approx(2 / 64)
+    assert paired_permutation_p(a, a) == 1.0  # no difference at all
+    # one difference of 1 among zeros: half the patterns have |sum| = 1
+    assert paired_permutation_p([1.0, 0, 0], [0.0, 0, 0]) == 1.0
+    many = [float(i) for i in range(30)]
+    p = paired_permutation_p([x + 0.1 for x in many], many, n_perm=2000)
+    assert p == pytest.approx(1 / 2001)  # sampled: no random pattern reaches the all-plus sum
+    assert paired_permutation_p(many, [x + (0.1 if i % 2 else -0.1) for i, x in enumerate(many)], n_perm=2000) > 0.5
+    with pytest.raises(ValueError, match="same items"):
+        paired_permutation_p([1.0], [1.0, 2.0])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..metrics.stats import mcnemar_p, paired_counts, wilson_interval
+from ..metrics.stats import mcnemar_p, paired_counts, paired_permutation_p, wilson_interval
 
 ALL = "all"  # `depth` / `length` of a row pooled over every depth / length
 
@@ -71,6 +71,25 @@ def paired(entries: Iterable[dict], a: str, b: str, task: str, length=ALL, depth
         xb += [c == "1" for c in cb[k]["correct"]]
     counts = paired_counts(xa, xb)
     return {"n": len(xa), **counts, "p": mcnemar_p(counts["only_a"], counts["only_b"])}
+
+
+def paired_perplexity(entries: Iterable[dict], a: str, b: str, length) -> dict | None:
+    """Models `a` and `b` on the same perplexity windows, the bucket ending at `length`: {"n" (windows), "nll_a",
+    "nll_b", "ppl_a", "ppl_b", "p"} with the paired sign-flip test of the per-window NLLs; None when either has no
+    per-window values there; ValueError when their windows differ."""
+    def one(model):
+        got = [e for e in entries if e["model"] == model and e.get("metric") == "perplexity" and e["length"] == length]
+        return got[0] if got and "window_nll" in got[0] else None
+
+    entries = list(entries)
+    ea, eb = one(a), one(b)
+    if ea is None or eb is None:
+        return None
+    if ea.get("windows") != eb.get("windows") or len(ea["window_nll"]) != len(eb["window_nll"]):
+        raise ValueError(f"{a} and {b} were scored on different perplexity windows (fingerprints {ea.get('windows')} "
+                         f"and {eb.get('windows')}): they cannot be paired")
+    return {"n": len(ea["window_nll"]), "nll_a": ea["nll"], "nll_b": eb["nll"], "ppl_a": ea["value"],
+            "ppl_b": eb["value"], "p": paired_permutation_p(ea["window_nll"], eb["window_nll"])}
 
 
 def attention_free(model_meta: dict) -> bool:

@@ -171,6 +171,14 @@ def _ppl_curve(path: Path, entries: list[dict], models: list[str], trained) -> N
     fig.savefig(path, dpi=120)
 
 
+def _fmt_ppl(e: dict | None) -> str:
+    """A perplexity with its 95% interval over windows (bootstrap; entries written before intervals have none)."""
+    if e is None:
+        return _fmt(math.nan, "perplexity")
+    ci = f" [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if "ci_low" in e else ""
+    return _fmt(e["value"], "perplexity") + ci
+
+
 def _fmt(x: float, metric: str) -> str:
     if math.isnan(x):
         return "–"
@@ -209,9 +217,9 @@ def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[st
                                   for m in models) + " |")
     ppl = [e for e in entries if e["metric"] == "perplexity"]
     for (lo, hi) in sorted({(e["length_from"], e["length"]) for e in ppl}):
-        vals = {e["model"]: e["value"] for e in ppl if e["length"] == hi}
+        vals = {e["model"]: e for e in ppl if e["length"] == hi}
         lines.append(f"| perplexity, context {lo + 1}-{_mark(hi, trained)} | "
-                     + " | ".join(_fmt(vals.get(m, math.nan), "perplexity") for m in models) + " |")
+                     + " | ".join(_fmt_ppl(vals.get(m)) for m in models) + " |")
     if tasks:
         lines += ["", "## Recall by length", "", "Exact match over the depths: rate [95% Wilson interval] n=prompts.",
                   "", "| task | length | " + " | ".join(models) + " |", "|---" * (len(models) + 2) + "|"]

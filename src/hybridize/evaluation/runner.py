@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,9 +24,9 @@ import torch
 
 from ..data.sources import iter_documents
 from ..data.synthetic import TASKS, FillerTokens, suite_tasks
-from ..metrics.perplexity import perplexity_by_length, perplexity_windows
+from ..metrics.perplexity import perplexity_by_length, perplexity_windows, windows_fingerprint
 from ..metrics.recall import PROMPT_SEED_BASE, build_cells, evaluate_cells
-from ..metrics.stats import wilson_interval
+from ..metrics.stats import mean_interval, wilson_interval
 from ..provenance import check_weights, git_commit
 from .loading import DTYPES, check_model_dir, has_tokenizer, load_model, load_tokenizer, pick_device
 from .suites import SUITES
@@ -165,6 +166,7 @@ def run_eval(cfg: EvalConfig) -> list[Path]:
     windows = cells = None
     if "perplexity" in cfg.suites:
         windows = perplexity_windows(tokenizer, iter_documents(cfg.data), cfg.lengths[-1], n_windows)
+        fingerprint = windows_fingerprint(windows)
     if tasks:
         filler = FillerTokens.build(tokenizer, iter_documents(cfg.data))
         cells = build_cells(tasks, cfg.lengths, cfg.depths, samples, cfg.seed, tokenizer, filler,
@@ -185,10 +187,12 @@ def run_eval(cfg: EvalConfig) -> list[Path]:
         if windows is not None:
             bs = max(1, cfg.batch_tokens // windows.shape[1])
             for row in perplexity_by_length(model, windows, cfg.lengths, bs, cfg.progress, f"{name} perplexity"):
+                lo, hi = mean_interval(row["window_nll"])
                 entries.append({**base, "suite": "perplexity", "task": "perplexity", "metric": "perplexity",
                                 "value": row["perplexity"], "length": row["length"], "depth": None,
                                 "length_from": row["length_from"], "tokens": row["tokens"], "samples": len(windows),
-                                "nll": row["nll"], "entropy": row["entropy"]})
+                                "nll": row["nll"], "entropy": row["entropy"], "ci_low": math.exp(lo),
+                                "ci_high": math.exp(hi), "window_nll": row["window_nll"], "windows": fingerprint})
         if cells:
             rows, predictions = evaluate_cells(model, tokenizer, cells, cfg.batch_tokens, progress=cfg.progress,
                                                desc=f"{name} recall")

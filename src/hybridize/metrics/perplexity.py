@@ -84,7 +84,9 @@ def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024, entropy: bool =
 
 def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], batch_size: int = 1,
                          progress: bool = True, desc: str = "perplexity") -> list[dict]:
-    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "nll", "entropy", "tokens"}.
+    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "nll", "entropy", "tokens",
+    "window_nll"}; `window_nll` is each window's mean NLL over the bucket's positions (their mean is `nll`): the
+    independent values an interval or a paired test of two models on the same windows rests on.
 
     `entropy` is the mean entropy of the model's predictive distribution over the bucket's positions (nats). Beside
     `nll` it says how sure the model was against how right: nll - entropy > 0 means more confident than its errors
@@ -94,18 +96,26 @@ def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], b
         raise ValueError(f"windows hold {windows.shape[1]} tokens; the longest length {edges[-1]} needs "
                          f"{edges[-1] + 1}")
     device = next(model.parameters()).device
-    total = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)  # summed NLL of each predicted position
-    total_ent = torch.zeros_like(total)
+    nll = torch.zeros(len(windows), windows.shape[1] - 1, dtype=torch.float64)  # NLL of each predicted position of each window
+    total_ent = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
     for s in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, unit="batch"):
-        nll, ent = token_nll(model, windows[s:s + batch_size].to(device), entropy=True)
-        total += nll.double().sum(0).cpu()
+        n, ent = token_nll(model, windows[s:s + batch_size].to(device), entropy=True)
+        nll[s:s + batch_size] = n.double().cpu()
         total_ent += ent.double().sum(0).cpu()
     rows, prev = [], 0
     for b in edges:
-        # token t (1-based position in the window) has t tokens of context; it is column t - 1 of `total`
+        # token t (1-based position in the window) has t tokens of context; it is column t - 1 of `nll`
         n = (b - prev) * len(windows)
-        mean = float(total[prev:b].sum()) / n
+        mean = float(nll[:, prev:b].sum()) / n
         rows.append({"length": b, "length_from": prev, "nll": mean, "perplexity": math.exp(mean),
-                     "entropy": float(total_ent[prev:b].sum()) / n, "tokens": n})
+                     "entropy": float(total_ent[prev:b].sum()) / n, "tokens": n,
+                     "window_nll": nll[:, prev:b].mean(1).tolist()})
         prev = b
     return rows
+
+
+def windows_fingerprint(windows: torch.Tensor) -> str:
+    """A short hash of the token windows: two reports' perplexities pair only over the same windows."""
+    import hashlib
+
+    return hashlib.sha256(windows.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -50,3 +50,40 @@ def paired_counts(a: list[bool], b: list[bool]) -> dict[str, int]:
     for x, y in zip(a, b):
         counts["both" if x and y else "only_a" if x else "only_b" if y else "neither"] += 1
     return counts
+
+
+def mean_interval(xs: list[float], n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of independent values (per-window NLLs, say): `n_boot` resamples
+    with replacement, drawn from a fixed seed so that a report reproduces. One value gives (x, x)."""
+    import random
+
+    xs = [float(x) for x in xs]
+    if not xs:
+        raise ValueError("mean_interval needs at least one value")
+    if len(xs) == 1:
+        return xs[0], xs[0]
+    rng, n = random.Random(seed), len(xs)
+    means = sorted(sum(rng.choices(xs, k=n)) / n for _ in range(n_boot))
+    return means[int(0.025 * (n_boot - 1))], means[int(round(0.975 * (n_boot - 1)))]
+
+
+def paired_permutation_p(a: list[float], b: list[float], n_perm: int = 20000, seed: int = 0) -> float:
+    """Two-sided paired sign-flip test of mean(a - b) = 0 for two models' values on the same items (per-window NLLs on
+    the same windows): under "no difference" each item's difference is as likely negated. Exact over all 2^n sign
+    patterns up to n = 12 items, else `n_perm` random patterns from a fixed seed with p = (hits + 1) / (n_perm + 1)."""
+    import itertools
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"a paired test needs the same items, at least one: {len(a)} vs {len(b)} values")
+    d = [float(x) - float(y) for x, y in zip(a, b)]
+    observed = abs(sum(d)) * (1 - 1e-12)  # ties with the observed sum count as extreme
+    if len(d) <= 12:
+        hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed
+                   for signs in itertools.product((1, -1), repeat=len(d)))
+        return hits / 2 ** len(d)
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (n_perm, len(d)), generator=g, dtype=torch.float64).mul_(2).sub_(1)
+    hits = int(((signs @ torch.tensor(d, dtype=torch.float64)).abs() >= observed).sum())
+    return (hits + 1) / (n_perm + 1)
