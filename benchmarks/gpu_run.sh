@@ -41,7 +41,8 @@
 #   quality            issue 26's grid (benchmarks/quality_grid.py): one fixed teacher (here, or trained with
 #                      deterministic kernels), 25% (BUDGET), MIXERS (default lightning,gated_deltanet) x SELECTORS
 #                      (default uniform,halo,flashmorph) x SEEDS (default 3), each hybrid on the teacher's 201 prompts
-#                      per task and length; as far as CALL_SECONDS (default 530) go, resumed from STATE_FROM
+#                      per task and length and 16 perplexity windows, seed 0's after each stage too (the stage
+#                      table); as far as CALL_SECONDS (default 530) go, resumed from STATE_FROM
 #                      (default results/quality); state.json, summary.json and summary.md into OUT/quality
 #   sweep-grid         issue 22's design-space grid trained from scratch at the `mini` size: every linear mixer x
 #                      all-linear/12:1/6:1/3:1 + the Transformer, then inter- vs intra-layer at 6:1 (INTRA, default

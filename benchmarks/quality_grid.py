@@ -42,6 +42,12 @@ summary.json have task `perplexity`, length (the bucket's end as a multiple of t
 start, tokens), n (windows), perplexity with ci_low / ci_high (95% bootstrap over windows), teacher_perplexity (with
 its interval), p_vs_teacher and p_vs_<first selector> (paired sign-flip test of the per-window NLLs); a state made
 before perplexity was measured gets the teacher's on its next call, and its earlier conversions have none.
+
+Where recall is lost: for the conversions of `--stage-seeds` (default 0) the grid also scores the student after each
+stage on the same prompts (`hybridize eval --stages`' models: aligned, the all-linear stage-1 model, shared by a
+seed's selectors and scored once; selected, the hybrid distill starts from; distilled; the finetuned one is the
+conversion's own evaluation). `stages.json` holds one row per conversion, stage, task and length (recall, Wilson
+interval, McNemar's p against the stage before and against the teacher), and summary.md a table of them.
 """
 
 from __future__ import annotations
@@ -59,7 +65,8 @@ from pathlib import Path
 import torch
 
 from hybridize.data.synthetic import TASKS
-from hybridize.evaluation.compare import paired, pooled
+from hybridize.evaluation.compare import fmt_p, paired, pooled
+from hybridize.evaluation.stages import stage_models
 from hybridize.evaluation.runner import EvalConfig, default_samples, run_eval
 from hybridize.metrics.stats import paired_permutation_p
 from hybridize.mixers import LINEAR_MIXERS
@@ -69,7 +76,8 @@ from hybridize.provenance import check_weights, device_name, git_commit, provena
 from hybridize.names import LAYER_FUSIONS
 from hybridize.selection import GROUP_SELECTORS, SELECTORS
 
-STATE, SUMMARY, SUMMARY_MD = "state.json", "summary.json", "summary.md"
+STATE, SUMMARY, SUMMARY_MD, STAGES = "state.json", "summary.json", "summary.md", "stages.json"
+STAGE_ORDER = ("aligned", "selected", "distilled", "finetuned")
 # Seconds of one conversion and its evaluation before any is measured: the recipe gpu-small on the `small` teacher
 # on an H200 with compiled kernels (results/gpu/: stage 1 25-31 s, distill ~60 s, finetune ~10 s, HALO 14-41 s,
 # FlashMorph 43-103 s, 150 s with its first compile; evaluation ~30 s for 2 tasks x 3 lengths x 201 prompts), rounded
@@ -107,6 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depths", default="0.1,0.5,0.9")
     p.add_argument("--samples", type=int, default=None, help="prompts per (task, length, depth) (default: hybridize "
                    "eval's on this device, then the state's)")
+    p.add_argument("--stage-seeds", default="0", help="seeds whose conversions are also scored after each stage "
+                   "(comma-separated; 'none': no stage table)")
     p.add_argument("--windows", type=int, default=16, help="perplexity windows of the longest length (default 16)")
     p.add_argument("--device", default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds this call may run (default: no limit)")
@@ -147,6 +157,12 @@ def check_args(a: argparse.Namespace) -> dict:
         raise ValueError(f"--depths {a.depths!r}: comma-separated fractions in [0, 1]")
     if a.samples is not None and a.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {a.samples}")
+    try:
+        stage_seeds = [] if a.stage_seeds == "none" else [int(x) for x in _split(a.stage_seeds)]
+    except ValueError:
+        stage_seeds = [-1]
+    if any(k < 0 for k in stage_seeds):
+        raise ValueError(f"--stage-seeds {a.stage_seeds!r}: comma-separated conversion seeds >= 0, or none")
     if a.windows < 2:
         raise ValueError(f"--windows must be >= 2 (an interval needs two windows), got {a.windows}")
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -160,7 +176,7 @@ def check_args(a: argparse.Namespace) -> dict:
         load_recipe(a.recipe, [f"budget={a.budget}", f"fusion={a.fusion}", f"mixer={m}", *a.overrides])
     return {"recipe": a.recipe, "overrides": a.overrides, "budget": a.budget, "fusion": a.fusion, "data": a.data,
             "eval_data": a.eval_data, "tasks": tasks, "lengths": lengths, "depths": depths, "samples": a.samples,
-            "windows": a.windows, "mixers": mixers, "selectors": selectors, "seeds": a.seeds, "device": device}
+            "windows": a.windows, "stage_seeds": stage_seeds, "mixers": mixers, "selectors": selectors, "seeds": a.seeds, "device": device}
 
 
 def load_state(folder: Path) -> dict | None:
@@ -174,9 +190,11 @@ def save_state(folder: Path, state: dict) -> None:
     tmp = folder / (STATE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     tmp.replace(folder / STATE)
-    rows = summary_rows(state)
+    rows, stages = summary_rows(state), stage_rows(state)
     (folder / SUMMARY).write_text(json.dumps(rows, indent=1) + "\n")
-    (folder / SUMMARY_MD).write_text(summary_markdown(state, rows))
+    if stages:
+        (folder / STAGES).write_text(json.dumps(stages, indent=1) + "\n")
+    (folder / SUMMARY_MD).write_text(summary_markdown(state, rows) + stage_markdown(state, stages))
 
 
 def unit_key(mixer: str, selector: str, seed: int) -> str:
@@ -302,19 +320,49 @@ class Grid:
                              f"tokenizer or settings differ; use a new --state")
         sel = conv.done("select")
         stages = {st: conv.done(st) for st in ("align", "distill", "finetune")}
+        t_stages = time.perf_counter()
+        by_stage = self.stage_entries(conv, mixer, seed, key) if seed in s["stage_seeds"] else None
+        stage_eval = {"stage_eval_seconds": time.perf_counter() - t_stages} if by_stage else {}
         record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"], "groups": sel.get("groups"),
                   "tokens": {st: r["result"]["tokens"] for st, r in stages.items() if r},
                   "stage_seconds": {st: r["result"]["seconds"] for st, r in stages.items() if r},
                   "select_tokens": sel.get("tokens"), "select_seconds": sel.get("seconds"), "lanes": a.jobs,
-                  "device": device_name(conv.device), "eval_seconds": time.perf_counter() - t_eval,
+                  "device": device_name(conv.device), "eval_seconds": t_stages - t_eval, **stage_eval,
                   "seconds": time.perf_counter() - t0,
                   "stage1_sha256": weights_sha256(shared.stage_dir("align") / "model"),
                   "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": entries,
-                  "perplexity": perplexity}
+                  "perplexity": perplexity, **({"stages": by_stage} if by_stage else {})}
         for folder in (conv.out / "stages", shared.out / "stages"):  # resume state no longer needed: free the disk
             for ckpt in folder.glob("*/checkpoints"):
                 shutil.rmtree(ckpt, ignore_errors=True)
         return record
+
+    def stage_entries(self, conv: Conversion, mixer: str, seed: int, key: str) -> dict:
+        """Per stage before the last (aligned, selected, distilled) the student's recall entries on the teacher's
+        prompts; aligned taken from a conversion of the same stage 1 that has it."""
+        sha = weights_sha256(conv.stage_dir("align") / "model")
+        stages = {}
+        for u in self.state["units"].values():
+            if (u["mixer"], u["seed"], u.get("stage1_sha256")) == (mixer, seed, sha) and "aligned" in u.get("stages", {}):
+                stages["aligned"] = u["stages"]["aligned"]
+                break
+        out = conv.out / "stage-eval"
+        models = [(n, p) for n, p in stage_models(conv.out, self.a.teacher, out, str(conv.device))
+                  if n not in stages and n != "finetuned"]
+        if models:
+            s = self.settings
+            run_eval(EvalConfig(models=[str(p) for _, p in models], names=[n for n, _ in models], out=str(out),
+                                suites=s["tasks"], lengths=[round(m * self.trained) for m in s["lengths"]],
+                                depths=s["depths"], samples=s["samples"], data=s["eval_data"], seed=0,
+                                device=str(self.device), progress=False, command=" ".join(sys.argv)))
+            report = json.loads((out / "report.json").read_text())
+            teacher = {(e["task"], e["length"], e["depth"]): e["prompts"]
+                       for e in self.state["teacher"]["eval"]["entries"]}
+            for name, _ in models:
+                stages[name] = _entries(report, name)
+                if any(teacher.get((e["task"], e["length"], e["depth"])) != e["prompts"] for e in stages[name]):
+                    raise ValueError(f"{key}: its {name} stage was scored on other prompts than the teacher")
+        return {n: stages[n] for n in STAGE_ORDER if n in stages}
 
     def run(self) -> bool:
         """Every conversion of the grid not yet in the state, as far as the deadline allows; True when all are in."""
@@ -480,6 +528,66 @@ def _unit_fields(u: dict, tokens: int, params: int | None) -> dict:
             "select_tokens": u["select_tokens"], "select_gpu_s": u["select_seconds"], "lanes": u.get("lanes", 1),
             "layers": u["layers"], "stage1_sha256": u.get("stage1_sha256"), "device": u["device"],
             "commit": u["commit"]}
+
+
+def stage_rows(state: dict) -> list[dict]:
+    """Per conversion with a stage table, stage (teacher first, finetuned last), task and length: recall pooled over
+    depths with its Wilson interval, McNemar's p against the stage before it and against the teacher."""
+    teacher = state["teacher"]
+    if "eval" not in teacher:
+        return []
+    trained = teacher["trained_context"]
+    rows = []
+    for key, u in state["units"].items():
+        if "stages" not in u:
+            continue
+        models = {**u["stages"], "finetuned": u["entries"]}
+        entries = [{**e, "model": "teacher", "metric": "exact_match"} for e in teacher["eval"]["entries"]]
+        for name, es in models.items():
+            entries += [{**e, "model": name, "metric": "exact_match"} for e in es]
+        for task in dict.fromkeys(e["task"] for e in u["entries"]):
+            for n in sorted({e["length"] for e in u["entries"] if e["task"] == task}):
+                previous = None
+                for name in ("teacher", *[m for m in STAGE_ORDER if m in models]):
+                    r = pooled(entries, name, task, n)
+                    row = {"mixer": u["mixer"], "selector": u["selector"], "seed": u["seed"], "stage": name,
+                           "task": task, "length": n / trained, "length_tokens": n, **r}
+                    if name != "teacher":
+                        row["p_vs_teacher"] = paired(entries, name, "teacher", task, n)["p"]
+                        if previous is not None:
+                            row["p_vs_previous"] = paired(entries, name, previous, task, n)["p"]
+                        previous = name
+                    rows.append(row)
+    return rows
+
+
+def stage_markdown(state: dict, rows: list[dict]) -> str:
+    """summary.md's stage table: each conversion's recall after each stage, with McNemar's p against the stage
+    before."""
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
+    lines = ["", "## Recall after each stage", "",
+             "aligned: stage 1's all-linear model; selected: attention restored in the selected layers (or groups), "
+             "before distill; distilled; finetuned: the conversion. Exact match over the depths [Wilson 95%]; "
+             "(p prev: McNemar against the stage before, on the same prompts).", "",
+             "| conversion | stage | " + " | ".join(f"{t} @ {m:g}x" for t, m in cols) + " |",
+             "|---" * (len(cols) + 2) + "|"]
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        p = f" (p prev {fmt_p(r['p_vs_previous'])})" if "p_vs_previous" in r else ""
+        return f"{100 * r['recall']:.0f}% [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]{p}"
+
+    teacher = {(r["task"], r["length"]): r for r in rows if r["stage"] == "teacher"}
+    lines.append("| | teacher | " + " | ".join(cell(teacher.get(c)) for c in cols) + " |")
+    at = {(r["mixer"], r["selector"], r["seed"], r["stage"], r["task"], r["length"]): r for r in rows}
+    for conversion in dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in rows):
+        for stage in (st for st in STAGE_ORDER if any((*conversion, st) == (r["mixer"], r["selector"], r["seed"],
+                                                                              r["stage"]) for r in rows)):
+            lines.append(f"| {'/'.join(map(str, conversion[:2]))}/seed{conversion[2]} | {stage} | "
+                         + " | ".join(cell(at.get((*conversion, stage, t, m))) for t, m in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float | None]:

@@ -78,6 +78,18 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
     assert "p_vs_uniform" in rows[1] and "p_vs_uniform" not in rows[0]
     md = (state / "summary.md").read_text()
     assert "| lightning | random |" in md and "passkey @ 1x" in md and "| teacher | |" in md
+    # seed 0 (--stage-seeds' default): recall after each stage on the teacher's prompts; one aligned model per seed
+    uniform, random_ = done["units"]["lightning/uniform/seed0"], done["units"]["lightning/random/seed0"]
+    assert list(uniform["stages"]) == list(random_["stages"]) == ["aligned", "selected", "distilled"]
+    assert uniform["stages"]["aligned"] == random_["stages"]["aligned"]
+    assert not (tmp_path / "work" / "lightning" / "seed0" / "random" / "stage-eval" / "models" / "aligned").exists()
+    stages = json.loads((state / "stages.json").read_text())
+    assert [(r["selector"], r["stage"]) for r in stages] == [
+        (sel, st) for sel in ("uniform", "random") for st in ("teacher", "aligned", "selected", "distilled", "finetuned")]
+    assert all(0 <= r["p_vs_teacher"] <= 1 for r in stages if r["stage"] != "teacher")
+    assert all(("p_vs_previous" in r) == (r["stage"] not in ("teacher", "aligned")) for r in stages)
+    assert all(r["n"] == 2 and r["ci_low"] <= r["recall"] <= r["ci_high"] for r in stages)
+    assert "## Recall after each stage" in md and "| lightning/random/seed0 | selected |" in md
     assert "Perplexity on 2 held-out windows" in md and "tokens 1-256 (1x)" in md
     # summary.json again from state.json alone
     (state / "summary.json").unlink()
@@ -156,7 +168,7 @@ def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, ca
     (["--depths", "1.5"], "--depths"), (["--samples", "0"], "--samples"), (["--deadline", "0"], "--deadline"),
     (["--set", "distill.lr=-1"], "distill.lr"), (["--fusion", "cross"], "--fusion"),
     (["--fusion", "intra", "--selectors", "uniform,halo"], "--selectors"), (["--jobs", "0"], "--jobs"),
-    (["--windows", "1"], "--windows"),
+    (["--windows", "1"], "--windows"), (["--stage-seeds", "0,x"], "--stage-seeds"),
 ])
 def test_bad_arguments_name_their_field(qg, tmp_path, capsys, extra, field):
     assert qg.main(_argv(tmp_path / "teacher", tmp_path, *extra)) == 2
