@@ -564,7 +564,7 @@ job_decode_limit() {
         # graph decode through the one-kernel linear steps (Lightning / RetNet / GatedDeltaNet) against eager, dynamic
         run "$DIR/tests.log" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu/test_decode_gpu.py \
           -k "graph_decode_equals_eager and (lightning or retnet or gated_deltanet or mixed)" || status=1
-        run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py \
+        run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py tests/test_triton_fused.py \
           tests/test_triton_linear_decode.py tests/test_triton_attention_prologue.py || status=1 ;;
       gemv)
         run "$DIR/gemv.log" "$PY" benchmarks/gemv.py --model qwen3-1.7b --batches 1,8 --out "$DIR/gemv.json" \

@@ -36,7 +36,8 @@ def test_decode_step_launches_per_layer(triton_device):
         # add-norms, 4 matmuls, prologue, split, merge, SiLU * up
         assert max(linear) <= 9, linear
         assert max(attention) <= 10, attention
-        assert counted["outside"]["launches"] <= 18, counted["outside"]
+        assert counted["outside"]["launches"] <= 6, counted["outside"]  # embedding, cache bookkeeping, rotary tables,
+        # final add-norm, lm_head and a cast
         assert counted["total"] == sum(linear) + sum(attention) + counted["outside"]["launches"]
 
 

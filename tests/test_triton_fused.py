@@ -194,6 +194,41 @@ def test_rope_tables_match_the_rotary_embedding(fused, triton_device, dtype, sca
     differing(sin, ref_sin, f"rope sin {dtype}")
 
 
+@pytest.mark.parametrize("mask_dtype", [None, torch.long, torch.bool, torch.int32], ids=["no-mask", "long", "bool",
+                                                                                        "int32"])
+def test_decode_begin_matches_the_static_cache_operators(monkeypatch, triton_device, mask_dtype):
+    """A decode step's cache bookkeeping in one kernel (`fused.decode_begin`, through `HybridStaticCache.begin` inside
+    `fused_steps`) against the cache's PyTorch operators: the same slot, padding bits, positions and counters, over
+    three steps after a left-padded prefill, a padded row staying padded."""
+    from hybridize import HybridStaticCache
+
+    config = tiny_config("mixed")
+    B, prompt = 3, torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    caches = [HybridStaticCache(config, max_cache_len=16, batch_size=B, device=triton_device) for _ in range(2)]
+    for cache in caches:
+        cache.begin(B, 4, None if mask_dtype is None else prompt.to(triton_device, mask_dtype))
+        cache.advance(4)
+    mask = prompt
+    monkeypatch.setattr(kernels, "fused_inference", lambda x: True)  # the interpreter stands in for CUDA
+    calls = []
+    real = kernels._fused().decode_begin
+    monkeypatch.setattr(kernels._fused(), "decode_begin", lambda *a: calls.append(1) or real(*a))
+    for step in range(3):
+        mask = torch.cat([mask, torch.tensor([[1], [1], [0 if step == 1 else 1]])], dim=1)  # row 2 pads one step
+        m = None if mask_dtype is None else mask.to(triton_device, mask_dtype)
+        with kernels.fused_steps(False):
+            ref = caches[0].begin(B, 1, m)
+        with kernels.fused_steps(True):
+            out = caches[1].begin(B, 1, m)
+        for cache in caches:
+            cache.advance(1)
+        for name, x, y in zip(("cache_position", "new", "position_ids"), out, ref):
+            assert x.dtype == y.dtype and x.shape == y.shape and torch.equal(x, y), (step, name, x, y)
+        for name in ("length", "valid", "real"):
+            assert torch.equal(getattr(caches[1], name), getattr(caches[0], name)), (step, name)
+    assert len(calls) == 3  # the kernel took every step
+
+
 # --------------------------------------------------------------------------------------------------------- dispatch
 
 

@@ -262,6 +262,18 @@ def rope_tables(position_ids: Tensor, inv_freq: Tensor, scaling: float, dtype: t
         return _fused().rope_tables(position_ids, inv_freq, scaling, dtype)
 
 
+def decode_begin(length: Tensor, valid: Tensor, real: Tensor, mask: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor] | None:
+    """A static cache's bookkeeping for one new token (slot, padding bit, position, counters) in one kernel inside
+    `fused_steps` on the GPU (`fused.decode_begin`); None elsewhere (the cache runs its PyTorch operators)."""
+    if not (_steps and fused_inference(real) and real.dtype == torch.long and length.dtype == torch.long
+            and valid.dtype == torch.bool and valid.is_contiguous()
+            and (mask is None or (mask.dim() == 1 and not mask.is_floating_point()))):
+        return None
+    with _on_device(real):
+        return _fused().decode_begin(length, valid, real, mask)
+
+
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     """SwiGLU's `F.silu(gate) * up`: one fused kernel at inference on the GPU, else those two ops."""
     if _fusable(gate, up) and gate.shape == up.shape:

@@ -10,6 +10,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..mixers import kernels
+
 # transformers 5.24 renamed the cache argument of `forward`/`generate` and the output field from `past_key_values` to
 # `cache` (the old name is still accepted with a deprecation warning); 5.17-5.23 know only `past_key_values`. Our
 # models take either name and fill in the field this transformers has, so both work.
@@ -126,14 +128,20 @@ class HybridStaticCache(Cache):
             raise ValueError(f"the static cache holds max_cache_len={self.max_cache_len} tokens; {self.seen_tokens} "
                              f"are in it and {T} more do not fit (build it with a larger max_cache_len)")
         past = self.seen_tokens
-        if attention_mask is None:
-            new = torch.ones(B, T, dtype=torch.bool, device=self.valid.device)
-        else:
+        if attention_mask is not None:
             shape = tuple(attention_mask.shape)
             if len(shape) != 2 or shape[0] != B or shape[1] not in (T, past + T):
                 raise ValueError(
                     f"attention_mask must be a 2-D 0/1 padding mask of shape (batch, past + new tokens) = "
                     f"({B}, {past + T}) or (batch, new tokens) = ({B}, {T}), got {tuple(attention_mask.shape)}")
+        if T == 1:  # a decode step: one kernel inside `kernels.fused_steps` on the GPU
+            fused = kernels.decode_begin(self.length, self.valid, self.real,
+                                         None if attention_mask is None else attention_mask[:, -1])
+            if fused is not None:
+                return fused
+        if attention_mask is None:
+            new = torch.ones(B, T, dtype=torch.bool, device=self.valid.device)
+        else:
             new = attention_mask[:, -T:].to(torch.bool)
         cache_position = self.length + torch.arange(T, device=self.valid.device)
         self.valid.index_copy_(1, cache_position, new)

@@ -358,6 +358,49 @@ def rope_tables(position_ids: Tensor, inv_freq: Tensor, scaling: float, dtype: t
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# A decode step's bookkeeping in the static cache: the new token's slot, padding mask and position.
+
+
+@triton.jit
+def _decode_begin_kernel(LENGTH, VALID, valid_stride, REAL, MASK, mask_stride, POS, NEW, CACHE_POS, B,
+                         HAS_MASK: tl.constexpr, BLOCK: tl.constexpr):
+    slot = tl.load(LENGTH)  # tokens in the buffer before this one: the new token's slot
+    for start in range(0, B, BLOCK):
+        b = start + tl.arange(0, BLOCK)
+        ok = b < B
+        if HAS_MASK:
+            new = (tl.load(MASK + b * mask_stride, mask=ok, other=0) != 0).to(tl.int64)
+        else:
+            new = tl.full((BLOCK,), 1, tl.int64)
+        real = tl.load(REAL + b, mask=ok, other=0)
+        tl.store(VALID + b * valid_stride + slot, new.to(tl.uint8), mask=ok)
+        tl.store(NEW + b, new.to(tl.uint8), mask=ok)
+        tl.store(POS + b, tl.maximum(real + new - 1, 0), mask=ok)
+        tl.store(REAL + b, real + new, mask=ok)
+    tl.store(CACHE_POS, slot)
+    tl.store(LENGTH, slot + 1)
+
+
+def decode_begin(length: Tensor, valid: Tensor, real: Tensor, mask: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """`HybridStaticCache.begin` for one new token in one launch (its PyTorch form is ~12 small operators): mark
+    the token's slot `length` in `valid` (B, N) bool with its padding bit (mask (B,), any integer or bool dtype;
+    None: every row real), position = real tokens so far (clamped at 0 for a padded row), then advance `real` (B,)
+    and `length` (a 0-d int64), all on the device. Returns (cache_position (1,), new (B, 1) bool, positions (B, 1))."""
+    B = valid.shape[0]
+    pos = torch.empty((B, 1), dtype=torch.long, device=valid.device)
+    new = torch.empty((B, 1), dtype=torch.bool, device=valid.device)
+    cache_pos = torch.empty(1, dtype=torch.long, device=valid.device)
+    if mask is not None and mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)
+    _decode_begin_kernel[(1,)](length, valid.view(torch.uint8), valid.stride(0), real,
+                               mask if mask is not None else real, mask.stride(0) if mask is not None else 0,
+                               pos, new.view(torch.uint8), cache_pos, B, HAS_MASK=mask is not None,
+                               BLOCK=min(1024, triton.next_power_of_2(max(B, 1))), num_warps=1)
+    return cache_pos, new, pos
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # SwiGLU's elementwise part: silu(gate) * up.
 
 
