@@ -40,8 +40,9 @@
 #   ppl-checks         perplexity of $TEACHER and the mixer-rows hybrids (before and after finetune) on four texts
 #   quality            issue 26's grid (benchmarks/quality_grid.py): one fixed teacher (here, or trained with
 #                      deterministic kernels), 25% (BUDGET), MIXERS (default lightning,gated_deltanet) x SELECTORS
-#                      (default uniform,halo,flashmorph) x SEEDS (default 3), each hybrid on the teacher's 201 prompts
-#                      per task and length and 16 perplexity windows, seed 0's after each stage too (the stage
+#                      (default uniform,halo,flashmorph) x SEEDS (default 3) (FUSION=intra: KV-head groups;
+#                      PUBLISHED=1: HALO and FlashMorph at their papers' selection sizes), each on the teacher's
+#                      201 prompts per task and length and 16 perplexity windows, seed 0's after each stage too (the stage
 #                      table); as far as CALL_SECONDS (default 530) go, resumed from STATE_FROM
 #                      (default results/quality); state.json, summary.json and summary.md into OUT/quality
 #   sweep-grid         issue 22's design-space grid trained from scratch at the `mini` size: every linear mixer x
@@ -367,9 +368,9 @@ PY
 # goes by the lanes' own measured conversions. LANES=1: one at a time.
 quality_back() {
   local live=$WORK/quality-state${QUALITY_SUFFIX} lane
-  cp "$live"/state.json "$live"/summary.json "$live"/summary.md "$DIR/" \
+  cp "$live"/state.json "$live"/summary.json "$live"/summary.md "$live"/stages.json "$DIR/" \
     2> /dev/null || true
-  for lane in "$WORK"/quality/${QUALITY_SUFFIX:+intra/}lanes/*/; do
+  for lane in "$QUALITY_WORK"/$([ "${FUSION:-inter}" = intra ] && echo intra/)lanes/*/; do
     [ -f "$lane/lane.log" ] && mkdir -p "$DIR/lanes" && lines < "$lane/lane.log" | progress \
       > "$DIR/lanes/$(basename "$lane").log"
   done
@@ -405,7 +406,20 @@ receive_teacher() {
 job_quality() {
   # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random or
   # flashmorph: SELECTORS), a state of its own (results/quality-intra) on the same teacher and prompts
+  # PUBLISHED=1: HALO and FlashMorph at their papers' selection sizes (below), a grid of its own (-published: state
+  # results/quality-published, conversions in $WORK/quality-published) beside the recipe's; SEEDS=1 keeps it to ~15 min
   QUALITY_SUFFIX=$([ "${FUSION:-inter}" = intra ] && echo -intra)
+  QUALITY_WORK=$WORK/quality
+  local published=()
+  if [ "${PUBLISHED:-0}" = 1 ]; then
+    QUALITY_SUFFIX=$QUALITY_SUFFIX-published QUALITY_WORK=$WORK/quality-published
+    # FlashMorph: 20M tokens of gate training (the paper's, for any model size; the recipe's 1.2M). HALO: ~5M
+    # tokens per evaluation pass (the paper's 234M over Qwen3-1.7B's 29 passes is ~8M; C's windows are bounded by
+    # the ~3.6M tokens of the conversion data): 3 recall tasks x 1,024 prompts of 992 tokens and 2,048 windows of
+    # 1,024 tokens for C (the recipe's 32 and 64)
+    published=(--set select.flashmorph_tokens=20000000 --set select.halo_examples=1024
+               --set select.halo_lm_sequences=2048)
+  fi
   local t0=$SECONDS limit=${CALL_SECONDS:-530} live=$WORK/quality-state$QUALITY_SUFFIX parts=$WORK/teacher-parts
   local mixers=${MIXERS:-lightning,gated_deltanet} from=${STATE_FROM:-results/quality$QUALITY_SUFFIX} ep f sent=0 rc=3
   local minutes
@@ -480,11 +494,11 @@ PY
     # quality_grid.py stops before a conversion that would not fit; the timeout (USR1 first: every thread's stack)
     # only catches an estimate gone wrong, whose conversion the next call on this machine continues
     run "$DIR/quality.log" timeout -s USR1 -k 20 "$(( $(quality_left) + 30 ))" "$PY" benchmarks/quality_grid.py \
-      --teacher "$TEACHER" --state "$live" --work "$WORK/quality" --mixers "$mixers" \
-      --selectors "${SELECTORS:-$([ -n "$QUALITY_SUFFIX" ] && echo uniform,random,flashmorph || echo uniform,halo,flashmorph)}" \
+      --teacher "$TEACHER" --state "$live" --work "$QUALITY_WORK" --mixers "$mixers" \
+      --selectors "${SELECTORS:-$([ "${FUSION:-inter}" = intra ] && echo uniform,random,flashmorph || echo uniform,halo,flashmorph)}" \
       --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" --fusion "${FUSION:-inter}" --jobs "${LANES:-3}" \
       --recipe gpu-small --data $TRAIN_DATA "$ep" --eval-data builtin:heldout --device "$DEVICE" \
-      --deadline "$(quality_left)" "$@"
+      --deadline "$(quality_left)" "${published[@]}" "$@"
     rc=$?
   fi
   quality_back

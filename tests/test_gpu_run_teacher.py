@@ -81,3 +81,27 @@ def test_teacher_goes_back_in_parts_and_comes_back_the_same(tmp_path):
     assert weights_sha256(tmp_path / "m2/teacher-tiny-bf16") == want
     # not trained here: nothing to bring back
     assert not list((tmp_path / "out/m2/quality").glob("teacher-part??"))
+
+
+def test_published_grid_runs_with_the_papers_selection_sizes_in_a_state_of_its_own(tmp_path):
+    """PUBLISHED=1: the grid's command carries HALO's and FlashMorph's published selection sizes, resumes from
+    results/quality-published and converts under its own work folder (not the recipe grid's conversions). The grid
+    itself is replaced by a stand-in that records its arguments."""
+    shutil.copytree(TINY, tmp_path / "teacher-tiny")
+    record = tmp_path / "argv.txt"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"""#!/usr/bin/env bash
+if [ "$1" = benchmarks/quality_grid.py ]; then echo "$@" > {record}; exit 0; fi
+exec {sys.executable} "$@"
+""")
+    wrapper.chmod(0o755)
+    out = _quality(tmp_path, "m1", PYTHON=str(wrapper), CALL_SECONDS="600", PUBLISHED="1", SEEDS="1",
+                   STATE_FROM=str(tmp_path / "no-state"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    argv = record.read_text().split()
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    assert sets == ["select.flashmorph_tokens=20000000", "select.halo_examples=1024", "select.halo_lm_sequences=2048"]
+    at = {a: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--") and i + 1 < len(argv)}
+    assert at["--state"] == f"{tmp_path}/m1/quality-state-published"
+    assert at["--work"] == f"{tmp_path}/m1/quality-published" and at["--seeds"] == "1"
+    assert at["--selectors"] == "uniform,halo,flashmorph"
