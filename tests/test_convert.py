@@ -275,6 +275,10 @@ BAD_OPTIONS = {
     "bad recipe name": (["--recipe", "fastest"], "unknown recipe 'fastest'"),
     "bad schedule": (["--set", "align.schedule=linear"], "align.schedule='linear'; allowed"),
     "bad data": (["--data", "/nonexistent/file.txt"], "data source not found"),
+    "groups per layer beyond the budget": (["--fusion", "intra", "--budget", "2", "--set",
+                                            "select.groups_per_layer=1"],
+                                           "select.groups_per_layer=1: 4 layers x 1 groups must fit the budget's 2"),
+    "bad groups per layer": (["--set", "select.groups_per_layer=-1"], "select.groups_per_layer must be an integer"),
 }
 
 

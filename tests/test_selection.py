@@ -423,6 +423,24 @@ def test_group_selectors_return_k_distinct_groups(name, stage1, tmp_path):
     assert record["layers"] == [0, 1, 2, 3]
 
 
+def test_groups_per_layer_keeps_attention_in_every_layer(stage1, tmp_path):
+    """select.groups_per_layer: each layer first keeps its own best groups, the rest of the budget goes to the best
+    anywhere (0: the best anywhere, as FlashMorph's and random's plain top k)."""
+    from hybridize.selection import top_k_groups
+
+    scores = [5, 1, 0, 4, 3, 0, 0, 0, 1, 0, 0, 0]  # 4 layers x 3 groups
+    assert top_k_groups(scores, 4, 4) == [[0, 1], [0, 1], [], []]
+    assert top_k_groups(scores, 4, 4, per_layer=1) == [[0], [0], [2], [0]]
+    assert top_k_groups(scores, 4, 6, per_layer=1) == [[0, 1], [0, 1], [2], [0]]
+    with pytest.raises(ValueError, match="groups_per_layer=1: 4 layers x 1 groups must fit the budget's 3"):
+        top_k_groups(scores, 4, 3, per_layer=1)
+    for name in ("random", "flashmorph"):
+        ctx = _context(stage1, tmp_path / name)
+        ctx.recipe = load_recipe("smoke", ["fusion=intra", "select.groups_per_layer=1"])
+        groups = run_selection(name, ctx, 4)["groups"]  # 4 of 8 groups: one in each of the 4 layers
+        assert [len(g) for g in groups] == [1, 1, 1, 1], (name, groups)
+
+
 def test_layer_selectors_refuse_kv_head_groups(stage1, tmp_path):
     ctx = _context(stage1, tmp_path)
     ctx.recipe = load_recipe("smoke", ["fusion=intra"])

@@ -118,6 +118,9 @@ class SelectRecipe:
     flashmorph_lambda: float = 0.1  # weight of sum_l a_l (FlashMorph: 0.1)
     flashmorph_task: str = "passkey_flashmorph"  # 10 passkeys x 32 words, one asked (FlashMorph's data)
     flashmorph_task_options: dict = field(default_factory=dict)
+    # intra-layer selections (fusion=intra): every layer keeps at least this many KV-head groups, FlashMorph's or
+    # random's best of that layer, the rest of the budget going to the best groups anywhere; 0: the best anywhere
+    groups_per_layer: int = 0
 
     def validate(self) -> None:
         from ..data.synthetic import TASKS, task_config
@@ -128,6 +131,10 @@ class SelectRecipe:
         for name in ints:
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"select.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not (isinstance(self.groups_per_layer, int) and not isinstance(self.groups_per_layer, bool)
+                and self.groups_per_layer >= 0):
+            raise ValueError(f"select.groups_per_layer must be an integer >= 0 (KV-head groups every layer keeps), "
+                             f"got {self.groups_per_layer!r}")
         for name in ("kl_lr", "kl_min_lr", "flashmorph_lr", "flashmorph_min_lr", "flashmorph_lambda"):
             if not _number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"select.{name} must be a number >= 0, got {getattr(self, name)!r}")

@@ -40,7 +40,8 @@ from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import check_weights, device_name, provenance
 from ..selection import (GROUP_SELECTORS, TRAINING_SELECTORS, SelectionContext, check_synthetic_data,
-                         resolve_budget, run_selection, uniform_groups, uniform_layers, write_selection)
+                         resolve_budget, run_selection, top_k_groups, uniform_groups, uniform_layers,
+                         write_selection)
 from .recipe import recipe_from_dict
 
 TRAINING_STAGES = ("align", "distill", "finetune")
@@ -104,7 +105,9 @@ class Conversion:
                 raise ValueError(f"selector {r.selector!r} chooses whole layers; with fusion=intra (KV-head groups) "
                                  f"use one of {sorted(GROUP_SELECTORS)}")
             G = teacher.model.config.num_key_value_heads
-            groups = uniform_groups(L, G, resolve_budget(r.budget, L * G, unit="KV-head group"))
+            k = resolve_budget(r.budget, L * G, unit="KV-head group")
+            top_k_groups([0.0] * (L * G), L, k, r.select.groups_per_layer)  # select.groups_per_layer fits the budget
+            groups = uniform_groups(L, G, k)
             layers = [i for i, kept in enumerate(groups) if len(kept) == G]
         else:
             layers = uniform_layers(L, resolve_budget(r.budget, L))  # a budget the teacher's depth allows

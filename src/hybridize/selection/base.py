@@ -120,6 +120,26 @@ def top_k(scores: Sequence[float], k: int, tiebreak: Sequence | None = None) -> 
     return sorted(sorted(range(len(scores)), key=key)[:k])
 
 
+def top_k_groups(scores: Sequence[float], num_layers: int, k: int, per_layer: int = 0,
+                 tiebreak: Sequence | None = None) -> list[list[int]]:
+    """The k KV-head groups (scores flat, layer-major: num_layers x G) with the highest scores, as each layer's kept
+    groups, ascending; with `per_layer`, every layer first keeps its own `per_layer` best, and the rest of k go to the
+    best groups left anywhere. Ties as in `top_k`."""
+    G = len(scores) // num_layers
+    if per_layer * num_layers > k or per_layer > G:
+        raise ValueError(f"select.groups_per_layer={per_layer}: {num_layers} layers x {per_layer} groups must fit the "
+                         f"budget's {k} KV-head groups and each layer's {G}")
+    chosen: set[int] = set()
+    for i in range(num_layers):
+        own = range(i * G, (i + 1) * G)
+        best = top_k([scores[j] for j in own], per_layer, None if tiebreak is None else [tiebreak[j] for j in own])
+        chosen.update(i * G + j for j in best)
+    rest = [j for j in range(len(scores)) if j not in chosen]
+    extra = top_k([scores[j] for j in rest], k - len(chosen), None if tiebreak is None else [tiebreak[j] for j in rest])
+    chosen.update(rest[j] for j in extra)
+    return [[j for j in range(G) if i * G + j in chosen] for i in range(num_layers)]
+
+
 # The fields of a linear mixer's config: what the teacher's config lacks to hold the aligned mixers.
 _LINEAR_FIELDS = ("linear_num_heads", "linear_head_dim", "linear_value_head_dim", "linear_rope", "linear_qk_norm",
                   "linear_qkv_bias", "linear_conv_size", "gla_gate_low_rank_dim", "gla_gate_logit_normalizer")

@@ -56,7 +56,7 @@ from ..distill.loop import train
 from ..distill.recipe import StageRecipe
 from ..distributed import rank_world
 from ..models import HybridForCausalLM
-from .base import SelectionContext, SelectionResult, top_k
+from .base import SelectionContext, SelectionResult, top_k, top_k_groups
 
 Tensor = torch.Tensor
 
@@ -286,6 +286,6 @@ def _select(ctx: SelectionContext, k: int, groups: bool) -> SelectionResult:
     if not groups:
         return SelectionResult(chosen, gates, tokens=result.tokens, details=details)
     G = model.gates.shape[1]
-    kept = [[j for j in range(G) if i * G + j in chosen] for i in range(ctx.num_layers)]
+    kept = top_k_groups(gates, ctx.num_layers, k, s.groups_per_layer, tiebreak=mean_gate)
     return SelectionResult([], [gates[i * G:(i + 1) * G] for i in range(ctx.num_layers)], tokens=result.tokens,
                            details=details, groups=kept)

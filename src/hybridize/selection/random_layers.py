@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from .base import SelectionContext, SelectionResult, top_k
+from .base import SelectionContext, SelectionResult, top_k, top_k_groups
 
 
 def random_layers(num_layers: int, k: int, seed: int) -> tuple[list[int], list[float]]:
@@ -28,7 +28,7 @@ def select(ctx: SelectionContext, k: int) -> SelectionResult:
 def select_groups(ctx: SelectionContext, k: int) -> SelectionResult:
     """k KV-head groups of all layers x groups, drawn by the seed like `random_layers`."""
     L, G = ctx.num_layers, ctx.teacher.config.num_key_value_heads
-    chosen, draws = random_layers(L * G, k, ctx.seed)
-    groups = [[g for g in range(G) if i * G + g in chosen] for i in range(L)]
+    _, draws = random_layers(L * G, k, ctx.seed)
+    groups = top_k_groups(draws, L, k, ctx.settings.groups_per_layer)
     return SelectionResult([], [draws[i * G:(i + 1) * G] for i in range(L)], tokens=0, details={"seed": ctx.seed},
                            groups=groups)
