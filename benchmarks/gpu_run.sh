@@ -406,13 +406,16 @@ receive_teacher() {
 job_quality() {
   # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random or
   # flashmorph: SELECTORS), a state of its own (results/quality-intra) on the same teacher and prompts
-  # PUBLISHED=1: HALO and FlashMorph at their papers' selection sizes (below), a grid of its own (-published: state
-  # results/quality-published, conversions in $WORK/quality-published) beside the recipe's; SEEDS=1 keeps it to ~15 min
-  QUALITY_SUFFIX=$([ "${FUSION:-inter}" = intra ] && echo -intra)
-  QUALITY_WORK=$WORK/quality
+  # VARIANT=NAME: a grid of its own beside the recipe's (state results/quality[-intra]-NAME, conversions in
+  # $WORK/quality-NAME), for other settings passed as ARGS (`VARIANT=gpl1 FUSION=intra bash benchmarks/gpu_run.sh
+  # quality --set select.groups_per_layer=1`). PUBLISHED=1: the variant `published`, HALO and FlashMorph at their
+  # papers' selection sizes (below); SEEDS=1 keeps it to ~15 min
+  local variant=${VARIANT:-}
+  [ "${PUBLISHED:-0}" = 1 ] && variant=published
+  QUALITY_SUFFIX=$([ "${FUSION:-inter}" = intra ] && echo -intra)${variant:+-$variant}
+  QUALITY_WORK=$WORK/quality${variant:+-$variant}
   local published=()
   if [ "${PUBLISHED:-0}" = 1 ]; then
-    QUALITY_SUFFIX=$QUALITY_SUFFIX-published QUALITY_WORK=$WORK/quality-published
     # FlashMorph: 20M tokens of gate training (the paper's, for any model size; the recipe's 1.2M). HALO: ~5M
     # tokens per evaluation pass (the paper's 234M over Qwen3-1.7B's 29 passes is ~8M; C's windows are bounded by
     # the ~3.6M tokens of the conversion data): 3 recall tasks x 1,024 prompts of 992 tokens and 2,048 windows of

@@ -20,12 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "src/hybridize/assets/teacher-tiny"
 
 
-def _quality(tmp: Path, work: str, **env) -> subprocess.CompletedProcess:
+def _quality(tmp: Path, work: str, *args: str, **env) -> subprocess.CompletedProcess:
     e = {**os.environ, "DEVICE": "cpu", "WORK": str(tmp / work), "OUT": str(tmp / "out" / work),
          "TEACHER": str(tmp / "teacher-tiny"), "PYTHON": sys.executable, "PYTHONPATH": str(ROOT / "src"),
          "HYBRIDIZE_COMMIT": "test", "CALL_SECONDS": "0", "N_EPISODES": "2", "MIXERS": "lightning",
          "STATE_FROM": str(tmp / "no-state"), "TEACHER_IN": str(tmp / "no-parts"), "PART_SIZE": "512K", "PARTS_PER_CALL": "2", **env}
-    out = subprocess.run(["bash", "benchmarks/gpu_run.sh", "quality"], cwd=ROOT, env=e, capture_output=True,
+    out = subprocess.run(["bash", "benchmarks/gpu_run.sh", "quality", *args], cwd=ROOT, env=e, capture_output=True,
                          text=True, timeout=600)
     return out
 
@@ -83,7 +83,7 @@ def test_teacher_goes_back_in_parts_and_comes_back_the_same(tmp_path):
     assert not list((tmp_path / "out/m2/quality").glob("teacher-part??"))
 
 
-def test_published_grid_runs_with_the_papers_selection_sizes_in_a_state_of_its_own(tmp_path):
+def test_published_and_variant_grids_run_in_states_of_their_own(tmp_path):
     """PUBLISHED=1: the grid's command carries HALO's and FlashMorph's published selection sizes, resumes from
     results/quality-published and converts under its own work folder (not the recipe grid's conversions). The grid
     itself is replaced by a stand-in that records its arguments."""
@@ -105,3 +105,13 @@ exec {sys.executable} "$@"
     assert at["--state"] == f"{tmp_path}/m1/quality-state-published"
     assert at["--work"] == f"{tmp_path}/m1/quality-published" and at["--seeds"] == "1"
     assert at["--selectors"] == "uniform,halo,flashmorph"
+
+    # VARIANT: any other settings (ARGS) in a grid of their own, here the intra-layer one
+    out = _quality(tmp_path, "m1", "--set", "select.groups_per_layer=1", PYTHON=str(wrapper), CALL_SECONDS="600",
+                   VARIANT="gpl1", FUSION="intra", SEEDS="1", STATE_FROM=str(tmp_path / "no-state"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    argv = record.read_text().split()
+    at = {a: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--") and i + 1 < len(argv)}
+    assert at["--state"] == f"{tmp_path}/m1/quality-state-intra-gpl1" and at["--work"] == f"{tmp_path}/m1/quality-gpl1"
+    assert at["--fusion"] == "intra" and at["--selectors"] == "uniform,random,flashmorph"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == ["select.groups_per_layer=1"]
