@@ -404,7 +404,7 @@ receive_teacher() {
 }
 
 job_quality() {
-  # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random or
+  # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random, halo or
   # flashmorph: SELECTORS), a state of its own (results/quality-intra) on the same teacher and prompts
   # VARIANT=NAME: a grid of its own beside the recipe's (state results/quality[-intra]-NAME, conversions in
   # $WORK/quality-NAME), for other settings passed as ARGS (`VARIANT=gpl1 FUSION=intra bash benchmarks/gpu_run.sh
@@ -498,7 +498,7 @@ PY
     # only catches an estimate gone wrong, whose conversion the next call on this machine continues
     run "$DIR/quality.log" timeout -s USR1 -k 20 "$(( $(quality_left) + 30 ))" "$PY" benchmarks/quality_grid.py \
       --teacher "$TEACHER" --state "$live" --work "$QUALITY_WORK" --mixers "$mixers" \
-      --selectors "${SELECTORS:-$([ "${FUSION:-inter}" = intra ] && echo uniform,random,flashmorph || echo uniform,halo,flashmorph)}" \
+      --selectors "${SELECTORS:-uniform,halo,flashmorph}" \
       --seeds "${SEEDS:-3}" --budget "${BUDGET:-0.25}" --fusion "${FUSION:-inter}" --jobs "${LANES:-3}" \
       --recipe gpu-small --data $TRAIN_DATA "$ep" --eval-data builtin:heldout --device "$DEVICE" \
       --deadline "$(quality_left)" "${published[@]}" "$@"

@@ -103,9 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--selectors", default="uniform,halo,flashmorph", help="the first is each row's paired baseline")
     p.add_argument("--seeds", type=int, default=3, help="conversion seeds 0..N-1")
     p.add_argument("--budget", default="0.25")
-    p.add_argument("--fusion", default="inter", help="inter: the budget's whole layers keep attention; intra: that share "
-                   "of every layer's KV-head groups (selectors uniform, random, flashmorph). Each fusion is a grid of "
-                   "its own --state; both score the teacher's same prompts, so their conversions pair")
+    p.add_argument("--fusion", default="inter", help="inter: the budget's whole layers keep attention; intra: that "
+                   "share of every layer's KV-head groups (selectors uniform, random, halo, flashmorph). Each fusion "
+                   "is a grid of its own --state; both score the teacher's same prompts, so their conversions pair")
     p.add_argument("--recipe", default="gpu-small")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", nargs="+", default=None, help="conversion data (default: the recipe's)")

@@ -113,5 +113,5 @@ exec {sys.executable} "$@"
     argv = record.read_text().split()
     at = {a: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--") and i + 1 < len(argv)}
     assert at["--state"] == f"{tmp_path}/m1/quality-state-intra-gpl1" and at["--work"] == f"{tmp_path}/m1/quality-gpl1"
-    assert at["--fusion"] == "intra" and at["--selectors"] == "uniform,random,flashmorph"
+    assert at["--fusion"] == "intra" and at["--selectors"] == "uniform,halo,flashmorph"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == ["select.groups_per_layer=1"]

@@ -167,7 +167,7 @@ def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, ca
     (["--tasks", "hellaswag"], "--tasks"), (["--seeds", "0"], "--seeds"), (["--lengths", "1,x"], "--lengths"),
     (["--depths", "1.5"], "--depths"), (["--samples", "0"], "--samples"), (["--deadline", "0"], "--deadline"),
     (["--set", "distill.lr=-1"], "distill.lr"), (["--fusion", "cross"], "--fusion"),
-    (["--fusion", "intra", "--selectors", "uniform,halo"], "--selectors"), (["--jobs", "0"], "--jobs"),
+    (["--fusion", "intra", "--selectors", "uniform,kl_guided"], "--selectors"), (["--jobs", "0"], "--jobs"),
     (["--windows", "1"], "--windows"), (["--stage-seeds", "0,x"], "--stage-seeds"),
 ])
 def test_bad_arguments_name_their_field(qg, tmp_path, capsys, extra, field):

@@ -402,7 +402,7 @@ def test_uniform_groups_spread_the_budget_over_layers_then_groups():
         uniform_groups(4, 2, 9)
 
 
-@pytest.mark.parametrize("name", ["uniform", "random", "flashmorph"])
+@pytest.mark.parametrize("name", ["uniform", "random", "flashmorph", "halo"])
 def test_group_selectors_return_k_distinct_groups(name, stage1, tmp_path):
     ctx = _context(stage1, tmp_path / name)
     ctx.recipe = load_recipe("smoke", ["fusion=intra"])
@@ -441,13 +441,41 @@ def test_groups_per_layer_keeps_attention_in_every_layer(stage1, tmp_path):
         assert [len(g) for g in groups] == [1, 1, 1, 1], (name, groups)
 
 
+def test_halo_at_head_level_swaps_one_group_at_a_time(stage1, tmp_path):
+    """HALO with fusion=intra: each swapped model is the teacher with one KV-head group's heads turned into the
+    layer's stage-1 mixer heads (the layers before it compute the teacher's hidden states exactly), one (R, C) per
+    layer and group, saved for a resumed run."""
+    from hybridize.selection.base import swap_group_config
+
+    ctx = _context(stage1, tmp_path)
+    ctx.recipe = load_recipe("smoke", ["fusion=intra"])
+    aligned = ctx.aligned("test")
+    config = swap_group_config(ctx.teacher.config, aligned.config, 2, 1)
+    assert config.layer_types[2] == "hybrid" and config.attention_kv_heads[2] == [0]
+    assert [config.layer_types[i] for i in (0, 1, 3)] == [ctx.teacher.config.layer_types[i] for i in (0, 1, 3)]
+    model = swapped_model(ctx.teacher, aligned, config=config)
+    ids = torch.randint(1, 300, (2, 13))
+    with torch.no_grad():
+        ours = model(ids, output_hidden_states=True).hidden_states
+        theirs = ctx.teacher(ids, output_hidden_states=True).hidden_states
+    for layer in (1, 2):  # the outputs of layers 0 and 1
+        assert torch.equal(ours[layer], theirs[layer]), layer
+    assert not torch.allclose(ours[3], theirs[3])  # layer 2's group 1 is linear now
+    record = run_selection("halo", ctx, 3)
+    assert len(record["details"]["R"]) == len(record["details"]["C"]) == 8  # 4 layers x 2 groups
+    assert sorted(p.name for p in (tmp_path / "halo").glob("layer*-group*.json")) == \
+        sorted(f"layer{i}-group{j}.json" for i in range(4) for j in range(2))
+    flat = [s for row in record["scores"] for s in row]
+    kept = [flat[i * 2 + j] for i, g in enumerate(record["groups"]) for j in g]
+    assert sum(map(len, record["groups"])) == 3 and min(kept) >= max(set(flat) - set(kept), default=-1)
+
+
 def test_layer_selectors_refuse_kv_head_groups(stage1, tmp_path):
     ctx = _context(stage1, tmp_path)
     ctx.recipe = load_recipe("smoke", ["fusion=intra"])
-    for name in ("halo", "kl_guided"):
-        with pytest.raises(ValueError, match=f"selector '{name}' chooses whole layers; with fusion=intra .* use one "
-                                             r"of \['flashmorph', 'random', 'uniform'\]"):
-            run_selection(name, ctx, 1)
+    with pytest.raises(ValueError, match="selector 'kl_guided' chooses whole layers; with fusion=intra .* use one "
+                                         r"of \['flashmorph', 'halo', 'random', 'uniform'\]"):
+        run_selection("kl_guided", ctx, 1)
     with pytest.raises(ValueError, match="whole KV-head group count in 1..8, got 9"):
         run_selection("uniform", ctx, 9)
     with pytest.raises(ValueError, match="keep_layers names whole layers"):

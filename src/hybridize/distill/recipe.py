@@ -118,8 +118,8 @@ class SelectRecipe:
     flashmorph_lambda: float = 0.1  # weight of sum_l a_l (FlashMorph: 0.1)
     flashmorph_task: str = "passkey_flashmorph"  # 10 passkeys x 32 words, one asked (FlashMorph's data)
     flashmorph_task_options: dict = field(default_factory=dict)
-    # intra-layer selections (fusion=intra): every layer keeps at least this many KV-head groups, FlashMorph's or
-    # random's best of that layer, the rest of the budget going to the best groups anywhere; 0: the best anywhere
+    # intra-layer selections (fusion=intra): every layer keeps at least this many KV-head groups, the selector's
+    # best of that layer, the rest of the budget going to the best groups anywhere; 0: the best anywhere
     groups_per_layer: int = 0
 
     def validate(self) -> None:

@@ -31,6 +31,7 @@ GROUP_SELECTORS: dict[str, Selector] = {
     "uniform": uniform.select_groups,
     "random": random_layers.select_groups,
     "flashmorph": flashmorph.select_groups,
+    "halo": halo.select_groups,
 }
 # The selectors that train (with the shared loop): under torchrun they run on every rank, their models sharded by
 # FSDP like a stage's; the others run on rank 0 alone.

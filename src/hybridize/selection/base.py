@@ -159,11 +159,28 @@ def swap_config(teacher: HybridConfig, aligned: HybridConfig, linear_layers: Seq
     return HybridConfig(**fields)
 
 
+def swap_group_config(teacher: HybridConfig, aligned: HybridConfig, layer: int, group: int,
+                      intra_fusion: str = "concat", intra_branch_norm: bool = True) -> HybridConfig:
+    """The teacher's config with KV-head group `group` of `layer` (its query heads) turned into the aligned mixer's
+    heads, an intra-layer block beside the layer's other groups; every other layer and group keeps the teacher's
+    attention exactly, as in `swap_config` (HALO's single swap at head level)."""
+    G = teacher.num_key_value_heads
+    kv = [list(range(G)) for _ in range(teacher.num_hidden_layers)]
+    kv[layer] = [g for g in range(G) if g != group]
+    fields = student_config(teacher, [], aligned.linear_mixers[layer], hype=False, conv_size=aligned.linear_conv_size,
+                            kv_groups=kv, intra_fusion=intra_fusion, intra_branch_norm=intra_branch_norm).to_diff_dict()
+    for key in ("model_type", "transformers_version", "architectures"):
+        fields.pop(key, None)
+    fields.update({name: getattr(aligned, name) for name in _LINEAR_FIELDS})
+    return HybridConfig(**fields)
+
+
 def swapped_model(teacher: HybridForCausalLM, aligned: HybridForCausalLM,
-                  linear_layers: Sequence[int]) -> HybridForCausalLM:
-    """The teacher with the aligned mixers swapped into `linear_layers` (HALO's single-swap model), on the
-    teacher's device and dtype, frozen, in eval mode."""
+                  linear_layers: Sequence[int] = (), config: HybridConfig | None = None) -> HybridForCausalLM:
+    """The teacher with the aligned mixers swapped into `linear_layers` (HALO's single-swap model), or built to
+    `config` (`swap_group_config`), on the teacher's device and dtype, frozen, in eval mode."""
     device = next(teacher.parameters()).device
+    config = config or swap_config(teacher.config, aligned.config, linear_layers)
     with torch.device(device):  # build on the device: a 1.7B model initialised on the CPU takes a while
-        model = build_student(teacher, swap_config(teacher.config, aligned.config, linear_layers), aligned)
+        model = build_student(teacher, config, aligned)
     return model.eval().requires_grad_(False)

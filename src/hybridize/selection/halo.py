@@ -35,7 +35,7 @@ from ..data.synthetic import generate_examples, task_config
 from ..metrics.perplexity import perplexity_windows, token_nll
 from ..metrics.recall import Cell, evaluate_cells
 from ..models import HybridForCausalLM
-from .base import SelectionContext, SelectionResult, swapped_model, top_k
+from .base import SelectionContext, SelectionResult, swap_group_config, swapped_model, top_k, top_k_groups
 
 EPS = 1e-10
 CAP = 50.0
@@ -108,9 +108,9 @@ class LogLikelihoodEval:
         return -total / count
 
 
-def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], float] | None = None,
-           lm: Callable[[HybridForCausalLM], float] | None = None) -> SelectionResult:
-    aligned = ctx.aligned("halo")
+def _measurer(ctx: SelectionContext, recall, lm):
+    """(measure(name, model_fn) -> {"R", "C"}, cached in run_dir/halo/<name>.json for a resumed run; the tokens one
+    measurement reads; the definitions of R and C)."""
     recall = recall or RecallEval.from_context(ctx)
     lm = lm or LogLikelihoodEval.from_context(ctx)
     per_call = getattr(recall, "tokens_per_call", 0) + getattr(lm, "tokens_per_call", 0)
@@ -129,6 +129,15 @@ def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], 
         path.write_text(json.dumps(row))
         return row
 
+    definitions = {"R_definition": "mean exact match" if isinstance(recall, RecallEval) else _name(recall),
+                   "C_definition": "mean log-likelihood per token" if isinstance(lm, LogLikelihoodEval) else _name(lm)}
+    return measure, per_call, definitions
+
+
+def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], float] | None = None,
+           lm: Callable[[HybridForCausalLM], float] | None = None) -> SelectionResult:
+    aligned = ctx.aligned("halo")
+    measure, per_call, definitions = _measurer(ctx, recall, lm)
     teacher = measure("teacher", lambda: ctx.teacher)
     rows = []
     for i in tqdm(range(ctx.num_layers), desc="halo: swap one layer", unit="layer"):
@@ -136,9 +145,7 @@ def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], 
     R, C = [r["R"] for r in rows], [r["C"] for r in rows]
     scores = halo_scores(R, C)
     layers = top_k(scores, k, tiebreak=[(max(R) - r, max(C) - c) for r, c in zip(R, C)])
-    details = {"R": R, "C": C, "s": scores, "teacher": {"R": teacher["R"], "C": teacher["C"]},
-               "R_definition": "mean exact match" if isinstance(recall, RecallEval) else _name(recall),
-               "C_definition": "mean log-likelihood per token" if isinstance(lm, LogLikelihoodEval) else _name(lm),
+    details = {"R": R, "C": C, "s": scores, "teacher": {"R": teacher["R"], "C": teacher["C"]}, **definitions,
                "eps": EPS, "cap": CAP, "capped": [i for i, x in enumerate(scores) if x >= CAP]}
     notes = [n for n in (tie_note(scores, layers), cap_note(R, C, scores, layers)) if n is not None]
     if notes:
@@ -146,6 +153,32 @@ def select(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], 
         for note in notes:
             tqdm.write(f"halo: {note}")
     return SelectionResult(layers, scores, tokens=per_call * (ctx.num_layers + 1), details=details)
+
+
+def select_groups(ctx: SelectionContext, k: int, recall: Callable[[HybridForCausalLM], float] | None = None,
+                  lm: Callable[[HybridForCausalLM], float] | None = None) -> SelectionResult:
+    """HALO at head level (fusion=intra): swap one KV-head group at a time (its query heads become the layer's
+    stage-1 mixer heads, `swap_group_config`), score each group as HALO scores a layer, keep the k highest
+    (`select.groups_per_layer` of them in every layer first). L x G evaluations instead of L."""
+    aligned = ctx.aligned("halo")
+    measure, per_call, definitions = _measurer(ctx, recall, lm)
+    L, G = ctx.num_layers, ctx.teacher.config.num_key_value_heads
+    teacher = measure("teacher", lambda: ctx.teacher)
+    rows = []
+    for n in tqdm(range(L * G), desc="halo: swap one KV-head group", unit="group"):
+        i, j = divmod(n, G)
+        config = swap_group_config(ctx.teacher.config, aligned.config, i, j, ctx.recipe.intra_fusion,
+                                   ctx.recipe.intra_branch_norm)
+        rows.append(measure(f"layer{i}-group{j}", lambda c=config: swapped_model(ctx.teacher, aligned, config=c)))
+    R, C = [r["R"] for r in rows], [r["C"] for r in rows]
+    scores = halo_scores(R, C)
+    groups = top_k_groups(scores, L, k, ctx.settings.groups_per_layer,
+                          tiebreak=[(max(R) - r, max(C) - c) for r, c in zip(R, C)])
+    details = {"R": R, "C": C, "s": scores, "teacher": {"R": teacher["R"], "C": teacher["C"]}, **definitions,
+               "eps": EPS, "cap": CAP, "capped": [n for n, x in enumerate(scores) if x >= CAP],
+               "order": "layer-major: entry i * G + j is layer i, group j"}
+    return SelectionResult([], [scores[i * G:(i + 1) * G] for i in range(L)], tokens=per_call * (L * G + 1),
+                           details=details, groups=groups)
 
 
 def tie_note(scores: Sequence[float], layers: Sequence[int]) -> str | None:
