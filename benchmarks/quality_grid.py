@@ -241,6 +241,7 @@ class Grid:
                 raise ValueError(f"{self.state_dir} holds a grid of other settings ({detail}); use a new --state")
         config = json.loads((Path(a.teacher) / "config.json").read_text())
         self.trained = int(config["max_position_embeddings"])
+        self.kv_groups = int(config.get("num_key_value_heads") or config["num_attention_heads"])
         self.state = state or {"settings": {k: settings[k] for k in SETTINGS}, "units": {}}
         kept = {k: v for k, v in self.state.get("teacher", {}).items() if k in ("eval", "parameters")}
         self.state["teacher"] = {"name": Path(a.teacher).name, "path": str(a.teacher), "weights_sha256": sha,
@@ -283,8 +284,10 @@ class Grid:
             else DEFAULT_SECONDS["stage1"]
         if done:
             return max(done) + stage1
-        return (stage1 + DEFAULT_SECONDS["select"].get(selector, 150) + DEFAULT_SECONDS["train"]
-                + DEFAULT_SECONDS["eval"])
+        select = DEFAULT_SECONDS["select"].get(selector, 150)
+        if selector == "halo" and self.settings["fusion"] == "intra":  # one evaluation per KV-head group
+            select *= self.kv_groups
+        return stage1 + select + DEFAULT_SECONDS["train"] + DEFAULT_SECONDS["eval"]
 
     def stage1_dir(self, mixer: str, seed: int) -> Path:
         return self.root / mixer / f"seed{seed}" / "stage1"
