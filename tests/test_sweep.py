@@ -102,6 +102,9 @@ def test_sweep_json_rows_and_readme(grid):
         assert r["seed"] == 0 and r["n"] == 2 and r["tokens"] == 2 * 8 * 192 and r["steps"] == 2
         assert isinstance(r["params"], int) and 0.3e6 < r["params"] < 0.4e6
         assert r["heldout_ppl"] > 1 and list(r["heldout_ppl_by_length"]) == keys
+        lo, hi = r["heldout_ppl_ci"]  # 95% over the windows, each cell on the same ones
+        assert lo <= r["heldout_ppl"] <= hi and list(r["heldout_ppl_by_length_ci"]) == keys
+        assert all(len(v) == r["heldout_windows"] for v in r["heldout_window_nll"].values())
         assert set(r["recall"]) == {"passkey", "niah_single_2", "mqar"}
         for task, by_length in r["recall"].items():
             assert list(by_length) == keys
@@ -118,6 +121,9 @@ def test_sweep_json_rows_and_readme(grid):
     assert linear["1x"] == linear["4x"]
     assert by_cell["mamba2-3to1-inter-uniform-seed0"]["attention_layers"] == [3]
     readme = (out / "README.md").read_text()
+    first = rows[0]
+    lo, hi = first["heldout_ppl_by_length_ci"]["1x"]
+    assert f"{first['heldout_ppl_by_length']['1x']:.2f} [{lo:.2f}, {hi:.2f}]" in readme  # the table's perplexity
     assert "| retnet-all-linear-seed0 | retnet | all-linear (all-linear) |" in readme
     assert "## Beside the two studies" in readme and "| 3:1 | 0.397 |" in readme
     for png in ("recall_vs_ratio.png", "loss_vs_ratio.png", "recall_vs_state.png"):

@@ -202,6 +202,12 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:.2f}"
 
 
+def _ppl(row: dict, key: str) -> str:
+    """A cell's perplexity at one length, with its 95% interval over windows where the row has one."""
+    ci = (row.get("heldout_ppl_by_length_ci") or {}).get(key)
+    return f"{row['heldout_ppl_by_length'][key]:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
 def table(rows: list[dict]) -> str:
     """The markdown table: one line per cell."""
     keys = list(rows[0]["recall_mean"])
@@ -214,7 +220,7 @@ def table(rows: list[dict]) -> str:
         cells = [r["cell"], r["mixer"] or "-", f"{r['ratio']} ({r['actual_ratio']})", r["fusion"], _mix(r),
                  f"{r['params'] / 1e6:.2f}M", f"{r['tokens']:,}",
                  _mib((r.get("state_bytes") or {}).get(keys[0])), f"{r['heldout_loss']:.3f}",
-                 " / ".join(f"{r['heldout_ppl_by_length'][k]:.2f}" for k in keys)]
+                 " / ".join(_ppl(r, k) for k in keys)]
         cells += [" / ".join(_pct(r["recall"][t][k], r["recall_ci"][t][k]) for k in keys) for t in tasks]
         cells.append(_pct(r["recall_mean"][keys[0]], r["recall_mean_ci"][keys[0]]))
         lines.append("| " + " | ".join(cells) + " |")

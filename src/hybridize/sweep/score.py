@@ -8,6 +8,7 @@ shared tokenizer): the numbers differ only by the model.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..data.synthetic import FillerTokens
 from ..metrics.perplexity import heldout_windows, perplexity_by_length
 from ..metrics.recall import Cell as RecallCell
 from ..metrics.recall import build_cells, evaluate_cells
-from ..metrics.stats import wilson_interval
+from ..metrics.stats import mean_interval, wilson_interval
 
 BATCH_TOKENS = 32768  # tokens per evaluation batch (prompt + answer, or one perplexity window)
 
@@ -51,7 +52,9 @@ class EvalSet:
 def score_model(model, tokenizer, evalset: EvalSet) -> dict:
     """The scores of one model (`sweep.json`'s per-cell fields): held-out loss and perplexity of the tokens with up to
     1x the training length of context (`heldout_loss`, `heldout_ppl`) and per bucket of context (1x: up to L tokens,
-    2x: L+1 .. 2L, ...); recall per task and length (fraction of exact matches, `recall_correct` of `n`), with Wilson
+    2x: L+1 .. 2L, ...), each perplexity with its 95% bootstrap interval over the windows (`heldout_ppl_ci`,
+    `heldout_ppl_by_length_ci`) and the windows' NLLs (`heldout_window_nll`: every cell scores the same windows, so
+    two cells pair, `metrics.stats.paired_permutation_p`); recall per task and length (fraction of exact matches, `recall_correct` of `n`), with Wilson
     95% intervals, and pooled over the tasks (`recall_mean`); the decode state in bytes (bf16) after each length."""
     t0 = time.perf_counter()
     L, multiples = evalset.train_len, evalset.multiples
@@ -71,8 +74,11 @@ def score_model(model, tokenizer, evalset: EvalSet) -> dict:
     pooled = {k: sum(v[k] for v in correct.values()) for k in keys}
     total = n * len(correct)
     state = getattr(model, "state_size", None)
+    ppl_ci = {k: [math.exp(x) for x in mean_interval(r["window_nll"])] for k, r in zip(keys, ppl)}
     return {
-        "heldout_loss": ppl[0]["nll"], "heldout_ppl": ppl[0]["perplexity"],
+        "heldout_loss": ppl[0]["nll"], "heldout_ppl": ppl[0]["perplexity"], "heldout_ppl_ci": ppl_ci[keys[0]],
+        "heldout_ppl_by_length_ci": ppl_ci, "heldout_windows": len(evalset.windows),
+        "heldout_window_nll": {k: r["window_nll"] for k, r in zip(keys, ppl)},
         "heldout_loss_by_length": {k: r["nll"] for k, r in zip(keys, ppl)},
         "heldout_ppl_by_length": {k: r["perplexity"] for k, r in zip(keys, ppl)},
         "heldout_tokens": {k: r["tokens"] for k, r in zip(keys, ppl)},
