@@ -11,9 +11,9 @@ from hybridize import HybridConfig, HybridForCausalLM
 
 
 def _model(**overrides) -> HybridForCausalLM:
-    mixers = ["lightning", None, "retnet", "gated_deltanet", None]
+    mixers = ["lightning", None, "retnet", "gated_deltanet", None, "deltanet"]
     types = ["linear_attention" if m else "full_attention" for m in mixers]
-    fields = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=5, num_attention_heads=4,
+    fields = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=len(mixers), num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, qk_norm=True, layer_types=types, linear_mixers=mixers,
                   max_position_embeddings=32, pad_token_id=0)
     torch.manual_seed(0)

@@ -55,7 +55,8 @@ def test_linear_decode_kernel_at_scale(B, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("B", [1, 8, 64])
-def test_gdn_decode_kernel_at_scale(B, dtype):
+@pytest.mark.parametrize("decay", [True, False], ids=["gated", "deltanet"])
+def test_gdn_decode_kernel_at_scale(B, dtype, decay):
     from hybridize.mixers.triton.gdn_decode import gdn_decode_step
 
     H, D = 16, 128
@@ -68,6 +69,8 @@ def test_gdn_decode_kernel_at_scale(B, dtype):
     state = 0.1 * torch.randn(B, H, D, D, device="cuda", generator=g)
     w = dict(q_weight=(1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(dtype),
              k_weight=(1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(dtype), eps=1e-6)
+    if not decay:  # DeltaNet's step
+        a = A_log = dt_bias = None
     ref_state = state.clone()
     ref = reference.gdn_decode_step(q, k, v, a, b, A_log, dt_bias, ref_state, scale=D**-0.5, **w)
     out = gdn_decode_step(q, k, v, a, b, A_log, dt_bias, state, scale=D**-0.5, **w)
@@ -76,7 +79,7 @@ def test_gdn_decode_kernel_at_scale(B, dtype):
     differing(out, ref, f"gdn o B={B} {dtype}")
 
 
-@pytest.mark.parametrize("pattern", ["lightning", "retnet", "gated_deltanet", "mixed"])
+@pytest.mark.parametrize("pattern", ["lightning", "retnet", "gated_deltanet", "deltanet", "mixed"])
 def test_graph_decode_with_fused_steps(pattern):
     """`model.decode_steps`: the CUDA graph replays the one-kernel paths (linear mixers' tokens, attention prologue
     with HyPE and the output gate, add + norm); its tokens equal the graph decode without them in fp32, and its

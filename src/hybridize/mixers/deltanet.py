@@ -19,16 +19,30 @@ import torch
 from torch import nn
 
 from . import kernels
+from .base import qk_prep
 from .linear import LinearMixer, masked
 
 
 class DeltaNet(LinearMixer):
     qkv_activation = "silu"
     output_gate = False
+    # beta's input reads x too: one matmul with q|k|v in the one-kernel decode step
+    fused_projections = LinearMixer.fused_projections + ("b_proj",)
 
     def __init__(self, config, layer_idx: int, project_output: bool = True):
         super().__init__(config, layer_idx, project_output)
         self.b_proj = nn.Linear(config.hidden_size, self.num_heads, bias=False)
+
+    def _decode_plan(self, device):
+        return True if self.qkv_activation in (None, "silu") else None
+
+    def _decode_step(self, x, q, k, v, rec, info, mask, plan, extra):
+        """One kernel from the raw projections (Gated DeltaNet's without its decay): activations, norms, RoPE, beta,
+        L2 norm, the delta rule in place."""
+        b = extra[0] if extra else self.b_proj(x)
+        return kernels.gdn_decode_step(q, k, v, None, b, None, None, rec, scale=self.scale,
+                                       activation=self.qkv_activation, mask=mask,
+                                       **qk_prep(self.q_norm, self.k_norm, self.use_rope, info))
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
         beta = masked(torch.sigmoid(self.b_proj(x).float()), mask)  # beta 0: a padded step leaves the state alone

@@ -124,25 +124,29 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
     return o
 
 
-def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor,
-                    state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
-                    k_weight: Tensor | None = None, eps: float = 1e-6, cos: Tensor | None = None,
-                    sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor | None, b: Tensor, A_log: Tensor | None,
+                    dt_bias: Tensor | None, state: Tensor, *, scale: float, activation: str | None = "silu",
+                    q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
+                    cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """One token of Gated DeltaNet as the eager step computes it from the raw projections q, k (B, 1, H, K), v (B, 1,
     H, V), a, b (B, 1, H): SiLU, q/k RMSNorm, RoPE, the gates g = -exp(A_log) softplus(a + dt_bias) and beta =
     sigmoid(b) (rounded to v's dtype), L2-normalised q and k, the delta rule; a padded token (`mask` (B, 1) False)
-    counts as zero input with neutral gates. `state` (B, H, K, V) fp32 updated in place. The reference of
-    `triton/gdn_decode.py`. Returns o (B, 1, H, V) in v's dtype."""
+    counts as zero input with neutral gates. a, A_log, dt_bias None: no decay (g = 0), DeltaNet's step. `state` (B,
+    H, K, V) fp32 updated in place. The reference of `triton/gdn_decode.py`. Returns o (B, 1, H, V) in v's dtype."""
     if mask is not None:  # the eager step zeroes a padded token's input
         keep = mask.view(-1, 1, 1).to(q.dtype)
-        q, k, v, a, b = q * keep[..., None], k * keep[..., None], v * keep[..., None], a * keep, b * keep
+        q, k, v, b = q * keep[..., None], k * keep[..., None], v * keep[..., None], b * keep
+        a = None if a is None else a * keep
     if activation == "silu":
         q, k, v = F.silu(q), F.silu(k), F.silu(v)
     if q_weight is not None:
         q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
     if cos is not None:
         q, k = apply_rope(q, k, cos, sin)
-    g = -A_log.float().exp() * F.softplus(a.float() + dt_bias.float())
+    if a is None:
+        g = torch.zeros(b.shape, dtype=torch.float32, device=b.device)
+    else:
+        g = -A_log.float().exp() * F.softplus(a.float() + dt_bias.float())
     beta = torch.sigmoid(b.float())
     if mask is not None:
         g = torch.where(mask.view(-1, 1, 1), g, torch.zeros_like(g))

@@ -1,4 +1,5 @@
-"""One-token decode step of Gated DeltaNet in one kernel, its state updated in place in the static cache:
+"""One-token decode step of Gated DeltaNet (and of DeltaNet: no decay) in one kernel, its state updated in place in
+the static cache:
 
     q, k, v = SiLU(q), SiLU(k), SiLU(v)                       (the mixer's q/k/v activation)
     q, k = RMSNorm(q) * wq, RMSNorm(k) * wk                   (optional q/k norm), RoPE(q), RoPE(k) (optional)
@@ -34,7 +35,7 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
                        H, HV_BLOCKS, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sc_b, ss_b, sa_b, sb_b, scale, inv_D, eps,
                        HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_V: tl.constexpr,
                        HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_MASK: tl.constexpr, ACT: tl.constexpr,
-                       INTERPRETER: tl.constexpr):
+                       HAS_DECAY: tl.constexpr, INTERPRETER: tl.constexpr):
     b, h, half, h_ok, cols, v_ok = _head_program(H, HV_BLOCKS, HALF, DV, BLOCK_HALF, BLOCK_V)
     c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
     keep = _keep(MASK, b, HAS_MASK)  # a padded token: q, k, v, a, b count as zero, the gates neutral
@@ -51,9 +52,12 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
     if ACT == 2:
         v = _round(_act(v, 2, INTERPRETER), vdt, INTERPRETER)
     # gates: softplus as torch's (threshold 20), beta rounded to the model's dtype as the eager step does
-    a = tl.load(A + b * sa_b + h).to(tl.float32) * keep + tl.load(DT_BIAS + h).to(tl.float32)
-    sp = _softplus(a, INTERPRETER)
-    g = -tl.exp(tl.load(A_LOG + h).to(tl.float32)) * sp * keep
+    if HAS_DECAY:
+        a = tl.load(A + b * sa_b + h).to(tl.float32) * keep + tl.load(DT_BIAS + h).to(tl.float32)
+        sp = _softplus(a, INTERPRETER)
+        g = -tl.exp(tl.load(A_LOG + h).to(tl.float32)) * sp * keep
+    else:  # DeltaNet: no decay
+        g = 0.0
     bt = tl.load(BB + b * sb_b + h).to(tl.float32) * keep
     beta = _round(_act(bt, 1, INTERPRETER), vdt, INTERPRETER) * keep
     p1, p2, m = _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF, DV)
@@ -70,25 +74,31 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
     tl.store(O + (b * H + h) * DV + cols, o.to(O.dtype.element_ty), mask=v_ok)
 
 
-def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, A_log: Tensor, dt_bias: Tensor,
-                    state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
+def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor | None, b: Tensor, A_log: Tensor | None,
+                    dt_bias: Tensor | None, state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
                     k_weight: Tensor | None = None, eps: float = 1e-6, cos: Tensor | None = None,
                     sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """q, k: (B, 1, H, D), v: (B, 1, H, DV) raw projections (before the activation; any strides but the last), one
-    dtype; a, b: (B, 1, H) the a_proj / b_proj outputs; A_log, dt_bias: (H,); state: (B, H, D, DV) fp32 contiguous,
+    dtype; a, b: (B, 1, H) the a_proj / b_proj outputs; A_log, dt_bias: (H,) (a, A_log, dt_bias all None: no
+    decay, DeltaNet's step); state: (B, H, D, DV) fp32 contiguous,
     updated in place; activation "silu" or None; q_weight / k_weight: (D,) in q's dtype (both or neither); cos, sin:
     (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token. D even. Returns o (B, 1, H, DV) in
     v's dtype."""
     st = _Step(q, k, v, state, q_weight, k_weight, cos, sin, mask)
     B, H = st.B, st.H
-    if a.shape != (B, 1, H) or b.shape != (B, 1, H) or A_log.shape != (H,) or dt_bias.shape != (H,):
-        raise ValueError(f"a, b must be ({B}, 1, {H}) and A_log, dt_bias ({H},), got {tuple(a.shape)}, "
-                         f"{tuple(b.shape)}, {tuple(A_log.shape)}, {tuple(dt_bias.shape)}")
+    decay = a is not None
+    if decay != (A_log is not None) or decay != (dt_bias is not None):
+        raise ValueError("a, A_log and dt_bias go together: all three (Gated DeltaNet) or none (DeltaNet)")
+    if b.shape != (B, 1, H) or (decay and (a.shape != (B, 1, H) or A_log.shape != (H,) or dt_bias.shape != (H,))):
+        raise ValueError(f"a, b must be ({B}, 1, {H}) and A_log, dt_bias ({H},), got {tuple(b.shape)} for b"
+                         + (f", {tuple(a.shape)}, {tuple(A_log.shape)}, {tuple(dt_bias.shape)}" if decay else ""))
+    if not decay:
+        a, A_log, dt_bias = b, b, b  # placeholders the kernel does not read
     if activation not in ("silu", None):
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
     a, b = (t if t.stride(-1) == 1 else t.contiguous() for t in (a, b))
     _gdn_decode_kernel[st.grid](
         st.q, st.k, st.v, st.q_weight, st.k_weight, st.cos, st.sin, a, b, A_log, dt_bias, st.mask_arg, state, st.out,
         H, st.blocks, *st.strides(), a.stride(0), b.stride(0), float(scale), 1.0 / st.D, float(eps),
-        ACT=2 if activation == "silu" else 0, **st.meta())
+        ACT=2 if activation == "silu" else 0, HAS_DECAY=decay, **st.meta())
     return st.out
