@@ -580,7 +580,7 @@ job_decode_limit() {
           tests/gpu/test_linear_decode_gpu.py || status=1
         # graph decode through the one-kernel linear steps (Lightning / RetNet / GatedDeltaNet) against eager, dynamic
         run "$DIR/tests.log" "$PY" -m pytest -m gpu -p no:cacheprovider -q -rA tests/gpu/test_decode_gpu.py \
-          -k "graph_decode_equals_eager and (lightning or retnet or deltanet or mixed)" || status=1
+          -k "graph_decode_equals_eager and (lightning or retnet or gla or deltanet or mixed)" || status=1
         run "$DIR/tests.log" "$PY" -m pytest -p no:cacheprovider -q -rA tests/test_triton_gemv.py tests/test_triton_fused.py \
           tests/test_triton_linear_decode.py tests/test_triton_attention_prologue.py || status=1 ;;
       gemv)

@@ -11,7 +11,7 @@ from hybridize import HybridConfig, HybridForCausalLM
 
 
 def _model(**overrides) -> HybridForCausalLM:
-    mixers = ["lightning", None, "retnet", "gated_deltanet", None, "deltanet"]
+    mixers = ["lightning", None, "retnet", "gated_deltanet", None, "deltanet", "gla"]
     types = ["linear_attention" if m else "full_attention" for m in mixers]
     fields = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=len(mixers), num_attention_heads=4,
                   num_key_value_heads=2, head_dim=8, qk_norm=True, layer_types=types, linear_mixers=mixers,
@@ -29,16 +29,19 @@ def test_decode_step_launches_per_layer(triton_device):
         for layer in counted["by_layer"]:
             print(name, layer["layer"], layer["type"], layer["mixer"], layer["launches"], layer["ops"])
         print(name, "outside the layers", counted["outside"])
-        linear = [lay["launches"] for lay in counted["by_layer"] if lay["type"] == "linear_attention"]
+        linear = [lay["launches"] for lay in counted["by_layer"]
+                  if lay["type"] == "linear_attention" and lay["mixer"] != "GLA"]
+        gla = [lay["launches"] for lay in counted["by_layer"] if lay["mixer"] == "GLA"]
         attention = [lay["launches"] for lay in counted["by_layer"] if lay["type"] == "full_attention"]
         # norm + add-norm, 4 matmuls (GatedDeltaNet's gate inputs in the first), the one-kernel mixer step, the gated
         # output norm, SiLU * up (the first layer has no previous add to fuse, so a plain norm); attention: 2
         # add-norms, 4 matmuls, prologue, split, merge, SiLU * up
         assert max(linear) <= 9, linear
+        assert gla and max(gla) <= 11, gla  # its gate's two low-rank matmuls besides
         assert max(attention) <= 10, attention
         assert counted["outside"]["launches"] <= 6, counted["outside"]  # embedding, cache bookkeeping, rotary tables,
         # final add-norm, lm_head and a cast
-        assert counted["total"] == sum(linear) + sum(attention) + counted["outside"]["launches"]
+        assert counted["total"] == sum(linear) + sum(gla) + sum(attention) + counted["outside"]["launches"]
 
 
 def test_the_count_sees_the_unfused_step(triton_device):

@@ -57,6 +57,27 @@ def test_kernel_matches_reference(kernel, triton_device, dtype, norm, rope, shap
     differing(out, ref, f"o {shape} {dtype} norm={norm} rope={rope}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("padded", [False, True], ids=["all-real", "one-padded"])
+def test_kernel_with_gla_gates_matches_reference(kernel, triton_device, dtype, padded):
+    """GLA: the decay per key channel from the gate's logits (logsigmoid / normaliser) instead of one per head; the
+    logits as a strided slice, a padded row neither decayed nor written."""
+    B, H, D, DV = 2, 3, 16, 24
+    q, k, v, state, _, w = _step_inputs(B, H, D, DV, dtype, triton_device, True, True)
+    logits = (3 * torch.randn(B, 1, H, 2 * D, device=triton_device)).to(dtype)[..., :D]  # unit last stride
+    mask = torch.tensor([[True], [False]], device=triton_device) if padded else None
+    ref_state, before = state.clone(), state.clone()
+    gate = dict(gate_logits=logits, gate_normalizer=16.0, mask=mask)
+    ref = reference.linear_decode_step(q, k, v, ref_state, None, scale=D**-0.5, **gate, **w)
+    out = kernel(q, k, v, state, None, scale=D**-0.5, **gate, **w)
+    assert_close(state, ref_state, f"gla state {dtype}", dtype=torch.float32)
+    assert_close(out, ref, f"gla o {dtype}")
+    if padded:
+        assert torch.equal(state[1], before[1]) and not out[1].any()
+    with pytest.raises(ValueError, match="log_decay .* or gate_logits"):
+        kernel(q, k, v, state, torch.zeros(H, device=triton_device), scale=0.25, gate_logits=logits)
+
+
 def test_kernel_refuses_what_it_does_not_take(kernel, triton_device):
     q, k, v, state, log_decay, w = _step_inputs(1, 2, 16, 16, torch.float32, triton_device, True, True)
     with pytest.raises(ValueError, match="state must be"):
@@ -89,7 +110,7 @@ def test_dispatch(monkeypatch, triton_device):
     assert_close(state, ref_state, "dispatched state", dtype=torch.float32)
 
 
-@pytest.mark.parametrize("mixer", ["lightning", "retnet"])
+@pytest.mark.parametrize("mixer", ["lightning", "retnet", "gla"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_model_decode_over_static_cache(monkeypatch, triton_device, mixer, dtype):
     """A tiny hybrid (no short convolution, RoPE and q/k norm in the linear layers) decoding over the static cache with

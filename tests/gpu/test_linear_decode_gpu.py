@@ -79,7 +79,7 @@ def test_gdn_decode_kernel_at_scale(B, dtype, decay):
     differing(out, ref, f"gdn o B={B} {dtype}")
 
 
-@pytest.mark.parametrize("pattern", ["lightning", "retnet", "gated_deltanet", "deltanet", "mixed"])
+@pytest.mark.parametrize("pattern", ["lightning", "retnet", "gla", "gated_deltanet", "deltanet", "mixed"])
 def test_graph_decode_with_fused_steps(pattern):
     """`model.decode_steps`: the CUDA graph replays the one-kernel paths (linear mixers' tokens, attention prologue
     with HyPE and the output gate, add + norm); its tokens equal the graph decode without them in fp32, and its

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
+from .base import qk_prep
 from .linear import LinearMixer, masked
 
 
@@ -24,6 +25,18 @@ class GLA(LinearMixer):
             nn.Linear(r, self.num_heads * self.head_k_dim, bias=True),
         )
         self.gate_logit_normalizer = config.gla_gate_logit_normalizer
+
+    def _decode_plan(self, device):
+        return True if self.qkv_activation is None else None
+
+    def _decode_step(self, x, q, k, v, rec, info, mask, plan, extra):
+        """One kernel after the gate's two small matmuls: norms, RoPE, the per-channel decay from the gate's logits,
+        the state update in place, the output."""
+        B, H, K = x.shape[0], self.num_heads, self.head_k_dim
+        return kernels.linear_decode_step(q, k, v, rec, None, scale=self.scale, mask=mask,
+                                          gate_logits=self.gk_proj(x).view(B, 1, H, K),
+                                          gate_normalizer=self.gate_logit_normalizer,
+                                          **qk_prep(self.q_norm, self.k_norm, self.use_rope, info))
 
     def _recur(self, x, q, k, v, mask, initial_state, cu_seqlens):
         B, T = x.shape[:2]

@@ -218,14 +218,17 @@ def _step_ok(q: Tensor, k: Tensor, v: Tensor, state: Tensor, q_weight: Tensor | 
             and linear_decode_ok(q[:, :, 0], (q.shape[2], q.shape[3], v.shape[-1]), state, q_weight, cos))
 
 
-def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
+def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor | None, *, scale: float,
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
-                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-    """One decode token of a fixed-decay linear mixer: q/k norm, RoPE, S = exp(log_decay) S + k^T v (state updated
-    in place; none where `mask` (B, 1) is False, whose q, k, v count as zero), o = scale q S, in one kernel
-    where `linear_decode_ok` says so (`triton/linear_decode.py`), else
-    `reference.linear_decode_step`. Returns o (B, 1, H, V)."""
-    args = dict(scale=scale, q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin, mask=mask)
+                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None,
+                       gate_logits: Tensor | None = None, gate_normalizer: float = 1.0) -> Tensor:
+    """One decode token of a linear mixer with a decay: q/k norm, RoPE, S = exp(g) S + k^T v (state updated in
+    place; none where `mask` (B, 1) is False, whose q, k, v count as zero), o = scale q S, with g the fixed per-head
+    `log_decay` (Lightning, RetNet) or GLA's logsigmoid(gate_logits) / gate_normalizer per key channel, in one kernel
+    where `linear_decode_ok` says so (`triton/linear_decode.py`), else `reference.linear_decode_step`. Returns o
+    (B, 1, H, V)."""
+    args = dict(scale=scale, q_weight=q_weight, k_weight=k_weight, eps=eps, cos=cos, sin=sin, mask=mask,
+                gate_logits=gate_logits, gate_normalizer=gate_normalizer)
     if _step_ok(q, k, v, state, q_weight, cos):
         from .triton.linear_decode import linear_decode_step as kernel
 

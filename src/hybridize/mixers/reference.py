@@ -103,18 +103,23 @@ def gla_recurrent(q: Tensor, k: Tensor, v: Tensor, g: Tensor, *, scale: float, i
     return o.to(v.dtype), S
 
 
-def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
+def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor | None, *, scale: float,
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
-                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
-    """One token of a fixed-decay linear mixer (Lightning, RetNet) as the eager step computes it: q/k RMSNorm (with
-    weights), RoPE, S = exp(log_decay) S + k^T v, o = scale q S (where `mask` (B, 1) is False, q, k, v count as zero and
-    the state is not decayed); `state` (B, H, K, V) fp32 updated in place. The
+                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None,
+                       gate_logits: Tensor | None = None, gate_normalizer: float = 1.0) -> Tensor:
+    """One token of a linear mixer with a decay as the eager step computes it: q/k RMSNorm (with weights), RoPE,
+    S = exp(g) S + k^T v, o = scale q S, where g is the fixed per-head `log_decay` (H,) (Lightning, RetNet) or, with
+    `gate_logits` (B, 1, H, K) instead, GLA's per-key g = logsigmoid(gate_logits) / gate_normalizer (where `mask` (B,
+    1) is False, q, k, v count as zero and the state is not decayed); `state` (B, H, K, V) fp32 updated in place. The
     reference of `triton/linear_decode.py`. Returns o (B, 1, H, V) in v's dtype."""
-    g = log_decay.float().view(1, 1, -1).expand(*q.shape[:3])
+    if gate_logits is not None:
+        g = F.logsigmoid(gate_logits.float()) / gate_normalizer
+    else:
+        g = log_decay.float().view(1, 1, -1).expand(*q.shape[:3])
     if mask is not None:  # a padded token: zero q, k, v (the eager step zeroes its input), no decay
         keep = mask.view(*mask.shape, 1, 1).to(q.dtype)
         q, k, v = q * keep, k * keep, v * keep
-        g = torch.where(mask.view(*mask.shape, 1), g, torch.zeros_like(g))
+        g = torch.where(mask.view(*mask.shape, *[1] * (g.dim() - 2)), g, torch.zeros_like(g))
     if q_weight is not None:
         q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
     if cos is not None:

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from triton.language.extra import libdevice
+
 from .fused import _keep, _norm_rope, _rope_halves, _warps
 
 Tensor = torch.Tensor
@@ -52,11 +54,21 @@ def _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF: tl.constexpr, DV: tl.
 
 
 @triton.jit
-def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
-                          H, HV_BLOCKS, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sc_b, ss_b, scale, inv_D, eps,
-                          HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_V: tl.constexpr,
-                          HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr, HAS_MASK: tl.constexpr,
-                          INTERPRETER: tl.constexpr):
+def _logsigmoid(x, INTERPRETER: tl.constexpr):
+    """fp32 logsigmoid as torch computes it: min(x, 0) - log1p(exp(-|x|))."""
+    if INTERPRETER:  # no libdevice in the interpreter
+        t = tl.log(1.0 + tl.exp(-tl.abs(x)))
+    else:
+        t = libdevice.log1p(libdevice.exp(-tl.abs(x)))
+    return tl.minimum(x, 0.0) - t
+
+
+@triton.jit
+def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, GK, MASK, S, O,
+                          H, HV_BLOCKS, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h, sc_b, ss_b, sg_b, sg_h, scale, inv_D, eps,
+                          g_norm, HALF: tl.constexpr, DV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                          BLOCK_V: tl.constexpr, HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr,
+                          HAS_MASK: tl.constexpr, GATE_K: tl.constexpr, INTERPRETER: tl.constexpr):
     b, h, half, h_ok, cols, v_ok = _head_program(H, HV_BLOCKS, HALF, DV, BLOCK_HALF, BLOCK_V)
     c1, c2, s1, s2 = _rope_halves(COS, SIN, b, sc_b, ss_b, half, h_ok, HALF, HAS_ROPE, BLOCK_HALF)
     keep = _keep(MASK, b, HAS_MASK)  # a padded token: q, k, v count as zero (the eager step zeroes its input)
@@ -65,10 +77,19 @@ def _linear_decode_kernel(Q, K, V, QW, KW, COS, SIN, G, MASK, S, O,
     k1, k2 = _norm_rope(K + b * sk_b + h * sk_h, KW, c1, c2, s1, s2, half, h_ok, keep, inv_D, eps,
                         HAS_NORM, HAS_ROPE, HALF, INTERPRETER)
     v = tl.load(V + b * sv_b + h * sv_h + cols, mask=v_ok, other=0.0).to(tl.float32) * keep
-    decay = tl.exp(tl.load(G + h).to(tl.float32) * keep)
+    if GATE_K:  # GLA: a decay per key channel, logsigmoid(logits) / normaliser
+        gk = GK + b * sg_b + h * sg_h + half
+        d1 = tl.exp(_logsigmoid(tl.load(gk, mask=h_ok, other=0.0).to(tl.float32), INTERPRETER) / g_norm * keep)
+        d2 = tl.exp(_logsigmoid(tl.load(gk + HALF, mask=h_ok, other=0.0).to(tl.float32), INTERPRETER) / g_norm
+                    * keep)
+        d1 = d1[:, None]
+        d2 = d2[:, None]
+    else:
+        d1 = tl.exp(tl.load(G + h).to(tl.float32) * keep)
+        d2 = d1
     p1, p2, m = _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF, DV)
-    s_1 = tl.load(p1, mask=m, other=0.0) * decay + k1[:, None] * v[None, :]
-    s_2 = tl.load(p2, mask=m, other=0.0) * decay + k2[:, None] * v[None, :]
+    s_1 = tl.load(p1, mask=m, other=0.0) * d1 + k1[:, None] * v[None, :]
+    s_2 = tl.load(p2, mask=m, other=0.0) * d2 + k2[:, None] * v[None, :]
     tl.store(p1, s_1, mask=m)
     tl.store(p2, s_2, mask=m)
     o = tl.sum(s_1 * (q1 * scale)[:, None], axis=0) + tl.sum(s_2 * (q2 * scale)[:, None], axis=0)
@@ -128,18 +149,30 @@ class _Step:
                     enable_fp_fusion=False)  # the norm's sum of squares and RoPE's products as torch does: no fma
 
 
-def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor, *, scale: float,
+def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay: Tensor | None, *, scale: float,
                        q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
-                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                       cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None,
+                       gate_logits: Tensor | None = None, gate_normalizer: float = 1.0) -> Tensor:
     """q, k: (B, 1, H, D), v: (B, 1, H, DV) (any strides but the last: slices of a fused projection); state: (B, H, D,
     DV) fp32 contiguous, updated in place; log_decay: (H,) fp32; q_weight / k_weight: (D,) q/k RMSNorm weights (both
     or neither, in q's dtype); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token
-    (its q, k, v count as zero, no decay: the state stays as it is, the output is zero). D even. Returns o (B, 1, H,
-    DV) in v's dtype."""
+    (its q, k, v count as zero, no decay: the state stays as it is, the output is zero); gate_logits (B, 1, H, D)
+    instead of log_decay: GLA's decay per key channel, logsigmoid(gate_logits) / gate_normalizer. D even. Returns o
+    (B, 1, H, DV) in v's dtype."""
     st = _Step(q, k, v, state, q_weight, k_weight, cos, sin, mask)
-    if log_decay.shape != (st.H,):
-        raise ValueError(f"log_decay must be ({st.H},), got {tuple(log_decay.shape)}")
+    if (log_decay is None) == (gate_logits is None):
+        raise ValueError("give log_decay (H,) or gate_logits (B, 1, H, D), one of them")
+    if gate_logits is not None:
+        if gate_logits.shape != (st.B, 1, st.H, st.D) or gate_logits.stride(-1) != 1:
+            raise ValueError(f"gate_logits must be ({st.B}, 1, {st.H}, {st.D}) with unit last stride, got "
+                             f"{tuple(gate_logits.shape)}")
+        g, gk, g_strides = q, gate_logits, (gate_logits.stride(0), gate_logits.stride(2))
+    else:
+        if log_decay.shape != (st.H,):
+            raise ValueError(f"log_decay must be ({st.H},), got {tuple(log_decay.shape)}")
+        g, gk, g_strides = log_decay.float().contiguous(), q, (0, 0)
     _linear_decode_kernel[st.grid](
-        st.q, st.k, st.v, st.q_weight, st.k_weight, st.cos, st.sin, log_decay.float().contiguous(), st.mask_arg,
-        state, st.out, st.H, st.blocks, *st.strides(), float(scale), 1.0 / st.D, float(eps), **st.meta())
+        st.q, st.k, st.v, st.q_weight, st.k_weight, st.cos, st.sin, g, gk, st.mask_arg, state, st.out, st.H,
+        st.blocks, *st.strides(), *g_strides, float(scale), 1.0 / st.D, float(eps), float(gate_normalizer),
+        GATE_K=gate_logits is not None, **st.meta())
     return st.out
