@@ -77,11 +77,12 @@ def paired_perplexity(entries: Iterable[dict], a: str, b: str, length) -> dict |
     """Models `a` and `b` on the same perplexity windows, the bucket ending at `length`: {"n" (windows), "nll_a",
     "nll_b", "ppl_a", "ppl_b", "p"} with the paired sign-flip test of the per-window NLLs; None when either has no
     per-window values there; ValueError when their windows differ."""
+    entries = list(entries)
+
     def one(model):
         got = [e for e in entries if e["model"] == model and e.get("metric") == "perplexity" and e["length"] == length]
         return got[0] if got and "window_nll" in got[0] else None
 
-    entries = list(entries)
     ea, eb = one(a), one(b)
     if ea is None or eb is None:
         return None

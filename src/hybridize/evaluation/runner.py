@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from ..data.sources import iter_documents
 from ..data.synthetic import TASKS, FillerTokens, suite_tasks
 from ..metrics.perplexity import perplexity_by_length, perplexity_windows, windows_fingerprint
 from ..metrics.recall import PROMPT_SEED_BASE, build_cells, evaluate_cells
-from ..metrics.stats import mean_interval, wilson_interval
+from ..metrics.stats import wilson_interval
 from ..provenance import check_weights, git_commit
 from .loading import DTYPES, check_model_dir, has_tokenizer, load_model, load_tokenizer, pick_device
 from .suites import SUITES
@@ -187,12 +186,11 @@ def run_eval(cfg: EvalConfig) -> list[Path]:
         if windows is not None:
             bs = max(1, cfg.batch_tokens // windows.shape[1])
             for row in perplexity_by_length(model, windows, cfg.lengths, bs, cfg.progress, f"{name} perplexity"):
-                lo, hi = mean_interval(row["window_nll"])
                 entries.append({**base, "suite": "perplexity", "task": "perplexity", "metric": "perplexity",
                                 "value": row["perplexity"], "length": row["length"], "depth": None,
                                 "length_from": row["length_from"], "tokens": row["tokens"], "samples": len(windows),
-                                "nll": row["nll"], "entropy": row["entropy"], "ci_low": math.exp(lo),
-                                "ci_high": math.exp(hi), "window_nll": row["window_nll"], "windows": fingerprint})
+                                "nll": row["nll"], "entropy": row["entropy"], "ci_low": row["ci_low"],
+                                "ci_high": row["ci_high"], "window_nll": row["window_nll"], "windows": fingerprint})
         if cells:
             rows, predictions = evaluate_cells(model, tokenizer, cells, cfg.batch_tokens, progress=cfg.progress,
                                                desc=f"{name} recall")

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .stats import mean_interval
+
 
 def _token_stream(tokenizer, documents: Iterable[str], need: int) -> list[int]:
     """The documents' tokens, each followed by EOS, read until `need` tokens are there (or the text ends)."""
@@ -84,9 +86,10 @@ def token_nll(model, input_ids: torch.Tensor, chunk: int = 1024, entropy: bool =
 
 def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], batch_size: int = 1,
                          progress: bool = True, desc: str = "perplexity") -> list[dict]:
-    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "nll", "entropy", "tokens",
-    "window_nll"}; `window_nll` is each window's mean NLL over the bucket's positions (their mean is `nll`): the
-    independent values an interval or a paired test of two models on the same windows rests on.
+    """One entry per length bucket: {"length": b, "length_from": a, "perplexity", "ci_low", "ci_high", "nll",
+    "entropy", "tokens", "window_nll"}; `window_nll` is each window's mean NLL over the bucket's positions (their mean
+    is `nll`): the independent values the perplexity's 95% interval (`ci_low`, `ci_high`: bootstrap of the mean NLL
+    over windows, `stats.mean_interval`) and a paired test of two models on the same windows rest on.
 
     `entropy` is the mean entropy of the model's predictive distribution over the bucket's positions (nats). Beside
     `nll` it says how sure the model was against how right: nll - entropy > 0 means more confident than its errors
@@ -96,7 +99,7 @@ def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], b
         raise ValueError(f"windows hold {windows.shape[1]} tokens; the longest length {edges[-1]} needs "
                          f"{edges[-1] + 1}")
     device = next(model.parameters()).device
-    nll = torch.zeros(len(windows), windows.shape[1] - 1, dtype=torch.float64)  # NLL of each predicted position of each window
+    nll = torch.zeros(len(windows), windows.shape[1] - 1, dtype=torch.float64)  # per window and predicted position
     total_ent = torch.zeros(windows.shape[1] - 1, dtype=torch.float64)
     for s in tqdm(range(0, len(windows), batch_size), desc=desc, disable=not progress, unit="batch"):
         n, ent = token_nll(model, windows[s:s + batch_size].to(device), entropy=True)
@@ -107,9 +110,11 @@ def perplexity_by_length(model, windows: torch.Tensor, lengths: Sequence[int], b
         # token t (1-based position in the window) has t tokens of context; it is column t - 1 of `nll`
         n = (b - prev) * len(windows)
         mean = float(nll[:, prev:b].sum()) / n
+        per_window = nll[:, prev:b].mean(1).tolist()
+        lo, hi = mean_interval(per_window)
         rows.append({"length": b, "length_from": prev, "nll": mean, "perplexity": math.exp(mean),
-                     "entropy": float(total_ent[prev:b].sum()) / n, "tokens": n,
-                     "window_nll": nll[:, prev:b].mean(1).tolist()})
+                     "ci_low": math.exp(lo), "ci_high": math.exp(hi),
+                     "entropy": float(total_ent[prev:b].sum()) / n, "tokens": n, "window_nll": per_window})
         prev = b
     return rows
 

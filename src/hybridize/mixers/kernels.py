@@ -238,9 +238,9 @@ def linear_decode_step(q: Tensor, k: Tensor, v: Tensor, state: Tensor, log_decay
 
 
 def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor | None, b: Tensor, A_log: Tensor | None,
-                    dt_bias: Tensor | None, state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
-                    k_weight: Tensor | None = None, eps: float = 1e-6, cos: Tensor | None = None,
-                    sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                    dt_bias: Tensor | None, state: Tensor, *, scale: float, activation: str | None = "silu",
+                    q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
+                    cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """One decode token of Gated DeltaNet from its raw projections (activations, norms, RoPE, gates, L2 norm, the
     delta rule with the state updated in place), in one kernel where `linear_decode_ok` says so
     (`triton/gdn_decode.py`), else `reference.gdn_decode_step`; a, A_log, dt_bias None: DeltaNet's step (no decay).

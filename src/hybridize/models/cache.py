@@ -134,7 +134,7 @@ class HybridStaticCache(Cache):
                 raise ValueError(
                     f"attention_mask must be a 2-D 0/1 padding mask of shape (batch, past + new tokens) = "
                     f"({B}, {past + T}) or (batch, new tokens) = ({B}, {T}), got {tuple(attention_mask.shape)}")
-        if T == 1:  # a decode step: one kernel inside `kernels.fused_steps` on the GPU
+        if T == 1 and kernels.steps_on():  # a decode step: one kernel inside `kernels.fused_steps` on the GPU
             fused = kernels.decode_begin(self.length, self.valid, self.real,
                                          None if attention_mask is None else attention_mask[:, -1])
             if fused is not None:

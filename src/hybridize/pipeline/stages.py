@@ -39,8 +39,8 @@ from ..distributed import barrier, is_main, rank0_first, rank_world, shard_froze
 from ..metrics.perplexity import heldout_lm, heldout_windows
 from ..models import HybridForCausalLM
 from ..provenance import check_weights, device_name, provenance
-from ..selection import (GROUP_SELECTORS, TRAINING_SELECTORS, SelectionContext, check_synthetic_data,
-                         resolve_budget, run_selection, top_k_groups, uniform_groups, uniform_layers,
+from ..selection import (GROUP_SELECTORS, TRAINING_SELECTORS, SelectionContext, check_groups_per_layer,
+                         check_synthetic_data, resolve_budget, run_selection, uniform_groups, uniform_layers,
                          write_selection)
 from .recipe import recipe_from_dict
 
@@ -106,7 +106,7 @@ class Conversion:
                                  f"use one of {sorted(GROUP_SELECTORS)}")
             G = teacher.model.config.num_key_value_heads
             k = resolve_budget(r.budget, L * G, unit="KV-head group")
-            top_k_groups([0.0] * (L * G), L, k, r.select.groups_per_layer)  # select.groups_per_layer fits the budget
+            check_groups_per_layer(r.select.groups_per_layer, L, G, k)
             groups = uniform_groups(L, G, k)
             layers = [i for i, kept in enumerate(groups) if len(kept) == G]
         else:

@@ -14,7 +14,8 @@ from ..data.synthetic import FillerTokens, generate, task_config
 from ..distributed import is_main
 from ..provenance import device_name
 from . import flashmorph, halo, kl_guided, random_layers, uniform
-from .base import Selector, SelectionContext, SelectionResult, swap_config, swapped_model, top_k, top_k_groups
+from .base import (Selector, SelectionContext, SelectionResult, check_groups_per_layer, swap_config, swapped_model,
+                   top_k, top_k_groups)
 from .report import write_selection
 from .uniform import resolve_budget, uniform_groups, uniform_layers
 
@@ -117,6 +118,6 @@ def check_synthetic_data(recipe, tokenizer, data) -> None:
 
 
 __all__ = ["GROUP_SELECTORS", "SELECTORS", "TRAINING_SELECTORS", "SelectionContext", "SelectionResult", "Selector",
-           "check_synthetic_data", "get_selector",
-           "resolve_budget",
-           "run_selection", "swap_config", "swapped_model", "top_k", "top_k_groups", "uniform_groups", "uniform_layers", "write_selection"]
+           "check_groups_per_layer", "check_synthetic_data", "get_selector", "resolve_budget", "run_selection",
+           "swap_config", "swapped_model", "top_k", "top_k_groups", "uniform_groups", "uniform_layers",
+           "write_selection"]

@@ -120,15 +120,21 @@ def top_k(scores: Sequence[float], k: int, tiebreak: Sequence | None = None) -> 
     return sorted(sorted(range(len(scores)), key=key)[:k])
 
 
+def check_groups_per_layer(per_layer: int, num_layers: int, groups: int, k: int) -> None:
+    """`select.groups_per_layer` groups in each of `num_layers` layers fit a budget of k KV-head groups and each
+    layer's `groups` (ValueError naming the field otherwise)."""
+    if per_layer * num_layers > k or per_layer > groups:
+        raise ValueError(f"select.groups_per_layer={per_layer}: {num_layers} layers x {per_layer} groups must fit the "
+                         f"budget's {k} KV-head groups and each layer's {groups}")
+
+
 def top_k_groups(scores: Sequence[float], num_layers: int, k: int, per_layer: int = 0,
                  tiebreak: Sequence | None = None) -> list[list[int]]:
     """The k KV-head groups (scores flat, layer-major: num_layers x G) with the highest scores, as each layer's kept
     groups, ascending; with `per_layer`, every layer first keeps its own `per_layer` best, and the rest of k go to the
     best groups left anywhere. Ties as in `top_k`."""
     G = len(scores) // num_layers
-    if per_layer * num_layers > k or per_layer > G:
-        raise ValueError(f"select.groups_per_layer={per_layer}: {num_layers} layers x {per_layer} groups must fit the "
-                         f"budget's {k} KV-head groups and each layer's {G}")
+    check_groups_per_layer(per_layer, num_layers, G, k)
     chosen: set[int] = set()
     for i in range(num_layers):
         own = range(i * G, (i + 1) * G)

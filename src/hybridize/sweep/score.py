@@ -8,7 +8,6 @@ shared tokenizer): the numbers differ only by the model.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..data.synthetic import FillerTokens
 from ..metrics.perplexity import heldout_windows, perplexity_by_length
 from ..metrics.recall import Cell as RecallCell
 from ..metrics.recall import build_cells, evaluate_cells
-from ..metrics.stats import mean_interval, wilson_interval
+from ..metrics.stats import wilson_interval
 
 BATCH_TOKENS = 32768  # tokens per evaluation batch (prompt + answer, or one perplexity window)
 
@@ -54,8 +53,9 @@ def score_model(model, tokenizer, evalset: EvalSet) -> dict:
     1x the training length of context (`heldout_loss`, `heldout_ppl`) and per bucket of context (1x: up to L tokens,
     2x: L+1 .. 2L, ...), each perplexity with its 95% bootstrap interval over the windows (`heldout_ppl_ci`,
     `heldout_ppl_by_length_ci`) and the windows' NLLs (`heldout_window_nll`: every cell scores the same windows, so
-    two cells pair, `metrics.stats.paired_permutation_p`); recall per task and length (fraction of exact matches, `recall_correct` of `n`), with Wilson
-    95% intervals, and pooled over the tasks (`recall_mean`); the decode state in bytes (bf16) after each length."""
+    two cells pair, `metrics.stats.paired_permutation_p`); recall per task and length (fraction of exact matches,
+    `recall_correct` of `n`), with Wilson 95% intervals, and pooled over the tasks (`recall_mean`); the decode state
+    in bytes (bf16) after each length."""
     t0 = time.perf_counter()
     L, multiples = evalset.train_len, evalset.multiples
     keys = [length_key(m) for m in multiples]
@@ -74,7 +74,7 @@ def score_model(model, tokenizer, evalset: EvalSet) -> dict:
     pooled = {k: sum(v[k] for v in correct.values()) for k in keys}
     total = n * len(correct)
     state = getattr(model, "state_size", None)
-    ppl_ci = {k: [math.exp(x) for x in mean_interval(r["window_nll"])] for k, r in zip(keys, ppl)}
+    ppl_ci = {k: [r["ci_low"], r["ci_high"]] for k, r in zip(keys, ppl)}
     return {
         "heldout_loss": ppl[0]["nll"], "heldout_ppl": ppl[0]["perplexity"], "heldout_ppl_ci": ppl_ci[keys[0]],
         "heldout_ppl_by_length_ci": ppl_ci, "heldout_windows": len(evalset.windows),

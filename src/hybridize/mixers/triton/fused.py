@@ -131,6 +131,16 @@ def _softplus(x, INTERPRETER: tl.constexpr):
 
 
 @triton.jit
+def _logsigmoid(x, INTERPRETER: tl.constexpr):
+    """fp32 logsigmoid as torch computes it: min(x, 0) - log1p(exp(-|x|))."""
+    if INTERPRETER:  # no libdevice in the interpreter
+        t = tl.log(1.0 + tl.exp(-tl.abs(x)))
+    else:
+        t = libdevice.log1p(libdevice.exp(-tl.abs(x)))
+    return tl.minimum(x, 0.0) - t
+
+
+@triton.jit
 def _rms_norm_kernel(X, W, Y, G, n_rows, n_inner, stride_outer, stride_inner, D, inv_D, eps,
                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRETER: tl.constexpr,
                      ACT: tl.constexpr = 0):

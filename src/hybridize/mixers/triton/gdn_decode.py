@@ -75,15 +75,14 @@ def _gdn_decode_kernel(Q, K, V, QW, KW, COS, SIN, A, BB, A_LOG, DT_BIAS, MASK, S
 
 
 def gdn_decode_step(q: Tensor, k: Tensor, v: Tensor, a: Tensor | None, b: Tensor, A_log: Tensor | None,
-                    dt_bias: Tensor | None, state: Tensor, *, scale: float, activation: str | None = "silu", q_weight: Tensor | None = None,
-                    k_weight: Tensor | None = None, eps: float = 1e-6, cos: Tensor | None = None,
-                    sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                    dt_bias: Tensor | None, state: Tensor, *, scale: float, activation: str | None = "silu",
+                    q_weight: Tensor | None = None, k_weight: Tensor | None = None, eps: float = 1e-6,
+                    cos: Tensor | None = None, sin: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """q, k: (B, 1, H, D), v: (B, 1, H, DV) raw projections (before the activation; any strides but the last), one
     dtype; a, b: (B, 1, H) the a_proj / b_proj outputs; A_log, dt_bias: (H,) (a, A_log, dt_bias all None: no
-    decay, DeltaNet's step); state: (B, H, D, DV) fp32 contiguous,
-    updated in place; activation "silu" or None; q_weight / k_weight: (D,) in q's dtype (both or neither); cos, sin:
-    (B or 1, 1, D) (both or neither); mask: (B, 1) bool, False for a padded token. D even. Returns o (B, 1, H, DV) in
-    v's dtype."""
+    decay, DeltaNet's step); state: (B, H, D, DV) fp32 contiguous, updated in place; activation "silu" or None;
+    q_weight / k_weight: (D,) in q's dtype (both or neither); cos, sin: (B or 1, 1, D) (both or neither); mask: (B, 1)
+    bool, False for a padded token. D even. Returns o (B, 1, H, DV) in v's dtype."""
     st = _Step(q, k, v, state, q_weight, k_weight, cos, sin, mask)
     B, H = st.B, st.H
     decay = a is not None

@@ -24,9 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from triton.language.extra import libdevice
-
-from .fused import _keep, _norm_rope, _rope_halves, _warps
+from .fused import _keep, _logsigmoid, _norm_rope, _rope_halves, _warps
 
 Tensor = torch.Tensor
 
@@ -51,16 +49,6 @@ def _state_block(S, b, h, H, half, h_ok, cols, v_ok, HALF: tl.constexpr, DV: tl.
     mask of both."""
     p1 = S + (b * H + h) * (2 * HALF) * DV + half.to(tl.int64)[:, None] * DV + cols[None, :]
     return p1, p1 + HALF * DV, h_ok[:, None] & v_ok[None, :]
-
-
-@triton.jit
-def _logsigmoid(x, INTERPRETER: tl.constexpr):
-    """fp32 logsigmoid as torch computes it: min(x, 0) - log1p(exp(-|x|))."""
-    if INTERPRETER:  # no libdevice in the interpreter
-        t = tl.log(1.0 + tl.exp(-tl.abs(x)))
-    else:
-        t = libdevice.log1p(libdevice.exp(-tl.abs(x)))
-    return tl.minimum(x, 0.0) - t
 
 
 @triton.jit
