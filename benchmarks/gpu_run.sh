@@ -19,7 +19,9 @@
 #
 # A machine without network access gets fla's wheels (and Triton 3.7.1, which fla's gated chunk kernels need for their
 # backward pass on Hopper) staged into .gpu/send/ by ../shared/gpu/prepare.sh and stage.sh; `prepare` installs them.
-# The jobs that train GatedDeltaNet or GLA need that Triton; Lightning runs on Triton 3.6.
+# The jobs that train GatedDeltaNet or GLA need that Triton; Lightning runs on Triton 3.6. benchmarks/triton_slim.py
+# packs the same Triton stripped of debug information and of what Hopper never loads, in fewer parts; prepare installs
+# it once all its parts have arrived.
 #
 # Jobs (each one line in `list`; the results/ folder each produced is named in results/README.md):
 #   gpu-tests          tests/gpu (fla kernels vs our references, graph decode, fused kernels) and our Triton kernels'
@@ -156,6 +158,8 @@ job_prepare() {
   if ls .gpu/send/wheels/*.whl > /dev/null 2>&1; then
     "$PY" -m pip install -q --no-deps .gpu/send/wheels/*.whl
   fi
+  # Triton 3.7.1 stripped, in two or three parts (benchmarks/triton_slim.py) instead of the wheel's five
+  [ -d .gpu/send/slim ] && "$PY" benchmarks/triton_slim.py install
   [ -f .gpu/send/install.sh ] && bash .gpu/send/install.sh
   unpack_autotune
   "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'
