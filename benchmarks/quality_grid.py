@@ -414,8 +414,17 @@ class Grid:
         """The conversions a lane's state holds that this one does not yet: added and saved; how many."""
         lane = load_state(folder)
         new = {k: u for k, u in (lane or {}).get("units", {}).items() if k not in self.state["units"]}
-        if new:
-            self.state["units"].update(new)
+        if new:  # in the grid's order (mixer, selector, seed) whichever lane lands first, as one process writes them
+            units = {**self.state["units"], **new}
+            settings = self.state["settings"]
+            order = {"mixer": settings.get("mixers") or [], "selector": settings.get("selectors") or []}
+
+            def rank(key: str) -> tuple:
+                u = units[key]
+                return tuple((u[f] not in order[f], order[f].index(u[f]) if u[f] in order[f] else u[f])
+                             for f in ("mixer", "selector")) + (u["seed"],)
+
+            self.state["units"] = {k: units[k] for k in sorted(units, key=rank)}
             save_state(self.state_dir, self.state)
         return len(new)
 
