@@ -125,7 +125,7 @@ def stage(what: str) -> None:
     parts = [SLIM / f"triton-slim-part{int(i):02d}" for i in what.split(",")]
     for part in parts:
         if not part.is_file():
-            sys.exit(f"stage: no part {part.name[-2:]} ({n} parts, 0..{n - 1}; run `pack` first)")
+            sys.exit(f"stage: no part {int(part.name[-2:])} " + (f"(parts 0..{n - 1})" if n else "(run `pack` first)"))
     SEND.mkdir(parents=True)
     for part in parts:
         shutil.copy(part, SEND)
