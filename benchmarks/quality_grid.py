@@ -46,8 +46,10 @@ before perplexity was measured gets the teacher's on its next call, and its earl
 Where recall is lost: for the conversions of `--stage-seeds` (default 0) the grid also scores the student after each
 stage on the same prompts (`hybridize eval --stages`' models: aligned, the all-linear stage-1 model, shared by a
 seed's selectors and scored once; selected, the hybrid distill starts from; distilled; the finetuned one is the
-conversion's own evaluation). `stages.json` holds one row per conversion, stage, task and length (recall, Wilson
-interval, McNemar's p against the stage before and against the teacher), and summary.md a table of them.
+conversion's own evaluation), on the same perplexity windows too. `stages.json` holds one row per conversion, stage,
+task and length (recall, Wilson interval, McNemar's p against the stage before and against the teacher; task
+`perplexity`: perplexity with its bootstrap interval and the paired sign-flip p against the stage before and the
+teacher), and summary.md a table of each.
 """
 
 from __future__ import annotations
@@ -324,7 +326,7 @@ class Grid:
         sel = conv.done("select")
         stages = {st: conv.done(st) for st in ("align", "distill", "finetune")}
         t_stages = time.perf_counter()
-        by_stage = self.stage_entries(conv, mixer, seed, key) if seed in s["stage_seeds"] else None
+        by_stage, stage_ppl = self.stage_entries(conv, mixer, seed, key) if seed in s["stage_seeds"] else (None, None)
         stage_eval = {"stage_eval_seconds": time.perf_counter() - t_stages} if by_stage else {}
         record = {"mixer": mixer, "selector": selector, "seed": seed, "layers": sel["layers"], "groups": sel.get("groups"),
                   "tokens": {st: r["result"]["tokens"] for st, r in stages.items() if r},
@@ -334,38 +336,42 @@ class Grid:
                   "seconds": time.perf_counter() - t0,
                   "stage1_sha256": weights_sha256(shared.stage_dir("align") / "model"),
                   "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "entries": entries,
-                  "perplexity": perplexity, **({"stages": by_stage} if by_stage else {})}
+                  "perplexity": perplexity,
+                  **({"stages": by_stage, "stage_perplexity": stage_ppl} if by_stage else {})}
         for folder in (conv.out / "stages", shared.out / "stages"):  # resume state no longer needed: free the disk
             for ckpt in folder.glob("*/checkpoints"):
                 shutil.rmtree(ckpt, ignore_errors=True)
         return record
 
-    def stage_entries(self, conv: Conversion, mixer: str, seed: int, key: str) -> dict:
+    def stage_entries(self, conv: Conversion, mixer: str, seed: int, key: str) -> tuple[dict, dict]:
         """Per stage before the last (aligned, selected, distilled) the student's recall entries on the teacher's
-        prompts; aligned taken from a conversion of the same stage 1 that has it."""
+        prompts and its perplexity on the teacher's windows; aligned taken from a conversion of the same stage 1 that
+        has it."""
         sha = weights_sha256(conv.stage_dir("align") / "model")
-        stages = {}
+        stages, ppl = {}, {}
         for u in self.state["units"].values():
-            if (u["mixer"], u["seed"], u.get("stage1_sha256")) == (mixer, seed, sha) and "aligned" in u.get("stages", {}):
-                stages["aligned"] = u["stages"]["aligned"]
+            if (u["mixer"], u["seed"], u.get("stage1_sha256")) == (mixer, seed, sha) and "aligned" in u.get("stages", {}) \
+                    and "aligned" in u.get("stage_perplexity", {}):
+                stages["aligned"], ppl["aligned"] = u["stages"]["aligned"], u["stage_perplexity"]["aligned"]
                 break
         out = conv.out / "stage-eval"
         models = [(n, p) for n, p in stage_models(conv.out, self.a.teacher, out, str(conv.device))
                   if n not in stages and n != "finetuned"]
         if models:
-            s = self.settings
-            run_eval(EvalConfig(models=[str(p) for _, p in models], names=[n for n, _ in models], out=str(out),
-                                suites=s["tasks"], lengths=[round(m * self.trained) for m in s["lengths"]],
-                                depths=s["depths"], samples=s["samples"], data=s["eval_data"], seed=0,
-                                device=str(self.device), progress=False, command=" ".join(sys.argv)))
+            config = self.eval_config(models[0][1], models[0][0], out)
+            config.models, config.names = [str(p) for _, p in models], [n for n, _ in models]
+            run_eval(config)
             report = json.loads((out / "report.json").read_text())
             teacher = {(e["task"], e["length"], e["depth"]): e["prompts"]
                        for e in self.state["teacher"]["eval"]["entries"]}
+            windows = {e["windows"] for e in self.state["teacher"]["perplexity"]}
             for name, _ in models:
-                stages[name] = _entries(report, name)
+                stages[name], ppl[name] = _entries(report, name), _perplexity(report, name)
                 if any(teacher.get((e["task"], e["length"], e["depth"])) != e["prompts"] for e in stages[name]):
                     raise ValueError(f"{key}: its {name} stage was scored on other prompts than the teacher")
-        return {n: stages[n] for n in STAGE_ORDER if n in stages}
+                if {e["windows"] for e in ppl[name]} - windows:
+                    raise ValueError(f"{key}: its {name} stage was scored on other perplexity windows than the teacher")
+        return ({n: stages[n] for n in STAGE_ORDER if n in stages}, {n: ppl[n] for n in STAGE_ORDER if n in ppl})
 
     def run(self) -> bool:
         """Every conversion of the grid not yet in the state, as far as the deadline allows; True when all are in."""
@@ -544,7 +550,8 @@ def _unit_fields(u: dict, tokens: int, params: int | None) -> dict:
 
 def stage_rows(state: dict) -> list[dict]:
     """Per conversion with a stage table, stage (teacher first, finetuned last), task and length: recall pooled over
-    depths with its Wilson interval, McNemar's p against the stage before it and against the teacher."""
+    depths with its Wilson interval, McNemar's p against the stage before it and against the teacher; then per
+    perplexity bucket the same stages' perplexity, the paired sign-flip p in place of McNemar's."""
     teacher = state["teacher"]
     if "eval" not in teacher:
         return []
@@ -570,12 +577,34 @@ def stage_rows(state: dict) -> list[dict]:
                             row["p_vs_previous"] = paired(entries, name, previous, task, n)["p"]
                         previous = name
                     rows.append(row)
+        # perplexity after each stage, on the teacher's windows (grids since it was measured per stage)
+        ppl = {"teacher": teacher.get("perplexity", []), **u.get("stage_perplexity", {}),
+               "finetuned": u.get("perplexity", [])}
+        if len(ppl) < 3 or not ppl["teacher"]:
+            continue
+        for length in [e["length"] for e in ppl["teacher"]]:
+            at = {name: next((e for e in es if e["length"] == length), None) for name, es in ppl.items()}
+            previous = None
+            for name in ("teacher", *[m for m in STAGE_ORDER if at.get(m)]):
+                e = at[name]
+                row = {"mixer": u["mixer"], "selector": u["selector"], "seed": u["seed"], "stage": name,
+                       "task": "perplexity", "length": length / trained, "length_tokens": length,
+                       "length_from": e["length_from"], "n": e["samples"], "perplexity": e["value"],
+                       "ci_low": e["ci_low"], "ci_high": e["ci_high"]}
+                if name != "teacher":
+                    row["p_vs_teacher"] = paired_permutation_p(e["window_nll"], at["teacher"]["window_nll"])
+                    if previous is not None:
+                        row["p_vs_previous"] = paired_permutation_p(e["window_nll"], at[previous]["window_nll"])
+                    previous = name
+                rows.append(row)
     return rows
 
 
 def stage_markdown(state: dict, rows: list[dict]) -> str:
     """summary.md's stage table: each conversion's recall after each stage, with McNemar's p against the stage
     before."""
+    ppl_rows = [r for r in rows if r["task"] == "perplexity"]
+    rows = [r for r in rows if r["task"] != "perplexity"]
     if not rows:
         return ""
     cols = list(dict.fromkeys((r["task"], r["length"]) for r in rows))
@@ -599,6 +628,27 @@ def stage_markdown(state: dict, rows: list[dict]) -> str:
                                                                               r["stage"]) for r in rows)):
             lines.append(f"| {'/'.join(map(str, conversion[:2]))}/seed{conversion[2]} | {stage} | "
                          + " | ".join(cell(at.get((*conversion, stage, t, m))) for t, m in cols) + " |")
+    if ppl_rows:
+        buckets = list(dict.fromkeys((r["length_from"], r["length_tokens"], r["length"]) for r in ppl_rows))
+        lines += ["", "## Perplexity after each stage", "",
+                  f"On the teacher's {ppl_rows[0]['n']} held-out windows, tokens by context position [bootstrap 95% "
+                  "over windows]; (p prev: paired sign-flip test of the per-window NLLs against the stage before).", "",
+                  "| conversion | stage | " + " | ".join(f"tokens {a}-{b} ({m:g}x)" for a, b, m in buckets) + " |",
+                  "|---" * (len(buckets) + 2) + "|"]
+
+        def pcell(r: dict | None) -> str:
+            if r is None:
+                return "-"
+            p = f" (p prev {fmt_p(r['p_vs_previous'])})" if "p_vs_previous" in r else ""
+            return f"{r['perplexity']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]{p}"
+
+        pat = {(r["mixer"], r["selector"], r["seed"], r["stage"], r["length_tokens"]): r for r in ppl_rows}
+        first = next(iter(dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in ppl_rows)))
+        lines.append("| | teacher | " + " | ".join(pcell(pat.get((*first, "teacher", b))) for _, b, _ in buckets) + " |")
+        for conversion in dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in ppl_rows):
+            for stage in (st for st in STAGE_ORDER if any((*conversion, st, b) in pat for _, b, _ in buckets)):
+                lines.append(f"| {'/'.join(map(str, conversion[:2]))}/seed{conversion[2]} | {stage} | "
+                             + " | ".join(pcell(pat.get((*conversion, stage, b))) for _, b, _ in buckets) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -83,13 +83,27 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
     assert list(uniform["stages"]) == list(random_["stages"]) == ["aligned", "selected", "distilled"]
     assert uniform["stages"]["aligned"] == random_["stages"]["aligned"]
     assert not (tmp_path / "work" / "lightning" / "seed0" / "random" / "stage-eval" / "models" / "aligned").exists()
-    stages = json.loads((state / "stages.json").read_text())
-    assert [(r["selector"], r["stage"]) for r in stages] == [
-        (sel, st) for sel in ("uniform", "random") for st in ("teacher", "aligned", "selected", "distilled", "finetuned")]
+    every = ("teacher", "aligned", "selected", "distilled", "finetuned")
+    rows_all = json.loads((state / "stages.json").read_text())
+    stages = [r for r in rows_all if r["task"] != "perplexity"]
+    assert [(r["selector"], r["stage"]) for r in stages] == [(sel, st) for sel in ("uniform", "random") for st in every]
     assert all(0 <= r["p_vs_teacher"] <= 1 for r in stages if r["stage"] != "teacher")
     assert all(("p_vs_previous" in r) == (r["stage"] not in ("teacher", "aligned")) for r in stages)
     assert all(r["n"] == 2 and r["ci_low"] <= r["recall"] <= r["ci_high"] for r in stages)
     assert "## Recall after each stage" in md and "| lightning/random/seed0 | selected |" in md
+    # perplexity after each stage on the teacher's windows: the finetuned row is the conversion's own, aligned shared
+    assert list(uniform["stage_perplexity"]) == ["aligned", "selected", "distilled"]
+    assert uniform["stage_perplexity"]["aligned"] == random_["stage_perplexity"]["aligned"]
+    ppl_rows = [r for r in rows_all if r["task"] == "perplexity"]
+    buckets = [e["length"] for e in done["teacher"]["perplexity"]]
+    assert [(r["selector"], r["length_tokens"], r["stage"]) for r in ppl_rows] == [
+        (sel, b, st) for sel in ("uniform", "random") for b in buckets for st in every]
+    fin = [r for r in ppl_rows if r["stage"] == "finetuned" and r["selector"] == "uniform"]
+    assert [r["perplexity"] for r in fin] == [e["value"] for e in uniform["perplexity"]]
+    assert all(r["ci_low"] <= r["perplexity"] <= r["ci_high"] and r["n"] == 2 for r in ppl_rows)
+    assert all(("p_vs_previous" in r) == (r["stage"] not in ("teacher", "aligned")) for r in ppl_rows)
+    assert "## Perplexity after each stage" in md and "| lightning/uniform/seed0 | distilled | " in md.split(
+        "## Perplexity after each stage")[1]
     assert "Perplexity on 2 held-out windows" in md and "tokens 1-256 (1x)" in md
     # summary.json again from state.json alone
     (state / "summary.json").unlink()
