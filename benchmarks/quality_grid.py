@@ -600,9 +600,27 @@ def stage_rows(state: dict) -> list[dict]:
     return rows
 
 
+def _stage_table(rows: list[dict], cols: list[tuple], col_of, value) -> list[str]:
+    """Rows of a stage table: the teacher, then each conversion's stages in order; `cols` the column keys, `col_of`
+    a row's column key, `value` a cell's text before its p against the stage before."""
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        return value(r) + (f" (p prev {fmt_p(r['p_vs_previous'])})" if "p_vs_previous" in r else "")
+
+    at = {(r["mixer"], r["selector"], r["seed"], r["stage"], col_of(r)): r for r in rows}
+    conversions = list(dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in rows))
+    lines = ["| | teacher | " + " | ".join(cell(at.get((*conversions[0], "teacher", c))) for c in cols) + " |"]
+    for conversion in conversions:
+        for stage in (st for st in STAGE_ORDER if any((*conversion, st, c) in at for c in cols)):
+            lines.append(f"| {'/'.join(map(str, conversion[:2]))}/seed{conversion[2]} | {stage} | "
+                         + " | ".join(cell(at.get((*conversion, stage, c))) for c in cols) + " |")
+    return lines
+
+
 def stage_markdown(state: dict, rows: list[dict]) -> str:
-    """summary.md's stage table: each conversion's recall after each stage, with McNemar's p against the stage
-    before."""
+    """summary.md's stage tables: each conversion's recall after each stage, with McNemar's p against the stage
+    before, and its perplexity after each stage, with the paired sign-flip p."""
     ppl_rows = [r for r in rows if r["task"] == "perplexity"]
     rows = [r for r in rows if r["task"] != "perplexity"]
     if not rows:
@@ -614,20 +632,8 @@ def stage_markdown(state: dict, rows: list[dict]) -> str:
              "(p prev: McNemar against the stage before, on the same prompts).", "",
              "| conversion | stage | " + " | ".join(f"{t} @ {m:g}x" for t, m in cols) + " |",
              "|---" * (len(cols) + 2) + "|"]
-    def cell(r: dict | None) -> str:
-        if r is None:
-            return "-"
-        p = f" (p prev {fmt_p(r['p_vs_previous'])})" if "p_vs_previous" in r else ""
-        return f"{100 * r['recall']:.0f}% [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]{p}"
-
-    teacher = {(r["task"], r["length"]): r for r in rows if r["stage"] == "teacher"}
-    lines.append("| | teacher | " + " | ".join(cell(teacher.get(c)) for c in cols) + " |")
-    at = {(r["mixer"], r["selector"], r["seed"], r["stage"], r["task"], r["length"]): r for r in rows}
-    for conversion in dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in rows):
-        for stage in (st for st in STAGE_ORDER if any((*conversion, st) == (r["mixer"], r["selector"], r["seed"],
-                                                                              r["stage"]) for r in rows)):
-            lines.append(f"| {'/'.join(map(str, conversion[:2]))}/seed{conversion[2]} | {stage} | "
-                         + " | ".join(cell(at.get((*conversion, stage, t, m))) for t, m in cols) + " |")
+    lines += _stage_table(rows, cols, lambda r: (r["task"], r["length"]),
+                          lambda r: f"{100 * r['recall']:.0f}% [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]")
     if ppl_rows:
         buckets = list(dict.fromkeys((r["length_from"], r["length_tokens"], r["length"]) for r in ppl_rows))
         lines += ["", "## Perplexity after each stage", "",
@@ -635,20 +641,8 @@ def stage_markdown(state: dict, rows: list[dict]) -> str:
                   "over windows]; (p prev: paired sign-flip test of the per-window NLLs against the stage before).", "",
                   "| conversion | stage | " + " | ".join(f"tokens {a}-{b} ({m:g}x)" for a, b, m in buckets) + " |",
                   "|---" * (len(buckets) + 2) + "|"]
-
-        def pcell(r: dict | None) -> str:
-            if r is None:
-                return "-"
-            p = f" (p prev {fmt_p(r['p_vs_previous'])})" if "p_vs_previous" in r else ""
-            return f"{r['perplexity']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]{p}"
-
-        pat = {(r["mixer"], r["selector"], r["seed"], r["stage"], r["length_tokens"]): r for r in ppl_rows}
-        first = next(iter(dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in ppl_rows)))
-        lines.append("| | teacher | " + " | ".join(pcell(pat.get((*first, "teacher", b))) for _, b, _ in buckets) + " |")
-        for conversion in dict.fromkeys((r["mixer"], r["selector"], r["seed"]) for r in ppl_rows):
-            for stage in (st for st in STAGE_ORDER if any((*conversion, st, b) in pat for _, b, _ in buckets)):
-                lines.append(f"| {'/'.join(map(str, conversion[:2]))}/seed{conversion[2]} | {stage} | "
-                             + " | ".join(pcell(pat.get((*conversion, stage, b))) for _, b, _ in buckets) + " |")
+        lines += _stage_table(ppl_rows, [b for _, b, _ in buckets], lambda r: r["length_tokens"],
+                              lambda r: f"{r['perplexity']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
     return "\n".join(lines) + "\n"
 
 
