@@ -46,7 +46,8 @@
 #                      PUBLISHED=1: HALO and FlashMorph at their papers' selection sizes), each on the teacher's
 #                      201 prompts per task and length and 16 perplexity windows, seed 0's after each stage too (the stage
 #                      table); as far as CALL_SECONDS (default 530) go, resumed from STATE_FROM
-#                      (default results/quality); state.json, summary.json and summary.md into OUT/quality
+#                      (default results/quality); state.json, summary.json and summary.md into OUT/quality (with
+#                      FUSION=intra / VARIANT: OUT/quality-intra-NAME, as the results folder)
 #   sweep-grid         issue 22's design-space grid trained from scratch at the `mini` size: every linear mixer x
 #                      all-linear/12:1/6:1/3:1 + the Transformer, then inter- vs intra-layer at 6:1 (INTRA, default
 #                      mamba2,gated_deltanet); LANES (default 9) cells side by side; stops by MINUTES (default 7.5)
@@ -350,7 +351,7 @@ PY
 # quality: one call of the device tool at a time (`bash benchmarks/gpu_run.sh prepare > /dev/null &&
 # bash benchmarks/gpu_run.sh quality`, carry [".gpu/send"]). The next call right away keeps the machine, and with it
 # the state, the teacher and each seed's stage 1 under $WORK. Copy OUT/quality/* into results/quality/ after each
-# call: that folder is all a fresh machine needs to go on, with the same teacher only (state.json pins its weights
+# call (OUT/quality-intra-NAME/* into results/quality-intra-NAME/ for FUSION=intra and VARIANT=NAME): that folder is all a fresh machine needs to go on, with the same teacher only (state.json pins its weights
 # hash). The grid's teacher is $TEACHER in bf16 (WORK/teacher-small-bf16). Made here, it comes back too, PARTS_PER_CALL
 # (default 3) parts of PART_SIZE (default 15M) per call beside teacher-manifest (OUT/quality/; TEACHER_PARTS=0: not):
 # `cat teacher-part?? | tar xzf - -C DIR` gives DIR/teacher-small-bf16, whose weights_sha256 must be state.json's; a
@@ -407,6 +408,16 @@ receive_teacher() {
   echo "teacher: made at $TEACHER from $(grep -c " teacher-part" "$got/teacher-manifest") parts (weights $have)"
 }
 
+# the quality grid's variant (VARIANT, or `published` for PUBLISHED=1) and the suffix of its state, results folder and
+# OUT folder: -intra for FUSION=intra, then -VARIANT (OUT/quality-intra-ppl <-> results/quality-intra-ppl), so two
+# grids can run side by side in one call (`FUSION=intra bash gpu_run.sh quality & bash gpu_run.sh quality; wait`)
+quality_variant() { if [ "${PUBLISHED:-0}" = 1 ]; then echo published; else echo "${VARIANT:-}"; fi; }
+quality_suffix() {
+  local variant
+  variant=$(quality_variant)
+  echo "$([ "${FUSION:-inter}" = intra ] && echo -intra)${variant:+-$variant}"
+}
+
 job_quality() {
   # FUSION=intra: the same grid with the budget's share of every layer's KV-head groups (uniform, random, halo or
   # flashmorph: SELECTORS), a state of its own (results/quality-intra) on the same teacher and prompts
@@ -414,9 +425,9 @@ job_quality() {
   # $WORK/quality-NAME), for other settings passed as ARGS (`VARIANT=gpl1 FUSION=intra bash benchmarks/gpu_run.sh
   # quality --set select.groups_per_layer=1`). PUBLISHED=1: the variant `published`, HALO and FlashMorph at their
   # papers' selection sizes (below); SEEDS=1 keeps it to ~15 min
-  local variant=${VARIANT:-}
-  [ "${PUBLISHED:-0}" = 1 ] && variant=published
-  QUALITY_SUFFIX=$([ "${FUSION:-inter}" = intra ] && echo -intra)${variant:+-$variant}
+  local variant
+  variant=$(quality_variant)
+  QUALITY_SUFFIX=$(quality_suffix)
   QUALITY_WORK=$WORK/quality${variant:+-$variant}
   local published=()
   if [ "${PUBLISHED:-0}" = 1 ]; then
@@ -442,7 +453,10 @@ job_quality() {
   # continues the training from its checkpoint
   local trained=$TEACHER
   TEACHER=$WORK/$(basename "$trained")-bf16
-  [ -f "$TEACHER/teacher.json" ] || receive_teacher || return 3
+  # one grid at a time makes the teacher from its parts (another, started beside it, waits here)
+  mkdir -p "$WORK"
+  { command -v flock > /dev/null && flock 9; [ -f "$TEACHER/teacher.json" ] || receive_teacher; } 9> "$WORK/teacher.lock" \
+    || return 3
   if [ ! -f "$TEACHER/teacher.json" ]; then
     if [ ! -f "$trained/teacher.json" ]; then
       minutes=$(awk "BEGIN { m = ($(quality_left) - 45) / 60; print (m < 1 ? 1 : m) }")
@@ -629,7 +643,7 @@ if [[ " ${JOBS[*]} " != *" $job "* ]]; then
   echo "unknown job '$job'. Available: prepare, list, ${JOBS[*]}" >&2
   exit 2
 fi
-DIR=$OUT/$job
+DIR=$OUT/$job$([ "$job" = quality ] && quality_suffix)
 mkdir -p "$DIR"
 { echo "commit: $HYBRIDIZE_COMMIT"; echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
   "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \

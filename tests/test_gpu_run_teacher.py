@@ -115,3 +115,7 @@ exec {sys.executable} "$@"
     assert at["--state"] == f"{tmp_path}/m1/quality-state-intra-gpl1" and at["--work"] == f"{tmp_path}/m1/quality-gpl1"
     assert at["--fusion"] == "intra" and at["--selectors"] == "uniform,halo,flashmorph"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--set"] == ["select.groups_per_layer=1"]
+    # each grid's log and files in an OUT folder named as its results folder, so two can run side by side
+    assert (tmp_path / "out/m1/quality-intra-gpl1/quality.log").is_file()
+    assert (tmp_path / "out/m1/quality-published/command.txt").is_file()
+    assert not (tmp_path / "out/m1/quality").exists()
