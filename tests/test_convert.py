@@ -143,6 +143,39 @@ def test_every_mixer_converts_every_family_and_each_stage_lowers_its_loss(family
     assert torch.equal(a, b)
 
 
+def test_finetune_kl_weight_mixes_the_teachers_kl_into_its_loss(teachers, text_data, tmp_path):
+    """`finetune.kl_weight`: stage 3's loss is (1 - w) x CE + w x KL(teacher || student). At LR 0 every step sees the
+    distilled model on the same batches, so the logged losses at w = 0.5 are the mean of those at 0 and 1 exactly, and
+    w = 1 is the distill loss (far below CE). The weights do not move at LR 0."""
+    import shutil
+
+    base = load_recipe("smoke", ["mixer=lightning", "distill.lr=3e-3"])
+    first = Conversion(teachers["qwen3"], tmp_path / "base", base, data=str(text_data), device="cpu")
+    convert(first, stages=["align", "select", "distill"])
+    losses = {}
+    for w in (0.0, 1.0, 0.5):
+        out = tmp_path / f"w{w}"
+        shutil.copytree(first.out, out)
+        (out / "recipe.yaml").unlink()
+        recipe = load_recipe("smoke", ["mixer=lightning", "distill.lr=3e-3", "finetune.lr=0", f"finetune.kl_weight={w}"])
+        conv = Conversion(teachers["qwen3"], out, recipe, data=str(text_data), device="cpu")
+        convert(conv, stages=["finetune"])
+        rows = [json.loads(line) for line in (conv.stage_dir("finetune") / "metrics.jsonl").read_text().splitlines()]
+        losses[w] = [r["loss"] for r in rows]
+        if w == 0.5:
+            assert all("ce" in r and "kl" in r for r in rows)
+        before = load_file(first.stage_dir("distill") / "model" / "model.safetensors")
+        after = load_file(conv.stage_dir("finetune") / "model" / "model.safetensors")
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(losses[0.0]) == len(losses[0.5]) > 1
+    for ce, kl, mixed in zip(losses[0.0], losses[1.0], losses[0.5]):
+        assert kl < ce / 2 and math.isclose(mixed, (ce + kl) / 2, rel_tol=1e-5), (ce, kl, mixed)
+    with pytest.raises(ValueError, match="distill.kl_weight=0.5: only finetune reads it"):
+        load_recipe("smoke", ["distill.kl_weight=0.5"]).validate()
+    with pytest.raises(ValueError, match=r"finetune.kl_weight must be a number in \[0, 1\]"):
+        load_recipe("smoke", ["finetune.kl_weight=2"]).validate()
+
+
 def test_every_stage_lowers_its_loss_and_the_result_loads_and_generates(teachers, text_data, tmp_path):
     recipe = load_recipe("smoke", ["mixer=gated_deltanet", "finetune.lr=3e-3", "distill.lr=3e-3"])
     conv = Conversion(teachers["qwen3"], tmp_path / "out", recipe, data=str(text_data), device="cpu")

@@ -132,6 +132,20 @@ def test_plan_of_an_intra_layer_conversion_counts_both_branches():
         attention + _mixer_bytes(linear, 0, 2)
 
 
+def test_plan_of_a_finetune_with_the_teachers_kl_holds_the_teacher():
+    """finetune.kl_weight > 0: stage 3 runs the teacher beside the student, so its plan holds the teacher's weights
+    and the KL's logits, as distill's does; with the default 0 it holds no teacher."""
+    from hybridize import HybridConfig
+    from hybridize.models.shapes import shape_config
+    from hybridize.pipeline import load_recipe
+
+    teacher = HybridConfig(**shape_config("qwen3-1.7b"))
+    ce, kl = (memory_plan(teacher, load_recipe("halo-qwen3-1.7b", [f"finetune.kl_weight={w}"]),
+                          device_memory=80 * 10**9).stages[-1] for w in (0, 0.5))
+    assert ce.stage == kl.stage == "finetune"
+    assert ce.teacher == 0 < kl.teacher and kl.peak > ce.peak
+
+
 def test_plan_table_script_writes_the_docs_table(tmp_path):
     load_script("benchmarks/plan_table.py").main(["--out", str(tmp_path)])
     record = json.loads((tmp_path / "plan.json").read_text())

@@ -45,6 +45,9 @@ class StageRecipe:
     compile: bool = False  # torch.compile the student's blocks
     save_every: int = 100  # steps between checkpoints (and one at the end)
     kl_chunk_tokens: int = 1024  # tokens per chunk of the full-vocabulary KL / CE
+    # finetune only: the weight of KL(teacher || student) in its loss, (1 - kl_weight) x CE + kl_weight x KL; 0 is
+    # plain next-token CE without the teacher (the default, HALO's stage 3), 1 is distill's loss at finetune's length
+    kl_weight: float = 0.0
     # deterministic kernels only (torch.use_deterministic_algorithms): on CUDA the same seed then gives the same
     # weights, at some speed; without it GPU reductions differ from run to run (two H200 runs of the `small` teacher
     # parted at step 2). The CPU is deterministic either way. fla's Triton kernels are outside its reach.
@@ -73,6 +76,11 @@ class StageRecipe:
         for name in ("checkpointing", "compile", "deterministic"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{stage}.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.kl_weight, (int, float)) or isinstance(self.kl_weight, bool) \
+                or not 0 <= self.kl_weight <= 1:
+            raise ValueError(f"{stage}.kl_weight must be a number in [0, 1], got {self.kl_weight!r}")
+        if self.kl_weight and stage != "finetune":
+            raise ValueError(f"{stage}.kl_weight={self.kl_weight!r}: only finetune reads it (allowed here: 0)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"{stage}.betas must be two numbers in [0, 1), got {self.betas!r}")
 

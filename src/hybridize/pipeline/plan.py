@@ -399,8 +399,9 @@ def memory_plan(teacher: HybridConfig, recipe: Recipe, *, world: int = 1, shard:
             out.stages.append(_stage("distill", recipe.distill, t_counts, hybrid, s_counts, teacher, world,
                                      shard_used, teacher_placement, cuda, "kl"))
         else:
-            out.stages.append(_stage("finetune", recipe.finetune, None, hybrid, s_counts, teacher, world,
-                                     shard_used, teacher_placement, cuda, "ce"))
+            kl = recipe.finetune.kl_weight > 0  # the teacher runs beside the student, as in distill
+            out.stages.append(_stage("finetune", recipe.finetune, t_counts if kl else None, hybrid, s_counts, teacher,
+                                     world, shard_used, teacher_placement, cuda, "kl" if kl else "ce"))
     return out
 
 

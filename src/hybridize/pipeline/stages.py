@@ -500,7 +500,8 @@ def distill(conv: Conversion) -> dict:
 
 @_releases_memory
 def finetune(conv: Conversion) -> dict:
-    """Stage 3: next-token CE at long sequence length, no teacher, activation checkpointing."""
+    """Stage 3: next-token CE at long sequence length, no teacher (`finetune.kl_weight` > 0: mixed with
+    KL(teacher || student), the teacher then runs as in distill)."""
     conv.claim()
     if (done := conv.skip("finetune")) is not None:
         return done
@@ -513,10 +514,20 @@ def finetune(conv: Conversion) -> dict:
     student = conv.to_device(student.float())
     r = conv.recipe.finetune
     _prepare(student, r)
+    w = float(r.kl_weight)
+    teacher = conv.frozen_teacher() if w > 0 else None
 
     def loss_fn(batch):
         hidden = student.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
-        return chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens), {}
+        if teacher is None:
+            return chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens), {}
+        with torch.no_grad():
+            t_hidden = teacher.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
+        kl = chunked_kl(hidden, t_hidden, student.lm_head, teacher.lm_head, r.kl_chunk_tokens)
+        if w == 1:
+            return kl, {}
+        ce = chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens)
+        return (1 - w) * ce + w * kl, {"ce": ce.detach(), "kl": kl.detach()}
 
     result = train(name="finetune", run_dir=run_dir, model=student,
                    param_groups=[{"name": "all", "params": list(student.parameters()), "lr": r.lr}],
