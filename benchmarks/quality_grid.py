@@ -254,9 +254,10 @@ class Grid:
     def left(self) -> float:
         return math.inf if self.a.deadline is None else self.a.deadline - (time.monotonic() - self.t0)
 
-    def eval_config(self, model: Path, name: str, out: Path, suites: list[str] | None = None) -> EvalConfig:
+    def eval_config(self, models: list[Path], names: list[str], out: Path,
+                    suites: list[str] | None = None) -> EvalConfig:
         s = self.settings
-        return EvalConfig(models=[str(model)], names=[name], out=str(out),
+        return EvalConfig(models=[str(m) for m in models], names=names, out=str(out),
                           suites=suites or [*s["tasks"], "perplexity"],
                           lengths=[round(m * self.trained) for m in s["lengths"]], depths=s["depths"],
                           samples=s["samples"], windows=s["windows"], data=s["eval_data"], seed=0,
@@ -268,7 +269,7 @@ class Grid:
         if "eval" in teacher and "perplexity" in teacher:
             return
         out = self.work / "teacher-eval"
-        run_eval(self.eval_config(Path(self.a.teacher), "teacher", out,
+        run_eval(self.eval_config([Path(self.a.teacher)], ["teacher"], out,
                                   suites=["perplexity"] if "eval" in teacher else None))
         report = json.loads((out / "report.json").read_text())
         if "eval" not in teacher:
@@ -310,7 +311,7 @@ class Grid:
         convert(conv)
         key = unit_key(mixer, selector, seed)
         t_eval = time.perf_counter()
-        run_eval(self.eval_config(conv.out, key.replace("/", "-"), conv.out / "eval"))
+        run_eval(self.eval_config([conv.out], [key.replace("/", "-")], conv.out / "eval"))
         report = json.loads((conv.out / "eval" / "report.json").read_text())
         entries = _entries(report, key.replace("/", "-"))
         teacher = {(e["task"], e["length"], e["depth"]): e["prompts"] for e in self.state["teacher"]["eval"]["entries"]}
@@ -358,9 +359,7 @@ class Grid:
         models = [(n, p) for n, p in stage_models(conv.out, self.a.teacher, out, str(conv.device))
                   if n not in stages and n != "finetuned"]
         if models:
-            config = self.eval_config(models[0][1], models[0][0], out)
-            config.models, config.names = [str(p) for _, p in models], [n for n, _ in models]
-            run_eval(config)
+            run_eval(self.eval_config([p for _, p in models], [n for n, _ in models], out))
             report = json.loads((out / "report.json").read_text())
             teacher = {(e["task"], e["length"], e["depth"]): e["prompts"]
                        for e in self.state["teacher"]["eval"]["entries"]}
@@ -422,15 +421,14 @@ class Grid:
         new = {k: u for k, u in (lane or {}).get("units", {}).items() if k not in self.state["units"]}
         if new:  # in the grid's order (mixer, selector, seed) whichever lane lands first, as one process writes them
             units = {**self.state["units"], **new}
-            settings = self.state["settings"]
-            order = {"mixer": settings.get("mixers") or [], "selector": settings.get("selectors") or []}
+            mixers, selectors = self.state["settings"]["mixers"], self.state["settings"]["selectors"]
 
-            def rank(key: str) -> tuple:
+            def rank(key: str) -> tuple:  # a mixer or selector of an earlier call's settings after this call's
                 u = units[key]
-                return tuple((u[f] not in order[f], order[f].index(u[f]) if u[f] in order[f] else u[f])
-                             for f in ("mixer", "selector")) + (u["seed"],)
+                return (mixers.index(u["mixer"]) if u["mixer"] in mixers else len(mixers),
+                        selectors.index(u["selector"]) if u["selector"] in selectors else len(selectors), u["seed"])
 
-            self.state["units"] = {k: units[k] for k in sorted(units, key=rank)}
+            self.state["units"] = {k: units[k] for k in sorted(units, key=rank)}  # sorted is stable
             save_state(self.state_dir, self.state)
         return len(new)
 
@@ -578,10 +576,9 @@ def stage_rows(state: dict) -> list[dict]:
                         previous = name
                     rows.append(row)
         # perplexity after each stage, on the teacher's windows (grids since it was measured per stage)
-        ppl = {"teacher": teacher.get("perplexity", []), **u.get("stage_perplexity", {}),
-               "finetuned": u.get("perplexity", [])}
-        if len(ppl) < 3 or not ppl["teacher"]:
+        if not u.get("stage_perplexity") or not teacher.get("perplexity"):
             continue
+        ppl = {"teacher": teacher["perplexity"], **u["stage_perplexity"], "finetuned": u.get("perplexity", [])}
         for length in [e["length"] for e in ppl["teacher"]]:
             at = {name: next((e for e in es if e["length"] == length), None) for name, es in ppl.items()}
             previous = None

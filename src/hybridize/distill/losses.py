@@ -94,3 +94,24 @@ def chunked_ce(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk_tokens: in
         return F.cross_entropy(head(h_c).float(), y_c, ignore_index=-100, reduction="sum")
 
     return _over_chunks(ce, chunk_tokens, h, y) / count
+
+
+def chunked_kl_ce(student_hidden: Tensor, teacher_hidden: Tensor, student_head: nn.Linear, teacher_head: nn.Linear,
+                  labels: Tensor, chunk_tokens: int = 1024) -> tuple[Tensor, Tensor]:
+    """`chunked_kl` and `chunked_ce` of the same batch from one pass of the student's head per chunk: (mean KL over
+    tokens, mean next-token CE over labelled positions). hidden: (B, T, h); labels: (B, T) as in `chunked_ce`."""
+    hs = student_hidden.reshape(-1, student_hidden.shape[-1])
+    ht = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+    y = F.pad(labels[:, 1:], (0, 1), value=-100).reshape(-1)  # position t predicts label t + 1; the last nothing
+    count = (y != -100).sum().clamp(min=1)
+
+    def both(hs_c: Tensor, ht_c: Tensor, y_c: Tensor) -> Tensor:
+        log_ps = student_head(hs_c).float().log_softmax(-1)
+        with torch.no_grad():
+            log_pt = teacher_head(ht_c).float().log_softmax(-1)
+        return torch.stack([F.kl_div(log_ps, log_pt, log_target=True, reduction="sum"),
+                            F.nll_loss(log_ps, y_c, ignore_index=-100, reduction="sum")])
+
+    kl, ce = _over_chunks(both, chunk_tokens, hs, ht, y)
+    return kl / hs.shape[0], ce / count
+

@@ -32,7 +32,7 @@ import torch
 from ..convert import Teacher, build_student, load_teacher, student_config
 from ..data import PackedSequences, SequenceLoader, corpus_info, tokenize_corpus
 from ..data.sources import check_sources
-from ..distill.losses import chunked_ce, chunked_kl, layer_alignment_loss
+from ..distill.losses import chunked_ce, chunked_kl, chunked_kl_ce, layer_alignment_loss
 from ..distill.loop import TrainResult, last_eval, train, unsharded_copy
 from ..distill.recipe import STAGES, Recipe, StageRecipe, save_recipe
 from ..distributed import barrier, is_main, rank0_first, rank_world, shard_frozen, sharded, single_process
@@ -523,10 +523,9 @@ def finetune(conv: Conversion) -> dict:
             return chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens), {}
         with torch.no_grad():
             t_hidden = teacher.model(batch.input_ids, cu_seqlens=batch.cu_seqlens, use_cache=False).last_hidden_state
-        kl = chunked_kl(hidden, t_hidden, student.lm_head, teacher.lm_head, r.kl_chunk_tokens)
         if w == 1:
-            return kl, {}
-        ce = chunked_ce(hidden, student.lm_head, batch.labels, r.kl_chunk_tokens)
+            return chunked_kl(hidden, t_hidden, student.lm_head, teacher.lm_head, r.kl_chunk_tokens), {}
+        kl, ce = chunked_kl_ce(hidden, t_hidden, student.lm_head, teacher.lm_head, batch.labels, r.kl_chunk_tokens)
         return (1 - w) * ce + w * kl, {"ce": ce.detach(), "kl": kl.detach()}
 
     result = train(name="finetune", run_dir=run_dir, model=student,
