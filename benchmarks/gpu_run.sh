@@ -56,7 +56,8 @@
 #                      PART=tests|gemv|gemv-sweep|speed|gdn|memory|largest-8k|largest-32k runs one part (each sized
 #                      for under 10 min on an H100, by estimate), default all; GPU_MEMORY (GiB) caps the allocator
 #                      (an H100's total as torch reports it, about 79: an H200 run as an H100); LARGEST_VARIANTS
-#                      (default hybrid-fused,teacher-engine-fused) splits a largest-* part per variant
+#                      (default hybrid-steps,teacher-engine-steps: the decode the model runs by default) splits a
+#                      largest-* part per variant; MEMORY_VARIANTS likewise for the 512K part
 #
 # Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
 # finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
@@ -613,15 +614,15 @@ job_decode_limit() {
           "${cap[@]}" --out "$DIR/speed-lightning-25" "$@" || status=1 ;;
       gdn)
         run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
-          --variants hybrid-fused,hybrid-steps,teacher-engine-fused --repeats 1 --new-tokens 16 "${cap[@]}" \
+          --variants hybrid-fused,hybrid-steps,teacher-engine-steps --repeats 1 --new-tokens 16 "${cap[@]}" \
           --out "$DIR/speed-gdn-25" "$@" || status=1 ;;
       memory)  # 512K: the teacher-engine (one cache per prefill now) beside the 12.5% hybrid, same GPU
         run "$DIR/memory.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 512K \
-          --variants hybrid-fused,teacher-engine-fused --repeats 1 --new-tokens 8 "${cap[@]}" \
+          --variants "${MEMORY_VARIANTS:-hybrid-steps,teacher-engine-steps}" --repeats 1 --new-tokens 8 "${cap[@]}" \
           --out "$DIR/memory-512k" "$@" || status=1 ;;
       largest-8k | largest-32k)  # the largest batch that fits and the throughput table; small chunks per row
         run "$DIR/largest.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts "${part#largest-}" \
-          --batches 1,8,64 --largest-batch --variants "${LARGEST_VARIANTS:-hybrid-fused,teacher-engine-fused}" \
+          --batches 1,8,64 --largest-batch --variants "${LARGEST_VARIANTS:-hybrid-steps,teacher-engine-steps}" \
           --repeats 1 --new-tokens 8 \
           --prefill-chunk 1024 "${cap[@]}" --out "$DIR/$part" "$@" || status=1 ;;
       *) echo "unknown PART '$part' (tests gemv gemv-sweep speed gdn memory largest-8k largest-32k)"; return 2 ;;
