@@ -71,21 +71,23 @@ def test_packed_documents_do_not_leak(kind):
             assert_close(s[n : n + 1], s_n, f"{fn.__name__} doc {n} state")
 
 
-@pytest.mark.parametrize("kind", ["gla_head", "gla_channel"])
-def test_packed_gla_chunk_equals_each_document_chunked_alone(kind):
-    """`gla_chunk` over packed documents (all documents' chunks in one batch, the state passed for all documents
-    side by side) gives the outputs, final states and gradients of `gla_chunk` run on each document alone: documents
+@pytest.mark.parametrize("kind", list(FORMS))
+def test_packed_chunk_equals_each_document_chunked_alone(kind):
+    """The chunked forms over packed documents (all documents' chunks in one batch, the state passed for all documents
+    side by side) give the outputs, final states and gradients of the same form run on each document alone: documents
     of several chunks, a partial last chunk, one token, none."""
+    chunk_fn = FORMS[kind][0]
     lengths, C = [37, 5, 0, 16, 70, 1, 33], 16
-    q, k, v, (g,) = _inputs(kind, sum(lengths), batch=1)
+    q, k, v, gates = _inputs(kind, sum(lengths), batch=1)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     h0 = torch.randn(len(lengths), H, K, V)
-    leaves = [q, k, v, g, h0]
+    leaves = [q, k, v, *gates, h0]
     for x in leaves:
         x.requires_grad_(True)
-    o, s = reference.gla_chunk(q, k, v, g, scale=0.4, initial_state=h0, cu_seqlens=cu, chunk_size=C)
-    apart = [reference.gla_chunk(q[:, a:b], k[:, a:b], v[:, a:b], g[:, a:b], scale=0.4, initial_state=h0[n : n + 1],
-                                 chunk_size=C) if b > a else (v[:, a:b], h0[n : n + 1])  # empty: the state as it was
+    o, s = chunk_fn(q, k, v, *gates, scale=0.4, initial_state=h0, cu_seqlens=cu, chunk_size=C)
+    apart = [chunk_fn(q[:, a:b], k[:, a:b], v[:, a:b], *(x[:, a:b] for x in gates), scale=0.4,
+                      initial_state=h0[n : n + 1], chunk_size=C)
+             if b > a else (v[:, a:b], h0[n : n + 1])  # empty: the state as it was
              for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
     o_apart, s_apart = torch.cat([x for x, _ in apart], dim=1), torch.cat([x for _, x in apart])
     assert_close(o, o_apart, f"{kind} packed output")
@@ -93,7 +95,7 @@ def test_packed_gla_chunk_equals_each_document_chunked_alone(kind):
     w_o, w_s = torch.randn_like(o), torch.randn_like(s)
     packed = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
     alone = torch.autograd.grad((o_apart * w_o).sum() + (s_apart * w_s).sum(), leaves)
-    for name, a, b in zip(["dq", "dk", "dv", "dg", "dh0"], packed, alone):
+    for name, a, b in zip(["dq", "dk", "dv", *[f"dgate{i}" for i in range(len(gates))], "dh0"], packed, alone):
         assert_close(a, b, f"{kind} packed {name}")
 
 

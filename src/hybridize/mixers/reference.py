@@ -345,7 +345,6 @@ def _gla_chunk_packed(q, k, v, g, scale, initial_state, cu_seqlens, C):
     return o.to(v.dtype), S.index_select(0, packed.rank)
 
 
-@_per_document
 def gated_delta_rule_chunk(
     q: Tensor,
     k: Tensor,
@@ -355,6 +354,7 @@ def gated_delta_rule_chunk(
     *,
     scale: float,
     initial_state: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
     chunk_size: int = 64,
 ):
     """Chunked gated delta rule (WY form); same results as `gated_delta_rule_recurrent`.
@@ -363,33 +363,76 @@ def gated_delta_rule_chunk(
     u_i = beta_i (v_i - k_i exp(G_i) S_0 - sum_{j<i} exp(G_i - G_j) (k_i . k_j) u_j) solve a unit lower-triangular
     system (I + L) u = beta v - (beta exp(G) k) S_0, with L_ij = beta_i exp(G_i - G_j) k_i . k_j for j < i. Then
         o_i = scale * [ exp(G_i) q_i S_0 + sum_{j<=i} exp(G_i - G_j) (q_i . k_j) u_j ]
-        S_C = exp(G_C) S_0 + sum_j exp(G_C - G_j) k_j^T u_j"""
+        S_C = exp(G_C) S_0 + sum_j exp(G_C - G_j) k_j^T u_j
+    Packed documents (`cu_seqlens`) run together as in `gla_chunk`: each document cut into its own chunks, all chunks
+    in one batch for the within-chunk products, the state passed over the documents side by side."""
+    if cu_seqlens is not None:
+        return _gated_delta_chunk_packed(q, k, v, g, beta, scale, initial_state, cu_seqlens, chunk_size)
     T, C = q.shape[1], chunk_size
     qc = _chunked(q.float() * scale, C)  # (B, H, N, C, K)
     kc = _chunked(k.float(), C)
     vc = _chunked(v.float(), C)
     bc = _chunked(beta.float(), C).unsqueeze(-1)  # (B, H, N, C, 1)
     G = _chunked(g.float(), C).cumsum(dim=3)  # (B, H, N, C)
-    eye = torch.eye(C, dtype=torch.bool, device=q.device)
-    causal = eye.tril() | torch.ones_like(eye).tril(-1)
-    diff = G.unsqueeze(-1) - G.unsqueeze(-2)  # (B, H, N, C_i, C_j)
-    decay_incl = diff.masked_fill(~causal, float("-inf")).exp()  # j <= i
-    decay_strict = decay_incl.masked_fill(eye, 0.0)  # j < i
-    kk = kc @ kc.transpose(-1, -2)
-    system = torch.eye(C, dtype=torch.float32, device=q.device) + bc * decay_strict * kk  # I + L
-    U = torch.linalg.solve_triangular(system, bc * vc, upper=False, unitriangular=True)  # (B, H, N, C, V)
-    W = torch.linalg.solve_triangular(system, bc * kc * G.exp().unsqueeze(-1), upper=False, unitriangular=True)
-    Aqk = (qc @ kc.transpose(-1, -2)) * decay_incl  # (B, H, N, C, C)
-    q_in = qc * G.exp().unsqueeze(-1)
-    k_out = kc * (G[:, :, :, -1:] - G).exp().unsqueeze(-1)
+    U, W, Aqk, q_in, k_out, decay = _gdn_within_chunks(qc, kc, vc, bc, G)
     S = _zero_state(q, v) if initial_state is None else initial_state.float()
     outs = []
     for n in range(qc.shape[2]):
         u = U[:, :, n] - W[:, :, n] @ S  # (B, H, C, V)
         outs.append(q_in[:, :, n] @ S + Aqk[:, :, n] @ u)
-        S = S * G[:, :, n, -1].exp()[..., None, None] + k_out[:, :, n].transpose(-1, -2) @ u
+        S = S * decay[:, :, n, None, None] + k_out[:, :, n].transpose(-1, -2) @ u
     o = torch.stack(outs, dim=2)
     return _unchunk(o, T).to(v.dtype), S
+
+
+def _gdn_within_chunks(qc: Tensor, kc: Tensor, vc: Tensor, bc: Tensor, G: Tensor) -> tuple[Tensor, ...]:
+    """What each chunk of `gated_delta_rule_chunk` computes on its own: qc, kc (B, H, N, C, K) (q scaled), vc
+    (B, H, N, C, V), bc (B, H, N, C, 1) beta, G (B, H, N, C) the inclusive cumulative log decay. Returns U and W (the
+    corrections u = U - W S_0), Aqk (the decayed q . k products, j <= i), q_in (the queries decayed from the chunk
+    start), k_out (the keys decayed to the chunk end) and the chunk's total decay exp(G_C) (B, H, N)."""
+    C = qc.shape[3]
+    eye = torch.eye(C, dtype=torch.bool, device=qc.device)
+    causal = torch.ones_like(eye).tril()
+    diff = G.unsqueeze(-1) - G.unsqueeze(-2)  # (B, H, N, C_i, C_j)
+    decay_incl = diff.masked_fill(~causal, float("-inf")).exp()  # j <= i
+    decay_strict = decay_incl.masked_fill(eye, 0.0)  # j < i
+    kk = kc @ kc.transpose(-1, -2)
+    system = torch.eye(C, dtype=torch.float32, device=qc.device) + bc * decay_strict * kk  # I + L
+    U = torch.linalg.solve_triangular(system, bc * vc, upper=False, unitriangular=True)  # (B, H, N, C, V)
+    W = torch.linalg.solve_triangular(system, bc * kc * G.exp().unsqueeze(-1), upper=False, unitriangular=True)
+    Aqk = (qc @ kc.transpose(-1, -2)) * decay_incl  # (B, H, N, C, C)
+    q_in = qc * G.exp().unsqueeze(-1)
+    k_out = kc * (G[:, :, :, -1:] - G).exp().unsqueeze(-1)
+    return U, W, Aqk, q_in, k_out, G[:, :, :, -1].exp()
+
+
+def _gated_delta_chunk_packed(q, k, v, g, beta, scale, initial_state, cu_seqlens, C):
+    """`gated_delta_rule_chunk` over packed documents (batch 1), each from its own row of `initial_state` (zeros if
+    None). A document's zero-padded last chunk (k = v = 0, beta = 0, log decay 0) leaves its state as it was."""
+    _check_packed(q)
+    packed = _PackedChunks(cu_seqlens, C)
+    D = len(packed.order)
+    qc = _chunked(packed.gather(q.float() * scale), C)  # (1, H, chunks, C, K)
+    kc = _chunked(packed.gather(k.float()), C)
+    vc = _chunked(packed.gather(v.float()), C)
+    bc = _chunked(packed.gather(beta.float()), C).unsqueeze(-1)
+    G = _chunked(packed.gather(g.float()), C).cumsum(dim=3)
+    U, W, Aqk, q_in, k_out, decay = (x[0].transpose(0, 1) for x in _gdn_within_chunks(qc, kc, vc, bc, G))
+    S = q.new_zeros(D, q.shape[2], q.shape[3], v.shape[-1], dtype=torch.float32) if initial_state is None \
+        else initial_state.float()
+    S = S.index_select(0, packed.order)  # (D, H, K, V) by rank: the documents still running are a prefix
+    outs = []
+    for start, m in zip(packed.offsets, packed.counts):  # the j-th chunks of the first m documents
+        chunks = slice(start, start + m)
+        u = U[chunks] - W[chunks] @ S[:m]  # (m, H, C, V)
+        outs.append(q_in[chunks] @ S[:m] + Aqk[chunks] @ u)
+        ran = S[:m] * decay[chunks, :, None, None] + k_out[chunks].transpose(-1, -2) @ u
+        S = torch.cat([ran, S[m:]]) if m < D else ran
+    if not outs:  # no tokens
+        return v.new_zeros(v.shape), S.index_select(0, packed.rank)
+    o = torch.cat(outs).transpose(0, 1).unsqueeze(0)  # (1, H, chunks, C, V)
+    o = _unchunk(o, packed.chunks * C).index_select(1, packed.slot)  # (1, T, H, V)
+    return o.to(v.dtype), S.index_select(0, packed.rank)
 
 
 @_per_document
