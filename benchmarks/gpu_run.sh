@@ -504,11 +504,12 @@ PY
     echo "teacher parts: $sent in this call;" \
       "$(ls "$parts"/*.sent | wc -l) of $(ls "$parts"/teacher-part?? | wc -l) sent"
   fi
-  # GatedDeltaNet trains on Hopper with Triton >= 3.7.1 only: without it this call runs the other mixers
+  # GatedDeltaNet's training on Hopper with Triton < 3.7.1 runs the PyTorch chunked form of the gated delta rule
+  # (hybridize.mixers.kernels: fla refuses that backward there); said in the log, so a grid's records can be read
   if [[ $DEVICE == cuda* ]] && [[ ",$mixers," == *,gated_deltanet,* ]] && ! "$PY" -c \
       'import triton, sys; sys.exit(tuple(int(x) for x in triton.__version__.split(".")[:3]) < (3, 7, 1))'; then
-    mixers=$(echo "$mixers" | tr , '\n' | grep -vx gated_deltanet | paste -sd, -)
-    echo "Triton < 3.7.1: gated_deltanet left out of this call (mixers: ${mixers:-none})"
+    echo "Triton < 3.7.1: gated_deltanet trains through hybridize's PyTorch chunked gated delta rule" \
+      | tee -a "$DIR/quality.log"
   fi
   [ -n "$mixers" ] || { quality_back; return 3; }
   ep=$(episodes) || return 1
@@ -552,7 +553,9 @@ PY
 # 12x the steps: ~4-7 min a cell with 9 lanes, ~25 min for the grid on one H100 (by the measured rate, not yet run),
 # so over several calls (MINUTES each; a cell in training resumes from its checkpoint on the same machine; on a fresh
 # one only scored cells carry over with RESUME_FROM). MIXERS=lightning,deltanet,hgrn,retnet (and the Transformer)
-# train on Triton 3.6; the gated mixers need Triton 3.7.1.
+# train with fla's kernels on Triton 3.6; GatedDeltaNet and Mamba-2 there train through the PyTorch chunked forms (fla
+# refuses their backward: hybridize.mixers.kernels); GLA and HGRN-2 (fla's chunk_gla, which fla does not refuse) were
+# checked against the references with Triton 3.7.1 only (results/mixers-design-space).
 job_sweep_grid() {
   local work=$WORK/${SWEEP_NAME:-sweep-grid} start status=0 lanes
   local minutes=${MINUTES:-7.5} intra=${INTRA:-mamba2,gated_deltanet}

@@ -3,6 +3,8 @@ with initial states, odd lengths, partial chunks and packed documents."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -178,6 +180,82 @@ def test_dispatch_uses_torch_on_cpu_and_rejects_bad_backend():
             kernels.gla(q, k, v, g=g, scale=0.3)
     with pytest.raises(ValueError, match="exactly one of g and g_gamma"):
         kernels.gla(q, k, v, scale=0.3)
+
+
+def _no_fla(*args, **kwargs):
+    raise AssertionError("fla's kernel was called")
+
+
+@pytest.mark.parametrize("fla_backward", [False, True])
+def test_gated_calls_that_need_gradients_leave_fla_where_it_has_no_backward(monkeypatch, fla_backward):
+    """Where fla has no backward for its gated chunked ops (Hopper, Triton < 3.7.1), calls that need gradients run
+    the PyTorch chunked form, with the reference's results; calls without gradients, ungated ones and a stack whose fla
+    has the backward still go to fla (its kernels replaced here by a function that fails the test when called)."""
+    monkeypatch.setattr(kernels, "backend_for", lambda x: "fla")
+    monkeypatch.setattr(kernels, "_fla_backward_works", lambda op, device: fla_backward)
+    monkeypatch.setattr(kernels, "_fla_gated_delta_rule", _no_fla)
+    monkeypatch.setattr(kernels, "_fla_gla", _no_fla)
+    q, k, v, (g, beta) = _inputs("gated_delta_rule", 13)
+    _, _, _, (g_head,) = _inputs("gla_head", 13)
+    q.requires_grad_(True)
+    calls = {  # name -> (the call, what it must give when it runs the reference)
+        "gated_delta_rule": (lambda: kernels.gated_delta_rule(q, k, v, g, beta, scale=0.4, mode="chunk"),
+                             lambda: reference.gated_delta_rule_chunk(q, k, v, g, beta, scale=0.4)),
+        "gla per-head g": (lambda: kernels.gla(q, k, v, g=g_head, scale=0.4, mode="chunk"),
+                           lambda: reference.gla_chunk(q, k, v, g_head, scale=0.4)),
+        "delta_rule fp32": (lambda: kernels.delta_rule(q, k, v, beta, scale=0.4, mode="chunk"),
+                            lambda: reference.gated_delta_rule_chunk(q, k, v, torch.zeros_like(beta), beta, scale=0.4)),
+    }
+    for name, (call, expected) in calls.items():
+        if fla_backward:
+            with pytest.raises(AssertionError, match="fla's kernel was called"):
+                call()
+            continue
+        o, s = call()
+        o_ref, s_ref = expected()
+        assert_close(o, o_ref, f"{name}: output")
+        assert_close(s, s_ref, f"{name}: state")
+        assert o.requires_grad, name
+        with torch.no_grad(), pytest.raises(AssertionError, match="fla's kernel was called"):
+            call()  # no gradients needed: fla's forward is fine
+    with pytest.raises(AssertionError, match="fla's kernel was called"):  # Lightning / RetNet: no per-token decay
+        kernels.gla(q, k, v, g_gamma=torch.full((H,), -0.1), scale=0.4, mode="chunk")
+
+
+def _fake_fla_op(backward_error: str | None):
+    """A stand-in for fla's chunked op: o = q * 2 forward; its backward raises `backward_error` if given."""
+
+    class Op(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q):
+            return q * 2
+
+        @staticmethod
+        def backward(ctx, grad):
+            if backward_error:
+                raise RuntimeError(backward_error)
+            return grad * 2
+
+    return lambda q, k, v, **kw: (Op.apply(q), None)
+
+
+@pytest.mark.parametrize("op,module,name", [("gated_delta_rule", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule"),
+                                            ("simple_gla", "fla.ops.simple_gla", "chunk_simple_gla")])
+def test_fla_backward_probe_reads_a_refusal(monkeypatch, op, module, name):
+    """The probe runs fla's op forward and backward once: fla's refusal (its message on Hopper with Triton 3.6) means
+    False and one warning naming it; a backward that runs means True, silently."""
+    import types
+    import warnings
+
+    probe = kernels._fla_backward_works.__wrapped__  # uncached
+    refusal = "Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results for gated chunk_bwd_dqkwg"
+    monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(**{name: _fake_fla_op(refusal)}))
+    with pytest.warns(RuntimeWarning, match=f"fla's chunked {op} has no backward here .*incorrect results"):
+        assert probe(op, torch.device("cpu")) is False
+    monkeypatch.setitem(sys.modules, module, types.SimpleNamespace(**{name: _fake_fla_op(None)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert probe(op, torch.device("cpu")) is True
 
 
 # HGRN: a vector state, h_t = exp(g_t) h_{t-1} + x_t (reference.hgrn_*), its own argument layout (x, g) and state (N, D)

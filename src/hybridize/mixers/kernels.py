@@ -20,6 +20,11 @@
 
 "auto" picks fla for CUDA tensors when fla is installed, else torch. `HYBRIDIZE_BACKEND=torch|fla` or
 `with force_backend("torch"):` overrides it (used by the GPU tests to run both on the same inputs).
+One exception to "auto": fla refuses the backward of its chunked ops with a per-token decay (the gated delta rule,
+simple GLA with `g`) on Hopper with Triton >= 3.4 and < 3.7.1 (wrong gradients, fla issue 640). Where a call needs
+gradients, `_fla_backward_works` asks fla once per op and device (a one-chunk forward and backward); where fla
+refuses, such calls run the PyTorch chunked form instead, with one warning, so training works on that stack too
+(slower; Triton >= 3.7.1 brings fla's kernels back).
 The mode ("chunk" or "recurrent") defaults to recurrent for short inference calls (decode) and chunk otherwise,
 which is also what fla's own layers do.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -363,6 +369,49 @@ def backend_for(x: Tensor) -> str:
     return "fla" if x.is_cuda and fla_available() else "torch"
 
 
+def _needs_grad(*xs: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
+@functools.cache
+def _fla_backward_works(op: str, device: torch.device) -> bool:
+    """Whether fla's chunked `op` ("gated_delta_rule" or "simple_gla", each with a per-token log decay) runs its
+    backward on `device` with the Triton installed: a one-chunk forward and backward, once per op and device. fla
+    raises there on Hopper with Triton >= 3.4 and < 3.7.1 unless another of its backends takes the op; any error of
+    the probe counts as a refusal, named in the warning."""
+    with torch.enable_grad():
+        x = torch.randn(1, 64, 1, 16, device=device, dtype=torch.bfloat16, requires_grad=True)
+        g = F.logsigmoid(torch.randn(1, 64, 1, device=device)).requires_grad_(True)
+        try:
+            if op == "gated_delta_rule":
+                from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+                beta = torch.rand(1, 64, 1, device=device, dtype=torch.bfloat16)
+                o, _ = chunk_gated_delta_rule(x, x, x, g=g, beta=beta, use_qk_l2norm_in_kernel=True)
+            else:
+                from fla.ops.simple_gla import chunk_simple_gla
+
+                o, _ = chunk_simple_gla(x, x, x, g=g)
+            o.float().sum().backward()
+        except Exception as e:  # fla's RuntimeError on that stack; anything else is as unusable for training
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(f"fla's chunked {op} has no backward here ({first}): calls that need gradients run "
+                          "hybridize's PyTorch chunked form instead (slower; Triton >= 3.7.1 restores fla's kernels)",
+                          RuntimeWarning, stacklevel=3)
+            return False
+    return True
+
+
+def _gated_backend(x: Tensor, op: str, mode: str, *grad_inputs: Tensor | None) -> str:
+    """`backend_for(x)`, except a chunked call of a gated op that needs gradients where fla has no backward for it
+    (`_fla_backward_works`; not when the backend is forced): "torch" then."""
+    backend = backend_for(x)
+    if (backend == "fla" and _forced is None and mode == "chunk" and _needs_grad(*grad_inputs)
+            and not torch.compiler.is_compiling() and not _fla_backward_works(op, x.device)):
+        return "torch"
+    return backend
+
+
 def _common_dtype(*xs: Tensor) -> tuple[Tensor, ...]:
     """The kernels want q, k, v in one dtype. Under autocast a norm with an fp32 weight hands back fp32 q/k while v
     stays bf16: use the autocast dtype then, else v's."""
@@ -399,7 +448,9 @@ def gla(
         raise ValueError("give exactly one of g and g_gamma")
     q, k, v = _common_dtype(q, k, v)
     mode = _mode(q.shape[1], mode)
-    if backend_for(q) == "fla":
+    per_head = g is not None and g.dim() == 3  # fla's simple_gla with a per-token decay
+    backend = _gated_backend(q, "simple_gla", mode, q, k, v, g, initial_state) if per_head else backend_for(q)
+    if backend == "fla":
         return _fla_gla(q, k, v, g, g_gamma, scale, initial_state, cu_seqlens, mode)
     if g is None:
         g = g_gamma.float().view(1, 1, -1).expand(*q.shape[:3])
@@ -425,7 +476,7 @@ def gated_delta_rule(
     q, k, v = _common_dtype(q, k, v)
     beta = beta.to(v.dtype)
     mode = _mode(q.shape[1], mode)
-    if backend_for(q) == "fla":
+    if _gated_backend(q, "gated_delta_rule", mode, q, k, v, g, beta, initial_state) == "fla":
         return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, cu_seqlens, mode)
     q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
     fn = reference.gated_delta_rule_recurrent if mode == "recurrent" else reference.gated_delta_rule_chunk
@@ -450,8 +501,11 @@ def delta_rule(
     q, k, v = _common_dtype(q, k, v)
     beta = beta.to(v.dtype)
     mode = _mode(q.shape[1], mode)
-    if backend_for(q) == "fla":
-        if mode == "chunk" and q.dtype == torch.float32:
+    fp32_chunk = mode == "chunk" and q.dtype == torch.float32  # fla's gated kernel with a zero decay
+    backend = _gated_backend(q, "gated_delta_rule", mode, q, k, v, beta, initial_state) if fp32_chunk \
+        else backend_for(q)
+    if backend == "fla":
+        if fp32_chunk:
             g = beta.new_zeros(beta.shape, dtype=torch.float32)
             return _fla_gated_delta_rule(q, k, v, g, beta, scale, initial_state, cu_seqlens, mode)
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
