@@ -379,7 +379,7 @@ def _fla_backward_works(op: str, device: torch.device) -> bool:
     backward on `device` with the Triton installed: a one-chunk forward and backward, once per op and device. fla
     raises there on Hopper with Triton >= 3.4 and < 3.7.1 unless another of its backends takes the op; any error of
     the probe counts as a refusal, named in the warning."""
-    with torch.enable_grad():
+    with torch.enable_grad(), (torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()):
         x = torch.randn(1, 64, 1, 16, device=device, dtype=torch.bfloat16, requires_grad=True)
         g = F.logsigmoid(torch.randn(1, 64, 1, device=device)).requires_grad_(True)
         try:
