@@ -114,6 +114,31 @@ def test_fla_chunk_matches_reference_forward_backward(kind, T, dtype):
         _check(f"{tag} {name}", a, b, dtype)
 
 
+@pytest.mark.parametrize("kind", ["gla_head", "gated_delta_rule"])
+def test_gated_training_runs_on_any_triton(kind):
+    """The automatic backend trains the gated kinds on this stack: fla's kernels where fla has their backward, the
+    PyTorch chunked form where it refuses it (Hopper with Triton < 3.7.1; kernels._fla_backward_works asks fla), in
+    both cases the reference's outputs and gradients; packed documents too. Prints which ran."""
+    torch.manual_seed(1)
+    q, k, v, gates, _ = _inputs(kind, 1000, torch.bfloat16, B=1)
+    cu = torch.tensor([0, 300, 301, 777, 1000], device="cuda")
+    float_gates = {n: g for n, g in gates.items() if g.dim() > 1}
+    leaves = [q, k, v, *float_gates.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    results = {}
+    for backend in ("auto", "torch"):
+        with kernels.force_backend(backend):
+            o, _ = _call(kind, q, k, v, gates, None, 0.125, cu=cu)
+        results[backend] = (o.float(), torch.autograd.grad((o.float() ** 2).sum(), leaves))
+    op = "gated_delta_rule" if kind == "gated_delta_rule" else "simple_gla"
+    print(f"{kind}: fla's backward {'ran' if kernels._fla_backward_works(op, q.device) else 'refused: the reference ran'}")
+    (o_a, g_a), (o_t, g_t) = results["auto"], results["torch"]
+    _check(f"{kind} auto-backend training output", o_a, o_t, torch.bfloat16)
+    for name, a, b in zip(["dq", "dk", "dv", *[f"d{n}" for n in float_gates]], g_a, g_t):
+        _check(f"{kind} auto-backend training {name}", a, b, torch.bfloat16)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_fla_recurrent_decode_and_varlen_match_reference(kind):
     """fused_recurrent (decode) steps and cu_seqlens (packed documents) against the reference."""
