@@ -76,6 +76,9 @@ def test_paired_counts_the_same_prompts_and_tests_them():
 
 def test_a_report_tests_students_against_the_teacher_and_hybrids_against_all_linear():
     assert report_pairs(META["models"]) == [("halo", "teacher"), ("linear", "teacher"), ("halo", "linear")]
+    two = [*META["models"], {"name": "uniform", "role": "student", "path": "u", "attention_layers": 1}]
+    assert report_pairs(two) == [("halo", "teacher"), ("linear", "teacher"), ("uniform", "teacher"), ("halo", "linear"),
+                                 ("uniform", "linear"), ("halo", "uniform")]  # two hybrids: also against each other
     rows = paired_rows(_entries(), report_pairs(META["models"]))
     keys = [(r["a"], r["b"], r["length"], r["depth"]) for r in rows]
     assert keys[:7] == [("halo", "teacher", 256, 0.0), ("halo", "teacher", 256, 1.0), ("halo", "teacher", 512, 0.0),

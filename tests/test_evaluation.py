@@ -245,13 +245,15 @@ def test_eval_report_for_a_teacher_and_two_students(model_dirs, tmp_path, capsys
     t400 = next(e for e in ppl if e["model"] == "teacher" and e["length"] == 400)
     assert f"{t400['value']:.2f} [{t400['ci_low']:.2f}, {t400['ci_high']:.2f}]" in md
     assert meta["command"] in md and "![" in md and "heatmap_mqar.png" in md
-    # each model's weights hash; each rate with its interval; each student paired with the teacher on the same prompts
+    # each model's weights hash; each rate with its interval; each student paired with the teacher on the same prompts,
+    # and the two hybrids with each other
     assert all(len(m["weights_sha256"]) == 64 for m in meta["models"]) and meta["prompts_per_cell"] == 2
     assert [m["attention_layers"] for m in meta["models"]] == [5, 2, 1]
     assert {(r["model"], r["task"], r["length"], r["n"]) for r in report["recall"]} == \
         {(m, t, n, 2) for m in ("teacher", "hybrid-a", "hybrid-b") for t in ("niah_single_2", "mqar") for n in (256, 400)}
     assert all(r["ci_low"] <= r["recall"] <= r["ci_high"] for r in report["recall"])
-    assert {(r["a"], r["b"]) for r in report["paired"]} == {("hybrid-a", "teacher"), ("hybrid-b", "teacher")}
+    assert {(r["a"], r["b"]) for r in report["paired"]} == {("hybrid-a", "teacher"), ("hybrid-b", "teacher"),
+                                                            ("hybrid-a", "hybrid-b")}
     assert "## Paired comparisons" in md and "n=4" in md
 
 

@@ -98,13 +98,16 @@ def attention_free(model_meta: dict) -> bool:
 
 
 def report_pairs(models: list[dict]) -> list[tuple[str, str]]:
-    """The pairs a report tests (`models`: report.json's meta["models"]): every student against the teacher, and
-    every student that keeps attention against every attention-free (all-linear) student."""
+    """The pairs a report tests (`models`: report.json's meta["models"]): every student against the teacher, every
+    student that keeps attention against every attention-free (all-linear) student, and the students that keep
+    attention against each other (two mixers, selectors or stages side by side), each pair once in the given order."""
     teacher = [m["name"] for m in models if m["role"] == "teacher"]
     students = [m for m in models if m["role"] != "teacher"]
     pairs = [(s["name"], t) for s in students for t in teacher]
     linear = [m["name"] for m in students if attention_free(m)]
     pairs += [(s["name"], x) for s in students if not attention_free(s) for x in linear]
+    hybrids = [m["name"] for m in students if not attention_free(m)]
+    pairs += [(a, b) for i, a in enumerate(hybrids) for b in hybrids[i + 1:]]
     return pairs
 
 
