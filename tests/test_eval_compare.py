@@ -136,3 +136,35 @@ def test_perplexities_pair_over_the_same_windows_only():
     assert paired_perplexity([a, {k: v for k, v in b.items() if k != "window_nll"}], "a", "b", 512) is None
     with pytest.raises(ValueError, match="different perplexity windows"):
         paired_perplexity([a, entry("b", [2.0] * 6, windows="w2")], "a", "b", 512)
+
+
+def test_report_pairs_perplexity_on_the_same_windows(tmp_path):
+    """Two models' per-window NLLs on the same windows: each pair's bucket perplexities and the paired sign-flip p in
+    report.json (`paired_perplexity`) and report.md; windows that differ are refused."""
+    import math
+
+    from hybridize.evaluation.compare import paired_perplexity_rows
+    from hybridize.metrics.stats import paired_permutation_p
+
+    nll = {"teacher": [2.0, 2.1, 1.9, 2.2, 2.0, 2.05], "halo": [2.3, 2.4, 2.2, 2.5, 2.3, 2.35],
+           "linear": [2.9, 3.0, 2.8, 3.1, 2.9, 2.95]}
+    ppl = [{"model": m, "role": "teacher" if m == "teacher" else "student", "suite": "perplexity", "task": "perplexity",
+            "metric": "perplexity", "length_from": 0, "length": 256, "depth": None, "value": math.exp(sum(v) / 6),
+            "nll": sum(v) / 6, "window_nll": v, "windows": "fp-w", "beyond_trained_context": False}
+           for m, v in nll.items()]
+    entries = _entries() + ppl
+    rows = paired_perplexity_rows(entries, report_pairs(META["models"]))
+    assert [(r["a"], r["b"], r["length"], r["n"]) for r in rows] == [("halo", "teacher", 256, 6),
+                                                                     ("linear", "teacher", 256, 6),
+                                                                     ("halo", "linear", 256, 6)]
+    assert rows[2]["p"] == paired_permutation_p(nll["halo"], nll["linear"])
+    assert rows[2]["ppl_a"] == pytest.approx(math.exp(sum(nll["halo"]) / 6))
+    write_report(tmp_path, entries, dict(META))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["paired_perplexity"] == rows
+    md = (tmp_path / "report.md").read_text()
+    assert "## Paired perplexity" in md and f"| 256 | halo | linear | 6 | {rows[2]['ppl_a']:.2f} |" in md
+    moved = [dict(e, windows="other") if e.get("model") == "halo" and e["metric"] == "perplexity" else e
+             for e in entries]
+    with pytest.raises(ValueError, match="different perplexity windows"):
+        paired_perplexity_rows(moved, [("halo", "teacher")])

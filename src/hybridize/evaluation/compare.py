@@ -144,6 +144,19 @@ def paired_rows(entries: list[dict], pairs: list[tuple[str, str]]) -> list[dict]
     return rows
 
 
+def paired_perplexity_rows(entries: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """Each pair on each perplexity bucket both have per-window values for (report.json's `paired_perplexity`): a, b,
+    length (the bucket's end), n (windows), nll_a, nll_b, ppl_a, ppl_b and the paired sign-flip p."""
+    lengths = sorted({e["length"] for e in entries if e.get("metric") == "perplexity"})
+    rows = []
+    for a, b in pairs:
+        for length in lengths:
+            r = paired_perplexity(entries, a, b, length)
+            if r is not None:
+                rows.append({"a": a, "b": b, "length": length, **r})
+    return rows
+
+
 def fmt_rate(r: dict | None) -> str:
     """"83% [64, 93] n=24": the rate and its 95% interval in percent, and n."""
     if r is None or not r["n"]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .compare import ALL, fmt_p, fmt_rate, paired_rows, pooled, recall_rows, report_pairs
+from .compare import (ALL, fmt_p, fmt_rate, paired_perplexity_rows, paired_rows, pooled, recall_rows,
+                      report_pairs)
 
 DAGGER = "†"
 
@@ -31,7 +32,8 @@ def write_report(out: str | Path, entries: list[dict], meta: dict) -> list[Path]
     trained = meta.get("trained_context")
     written = [out / "report.json"]
     pairs = report_pairs(meta["models"])
-    summary = {"recall": recall_rows(entries, models), "paired": paired_rows(entries, pairs)}
+    summary = {"recall": recall_rows(entries, models), "paired": paired_rows(entries, pairs),
+               "paired_perplexity": paired_perplexity_rows(entries, pairs)}
     written[0].write_text(json.dumps({"meta": meta, "results": entries, **summary}, indent=2) + "\n",
                           encoding="utf-8")
     figures: list[tuple[str, Path]] = []
@@ -52,7 +54,8 @@ def write_report(out: str | Path, entries: list[dict], meta: dict) -> list[Path]
         figures.append(("Perplexity by context length", path))
     written += [p for _, p in figures]
     md = out / "report.md"
-    md.write_text(_markdown(entries, meta, models, tasks, figures, summary["paired"]), encoding="utf-8")
+    md.write_text(_markdown(entries, meta, models, tasks, figures, summary["paired"], summary["paired_perplexity"]),
+                  encoding="utf-8")
     written.append(md)
     return written
 
@@ -185,7 +188,8 @@ def _fmt(x: float, metric: str) -> str:
     return f"{x:.2f}" if metric == "perplexity" else f"{x:.3f}"
 
 
-def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[str], figures, paired: list[dict]) -> str:
+def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[str], figures, paired: list[dict],
+              paired_ppl: list[dict]) -> str:
     trained = meta.get("trained_context")
     roles = {m["name"]: m["role"] for m in meta["models"]}
     head = "| | " + " | ".join(f"{m} ({roles[m]})" for m in models) + " |"
@@ -238,6 +242,13 @@ def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[st
             length = "all" if r["length"] == ALL else _mark(r["length"], trained)
             lines.append(f"| {r['task']} | {length} | {r['a']} | {r['b']} | {r['n']} | {r['both']} | {r['only_a']} | "
                          f"{r['only_b']} | {fmt_p(r['p'])} |")
+    if paired_ppl:
+        lines += ["", "## Paired perplexity", "", "The same held-out windows under both models: each bucket's perplexity "
+                  "and the two-sided p of the paired sign-flip test of the per-window mean NLLs.", "",
+                  "| context | A | B | windows | perplexity A | perplexity B | p |", "|---" * 7 + "|"]
+        for r in paired_ppl:
+            lines.append(f"| {_mark(r['length'], trained)} | {r['a']} | {r['b']} | {r['n']} | {r['ppl_a']:.2f} | "
+                         f"{r['ppl_b']:.2f} | {fmt_p(r['p'])} |")
     if figures:
         lines += ["", "## Figures", ""]
         for title, path in figures:
