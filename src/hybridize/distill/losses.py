@@ -75,12 +75,17 @@ def chunked_kl(student_hidden: Tensor, teacher_hidden: Tensor, student_head: nn.
     ht = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
 
     def kl(hs_c: Tensor, ht_c: Tensor) -> Tensor:
-        log_ps = student_head(hs_c).float().log_softmax(-1)
-        with torch.no_grad():
-            log_pt = teacher_head(ht_c).float().log_softmax(-1)
-        return F.kl_div(log_ps, log_pt, log_target=True, reduction="sum")
+        return _kl_sum(student_head(hs_c).float().log_softmax(-1), teacher_head, ht_c)
 
     return _over_chunks(kl, chunk_tokens, hs, ht) / hs.shape[0]
+
+
+def _kl_sum(log_ps: Tensor, teacher_head: nn.Linear, ht_c: Tensor) -> Tensor:
+    """Summed KL(teacher || student) of a chunk: the student's log-probabilities against the teacher's from its
+    hidden states (no gradient to the teacher)."""
+    with torch.no_grad():
+        log_pt = teacher_head(ht_c).float().log_softmax(-1)
+    return F.kl_div(log_ps, log_pt, log_target=True, reduction="sum")
 
 
 def chunked_ce(hidden: Tensor, head: nn.Linear, labels: Tensor, chunk_tokens: int = 1024) -> Tensor:
@@ -107,10 +112,8 @@ def chunked_kl_ce(student_hidden: Tensor, teacher_hidden: Tensor, student_head: 
 
     def both(hs_c: Tensor, ht_c: Tensor, y_c: Tensor) -> Tensor:
         log_ps = student_head(hs_c).float().log_softmax(-1)
-        with torch.no_grad():
-            log_pt = teacher_head(ht_c).float().log_softmax(-1)
-        return torch.stack([F.kl_div(log_ps, log_pt, log_target=True, reduction="sum"),
-                            F.nll_loss(log_ps, y_c, ignore_index=-100, reduction="sum")])
+        ce = F.nll_loss(log_ps, y_c, ignore_index=-100, reduction="sum")
+        return torch.stack([_kl_sum(log_ps, teacher_head, ht_c), ce])
 
     kl, ce = _over_chunks(both, chunk_tokens, hs, ht, y)
     return kl / hs.shape[0], ce / count

@@ -243,8 +243,8 @@ def _markdown(entries: list[dict], meta: dict, models: list[str], tasks: list[st
             lines.append(f"| {r['task']} | {length} | {r['a']} | {r['b']} | {r['n']} | {r['both']} | {r['only_a']} | "
                          f"{r['only_b']} | {fmt_p(r['p'])} |")
     if paired_ppl:
-        lines += ["", "## Paired perplexity", "", "The same held-out windows under both models: each bucket's perplexity "
-                  "and the two-sided p of the paired sign-flip test of the per-window mean NLLs.", "",
+        lines += ["", "## Paired perplexity", "", "The same held-out windows under both models: each bucket's "
+                  "perplexity and the two-sided p of the paired sign-flip test of the per-window mean NLLs.", "",
                   "| context | A | B | windows | perplexity A | perplexity B | p |", "|---" * 7 + "|"]
         for r in paired_ppl:
             lines.append(f"| {_mark(r['length'], trained)} | {r['a']} | {r['b']} | {r['n']} | {r['ppl_a']:.2f} | "

@@ -299,7 +299,7 @@ class _PackedChunks:
         counts = (n[:, None] > torch.arange(longest, device=device)).sum(0)  # (longest,) documents with a chunk j
         self.counts = counts.tolist()
         self.offsets = [0, *counts.cumsum(0).tolist()]
-        self.chunks = self.offsets[-1]
+        self.chunks, self.C = self.offsets[-1], C
         doc = torch.repeat_interleave(torch.arange(len(n), device=device), n)  # (chunks,) in document order
         first = torch.cumsum(n, 0) - n
         j = torch.arange(self.chunks, device=device) - first[doc]  # index of each chunk within its document
@@ -317,32 +317,45 @@ class _PackedChunks:
         x = x[0]
         return torch.cat([x, x.new_zeros(1, *x.shape[1:])]).index_select(0, self.source).unsqueeze(0)
 
+    def run(self, q: Tensor, v: Tensor, initial_state: Tensor | None, step: Callable, within: Tensor | None = None):
+        """The state passing of a packed chunked form, the documents side by side: each starts from its row of
+        `initial_state` (zeros if None); step(chunks, S) -> (o (m, H, C, V), S after) for the j-th chunks (a slice of
+        chunk slots) of the first m documents and their states S (m, H, K, V). `within` (1, H, chunks, C, V), each
+        chunk's output from its own tokens, is added. Returns (o (1, T, H, V) in v's dtype, final states
+        (D, H, K, V))."""
+        D = len(self.order)
+        S = q.new_zeros(D, q.shape[2], q.shape[3], v.shape[-1], dtype=torch.float32) if initial_state is None \
+            else initial_state.float()
+        S = S.index_select(0, self.order)  # by rank: the documents still running are a prefix
+        outs = []
+        for start, m in zip(self.offsets, self.counts):
+            o, ran = step(slice(start, start + m), S[:m])
+            outs.append(o)
+            S = torch.cat([ran, S[m:]]) if m < D else ran
+        if not outs:  # no tokens
+            return v.new_zeros(v.shape), S.index_select(0, self.rank)
+        o = torch.cat(outs).transpose(0, 1).unsqueeze(0)  # (1, H, chunks, C, V)
+        if within is not None:
+            o = within + o
+        o = _unchunk(o, self.chunks * self.C).index_select(1, self.slot)  # (1, T, H, V)
+        return o.to(v.dtype), S.index_select(0, self.rank)
+
 
 def _gla_chunk_packed(q, k, v, g, scale, initial_state, cu_seqlens, C):
     """`gla_chunk` over packed documents (batch 1), each from its own row of `initial_state` (zeros if None)."""
     _check_packed(q)
-    T = q.shape[1]
     packed = _PackedChunks(cu_seqlens, C)
-    D = len(packed.order)
     qc = _chunked(packed.gather(q.float() * scale), C)  # (1, H, chunks, C, K)
     kc = _chunked(packed.gather(k.float()), C)
     vc = _chunked(packed.gather(v.float()), C)
     G = _chunked(packed.gather(g.float()), C).cumsum(dim=3)
     o_intra, kv, q_in, g_last = _gla_within_chunks(qc, kc, vc, G)
-    S = q.new_zeros(D, q.shape[2], q.shape[3], v.shape[-1], dtype=torch.float32) if initial_state is None \
-        else initial_state.float()
-    S = S.index_select(0, packed.order)  # (D, H, K, V) by rank: the documents still running are a prefix
-    o_inter = []
-    for start, m in zip(packed.offsets, packed.counts):  # the j-th chunks of the first m documents
-        chunks = slice(start, start + m)
-        o_inter.append(q_in[0, :, chunks].transpose(0, 1) @ S[:m])  # (m, H, C, V)
-        ran = S[:m] * g_last[0, :, chunks].transpose(0, 1).exp().unsqueeze(-1) + kv[0, :, chunks].transpose(0, 1)
-        S = torch.cat([ran, S[m:]]) if m < D else ran
-    if not o_inter:  # no tokens
-        return v.new_zeros(v.shape), S.index_select(0, packed.rank)
-    o = o_intra + torch.cat(o_inter).transpose(0, 1).unsqueeze(0)  # (1, H, chunks, C, V)
-    o = _unchunk(o, packed.chunks * C).index_select(1, packed.slot)  # (1, T, H, V)
-    return o.to(v.dtype), S.index_select(0, packed.rank)
+    q_in, kv, decay = (x[0].transpose(0, 1) for x in (q_in, kv, g_last.exp()))  # (chunks, H, ...)
+
+    def step(chunks: slice, S: Tensor) -> tuple[Tensor, Tensor]:
+        return q_in[chunks] @ S, S * decay[chunks].unsqueeze(-1) + kv[chunks]
+
+    return packed.run(q, v, initial_state, step, within=o_intra)
 
 
 def gated_delta_rule_chunk(
@@ -411,28 +424,19 @@ def _gated_delta_chunk_packed(q, k, v, g, beta, scale, initial_state, cu_seqlens
     None). A document's zero-padded last chunk (k = v = 0, beta = 0, log decay 0) leaves its state as it was."""
     _check_packed(q)
     packed = _PackedChunks(cu_seqlens, C)
-    D = len(packed.order)
     qc = _chunked(packed.gather(q.float() * scale), C)  # (1, H, chunks, C, K)
     kc = _chunked(packed.gather(k.float()), C)
     vc = _chunked(packed.gather(v.float()), C)
     bc = _chunked(packed.gather(beta.float()), C).unsqueeze(-1)
     G = _chunked(packed.gather(g.float()), C).cumsum(dim=3)
     U, W, Aqk, q_in, k_out, decay = (x[0].transpose(0, 1) for x in _gdn_within_chunks(qc, kc, vc, bc, G))
-    S = q.new_zeros(D, q.shape[2], q.shape[3], v.shape[-1], dtype=torch.float32) if initial_state is None \
-        else initial_state.float()
-    S = S.index_select(0, packed.order)  # (D, H, K, V) by rank: the documents still running are a prefix
-    outs = []
-    for start, m in zip(packed.offsets, packed.counts):  # the j-th chunks of the first m documents
-        chunks = slice(start, start + m)
-        u = U[chunks] - W[chunks] @ S[:m]  # (m, H, C, V)
-        outs.append(q_in[chunks] @ S[:m] + Aqk[chunks] @ u)
-        ran = S[:m] * decay[chunks, :, None, None] + k_out[chunks].transpose(-1, -2) @ u
-        S = torch.cat([ran, S[m:]]) if m < D else ran
-    if not outs:  # no tokens
-        return v.new_zeros(v.shape), S.index_select(0, packed.rank)
-    o = torch.cat(outs).transpose(0, 1).unsqueeze(0)  # (1, H, chunks, C, V)
-    o = _unchunk(o, packed.chunks * C).index_select(1, packed.slot)  # (1, T, H, V)
-    return o.to(v.dtype), S.index_select(0, packed.rank)
+
+    def step(chunks: slice, S: Tensor) -> tuple[Tensor, Tensor]:
+        u = U[chunks] - W[chunks] @ S  # (m, H, C, V)
+        ran = S * decay[chunks, :, None, None] + k_out[chunks].transpose(-1, -2) @ u
+        return q_in[chunks] @ S + Aqk[chunks] @ u, ran
+
+    return packed.run(q, v, initial_state, step)
 
 
 @_per_document
