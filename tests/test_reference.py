@@ -297,6 +297,28 @@ def test_hgrn_packed_documents_do_not_leak_and_match_the_definition():
             assert_close(s[n], h, f"{fn.__name__} doc {n} state")
 
 
+def test_hgrn_packed_chunk_equals_each_document_chunked_alone():
+    """HGRN's chunked form over packed documents (the documents side by side) gives the outputs, final states and
+    gradients of the chunked form on each document alone: several chunks, a partial last chunk, one token, none."""
+    lengths, C = [37, 5, 0, 16, 70, 1, 33], 16
+    x, g = _hgrn_inputs(sum(lengths), batch=1)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    h0 = torch.randn(len(lengths), D_HGRN)
+    leaves = [x.requires_grad_(True), g.requires_grad_(True), h0.requires_grad_(True)]
+    o, s = reference.hgrn_chunk(x, g, initial_state=h0, cu_seqlens=cu, chunk_size=C)
+    apart = [reference.hgrn_chunk(x[:, a:b], g[:, a:b], initial_state=h0[n : n + 1], chunk_size=C)
+             if b > a else (x[:, a:b], h0[n : n + 1])  # empty: the state as it was
+             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
+    o_apart, s_apart = torch.cat([y for y, _ in apart], dim=1), torch.cat([y for _, y in apart])
+    assert_close(o, o_apart, "hgrn packed output")
+    assert_close(s, s_apart, "hgrn packed final states")
+    w_o, w_s = torch.randn_like(o), torch.randn_like(s)
+    packed = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
+    alone = torch.autograd.grad((o_apart * w_o).sum() + (s_apart * w_s).sum(), leaves)
+    for name, a, b in zip(["dx", "dg", "dh0"], packed, alone):
+        assert_close(a, b, f"hgrn packed {name}")
+
+
 def test_delta_rule_is_the_gated_rule_without_decay():
     q, k, v, (_, beta) = _inputs("gated_delta_rule", 19)
     for mode in ("chunk", "recurrent"):

@@ -452,17 +452,26 @@ def hgrn_recurrent(x: Tensor, g: Tensor, *, initial_state: Tensor | None = None)
     return o.to(x.dtype), h
 
 
-@_per_document
-def hgrn_chunk(x: Tensor, g: Tensor, *, initial_state: Tensor | None = None, chunk_size: int = 64):
+def _hgrn_within_chunks(xc: Tensor, G: Tensor) -> Tensor:
+    """Each chunk's HGRN output from a zero state: xc, G (inclusive cumulative log decay) (..., C) -> (..., C)."""
+    C = xc.shape[-1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=xc.device).tril()
+    decay = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (..., C_i, C_j)
+    return (decay @ xc.unsqueeze(-1)).squeeze(-1)
+
+
+def hgrn_chunk(x: Tensor, g: Tensor, *, initial_state: Tensor | None = None, cu_seqlens: Tensor | None = None,
+               chunk_size: int = 64):
     """Chunked HGRN recurrence; same results as `hgrn_recurrent`. Inside a chunk, with G the inclusive cumulative
-    log decay from the chunk start: h_i = exp(G_i) h_0 + sum_{j<=i} exp(G_i - G_j) x_j (exp only of values <= 0)."""
+    log decay from the chunk start: h_i = exp(G_i) h_0 + sum_{j<=i} exp(G_i - G_j) x_j (exp only of values <= 0).
+    Packed documents (cu_seqlens) run side by side, each from its own row of `initial_state`."""
+    if cu_seqlens is not None:
+        return _hgrn_chunk_packed(x, g, initial_state, cu_seqlens, chunk_size)
     B, T, D = x.shape
     C = chunk_size
     xc = _chunked(x.float().unsqueeze(-1), C).squeeze(-1)  # (B, D, N, C)
     G = _chunked(g.float().unsqueeze(-1), C).squeeze(-1).cumsum(dim=3)  # (B, D, N, C)
-    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-    decay = (G.unsqueeze(-1) - G.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # (B, D, N, C_i, C_j)
-    intra = (decay @ xc.unsqueeze(-1)).squeeze(-1)  # (B, D, N, C): each chunk from a zero state
+    intra = _hgrn_within_chunks(xc, G)  # (B, D, N, C): each chunk from a zero state
     h = x.new_zeros(B, D, dtype=torch.float32) if initial_state is None else initial_state.float()
     outs = []
     for n in range(xc.shape[2]):
@@ -472,6 +481,27 @@ def hgrn_chunk(x: Tensor, g: Tensor, *, initial_state: Tensor | None = None, chu
     # the zero-padded tail (x = 0, g = 0) leaves the state as it was at the last real step
     o = torch.stack(outs, dim=2).flatten(2)[:, :, :T].transpose(1, 2) if outs else x.float()  # (B, T, D)
     return o.to(x.dtype), h
+
+
+def _hgrn_chunk_packed(x, g, initial_state, cu_seqlens, C):
+    """`hgrn_chunk` over packed documents (batch 1): the channels as heads with a one-wide state, so that the
+    documents' chunks share `_PackedChunks`' batched state passing."""
+    _check_packed(x)
+    packed = _PackedChunks(cu_seqlens, C)
+    x4 = x.unsqueeze(-1)  # (1, T, D, 1)
+    xc = _chunked(packed.gather(x4.float()), C)[..., 0]  # (1, D, chunks, C)
+    G = _chunked(packed.gather(g.float().unsqueeze(-1)), C)[..., 0].cumsum(dim=3)
+    intra = _hgrn_within_chunks(xc, G)
+    enter, last = (t[0].transpose(0, 1) for t in (G.exp(), intra[..., -1]))  # (chunks, D, C), (chunks, D)
+
+    def step(chunks: slice, S: Tensor) -> tuple[Tensor, Tensor]:  # S (m, D, 1, 1): each document's h
+        h = S[..., 0, 0]
+        ran = last[chunks] + enter[chunks][..., -1] * h
+        return (enter[chunks] * h.unsqueeze(-1)).unsqueeze(-1), ran[..., None, None]
+
+    h0 = None if initial_state is None else initial_state[..., None, None]
+    o, h = packed.run(x4, x4, h0, step, within=intra.unsqueeze(-1))
+    return o[..., 0], h[..., 0, 0]
 
 
 def causal_conv1d(
