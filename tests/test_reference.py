@@ -73,6 +73,23 @@ def test_packed_documents_do_not_leak(kind):
             assert_close(s[n : n + 1], s_n, f"{fn.__name__} doc {n} state")
 
 
+def _assert_packed_equals_apart(packed, alone, state, cu, leaves, names, label):
+    """`packed()` -> (out, final states) over all documents at once; `alone(a, b, n)` the same for document n (tokens
+    a:b) run by itself, called only for non-empty documents (an empty one keeps its state `state(n)`). Outputs, final
+    states and the gradients to `leaves` (named `names`) must agree."""
+    o, s = packed()
+    bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+    apart = [alone(a, b, n) if b > a else (o.detach()[:, a:b], state(n)) for n, (a, b) in enumerate(bounds)]
+    o_apart, s_apart = torch.cat([x for x, _ in apart], dim=1), torch.cat([x for _, x in apart])
+    assert_close(o, o_apart, f"{label} packed output")
+    assert_close(s, s_apart, f"{label} packed final states")
+    w_o, w_s = torch.randn_like(o), torch.randn_like(s)
+    together = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
+    apart_grads = torch.autograd.grad((o_apart * w_o).sum() + (s_apart * w_s).sum(), leaves)
+    for name, a, b in zip(names, together, apart_grads):
+        assert_close(a, b, f"{label} packed {name}")
+
+
 @pytest.mark.parametrize("kind", list(FORMS))
 def test_packed_chunk_equals_each_document_chunked_alone(kind):
     """The chunked forms over packed documents (all documents' chunks in one batch, the state passed for all documents
@@ -86,19 +103,12 @@ def test_packed_chunk_equals_each_document_chunked_alone(kind):
     leaves = [q, k, v, *gates, h0]
     for x in leaves:
         x.requires_grad_(True)
-    o, s = chunk_fn(q, k, v, *gates, scale=0.4, initial_state=h0, cu_seqlens=cu, chunk_size=C)
-    apart = [chunk_fn(q[:, a:b], k[:, a:b], v[:, a:b], *(x[:, a:b] for x in gates), scale=0.4,
-                      initial_state=h0[n : n + 1], chunk_size=C)
-             if b > a else (v[:, a:b], h0[n : n + 1])  # empty: the state as it was
-             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
-    o_apart, s_apart = torch.cat([x for x, _ in apart], dim=1), torch.cat([x for _, x in apart])
-    assert_close(o, o_apart, f"{kind} packed output")
-    assert_close(s, s_apart, f"{kind} packed final states")
-    w_o, w_s = torch.randn_like(o), torch.randn_like(s)
-    packed = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
-    alone = torch.autograd.grad((o_apart * w_o).sum() + (s_apart * w_s).sum(), leaves)
-    for name, a, b in zip(["dq", "dk", "dv", *[f"dgate{i}" for i in range(len(gates))], "dh0"], packed, alone):
-        assert_close(a, b, f"{kind} packed {name}")
+    _assert_packed_equals_apart(
+        lambda: chunk_fn(q, k, v, *gates, scale=0.4, initial_state=h0, cu_seqlens=cu, chunk_size=C),
+        lambda a, b, n: chunk_fn(q[:, a:b], k[:, a:b], v[:, a:b], *(x[:, a:b] for x in gates), scale=0.4,
+                                 initial_state=h0[n : n + 1], chunk_size=C),
+        lambda n: h0[n : n + 1], cu, leaves, ["dq", "dk", "dv", *[f"dgate{i}" for i in range(len(gates))], "dh0"],
+        kind)
 
 
 def test_recurrence_definitions_by_hand():
@@ -151,19 +161,11 @@ def test_packed_causal_conv_equals_each_document_alone(with_state):
     for t in leaves:
         t.requires_grad_(True)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    y, s = reference.causal_conv1d(x, w, bias, h0, cu, activation="silu")
     state = (lambda n: torch.zeros(1, D, W)) if h0 is None else (lambda n: h0[n : n + 1])
-    apart = [reference.causal_conv1d(x[:, a:b], w, bias, state(n), activation="silu") if b > a
-             else (x[:, a:b], state(n))  # empty: the state as it was
-             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
-    y_apart, s_apart = torch.cat([t for t, _ in apart], dim=1), torch.cat([t for _, t in apart])
-    assert_close(y, y_apart, "packed conv output")
-    assert_close(s, s_apart, "packed conv final states")
-    w_y, w_s = torch.randn_like(y), torch.randn_like(s)
-    packed = torch.autograd.grad((y * w_y).sum() + (s * w_s).sum(), leaves)
-    alone = torch.autograd.grad((y_apart * w_y).sum() + (s_apart * w_s).sum(), leaves)
-    for name, a, b in zip(["dx", "dweight", "dbias", "dh0"], packed, alone):
-        assert_close(a, b, f"packed conv {name}")
+    _assert_packed_equals_apart(
+        lambda: reference.causal_conv1d(x, w, bias, h0, cu, activation="silu"),
+        lambda a, b, n: reference.causal_conv1d(x[:, a:b], w, bias, state(n), activation="silu"),
+        state, cu, leaves, ["dx", "dweight", "dbias", "dh0"], "conv")
 
 
 def test_dispatch_uses_torch_on_cpu_and_rejects_bad_backend():
@@ -305,18 +307,10 @@ def test_hgrn_packed_chunk_equals_each_document_chunked_alone():
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     h0 = torch.randn(len(lengths), D_HGRN)
     leaves = [x.requires_grad_(True), g.requires_grad_(True), h0.requires_grad_(True)]
-    o, s = reference.hgrn_chunk(x, g, initial_state=h0, cu_seqlens=cu, chunk_size=C)
-    apart = [reference.hgrn_chunk(x[:, a:b], g[:, a:b], initial_state=h0[n : n + 1], chunk_size=C)
-             if b > a else (x[:, a:b], h0[n : n + 1])  # empty: the state as it was
-             for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist()))]
-    o_apart, s_apart = torch.cat([y for y, _ in apart], dim=1), torch.cat([y for _, y in apart])
-    assert_close(o, o_apart, "hgrn packed output")
-    assert_close(s, s_apart, "hgrn packed final states")
-    w_o, w_s = torch.randn_like(o), torch.randn_like(s)
-    packed = torch.autograd.grad((o * w_o).sum() + (s * w_s).sum(), leaves)
-    alone = torch.autograd.grad((o_apart * w_o).sum() + (s_apart * w_s).sum(), leaves)
-    for name, a, b in zip(["dx", "dg", "dh0"], packed, alone):
-        assert_close(a, b, f"hgrn packed {name}")
+    _assert_packed_equals_apart(
+        lambda: reference.hgrn_chunk(x, g, initial_state=h0, cu_seqlens=cu, chunk_size=C),
+        lambda a, b, n: reference.hgrn_chunk(x[:, a:b], g[:, a:b], initial_state=h0[n : n + 1], chunk_size=C),
+        lambda n: h0[n : n + 1], cu, leaves, ["dx", "dg", "dh0"], "hgrn")
 
 
 def test_delta_rule_is_the_gated_rule_without_decay():
