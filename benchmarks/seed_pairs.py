@@ -19,7 +19,10 @@ from hybridize.provenance import provenance
 
 def summarise(report: dict, a: str, b: str, seeds: list[int]) -> dict:
     entries = report["results"]
-    teacher = next(m["name"] for m in report["meta"]["models"] if m["role"] == "teacher")
+    teacher = next((m["name"] for m in report["meta"]["models"] if m["role"] == "teacher"), None)
+    if teacher is None:
+        raise ValueError("the report scored no teacher (evaluate the teacher beside the hybrids: "
+                         "`hybridize eval --teacher DIR ...`)")
     names = {s: (f"{a}-s{s}", f"{b}-s{s}") for s in seeds}
     models = {m["name"] for m in report["meta"]["models"]}
     missing = sorted({n for pair in names.values() for n in pair} - models)

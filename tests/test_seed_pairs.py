@@ -57,3 +57,12 @@ def test_names_the_models_the_report_lacks(tmp_path, capsys):
     assert "x-s1, y-s1" in err and "lacks" in err and not out.exists()
     assert seed_pairs.main([str(report), "--a", "x", "--b", "y", "--seeds", "0,one", "--out", str(out)]) == 2
     assert "--seeds must be integers" in capsys.readouterr().err
+
+
+def test_a_report_without_the_teacher_is_one_line(tmp_path, capsys):
+    correct = {"x-s0": "1" * 4, "y-s0": "0" * 4}
+    report = _report(tmp_path / "report.json", correct, {m: [1.0] * 3 for m in correct})
+    out = tmp_path / "seeds.json"
+    assert seed_pairs.main([str(report), "--a", "x", "--b", "y", "--seeds", "0", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "scored no teacher" in err and len(err.strip().splitlines()) == 1 and not out.exists()
