@@ -1,5 +1,5 @@
 r"""Every layer selector on equal terms: one shared stage 1, then each selector at the same budget through the same
-stages 2-3 (distill, finetune), then one evaluation of all the hybrids against the teacher on identical tokens.
+stages 2-3 (distill, finetune; `--until distill` stops after distill), then one evaluation of all the hybrids against the teacher on identical tokens.
 
     python benchmarks/compare_selectors.py --teacher src/hybridize/assets/teacher-tiny --out out/selectors --recipe demo \
         --data builtin out/demo/data/episodes.jsonl         # the demo's data (hybridize demo writes it)
@@ -33,12 +33,14 @@ from hybridize.evaluation.compare import paired, pooled
 from hybridize.evaluation.report import mean_over_depths
 from hybridize.evaluation.runner import EvalConfig, run_eval
 from hybridize.pipeline import load_recipe
+from hybridize.distill.recipe import STAGES
 from hybridize.pipeline.stages import Conversion, align, convert
 from hybridize.provenance import device_name, provenance
 from hybridize.selection import SELECTORS
 
 TASKS = ["passkey", "niah_single_2", "mqar"]
 ALL_LINEAR = "all-linear"  # the name of stage 1's all-linear student in the evaluation (--all-linear)
+UNTIL = ("distill", "finetune")  # --until: the last stage of every hybrid
 
 
 def state_bytes(model_dir: Path, lengths: list[int], all_attention: bool = False) -> dict[int, int]:
@@ -60,7 +62,7 @@ def state_bytes(model_dir: Path, lengths: list[int], all_attention: bool = False
 def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list[str], lengths: list[int] | None,
         samples: int | None, device: str | None, overrides: list[str], data: list[str] | None = None,
         eval_data: str | None = None, evaluate: bool = True, all_linear: bool = False, seeds: int = 1,
-        teacher_sha256: str | None = None) -> dict | None:
+        teacher_sha256: str | None = None, until: str = "finetune") -> dict | None:
     """One comparison in `out` (seeds=1, the recipe's own seed), or one per conversion seed 0..seeds-1 in
     `out/seed<k>` with their mean and spread in `out/seeds.json` (returned; None with evaluate=False)."""
     bad = [s for s in selectors if s not in SELECTORS]
@@ -70,9 +72,11 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
         raise SystemExit(f"selectors: give at least one of {sorted(SELECTORS)}")
     if not isinstance(seeds, int) or seeds < 1:
         raise SystemExit(f"seeds must be an integer >= 1 (conversion seeds 0..N-1), got {seeds!r}")
+    if until not in UNTIL:
+        raise SystemExit(f"until must be one of {', '.join(UNTIL)}, got {until!r}")
     args = dict(teacher=teacher, recipe_name=recipe_name, budget=budget, selectors=selectors, lengths=lengths,
                 samples=samples, device=device, data=data, eval_data=eval_data, evaluate=evaluate,
-                all_linear=all_linear, teacher_sha256=teacher_sha256)
+                all_linear=all_linear, teacher_sha256=teacher_sha256, until=until)
     if seeds == 1:
         return run_one(out=out, overrides=overrides, **args)
     records = [run_one(out=out / f"seed{k}", overrides=[*overrides, f"seed={k}"], **args) for k in range(seeds)]
@@ -88,7 +92,12 @@ def run(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list
 def run_one(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: list[str], lengths: list[int] | None,
             samples: int | None, device: str | None, overrides: list[str], data: list[str] | None = None,
             eval_data: str | None = None, evaluate: bool = True, all_linear: bool = False,
-            teacher_sha256: str | None = None) -> dict | None:
+            teacher_sha256: str | None = None, until: str = "finetune") -> dict | None:
+    if until != "finetune":  # a finetuned model in the folder would be the one exported and evaluated
+        done = [n for n in selectors if (out / n / "stages" / "finetune" / "done.json").is_file()]
+        if done:
+            raise SystemExit(f"--until {until}: {out} holds finetuned conversions ({', '.join(done)}); "
+                             "give a new --out")
     out.mkdir(parents=True, exist_ok=True)
     base = [f"budget={budget}", *overrides]
     shared = Conversion(teacher, out / "stage1", load_recipe(recipe_name, base), data=data, device=device,
@@ -103,7 +112,7 @@ def run_one(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: 
         if not conv.done("align"):
             shutil.copytree(shared.stage_dir("align"), conv.stage_dir("align"), dirs_exist_ok=True)
         print(f"--- {name}", flush=True)
-        convert(conv)
+        convert(conv, list(STAGES[:STAGES.index(until) + 1]))
         runs[name] = conv
     if not evaluate:  # conversions only (e.g. selectors split over GPUs); the same command without --no-eval evaluates
         print(f"converted: {', '.join(runs) or 'stage 1 only'}; not evaluated (--no-eval)", flush=True)
@@ -288,6 +297,8 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-eval", action="store_true", help="convert only (e.g. the selectors split over GPUs); run "
                    "the command again with every selector and without --no-eval to evaluate them together")
+    p.add_argument("--until", choices=UNTIL, default="finetune", help="the last stage every hybrid goes through "
+                   "(default finetune: the recipe's stages 2-3; distill: no finetune, as `hybridize demo`)")
     p.add_argument("--all-linear", action="store_true", help="also evaluate stage 1's all-linear student (a row "
                    f"named {ALL_LINEAR!r}): the check that recall needs the attention layers at all")
     a = p.parse_args()
@@ -296,7 +307,8 @@ def main() -> None:
     dump_stacks_on_sigusr1()  # benchmarks/gpu_run.sh's `timeout -s USR1` then shows where an overrunning row was
     run(Path(a.teacher), Path(a.out), a.recipe, a.budget, [s for s in a.selectors.split(",") if s],
         [int(x) for x in a.lengths.split(",")] if a.lengths else None, a.samples, a.device, a.overrides, a.data,
-        a.eval_data, evaluate=not a.no_eval, all_linear=a.all_linear, seeds=a.seeds, teacher_sha256=a.teacher_sha256)
+        a.eval_data, evaluate=not a.no_eval, all_linear=a.all_linear, seeds=a.seeds, teacher_sha256=a.teacher_sha256,
+        until=a.until)
 
 
 if __name__ == "__main__":

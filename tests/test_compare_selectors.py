@@ -52,6 +52,17 @@ def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_p
     assert n == 3 and lo <= rows["random"]["passkey@320"] <= hi and record["prompts_per_cell"] == 3
     assert set(rows["random"]["p_vs"]) == {"teacher", "uniform"} and set(rows["uniform"]["p_vs"]) == {"teacher"}
     assert 0 < rows["random"]["p_vs"]["uniform"]["passkey@320"] <= 1
+    # --until distill: the hybrids stop after distill; a folder holding finetuned ones is refused before any work
+    import pytest
+
+    with pytest.raises(SystemExit, match=r"--until distill: .* holds finetuned conversions \(uniform, random\)"):
+        cs.run(selectors=["uniform", "random"], until="distill", **args)
+    with pytest.raises(SystemExit, match="until must be one of distill, finetune, got 'align'"):
+        cs.run(selectors=["uniform"], until="align", **args)
+    out2 = tmp_path / "sel-distill"
+    assert cs.run(selectors=["uniform"], evaluate=False, until="distill", **{**args, "out": out2}) is None
+    assert (out2 / "uniform" / "stages" / "distill" / "done.json").is_file()
+    assert not (out2 / "uniform" / "stages" / "finetune").exists() and (out2 / "uniform" / "config.json").is_file()
 
 
 def test_recall_grid_panels_keep_each_teacher_with_its_runs(tmp_path):
