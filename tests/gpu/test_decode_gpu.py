@@ -149,3 +149,24 @@ def test_decode_attention_kernel_at_scale(B, N):
     rel = ((out - ref).norm() / ref.norm()).item()
     print(f"decode attention B={B} N={N}: max abs err {err:.3e}, relative {rel:.3e}")
     assert rel < 4e-3 and err < 2e-2  # the output's own bf16 rounding: 2^-9 relative
+
+
+def test_decode_attention_kernel_past_int32_offsets():
+    """A cache buffer of more than 2**31 elements (3 rows x 8 heads x 1M slots x 128): the last row starts past int32's
+    range, as at batch 65 x 32K at Qwen3-1.7B's shape (`bench --largest-batch`), and is compared with the reference."""
+    from hybridize.mixers.triton.decode_attention import decode_attention, reference_decode_attention
+
+    B, N = 3, 1 << 20
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(B, 8, 2, 128, device="cuda", generator=g).bfloat16()
+    k = torch.empty(B, 8, N, 128, device="cuda", dtype=torch.bfloat16).normal_(generator=g)
+    v = torch.empty(B, 8, N, 128, device="cuda", dtype=torch.bfloat16).normal_(generator=g)
+    assert k[B - 1].storage_offset() >= 2**31
+    pos = torch.tensor([N - 5], device="cuda")
+    out = decode_attention(q, k, v, pos, None, 128**-0.5)[B - 1].double()
+    ref = reference_decode_attention(q[B - 1:].float(), k[B - 1:].float(), v[B - 1:].float(), pos, None,
+                                     128**-0.5)[0].double()
+    err = (out - ref).abs().max().item()
+    rel = ((out - ref).norm() / ref.norm()).item()
+    print(f"decode attention past int32 offsets: max abs err {err:.3e}, relative {rel:.3e}")
+    assert rel < 4e-3 and err < 2e-2

@@ -43,8 +43,8 @@ def _split_kernel(Q, K, V, VALID, POS, O_PART, M_PART, L_PART,
                   D: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
-    b = bh // Hkv
-    h = bh % Hkv
+    b = (bh // Hkv).to(tl.int64)  # b * s_kb passes 2**31 elements at 64 rows x 32K x 8 heads x 128
+    h = (bh % Hkv).to(tl.int64)
     pos = tl.load(POS).to(tl.int32)
     length = pos + 1
     per_split = tl.cdiv(tl.cdiv(length, NUM_SPLITS), BLOCK_N) * BLOCK_N
@@ -106,8 +106,8 @@ def _combine_kernel(O_PART, M_PART, L_PART, OUT, GATE, s_ob, s_oh, s_og, s_gb, H
     over them measured 10 us per layer at 8K on an H100, a third of the attention step)."""
     bh = tl.program_id(0)
     g = tl.program_id(1)
-    b = bh // Hkv
-    h = bh % Hkv
+    b = (bh // Hkv).to(tl.int64)
+    h = (bh % Hkv).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < NUM_SPLITS
@@ -123,7 +123,7 @@ def _combine_kernel(O_PART, M_PART, L_PART, OUT, GATE, s_ob, s_oh, s_og, s_gb, H
     out = tl.sum(w[:, None] * o, 0) / denom
     if HAS_GATE:  # the attention's output gate, o * sigmoid(gate) rounded as torch rounds each step
         odt = OUT.dtype.element_ty
-        gt = tl.load(GATE + b.to(tl.int64) * s_gb + (h * G + g) * D + offs_d, mask=offs_d < D, other=0.0)
+        gt = tl.load(GATE + b * s_gb + (h * G + g) * D + offs_d, mask=offs_d < D, other=0.0)
         a = _round(_act(gt.to(tl.float32), 1, INTERPRETER), odt, INTERPRETER)
         out = _round(_round(out, odt, INTERPRETER) * a, odt, INTERPRETER)
     tl.store(OUT + b * s_ob + h * s_oh + g * s_og + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
