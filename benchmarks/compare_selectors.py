@@ -1,5 +1,6 @@
 r"""Every layer selector on equal terms: one shared stage 1, then each selector at the same budget through the same
-stages 2-3 (distill, finetune; `--until distill` stops after distill), then one evaluation of all the hybrids against the teacher on identical tokens.
+stages 2-3 (distill, finetune; `--until distill` stops after distill), then one evaluation of all the hybrids against
+the teacher on identical tokens.
 
     python benchmarks/compare_selectors.py --teacher src/hybridize/assets/teacher-tiny --out out/selectors --recipe demo \
         --data builtin out/demo/data/episodes.jsonl         # the demo's data (hybridize demo writes it)
@@ -29,11 +30,11 @@ from pathlib import Path
 
 import torch
 
+from hybridize.distill.recipe import STAGES
 from hybridize.evaluation.compare import paired, pooled
 from hybridize.evaluation.report import mean_over_depths
 from hybridize.evaluation.runner import EvalConfig, run_eval
 from hybridize.pipeline import load_recipe
-from hybridize.distill.recipe import STAGES
 from hybridize.pipeline.stages import Conversion, align, convert
 from hybridize.provenance import device_name, provenance
 from hybridize.selection import SELECTORS
