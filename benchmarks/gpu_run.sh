@@ -57,7 +57,8 @@
 #                      for under 10 min on an H100, by estimate), default all; GPU_MEMORY (GiB) caps the allocator
 #                      (an H100's total as torch reports it, about 79: an H200 run as an H100); LARGEST_VARIANTS
 #                      (default hybrid-steps,teacher-engine-steps: the decode the model runs by default) splits a
-#                      largest-* part per variant; MEMORY_VARIANTS likewise for the 512K part
+#                      largest-* part per variant; MEMORY_VARIANTS likewise for the 512K part; GDN_CONTEXTS (default
+#                      8K,128K) the gdn part's contexts (written to speed-gdn-25-CONTEXTS when set)
 #
 # Every job is resumable where its command is (teacher, selectors, mixer-rows): run it again after an interruption and
 # finished stages are skipped. Jobs that measure speed (speed, decode-attention, mixers, fused-projections,
@@ -187,7 +188,7 @@ job_speed() {
     --variants hybrid,teacher-engine --repeats 1 --out "$DIR/qwen3-1.7b-lightning-25-256k" "$@" || status=1
   run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 8K,32K \
     --variants teacher-engine,teacher-hf --repeats 2 --out "$DIR/qwen3-1.7b-teacher-hf" "$@" || status=1
-  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts "${GDN_CONTEXTS:-8K,128K}" \
     --variants hybrid,teacher-engine --repeats 2 --out "$DIR/qwen3-1.7b-gdn-25" "$@" || status=1
   run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 128K,512K \
     --variants hybrid --repeats 1 --out "$DIR/qwen3-1.7b-lightning-12.5" "$@" || status=1
@@ -616,9 +617,9 @@ job_decode_limit() {
           --variants hybrid-fused,hybrid-gemv,hybrid-steps,teacher-engine-fused,teacher-engine-steps --repeats 1 --new-tokens 16 \
           "${cap[@]}" --out "$DIR/speed-lightning-25" "$@" || status=1 ;;
       gdn)
-        run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
+        run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts "${GDN_CONTEXTS:-8K,128K}" \
           --variants hybrid-fused,hybrid-steps,teacher-engine-steps --repeats 1 --new-tokens 16 "${cap[@]}" \
-          --out "$DIR/speed-gdn-25" "$@" || status=1 ;;
+          --out "$DIR/speed-gdn-25${GDN_CONTEXTS:+-$GDN_CONTEXTS}" "$@" || status=1 ;;
       memory)  # 512K: the teacher-engine (one cache per prefill now) beside the 12.5% hybrid, same GPU
         run "$DIR/memory.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 512K \
           --variants "${MEMORY_VARIANTS:-hybrid-steps,teacher-engine-steps}" --repeats 1 --new-tokens 8 "${cap[@]}" \

@@ -5,6 +5,7 @@ prefill, and `hybridize bench` end to end on a tiny shape."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -761,3 +762,35 @@ def test_bench_recognises_out_of_memory_behind_another_error():
         assert _is_oom(err)
     assert _is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate(handle)"))
     assert not _is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+@pytest.mark.parametrize("try_fits, full_fits, found", [(40, 40, 40), (40, 37, 37), (40, 3, 3), (1, 0, 0), (5, 0, 0)])
+def test_largest_batch_is_one_whose_full_measurement_fits(try_fits, full_fits, found):
+    """The short tries find a batch; when its full measurement (warm-up prefill, more steps, the profiler) does not
+    fit, the largest batch below it whose full measurement fits is the row, with every full measurement recorded."""
+    from types import SimpleNamespace
+
+    from hybridize.bench.inference import LARGEST_TRY_STEPS, _largest_batch_row, _MemoryCap
+
+    cap = _MemoryCap(torch.device("cpu"), 1.0)
+    measured = []
+
+    def measure(batch, context, **kw):
+        short = kw.get("new_tokens") == LARGEST_TRY_STEPS
+        measured.append((batch, short))
+        limit = try_fits if short else full_fits
+        return dict(batch=batch, oom=batch > limit, peak_gib=min(1.0, batch / 1000), tpot_ms=1.0)
+
+    runner = SimpleNamespace(device=torch.device("cpu"), hf=True)
+    row = _largest_batch_row(runner, measure, 64, cap)
+    assert row["largest_batch"] and row["batch"] == max(found, 1)
+    assert row["oom"] == (found == 0)
+    tries = {t["batch"]: t["fits"] for t in row["largest_batch_tries"]}
+    assert max(b for b, f in tries.items() if f) == try_fits
+    full = {t["batch"]: t["fits"] for t in row["largest_batch_full_tries"]}
+    assert full[try_fits] == (try_fits <= full_fits)
+    assert all(f == (b <= full_fits) for b, f in full.items())
+    if found:
+        assert full[found] and (found == try_fits or not full.get(found + 1, False))
+        assert (found + 1) in full or found == try_fits
+    assert len(full) <= 2 + 2 * math.ceil(math.log2(try_fits + 1)), full  # the search below is logarithmic

@@ -46,7 +46,9 @@ decode fit: doubling from a batch the memory left after the weights suggests, th
 measurement (one prefill, `LARGEST_TRY_STEPS` decode steps, over a cache of the row's length) with memory freed in
 between. A chunk of the prefill is batch x `prefill_chunk` tokens: give large batches a small `prefill_chunk`, or the
 chunk's activations rather than the cache set the batch that fits. The batch found is then measured in full and
-recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits, peak). What "fits"
+recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits, peak); where the full
+measurement (a warm-up prefill, more steps, the profiler) does not fit though its try did, the largest batch below
+whose full measurement fits is searched for and recorded instead (`largest_batch_full_tries`). What "fits"
 means: on CUDA, no out-of-memory error within the device's memory, or within `gpu_memory` GiB (`--gpu-memory`,
 enforced by the allocator: an H200 can stand in for an 80 GB H100); on the CPU the measured peak of the try (the
 weights plus what the try allocated, from the profiler's allocation events) is at most `gpu_memory` GiB, which is
@@ -479,14 +481,27 @@ def _largest_batch_row(runner: _Runner, measure, context: int, cap: _MemoryCap) 
         return tries[-1]["fits"]
 
     best, _ = largest_fitting(fits, _search_start(runner, context, cap))
+    full: dict[int, dict] = {}  # batch -> its full measurement
+
+    def fits_in_full(batch: int) -> bool:
+        full[batch] = row = measure(batch, context, host_peak=host_peak)
+        row["oom"] = not cap.fits(row)
+        return not row["oom"]
+
+    if best and not fits_in_full(best):
+        # the full measurement (warm-up prefill, more steps, the profiler) needs more than its short try did, or
+        # finds the memory more fragmented: the largest batch below it whose full measurement fits
+        best = largest_fitting(fits_in_full, start=max(1, best - max(1, best // 32)), limit=best - 1)[0] \
+            if best > 1 else 0
     if best:
-        row = measure(best, context, host_peak=host_peak)
-        row["oom"] = not cap.fits(row)  # the full measurement may need more than its short try: then recorded so
+        row = full[best]
     else:
-        row = next(t["row"] for t in tries if t["batch"] == 1)
+        row = full.get(1) or next(t["row"] for t in tries if t["batch"] == 1)
     for t in tries:
         del t["row"]
-    row.update(largest_batch=True, largest_batch_tries=tries)
+    row.update(largest_batch=True, largest_batch_tries=tries,
+               largest_batch_full_tries=[dict(batch=b, fits=not r["oom"], peak_gib=r["peak_gib"])
+                                         for b, r in full.items()])
     return row
 
 
