@@ -88,6 +88,7 @@ def test_graph_decode_with_fused_steps(pattern):
 
     for dtype in (torch.float32, torch.bfloat16):
         model = _model(pattern, dtype)
+        model.decode_steps = False  # on by default: the graph without the steps first
         ids, mask = _prompts(8)
         kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=False, return_dict_in_generate=True,
                   output_logits=True, cache_implementation="static")
