@@ -94,11 +94,6 @@ def run_one(teacher: Path, out: Path, recipe_name: str, budget: str, selectors: 
             samples: int | None, device: str | None, overrides: list[str], data: list[str] | None = None,
             eval_data: str | None = None, evaluate: bool = True, all_linear: bool = False,
             teacher_sha256: str | None = None, until: str = "finetune") -> dict | None:
-    if until != "finetune":  # a finetuned model in the folder would be the one exported and evaluated
-        done = [n for n in selectors if (out / n / "stages" / "finetune" / "done.json").is_file()]
-        if done:
-            raise SystemExit(f"--until {until}: {out} holds finetuned conversions ({', '.join(done)}); "
-                             "give a new --out")
     out.mkdir(parents=True, exist_ok=True)
     base = [f"budget={budget}", *overrides]
     shared = Conversion(teacher, out / "stage1", load_recipe(recipe_name, base), data=data, device=device,

@@ -52,11 +52,19 @@ def test_split_conversions_then_one_evaluation_with_the_all_linear_student(tmp_p
     assert n == 3 and lo <= rows["random"]["passkey@320"] <= hi and record["prompts_per_cell"] == 3
     assert set(rows["random"]["p_vs"]) == {"teacher", "uniform"} and set(rows["uniform"]["p_vs"]) == {"teacher"}
     assert 0 < rows["random"]["p_vs"]["uniform"]["passkey@320"] <= 1
-    # --until distill: the hybrids stop after distill; a folder holding finetuned ones is refused before any work
+    # --until distill: the hybrids stop after distill; in a folder that finetuned them, the distilled model is the
+    # one exported (and evaluated), not the finetuned one
     import pytest
+    import torch
+    from safetensors.torch import load_file
 
-    with pytest.raises(SystemExit, match=r"--until distill: .* holds finetuned conversions \(uniform, random\)"):
-        cs.run(selectors=["uniform", "random"], until="distill", **args)
+    assert cs.run(selectors=["uniform"], until="distill", evaluate=False, **args) is None
+    exported = load_file(out / "uniform" / "model.safetensors")
+    for stage, same in (("distill", True), ("finetune", False)):
+        saved = load_file(next((out / "uniform" / "stages" / stage / "model").glob("*.safetensors")))
+        differ = [k for k in exported if not torch.equal(exported[k], saved[k].to(exported[k].dtype))]
+        assert (not differ) == same, (stage, differ[:3])
+    assert "| finetune | not in this model" in (out / "uniform" / "README.md").read_text()
     with pytest.raises(SystemExit, match="until must be one of distill, finetune, got 'align'"):
         cs.run(selectors=["uniform"], until="align", **args)
     out2 = tmp_path / "sel-distill"

@@ -190,7 +190,7 @@ def _one_stage(stage: str):
         conv = _conversion(args, [stage])
         record = stages.RUNNERS[stage](conv)
         if stage in ("distill", "finetune"):
-            stages.export(conv)
+            stages.export(conv, [stage])
         if is_main():
             shown = record.get("result", {k: record[k] for k in ("layers",) if k in record})
             print(f"hybridize: {stage} done: " + json.dumps(shown))

@@ -11,13 +11,18 @@ from .. import __version__
 from .recipe import STAGES
 
 
-def _stage_rows(conv) -> list[str]:
+def _stage_rows(conv, through: str = STAGES[-1]) -> list[str]:
+    """One row per stage; a stage after `through` (the last stage in the exported model) that finished in the folder
+    is named as not in this model."""
     rows = ["| stage | steps | tokens | seconds | tokens/s | loss (first 10% -> last 10%) | peak GPU GiB | device |",
             "|---|---|---|---|---|---|---|---|"]
-    for stage in STAGES:
+    for i, stage in enumerate(STAGES):
         done = conv.done(stage)
         if not done:
             rows.append(f"| {stage} | not run | | | | | | |")
+            continue
+        if i > STAGES.index(through):
+            rows.append(f"| {stage} | not in this model (its run: `stages/{stage}/`) | | | | | | |")
             continue
         if stage == "select":
             rows.append(f"| select | {done['selector']}: layers {done['layers']} | {done['tokens']} | "
@@ -93,9 +98,10 @@ def model_card_metadata(conv) -> tuple[dict, list[str]]:
     return meta, notes
 
 
-def write_model_card(conv, model) -> None:
+def write_model_card(conv, model, through: str = STAGES[-1]) -> None:
     """README.md of a converted checkpoint: a Hugging Face model card (YAML metadata: base_model, library_name,
-    tags, license, pipeline_tag), how to load it, how it was made, its recipe."""
+    tags, license, pipeline_tag), how to load it, how it was made, its recipe. `through`: the last stage whose
+    model this is (a stage finished after it is named as not in this model)."""
     config = model.config
     layers = "".join({"linear_attention": "l", "hybrid": "h", "hybrid_sliding": "h"}.get(t, "A")
                      for t in config.layer_types)
@@ -130,7 +136,7 @@ Where hybridize is installed, `import hybridize` registers the model type and th
 
 ## How it was made
 
-{chr(10).join(_stage_rows(conv))}
+{chr(10).join(_stage_rows(conv, through))}
 
 Teacher weights sha256 (its tensors, `hybridize.provenance.weights_sha256`): {teacher_hash}.
 

@@ -573,15 +573,18 @@ def convert(conv: Conversion, stages: list[str] | None = None) -> Path:
     for stage in STAGES:
         if stage in stages:
             RUNNERS[stage](conv)
-    return export(conv)
+    return export(conv, stages)
 
 
-def export(conv: Conversion) -> Path:
+def export(conv: Conversion, stages: list[str] | None = None) -> Path:
     """Write the newest model of the pipeline to `out/` as a standalone HF checkpoint with tokenizer and model card
-    (rank 0 under torchrun; every rank returns once it is written)."""
+    (rank 0 under torchrun; every rank returns once it is written). `stages`: the stages asked for (default all):
+    the model is the newest of those that finished, so `convert --stages align,select,distill` exports the distilled
+    model even where an earlier run of the folder finetuned it; none of distill / finetune: the assembled model."""
     conv.claim()
+    asked = STAGES if stages is None else stages
     newest = next((stage for stage in ("finetune", "distill")
-                   if (conv.stage_dir(stage) / "model").is_dir() and conv.done(stage)), None)
+                   if stage in asked and (conv.stage_dir(stage) / "model").is_dir() and conv.done(stage)), None)
     if newest is None:  # the model is assembled: the selection first, on every rank (under torchrun it waits for one)
         _attention_layers(conv)
     if is_main():
@@ -593,6 +596,6 @@ def export(conv: Conversion) -> Path:
         conv.load_teacher().tokenizer.save_pretrained(conv.out)
         from ..distill.card import write_model_card
 
-        write_model_card(conv, model)
+        write_model_card(conv, model, through=newest or "select")
     barrier()
     return conv.out
