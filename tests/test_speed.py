@@ -638,7 +638,7 @@ def test_bench_largest_batch_and_throughput_table_on_the_cpu(tmp_path):
     has tokens/s at each batch and at the largest, and the hybrid's ratio to the teacher-engine."""
     out = _cli("bench", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--contexts", "32,64",
                "--batches", "1,2", "--new-tokens", "2", "--repeats", "1", "--variants", "hybrid,teacher-engine",
-               "--largest-batch", "--gpu-memory", "0.004", "--out", str(tmp_path))
+               "--largest-batch", "--gpu-memory", "0.004", "--prefill-chunk", "16", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "summary.json").read_text())
     largest = {(r["variant"], r["context"]): r for r in rows if r.get("largest_batch")}
@@ -648,6 +648,8 @@ def test_bench_largest_batch_and_throughput_table_on_the_cpu(tmp_path):
         assert not r["oom"] and r["batch"] > 2 and r["tpot_ms"] > 0, r
         assert tries[r["batch"]]["fits"] and not tries[r["batch"] + 1]["fits"]
         assert max(b for b, t in tries.items() if t["fits"]) == r["batch"]
+        # a try (the prefill's last two chunks over a filled cache) peaks where the full measurement does
+        assert [t["batch"] for t in r["largest_batch_full_tries"]] == [r["batch"]]
         assert all((t["peak_gib"] <= 0.004) == t["fits"] for t in tries.values())
         assert r["peak_gib"] <= 0.004
     for variant in ("hybrid", "teacher-engine"):  # a longer context leaves room for fewer sequences
@@ -794,3 +796,30 @@ def test_largest_batch_is_one_whose_full_measurement_fits(try_fits, full_fits, f
         assert full[found] and (found == try_fits or not full.get(found + 1, False))
         assert (found + 1) in full or found == try_fits
     assert len(full) <= 2 + 2 * math.ceil(math.log2(try_fits + 1)), full  # the search below is logarithmic
+
+
+@pytest.mark.parametrize("variant", ["hybrid", "teacher-engine"])
+def test_largest_batch_try_prefills_the_last_chunks_at_the_whole_prefills_peak(variant):
+    """`_Runner.prefill(tail=True)`, a largest-batch try's prefill: only the last chunks run (from the one before the
+    last full chunk), over a cache whose earlier slots count as filled; the cache holds the whole context, decoding
+    continues from it, and the peak (the CPU's allocation events) is the whole prefill's within a few scalars' bytes,
+    at a context that ends on a chunk's end and at one that does not."""
+    from hybridize.bench import profile
+    from hybridize.bench.inference import _Runner, build_models
+
+    runner = _Runner(variant, build_models("tiny", 0.5, "lightning"), torch.device("cpu"), torch.float32, 16)
+    ran = []
+    prefill = runner.model.prefill
+    runner.model.prefill = lambda ids, **kw: ran.append(ids.shape[1]) or prefill(ids, **kw)
+    for T, start in ((70, 32), (64, 32), (20, 0)):  # chunks of 16: 70 ends in a part-chunk, 64 on a chunk's end
+        ids = runner.prompt(3, T)
+        ran.clear()
+        peaks, caches = {}, {}
+        for tail in (False, True):
+            caches[tail], peaks[tail] = profile.host_peak_bytes(lambda: runner.prefill(ids, 4, tail=tail))
+        assert ran == [T, T - start]
+        print(f"{variant} T={T}: whole prefill peak {peaks[False]} B, tail {peaks[True]} B")
+        assert abs(peaks[True] - peaks[False]) <= 64, (T, peaks)  # scalars' bytes apart, of ~300 KB
+        for cache in caches.values():
+            assert cache.get_seq_length() == T
+        assert runner.decode(caches[True], 3, T, steps=2, warmup=1) > 0

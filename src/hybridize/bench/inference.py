@@ -43,8 +43,9 @@ A variant that runs out of memory at some context is recorded there (`oom: true`
 
 `largest_batch=True` (`--largest-batch`) also finds, per variant and context, the largest batch whose prefill and
 decode fit: doubling from a batch the memory left after the weights suggests, then bisection, each try a short
-measurement (one prefill, `LARGEST_TRY_STEPS` decode steps, over a cache of the row's length) with memory freed in
-between. A chunk of the prefill is batch x `prefill_chunk` tokens: give large batches a small `prefill_chunk`, or the
+measurement (the prefill's last two or three chunks over a cache of the row's length whose earlier slots count as
+filled: the whole prefill's peak at their cost, `_Runner.prefill(tail=True)`; teacher-hf the whole prefill; then
+`LARGEST_TRY_STEPS` decode steps) with memory freed in between. A chunk of the prefill is batch x `prefill_chunk` tokens: give large batches a small `prefill_chunk`, or the
 chunk's activations rather than the cache set the batch that fits. The batch found is then measured in full and
 recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits, peak); where the full
 measurement (a warm-up prefill, more steps, the profiler) does not fit though its try did, the largest batch below
@@ -214,15 +215,25 @@ class _Runner:
         return torch.randint(1, self.config.vocab_size, (batch, context), generator=g).to(self.device)
 
     @torch.no_grad()
-    def prefill(self, ids: torch.Tensor, new_tokens: int) -> HybridStaticCache | None:
+    def prefill(self, ids: torch.Tensor, new_tokens: int, tail: bool = False) -> HybridStaticCache | None:
         """Prefill `ids`; returns our static cache, room left for `new_tokens`, or None for teacher-hf (it decodes from
         a cache of its own). Nothing else of the call outlives it: an output kept across the median's prefills held
-        the previous cache while the next one was allocated, two caches at once."""
+        the previous cache while the next one was allocated, two caches at once.
+        `tail` (ours): only the prefill's last chunks run, over a cache whose earlier slots count as filled (their
+        contents are the cache's zeros): from the chunk before the last full one, so that the last full chunk (the
+        largest working set: a whole chunk attending over the most) runs with the previous chunk's output still held,
+        as in the whole prefill, then the part-chunk after it if any. The same cache and the same peak as the whole
+        prefill (each chunk's working set is freed before the next) at two or three chunks' cost."""
         if self.hf:
             self.model(ids, use_cache=True, logits_to_keep=1)
             return None
-        cache = HybridStaticCache(self.config, ids.shape[1] + new_tokens, ids.shape[0], self.dtype, self.device)
-        self.model.prefill(ids, cache=cache, chunk_size=self.prefill_chunk)
+        B, T = ids.shape
+        cache = HybridStaticCache(self.config, T + new_tokens, B, self.dtype, self.device)
+        skip = max(0, (T // self.prefill_chunk - 2) * self.prefill_chunk) if tail else 0  # the chunk before the last full one
+        if skip:
+            cache.begin(B, skip, None)
+            cache.advance(skip)
+        self.model.prefill(ids[:, skip:], cache=cache, chunk_size=self.prefill_chunk)
         return cache
 
     @torch.no_grad()
@@ -358,7 +369,8 @@ def run_bench(model: str = "qwen3-1.7b", out: str | Path = "results/bench", *, b
             measure = lambda batch, context, **kw: _measure(  # noqa: E731
                 runner, by_mixer[mixer_name], batch, context, kw.get("new_tokens", new_tokens),
                 kw.get("warmup", warmup_steps), kw.get("repeats", repeats), peaks, header, budget, mixer_name,
-                room=room, profiled=kw.get("profiled", PROFILED_STEPS), host_peak=kw.get("host_peak", False))
+                room=room, profiled=kw.get("profiled", PROFILED_STEPS), host_peak=kw.get("host_peak", False),
+                tail=kw.get("tail", False))
             for batch in batches:
                 for context in contexts:
                     row = measure(batch, context)
@@ -476,7 +488,7 @@ def _largest_batch_row(runner: _Runner, measure, context: int, cap: _MemoryCap) 
 
     def fits(batch: int) -> bool:
         row = measure(batch, context, new_tokens=LARGEST_TRY_STEPS, warmup=1, repeats=0, profiled=0,
-                      host_peak=host_peak)
+                      host_peak=host_peak, tail=not runner.hf)
         tries.append(dict(batch=batch, fits=cap.fits(row), peak_gib=row["peak_gib"], row=row))
         return tries[-1]["fits"]
 
@@ -568,7 +580,7 @@ def _is_oom(err: BaseException | None) -> bool:
 
 def _measure(runner: _Runner, models: Models, batch: int, context: int, new_tokens: int, warmup: int, repeats: int,
              peaks: dict, header: dict, budget, mixer: str, room: int | None = None, profiled: int = PROFILED_STEPS,
-             host_peak: bool = False) -> dict:
+             host_peak: bool = False, tail: bool = False) -> dict:
     """One row: `repeats` prefills (after a warm-up one; `repeats=0`: the one prefill, timed with its warm-up costs,
     as a largest-batch try runs), `warmup` + `new_tokens` decode steps, then `profiled` steps under the profiler
     (CUDA only), over a cache of `context` + `room` tokens (default: the steps it runs).
@@ -600,7 +612,7 @@ def _measure(runner: _Runner, models: Models, batch: int, context: int, new_toke
             cache = None  # the previous prefill's cache is freed before the next one allocates its own
             _sync(device)
             start = time.perf_counter()
-            cache = runner.prefill(ids, room)
+            cache = runner.prefill(ids, room, tail=tail)
             _sync(device)
             if i or not repeats:
                 times.append(time.perf_counter() - start)
