@@ -52,9 +52,10 @@
 #                      all-linear/12:1/6:1/3:1 + the Transformer, then inter- vs intra-layer at 6:1 (INTRA, default
 #                      mamba2,gated_deltanet); LANES (default 9) cells side by side; stops by MINUTES (default 7.5)
 #   decode-limit       issue 23 (docs/speed.md): the GEMV and bounded-prefill GPU tests, benchmarks/gemv.py, bench
-#                      with kernels per step (-fused vs -gemv), 512K prefill memory, the largest batch at 8K and 32K;
-#                      PART=tests|gemv|gemv-sweep|speed|gdn|memory|largest-8k|largest-32k runs one part (each sized
-#                      for under 10 min on an H100, by estimate), default all; GPU_MEMORY (GiB) caps the allocator
+#                      with kernels per step (-fused vs -gemv), 512K prefill memory, the largest batch at 8K and 32K
+#                      (and 128K); PART=tests|gemv|gemv-sweep|speed|gdn|memory|largest-8k|largest-32k|largest-128k runs
+#                      one part (each sized for under 10 min on an H100, by estimate), default all but largest-128k;
+#                      GPU_MEMORY (GiB) caps the allocator
 #                      (an H100's total as torch reports it, about 79: an H200 run as an H100); LARGEST_VARIANTS
 #                      (default hybrid-steps,teacher-engine-steps: the decode the model runs by default) splits a
 #                      largest-* part per variant; MEMORY_VARIANTS likewise for the 512K part; GDN_CONTEXTS (default
@@ -624,12 +625,13 @@ job_decode_limit() {
         run "$DIR/memory.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 512K \
           --variants "${MEMORY_VARIANTS:-hybrid-steps,teacher-engine-steps}" --repeats 1 --new-tokens 8 "${cap[@]}" \
           --out "$DIR/memory-512k" "$@" || status=1 ;;
-      largest-8k | largest-32k)  # the largest batch that fits and the throughput table; small chunks per row
+      largest-8k | largest-32k | largest-128k)  # the largest batch that fits and the throughput table; small chunks
         run "$DIR/largest.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts "${part#largest-}" \
           --batches 1,8,64 --largest-batch --variants "${LARGEST_VARIANTS:-hybrid-steps,teacher-engine-steps}" \
           --repeats 1 --new-tokens 8 \
           --prefill-chunk 1024 "${cap[@]}" --out "$DIR/$part" "$@" || status=1 ;;
-      *) echo "unknown PART '$part' (tests gemv gemv-sweep speed gdn memory largest-8k largest-32k)"; return 2 ;;
+      *) echo "unknown PART '$part' (tests gemv gemv-sweep speed gdn memory largest-8k largest-32k largest-128k)"
+         return 2 ;;
     esac
   done
   return "$status"
