@@ -196,3 +196,50 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error: " in err and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "heldout.txt"]
+
+
+def test_kill_stops_the_lanes_too(tmp_path):
+    """`kill` (SIGTERM) of a sweep with lanes ends its lane processes as Ctrl-C does: none trains on unowned (where
+    the same command run again would put two processes in one cell)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    train, heldout = _texts(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hybridize.cli", "sweep", *GRID[:-1], "train.tokens=3072000", "--jobs", "2",
+           "--data", train, "--eval-data", heldout, "--out", str(tmp_path / "grid")]
+    parent = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def lanes() -> list[int]:
+        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        return [p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    running: list[int] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and parent.poll() is None:
+            logs = list((tmp_path / "grid" / "logs").glob("lane-*.log"))
+            if len(lanes()) == 2 and len(logs) == 2 and all("pretrain" in p.read_text() for p in logs):
+                break  # both lanes are training
+            time.sleep(0.5)
+        running = lanes()
+        assert parent.poll() is None and len(running) == 2, "the lanes never started training"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) != 0
+        deadline = time.time() + 30
+        while time.time() < deadline and any(alive(p) for p in running):
+            time.sleep(0.2)
+        assert not any(alive(p) for p in running), "a lane kept running after its sweep was killed"
+    finally:  # nothing of this test outlives it, whatever failed
+        for p in ([parent.pid] if parent.poll() is None else []) + [p for p in running if alive(p)]:
+            os.kill(p, signal.SIGKILL)

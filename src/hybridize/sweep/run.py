@@ -151,6 +151,8 @@ def _run_lanes(cfg: SweepConfig, lanes: list[list[Cell]], deadline, evalset) -> 
     """Each lane in a process of its own (spawned: no CUDA state is forked), its output in logs/lane-<i>.log; returns
     the logs of the lanes that failed."""
     import multiprocessing
+    import signal
+    import threading
 
     logs = Path(cfg.out) / "logs"
     logs.mkdir(exist_ok=True)
@@ -162,6 +164,14 @@ def _run_lanes(cfg: SweepConfig, lanes: list[list[Cell]], deadline, evalset) -> 
         p.start()
         print(f"sweep: lane {i} ({', '.join(c.name for c in lane)}) -> {log}", flush=True)
         procs.append((p, log))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) would end this process without the `finally` below and leave its lanes training on, two
+        # processes in one cell once the command runs again: it stops the lanes as Ctrl-C does
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        previous = signal.signal(signal.SIGTERM, stop)
     try:
         for p, _ in procs:
             p.join()
@@ -170,6 +180,8 @@ def _run_lanes(cfg: SweepConfig, lanes: list[list[Cell]], deadline, evalset) -> 
             if p.is_alive():
                 p.terminate()
                 p.join()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return [str(log) for p, log in procs if p.exitcode != 0]
 
 
