@@ -189,7 +189,7 @@ job_speed() {
     --variants hybrid,teacher-engine --repeats 1 --out "$DIR/qwen3-1.7b-lightning-25-256k" "$@" || status=1
   run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer lightning --contexts 8K,32K \
     --variants teacher-engine,teacher-hf --repeats 2 --out "$DIR/qwen3-1.7b-teacher-hf" "$@" || status=1
-  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts "${GDN_CONTEXTS:-8K,128K}" \
+  run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.25 --mixer gated_deltanet --contexts 8K,128K \
     --variants hybrid,teacher-engine --repeats 2 --out "$DIR/qwen3-1.7b-gdn-25" "$@" || status=1
   run "$DIR/speed.log" "$PY" "${m[@]}" --budget 0.125 --mixer lightning --contexts 128K,512K \
     --variants hybrid --repeats 1 --out "$DIR/qwen3-1.7b-lightning-12.5" "$@" || status=1

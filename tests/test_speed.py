@@ -648,7 +648,7 @@ def test_bench_largest_batch_and_throughput_table_on_the_cpu(tmp_path):
         assert not r["oom"] and r["batch"] > 2 and r["tpot_ms"] > 0, r
         assert tries[r["batch"]]["fits"] and not tries[r["batch"] + 1]["fits"]
         assert max(b for b, t in tries.items() if t["fits"]) == r["batch"]
-        # a try (the prefill's last two chunks over a filled cache) peaks where the full measurement does
+        # a try (the prefill's last chunks over a filled cache) peaks where the full measurement does
         assert [t["batch"] for t in r["largest_batch_full_tries"]] == [r["batch"]]
         assert all((t["peak_gib"] <= 0.004) == t["fits"] for t in tries.values())
         assert r["peak_gib"] <= 0.004
@@ -775,11 +775,9 @@ def test_largest_batch_is_one_whose_full_measurement_fits(try_fits, full_fits, f
     from hybridize.bench.inference import LARGEST_TRY_STEPS, _largest_batch_row, _MemoryCap
 
     cap = _MemoryCap(torch.device("cpu"), 1.0)
-    measured = []
 
     def measure(batch, context, **kw):
         short = kw.get("new_tokens") == LARGEST_TRY_STEPS
-        measured.append((batch, short))
         limit = try_fits if short else full_fits
         return dict(batch=batch, oom=batch > limit, peak_gib=min(1.0, batch / 1000), tpot_ms=1.0)
 

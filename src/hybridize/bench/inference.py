@@ -45,8 +45,9 @@ A variant that runs out of memory at some context is recorded there (`oom: true`
 decode fit: doubling from a batch the memory left after the weights suggests, then bisection, each try a short
 measurement (the prefill's last two or three chunks over a cache of the row's length whose earlier slots count as
 filled: the whole prefill's peak at their cost, `_Runner.prefill(tail=True)`; teacher-hf the whole prefill; then
-`LARGEST_TRY_STEPS` decode steps) with memory freed in between. A chunk of the prefill is batch x `prefill_chunk` tokens: give large batches a small `prefill_chunk`, or the
-chunk's activations rather than the cache set the batch that fits. The batch found is then measured in full and
+`LARGEST_TRY_STEPS` decode steps) with memory freed in between. A chunk of the prefill is batch x `prefill_chunk`
+tokens: give large batches a small `prefill_chunk`, or the chunk's activations rather than the cache set the batch
+that fits. The batch found is then measured in full and
 recorded as a row with `largest_batch: true` and the tries (`largest_batch_tries`: batch, fits, peak); where the full
 measurement (a warm-up prefill, more steps, the profiler) does not fit though its try did, the largest batch below
 whose full measurement fits is searched for and recorded instead (`largest_batch_full_tries`). What "fits"
@@ -229,7 +230,8 @@ class _Runner:
             return None
         B, T = ids.shape
         cache = HybridStaticCache(self.config, T + new_tokens, B, self.dtype, self.device)
-        skip = max(0, (T // self.prefill_chunk - 2) * self.prefill_chunk) if tail else 0  # the chunk before the last full one
+        # a tail starts at the chunk before the last full one
+        skip = max(0, (T // self.prefill_chunk - 2) * self.prefill_chunk) if tail else 0
         if skip:
             cache.begin(B, skip, None)
             cache.advance(skip)
@@ -503,8 +505,8 @@ def _largest_batch_row(runner: _Runner, measure, context: int, cap: _MemoryCap) 
     if best and not fits_in_full(best):
         # the full measurement (warm-up prefill, more steps, the profiler) needs more than its short try did, or
         # finds the memory more fragmented: the largest batch below it whose full measurement fits
-        best = largest_fitting(fits_in_full, start=max(1, best - max(1, best // 32)), limit=best - 1)[0] \
-            if best > 1 else 0
+        start = max(1, best - max(1, best // 32))
+        best = largest_fitting(fits_in_full, start=start, limit=best - 1)[0] if best > 1 else 0
     if best:
         row = full[best]
     else:
