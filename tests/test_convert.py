@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -211,19 +213,33 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
-def test_killed_run_resumes_to_the_same_weights(teachers, text_data, tmp_path):
-    """SIGKILL a distillation mid-run, start the same command again: same final weights as an uninterrupted run."""
+@pytest.fixture(scope="module")
+def distill_run(teachers, text_data, tmp_path_factory):
+    """The arguments of a short distillation and the weights it ends with, uninterrupted."""
     args = ["distill", "--teacher", str(teachers["llama"]), "--data", str(text_data), "--device", "cpu",
             "--set", "distill.tokens=16384", "--set", "distill.save_every=8", "--mixer", "gla"]
-    ref = _cli(*args, "--out", str(tmp_path / "ref"))
-    assert ref.returncode == 0, ref.stderr
-    out = tmp_path / "killed"
+    ref = tmp_path_factory.mktemp("distill") / "ref"
+    done = _cli(*args, "--out", str(ref))
+    assert done.returncode == 0, done.stderr
+    return args, _weights(ref)
+
+
+def _start(args: list[str], out: Path, until: Callable[[], bool], stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """The CLI in a process of its own, returned once `until()` holds (or it ended, or 120 s passed)."""
     proc = subprocess.Popen([sys.executable, "-m", "hybridize.cli", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pointer = out / "stages" / "distill" / "checkpoints" / "latest"
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     deadline = time.time() + 120
-    while not pointer.exists() and time.time() < deadline and proc.poll() is None:
+    while not until() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+    return proc
+
+
+def test_killed_run_resumes_to_the_same_weights(distill_run, tmp_path):
+    """SIGKILL a distillation mid-run, start the same command again: same final weights as an uninterrupted run."""
+    args, ref = distill_run
+    out = tmp_path / "killed"
+    pointer = out / "stages" / "distill" / "checkpoints" / "latest"
+    proc = _start(args, out, pointer.exists)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert pointer.exists(), "the run never wrote a checkpoint"
@@ -232,9 +248,37 @@ def test_killed_run_resumes_to_the_same_weights(teachers, text_data, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     done = json.loads((out / "stages" / "distill" / "done.json").read_text())
     assert done["result"]["resumed_from"] > 0
-    a, b = _weights(tmp_path / "ref"), _weights(out)
-    for name in a:
-        assert_close(b[name], a[name], f"resumed {name}")
+    b = _weights(out)
+    for name in ref:
+        assert_close(b[name], ref[name], f"resumed {name}")
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_to_the_same_weights(distill_run, tmp_path):
+    """`kill` (SIGTERM: a scheduler's preemption, `timeout`) between checkpoints: the run ends the step in progress,
+    checkpoints it (not the last save_every multiple), says so and exits 143; the same command continues from that
+    step to the uninterrupted run's weights."""
+    args, ref = distill_run
+    out = tmp_path / "stopped"
+    metrics = out / "stages" / "distill" / "metrics.jsonl"
+    proc = _start(args, out, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 1,
+                  stderr=subprocess.PIPE)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    said = re.search(r"stopped by SIGTERM after step (\d+) of (\d+) with a checkpoint", err)
+    assert said, err
+    steps, total = int(said[1]), int(said[2])
+    assert 0 < steps < total and steps == len(metrics.read_text().splitlines())
+    from hybridize.distill.loop import latest_checkpoint
+
+    assert latest_checkpoint(out / "stages" / "distill").name == f"step_{steps:07d}"
+    resumed = _cli(*args, "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    done = json.loads((out / "stages" / "distill" / "done.json").read_text())
+    assert done["result"]["resumed_from"] == steps
+    b = _weights(out)
+    for name in ref:
+        assert_close(b[name], ref[name], f"resumed {name}")
 
 
 def test_cli_end_to_end_with_the_builtin_corpus(teachers, tmp_path):

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 import types
 from pathlib import Path
 
@@ -248,6 +253,42 @@ def test_torchrun_two_ranks_train_the_same_teacher_as_one(tmp_path):
         assert torch.equal(w2[k], w3[k]), k  # the same two ranks, interrupted twice: bit-identical
 
 
+# the tests that find a run's processes read /proc
+PROC = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds a run's processes in /proc (Linux)")
+
+
+@PROC
+def test_sigterm_to_one_rank_stops_both_after_the_same_step(tmp_path):
+    """Under torchrun a SIGTERM that reaches one rank only (rank 1) stops both ranks after the same step, with one
+    sharded checkpoint of it, and the same command resumes from there."""
+    corpus = str(_corpus(tmp_path))
+    out = tmp_path / "t"
+    args = ["teacher", "--size", "tiny", "--data", corpus,
+            *[a for s in [*DP_RUN, "train.tokens=307200", "train.save_every=1000"] for a in ("--set", s)],
+            "--device", "cpu", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "hybridize"]
+    proc = subprocess.Popen([*torchrun, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    metrics = out / "run" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text()):
+        time.sleep(0.05)
+    ranks = {int(dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0")
+                      if "=" in line).get("RANK", -1)): pid for pid in _children(proc.pid)}
+    assert proc.poll() is None and 1 in ranks, (proc.poll(), ranks)
+    os.kill(ranks[1], signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    steps = len(metrics.read_text().splitlines())
+    assert err.count(f"teacher: stopped by SIGTERM after step {steps} of 300") == 2, err[-3000:]
+    assert (out / "run" / "checkpoints" / f"step_{steps:07d}" / "sharded").is_dir()
+    resumed = subprocess.run([*torchrun, *args, "--max-minutes", "0"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(metrics.read_text().splitlines()) == steps + 1  # one more step, from the checkpoint
+
+
 def test_commands_that_are_not_data_parallel_refuse_torchrun(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = main(["demo", "--out", str(tmp_path / "out")])
@@ -326,3 +367,78 @@ def test_deterministic_kernels_are_on_inside_and_restored_after_an_error():
             assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
             raise KeyError("stage failed")
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone(pids: set[int], seconds: float = 15) -> bool:
+    deadline = time.time() + seconds
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
+    return not any(_alive(p) for p in pids)
+
+
+@PROC
+def test_sigterm_or_ctrl_c_stops_a_run_and_its_episode_workers(tmp_path):
+    """`hybridize teacher --data-workers 2` stopped by SIGTERM ends its step with a checkpoint, exits 143 and closes
+    its episode workers; Ctrl-C (SIGINT to the process group, workers included) exits 130 and closes them too (a
+    worker killed mid-task left the parent waiting on its result forever: 2 of 3 tries hung)."""
+    corpus = str(_corpus(tmp_path))
+    out = tmp_path / "t"
+    sets = [a for s in [*TINY_RUN, "train.tokens=307200", "train.save_every=1000"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "hybridize.cli", "teacher", "--size", "tiny", "--out", str(out), "--data", corpus,
+           *sets, "--device", "cpu", "--data-workers", "2"]
+    metrics = out / "run" / "metrics.jsonl"
+
+    def start() -> tuple[subprocess.Popen, set[int]]:
+        rows = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not (
+                metrics.is_file() and len(metrics.read_text().splitlines()) > rows and len(_children(proc.pid)) >= 2):
+            time.sleep(0.05)
+        workers = _children(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, (proc.poll(), workers)
+        return proc, workers
+
+    def stopped(proc: subprocess.Popen) -> str:
+        try:
+            return proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise AssertionError("the run did not end within 60 s of its signal") from None
+
+    proc, workers = start()
+    proc.send_signal(signal.SIGTERM)
+    err = stopped(proc)
+    assert proc.returncode == 143, err
+    steps = len(metrics.read_text().splitlines())
+    assert f"teacher: stopped by SIGTERM after step {steps} of 300" in err, err
+    assert (out / "run" / "checkpoints" / f"step_{steps:07d}").is_dir()
+    assert _gone(workers), "episode workers outlived a SIGTERM-stopped run"
+    for _ in range(3):  # each resumes where the last stopped
+        proc, workers = start()
+        os.killpg(proc.pid, signal.SIGINT)
+        err = stopped(proc)
+        assert proc.returncode == 130 and "interrupted" in err, err
+        assert _gone(workers), "episode workers outlived Ctrl-C"

@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 
 from .names import LAYER_FUSIONS, LINEAR_MIXER_NAMES, PLACEMENTS
 
@@ -571,7 +573,6 @@ def dump_stacks_on_sigusr1() -> bool:
     gone quiet is, when its log says nothing (a GPU row past its deadline). Returns whether it was registered:
     not on Windows, nor where stderr has no file descriptor (`main` called in-process under captured output)."""
     import faulthandler
-    import signal
 
     if not hasattr(signal, "SIGUSR1"):
         return False
@@ -592,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     dump_stacks_on_sigusr1()
     subcommand = args.command
     args.command = "hybridize " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in results
+    # SIGTERM (`kill`, `timeout`, a scheduler) ends a command through its `finally` blocks, as Ctrl-C does (workers
+    # stopped, the process group destroyed); a training run stops at its step boundary with a checkpoint
+    # (`distill.loop.stop_on_sigterm`)
+    previous = _raise_on_sigterm()
     try:
         _join_torchrun(subcommand)
         args.func(args)
@@ -599,8 +604,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hybridize: error: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
-        from .distill.loop import NonFiniteLoss
+        from .distill.loop import NonFiniteLoss, Preempted
 
+        if isinstance(err, Preempted):
+            print(f"hybridize: {err}", file=sys.stderr)
+            return 143
         if not isinstance(err, NonFiniteLoss):
             raise
         print(f"hybridize: error: {err}", file=sys.stderr)
@@ -613,7 +621,21 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _raise_on_sigterm():
+    """SIGTERM raises SystemExit(143) in the main thread; returns the handler it replaced (None off the main
+    thread, where none can be installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 if __name__ == "__main__":

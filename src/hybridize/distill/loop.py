@@ -15,6 +15,10 @@ own slice of each global batch, with the model wrapped by FSDP2: `units` are its
 blocks), and whatever a step runs goes through one root module (`Objective`: its forward is `loss_fn`, its
 `evaluate` the held-out evaluation), so that FSDP's hooks gather the parameters and reduce the gradients.
 
+SIGTERM (a scheduler's preemption, `kill`, `timeout`) stops a run at the end of the step in progress with a
+checkpoint and raises `Preempted`, so the same command continues from that step; a second SIGTERM ends it at once.
+Under torchrun the ranks agree on the step through the step's metrics reduction.
+
 Checkpoint layout (`run_dir/checkpoints/step_NNNNNNN/`):
     state.json              step, the data loader's position, the world size that wrote it
     trainable.safetensors   one process: the trainable weights, one file
@@ -32,6 +36,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,6 +59,15 @@ KEEP_CHECKPOINTS = 2
 
 class NonFiniteLoss(RuntimeError):
     """The loss (or gradient norm) became NaN/inf; the run stopped before corrupting its weights."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM reached a run: it stopped at a step boundary with a checkpoint; the same command continues it."""
+
+    def __init__(self, name: str, step: int, steps: int, run_dir: Path):
+        super().__init__(f"{name}: stopped by SIGTERM after step {step} of {steps} with a checkpoint in {run_dir}; "
+                         "run the same command again to continue")
+        self.step = step
 
 
 @dataclass
@@ -285,10 +300,37 @@ def deterministic_kernels(enabled: bool, device: torch.device):
         torch.backends.cudnn.benchmark = before[1]
 
 
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Inside: a SIGTERM to this process is a request to stop, recorded in the yielded list (empty: none) for the
+    loop to read at a step boundary; a second one raises SystemExit at once. Forked helpers that inherit the handler
+    (data workers) ignore it: their parent decides when they stop. Outside the main thread (where Python runs signal
+    handlers) nothing is installed and the list stays empty."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            return
+        if requested:
+            raise SystemExit(128 + signum)
+        requested.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(*, recipe: StageRecipe, device: torch.device, **kwargs) -> TrainResult:
-    """Run (or resume) one stage (`_train` says how), with deterministic kernels when `recipe.deterministic`."""
-    with deterministic_kernels(recipe.deterministic, device):
-        return _train(recipe=recipe, device=device, **kwargs)
+    """Run (or resume) one stage (`_train` says how), with deterministic kernels when `recipe.deterministic`, and
+    SIGTERM turned into a stop with a checkpoint (`stop_on_sigterm`, `Preempted`)."""
+    with deterministic_kernels(recipe.deterministic, device), stop_on_sigterm() as stop:
+        return _train(recipe=recipe, device=device, stop=stop, **kwargs)
 
 
 def _train(
@@ -307,6 +349,7 @@ def _train(
     eval_every: int = 0,
     units: list | None = None,
     after_step: Callable[[], None] | None = None,
+    stop: list[int] | None = None,
 ) -> TrainResult:
     """Run (or resume) one stage. `loss_fn(batch) -> (loss, extra metrics)`; `param_groups` are AdamW groups with
     their peak "lr" (and a "name" for the logs); `model` is what gets checkpointed (its trainable parameters).
@@ -323,6 +366,7 @@ def _train(
     parameters by name."""
     rank, world = rank_world()
     is_main = rank == 0
+    stop = [] if stop is None else stop  # non-empty once a stop was asked for (SIGTERM)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     steps = recipe.steps
@@ -367,6 +411,7 @@ def _train(
     model.train()
     last = start
     final_eval = None
+    stopping = False
     if start == steps and evaluate is not None:  # stopped after its last checkpoint: the final values again
         final_eval = {k.removeprefix("eval/"): v for k, v in run_evaluation().items()}
     for step in range(start, steps):
@@ -387,9 +432,15 @@ def _train(
         values = torch.stack([loss_sum, grad_norm.float(), *(extras[k].float() for k in on_device)])
         if world > 1:  # the logged loss and metrics are the global batch's: the mean over the ranks
             floats = [k for k in extras if k not in on_device]
-            on_host = torch.tensor([float(extras[k]) for k in floats], dtype=torch.float64, device=device)
+            # the last entry: whether this rank was asked to stop (every rank stops if one was)
+            on_host = torch.tensor([float(extras[k]) for k in floats] + [float(bool(stop))], dtype=torch.float64,
+                                   device=device)
             all_reduce_mean_([values, on_host])
-            extras.update(zip(floats, on_host.tolist()))
+            *host, asked = on_host.tolist()
+            extras.update(zip(floats, host))
+            stopping = asked > 0
+        else:
+            stopping = bool(stop)
         values = values.tolist()  # the step's one host sync
         loss_value, norm_value = values[0], values[1]
         extras.update(zip(on_device, values[2:]))
@@ -434,13 +485,15 @@ def _train(
             flag = torch.tensor(float(out_of_time), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             out_of_time = bool(flag.item())
-        if (step + 1) % recipe.save_every == 0 or step + 1 == steps or out_of_time:
+        if (step + 1) % recipe.save_every == 0 or step + 1 == steps or out_of_time or stopping:
             _save_checkpoint(run_dir, model, optimizer, scheduler, loader, step + 1)
-        if out_of_time:
+        if out_of_time or stopping:
             break
     bar.close()
     if writer is not None:
         writer.close()
+    if last < steps and stopping:
+        raise Preempted(name, last, steps, run_dir)
     if is_main:
         _draw_curves(run_dir, name)
     elapsed = time.perf_counter() - t0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import signal
 from collections import deque
 from dataclasses import dataclass
 
@@ -60,6 +61,14 @@ class MixedBatch:
 
 
 _WORKER_MIXER: EpisodeMixer | None = None  # the mixer a forked episode worker draws from
+
+
+def _worker_init() -> None:
+    """An episode worker leaves stopping to its parent: Ctrl-C (SIGINT to the whole process group) or SIGTERM would
+    kill a worker inside a task whose result the parent waits for, and the parent's `close()` then hung; the parent
+    closes the pool when it stops."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _worker_episodes(indices: range) -> list[tuple[list[int], list[int]]]:
@@ -163,7 +172,7 @@ class EpisodeMixer:
             global _WORKER_MIXER
             _WORKER_MIXER = self  # inherited by the forked workers, never pickled
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers' own threads do not survive a fork
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            self._pool = multiprocessing.get_context("fork").Pool(self.workers, _worker_init)
         if self._pending and self._pending[0][0] != start:  # the position moved (a resume): drop what was ahead
             self._pending.clear()
         step = self.rows * self.world

@@ -176,7 +176,7 @@ def _run_lanes(cfg: SweepConfig, lanes: list[list[Cell]], deadline, evalset) -> 
         for p, _ in procs:
             p.join()
     finally:
-        for p, _ in procs:  # an interrupted parent stops its lanes (each keeps its last checkpoint)
+        for p, _ in procs:  # an interrupted parent stops its lanes (a lane in training checkpoints its step first)
             if p.is_alive():
                 p.terminate()
                 p.join()
@@ -195,7 +195,13 @@ def _lane_process(cfg: SweepConfig, cells: list[Cell], deadline, evalset, log: s
     sys.stdout = sys.stderr = f
     if not torch.cuda.is_available() or (cfg.device or "cuda").startswith("cpu"):  # the lanes share the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.jobs))
-    run_lane(cfg, cells, deadline, evalset, report=False)
+    from ..distill.loop import Preempted
+
+    try:
+        run_lane(cfg, cells, deadline, evalset, report=False)
+    except Preempted as stopped:  # the parent stopped (SIGTERM): the cell in training kept its step
+        print(f"sweep: {stopped}", flush=True)
+        sys.exit(143)
 
 
 def run_lane(cfg: SweepConfig, cells: list[Cell], deadline: float | None, evalset, report: bool = False) -> None:
