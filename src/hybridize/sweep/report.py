@@ -241,7 +241,7 @@ def _beside_the_studies(rows: list[dict]) -> str:
         rate, lo, hi = _pooled(group, key)
         study = STUDY_RECALL.get(ratio)
         lines.append(f"| {ratio} | {'-' if study is None else f'{study:.3f}'} | {rate:.3f} [{lo:.3f}, {hi:.3f}] "
-                     f"({len(group)} cells) |")
+                     f"({len(group)} cell{'s' if len(group) != 1 else ''}) |")
     pairs = []
     for r in rows:
         if r["fusion"] != "intra":
