@@ -142,6 +142,33 @@ def test_episode_workers_give_the_same_batches_and_resume(tmp_path):
         EpisodeMixer(recipe, seqs, tok, filler, workers=-1)
 
 
+def test_ctrl_c_while_episodes_are_queued_leaves_a_pool_that_closes(tmp_path):
+    """Ctrl-C arriving inside the submission of a prefetch task (here: from within the pool's task queue `put`)
+    surfaces as KeyboardInterrupt once the task is queued; `close()` then ends. A KeyboardInterrupt between the pool
+    registering the task and queueing it left a task no worker runs, and `close()` waited for it forever."""
+    import signal as _signal
+    import threading
+
+    recipe, seqs, tok, filler = _episode_sources(tmp_path)
+    fast = EpisodeMixer(recipe, seqs, tok, filler, workers=2, prefetch=2)
+    next(fast)
+    queue = fast._pool._taskqueue  # what apply_async puts into (the task thread holds the queue itself)
+
+    class Interrupted:
+        def put(self, item):
+            fast._pool._taskqueue = queue
+            os.kill(os.getpid(), _signal.SIGINT)
+            queue.put(item)
+
+    fast._pool._taskqueue = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        next(fast)
+    closer = threading.Thread(target=fast.close, daemon=True)
+    closer.start()
+    closer.join(timeout=30)
+    assert not closer.is_alive(), "close() still waiting 30 s after an interrupted submission"
+
+
 def test_repeat_episode_labels_the_second_copy_of_the_first(tmp_path):
     tok = train_bpe_tokenizer(_corpus(tmp_path).read_text().split("\n\n"), 2048)
     for length in (40, 100, 224):
@@ -424,9 +451,11 @@ def test_sigterm_or_ctrl_c_stops_a_run_and_its_episode_workers(tmp_path):
         try:
             return proc.communicate(timeout=60)[1]
         except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGUSR1)  # the CLI prints every thread's stack (dump_stacks_on_sigusr1)
+            time.sleep(2)
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise AssertionError("the run did not end within 60 s of its signal") from None
+            err = proc.communicate()[1]
+            raise AssertionError(f"the run did not end within 60 s of its signal; its stacks:\n{err[-8000:]}") from None
 
     proc, workers = start()
     proc.send_signal(signal.SIGTERM)

@@ -9,10 +9,12 @@ recipe data, seed and tokenizer sees the same tokens in the same order, whatever
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
 import signal
+import threading
 from collections import deque
 from dataclasses import dataclass
 
@@ -69,6 +71,23 @@ def _worker_init() -> None:
     closes the pool when it stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C inside waits until the block is done. `Pool.apply_async` registers a task before it queues it; a
+    KeyboardInterrupt between the two left a task no worker would ever run, and `close()` waited for it forever."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # the handler that was in place takes it now
 
 
 def _worker_episodes(indices: range) -> list[tuple[list[int], list[int]]]:
@@ -176,9 +195,11 @@ class EpisodeMixer:
         if self._pending and self._pending[0][0] != start:  # the position moved (a resume): drop what was ahead
             self._pending.clear()
         step = self.rows * self.world
-        while len(self._pending) < self.prefetch:
-            first = start + step * len(self._pending)
-            self._pending.append((first, self._pool.apply_async(_worker_episodes, (range(first, first + self.rows),))))
+        with _interrupts_deferred():
+            while len(self._pending) < self.prefetch:
+                first = start + step * len(self._pending)
+                self._pending.append((first, self._pool.apply_async(_worker_episodes,
+                                                                    (range(first, first + self.rows),))))
         return self._pending.popleft()[1].get()
 
     def close(self) -> None:
