@@ -161,8 +161,12 @@ def test_ctrl_c_while_episodes_are_queued_leaves_a_pool_that_closes(tmp_path):
             queue.put(item)
 
     fast._pool._taskqueue = Interrupted()
-    with pytest.raises(KeyboardInterrupt):
-        next(fast)
+    before = _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # as in a terminal, even under `pytest &`
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            next(fast)
+    finally:
+        _signal.signal(_signal.SIGINT, before)
     closer = threading.Thread(target=fast.close, daemon=True)
     closer.start()
     closer.join(timeout=30)
@@ -437,8 +441,11 @@ def test_sigterm_or_ctrl_c_stops_a_run_and_its_episode_workers(tmp_path):
 
     def start() -> tuple[subprocess.Popen, set[int]]:
         rows = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+        # SIGINT as a terminal gives it: a test run started in the background (`pytest &` in a script) hands its
+        # children SIGINT ignored, and Python keeps it ignored
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and not (
                 metrics.is_file() and len(metrics.read_text().splitlines()) > rows and len(_children(proc.pid)) >= 2):
