@@ -67,7 +67,6 @@ class Preempted(RuntimeError):
     def __init__(self, name: str, step: int, steps: int, run_dir: Path):
         super().__init__(f"{name}: stopped by SIGTERM after step {step} of {steps} with a checkpoint in {run_dir}; "
                          "run the same command again to continue")
-        self.step = step
 
 
 @dataclass
