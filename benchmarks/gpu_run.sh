@@ -370,10 +370,12 @@ PY
 # six of the grid ~48 min; with the teacher's evaluation (~40 s) and, per fresh machine, ~5 min of compiling, episodes
 # and installs: ~55 min of GPU time in ~7 calls of ~9 min with the teacher sent, one or two calls more when it is
 # trained here (~9.5 min; deterministic kernels may slow it, not timed). A call stops before a conversion that would
-# overrun it, so each leaves up to ~2 min unused. Those times are of one conversion at a time: LANES (default 3)
-# converts that many (mixer, seed) groups side by side (`quality_grid.py --jobs`), as the design-space grid's 9 lanes
-# did at a similar size (results/sweep-mini/); the gain for these conversions is not measured, and the deadline check
-# goes by the lanes' own measured conversions. LANES=1: one at a time.
+# overrun it (quality_grid.estimate_seconds: each part the longest measured for the mixer), running its stage 1 alone
+# where only that fits, so each leaves up to a few minutes unused. Those times are of one conversion at a time: LANES
+# (default 3) converts that many (mixer, seed) groups side by side (`quality_grid.py --jobs`), as the design-space
+# grid's 9 lanes did at a similar size (results/sweep-mini/); the deadline check goes by the lanes' own measured
+# conversions (GatedDeltaNet, 3 lanes on an H100: 457-518 s each with a fresh machine's stage 1, results/quality/).
+# LANES=1: one at a time.
 quality_back() {
   local live=$WORK/quality-state${QUALITY_SUFFIX} lane
   cp "$live"/state.json "$live"/summary.json "$live"/summary.md "$live"/stages.json "$DIR/" \
@@ -382,6 +384,9 @@ quality_back() {
     [ -f "$lane/lane.log" ] && mkdir -p "$DIR/lanes" && lines < "$lane/lane.log" | progress \
       > "$DIR/lanes/$(basename "$lane").log"
   done
+  # the kernels' autotune results (tens of KB): for benchmarks/triton-autotune/, so that a fresh machine's first
+  # conversion of a mixer does not tune them again
+  [[ $DEVICE == cuda* ]] && save_autotune "$DIR"
   return 0
 }
 

@@ -84,8 +84,8 @@ STAGE_ORDER = ("aligned", "selected", "distilled", "finetuned")
 # on an H200 with compiled kernels (results/gpu/: stage 1 25-31 s, distill ~60 s, finetune ~10 s, HALO 14-41 s,
 # FlashMorph 43-103 s, 150 s with its first compile; evaluation ~30 s for 2 tasks x 3 lengths x 201 prompts), rounded
 # up. Estimates only: the deadline check prefers what this grid has measured.
-DEFAULT_SECONDS = {"stage1": 60, "train": 90, "eval": 45, "select": {"uniform": 0, "random": 0, "halo": 45,
-                                                                     "flashmorph": 150, "kl_guided": 130}}
+DEFAULT_SECONDS = {"stage1": 60, "train": 90, "eval": 45, "overhead": 25,
+                   "select": {"uniform": 0, "random": 0, "halo": 45, "flashmorph": 150, "kl_guided": 130}}
 # what a state's results depend on: a call with other values would mix two grids
 STOPPED = 3  # exit status of a call that stopped at its deadline with conversions to go (0: the grid is complete)
 SETTINGS = ("recipe", "overrides", "budget", "fusion", "data", "eval_data", "tasks", "lengths", "depths", "samples",
@@ -280,17 +280,26 @@ class Grid:
         save_state(self.state_dir, self.state)
 
     def estimate(self, mixer: str, selector: str, seed: int) -> float:
-        """Seconds the next conversion should take: the longest measured one of this mixer and selector, else the
-        defaults (stage 1 counted when this machine has not run it yet)."""
-        done = [u["seconds"] for u in self.state["units"].values() if u["mixer"] == mixer and u["selector"] == selector]
-        stage1 = 0 if (self.stage1_dir(mixer, seed) / "stages" / "align" / "done.json").is_file() \
-            else DEFAULT_SECONDS["stage1"]
-        if done:
-            return max(done) + stage1
-        select = DEFAULT_SECONDS["select"].get(selector, 150)
-        if selector == "halo" and self.settings["fusion"] == "intra":  # one evaluation per KV-head group
-            select *= self.kv_groups
-        return stage1 + select + DEFAULT_SECONDS["train"] + DEFAULT_SECONDS["eval"]
+        """Seconds the next conversion should take (`estimate_seconds` on what this grid has measured)."""
+        s = self.settings
+        return estimate_seconds(self.state["units"].values(), mixer, selector,
+                                stage1_done=self.stage1_done(mixer, seed), stage_table=seed in s["stage_seeds"],
+                                halo_evaluations=self.kv_groups if s["fusion"] == "intra" else 1)
+
+    def stage1_done(self, mixer: str, seed: int) -> bool:
+        return (self.stage1_dir(mixer, seed) / "stages" / "align" / "done.json").is_file()
+
+    def stage1_estimate(self, mixer: str) -> float:
+        """Seconds stage 1 alone should take on this machine (the longest measured, else the default)."""
+        return _longest([u["stage_seconds"].get("align") for u in self.state["units"].values()
+                         if u["mixer"] == mixer], DEFAULT_SECONDS["stage1"]) + DEFAULT_SECONDS["overhead"]
+
+    def run_stage1(self, mixer: str, seed: int) -> None:
+        """Stage 1 of (mixer, seed) alone: the next call on this machine starts its conversions from it."""
+        s = self.settings
+        base = [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
+        align(Conversion(self.a.teacher, self.stage1_dir(mixer, seed), load_recipe(s["recipe"], base), data=s["data"],
+                         device=self.device, teacher_sha256=self.state["teacher"]["weights_sha256"]))
 
     def stage1_dir(self, mixer: str, seed: int) -> Path:
         return self.root / mixer / f"seed{seed}" / "stage1"
@@ -392,6 +401,11 @@ class Grid:
             if need > self.left():
                 print(f"stopped before {unit_key(mixer, selector, seed)}: {self.left():.0f} s left, ~{need:.0f} s "
                       f"needed; {len(todo) - todo.index((mixer, selector, seed))} conversions to go: run again")
+                if not self.stage1_done(mixer, seed) and self.stage1_estimate(mixer) <= self.left():
+                    # a conversion longer than what is left, stage 1 included, may be longer than any call: its
+                    # stage 1 now, so that the next call on this machine has only the rest to fit
+                    print(f"--- stage 1 of {mixer}/seed{seed} alone (~{self.stage1_estimate(mixer):.0f} s)", flush=True)
+                    self.run_stage1(mixer, seed)
                 return False
             print(f"--- {unit_key(mixer, selector, seed)} (~{need:.0f} s; {self.left():.0f} s left)", flush=True)
             self.state["units"][unit_key(mixer, selector, seed)] = self.run_unit(mixer, selector, seed)
@@ -448,6 +462,8 @@ class Grid:
                     mixer, seed = groups[0]
                     first = next(sel for m, sel, k in todo if (m, k) == (mixer, seed))
                     need = self.estimate(mixer, first, seed)
+                    if not self.stage1_done(mixer, seed):  # the lane runs stage 1 alone where that is all that fits
+                        need = min(need, self.stage1_estimate(mixer))
                     if need > self.left():
                         print(f"stopped before the lane {mixer}/seed{seed}: {self.left():.0f} s left, ~{need:.0f} s "
                               f"needed; run again", flush=True)
@@ -487,6 +503,38 @@ class Grid:
             return False
         print(f"grid complete: {len(self.state['units'])} conversions in {self.state_dir / SUMMARY}")
         return True
+
+
+def _longest(values, default: float) -> float:
+    values = [v for v in values if v is not None]
+    return max(values) if values else default
+
+
+def estimate_seconds(units, mixer: str, selector: str, stage1_done: bool, stage_table: bool,
+                     halo_evaluations: int = 1) -> float:
+    """Seconds a conversion of `mixer` by `selector` should take, part by part, each the longest this grid has
+    measured for the mixer (its first conversion on a machine included: compiling and autotuning its kernels fall in
+    stage 1), else DEFAULT_SECONDS: stage 1 (0 when done on this machine), selection, distill and finetune, the
+    evaluation, the stage table's evaluations (`stage_table`), and loading. A selector not yet measured on this mixer
+    takes the larger of its default and another mixer's measured selection scaled by how much longer this mixer's
+    evaluation ran (selection runs the student as the evaluation does). Over-estimates cost a call's tail; an
+    under-estimate runs past the deadline into the call's timeout."""
+    units = list(units)
+    mine = [u for u in units if u["mixer"] == mixer]
+    stage1 = 0.0 if stage1_done else _longest([u["stage_seconds"].get("align") for u in mine], DEFAULT_SECONDS["stage1"])
+    train = _longest([u["stage_seconds"].get("distill", 0) + u["stage_seconds"].get("finetune", 0) for u in mine],
+                     DEFAULT_SECONDS["train"])
+    evaluation = _longest([u.get("eval_seconds") for u in mine], DEFAULT_SECONDS["eval"])
+    stages = _longest([u.get("stage_eval_seconds") for u in mine], evaluation) if stage_table else 0.0
+    measured = [u.get("select_seconds") for u in mine if u["selector"] == selector]
+    if any(v is not None for v in measured):
+        select = _longest(measured, 0.0)
+    else:
+        select = DEFAULT_SECONDS["select"].get(selector, 150) * (halo_evaluations if selector == "halo" else 1)
+        for u in units:
+            if u["mixer"] != mixer and u["selector"] == selector and u.get("select_seconds") and u.get("eval_seconds"):
+                select = max(select, u["select_seconds"] * evaluation / u["eval_seconds"])
+    return stage1 + select + train + evaluation + stages + DEFAULT_SECONDS["overhead"]
 
 
 def summary_rows(state: dict) -> list[dict]:

@@ -144,6 +144,59 @@ def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys
         assert err.startswith("quality_grid: error: ") and message in err and err.count("\n") == 1, err
 
 
+def _unit(mixer, selector, align, select, distill, finetune, evaluation, stage_eval=None):
+    u = {"mixer": mixer, "selector": selector, "select_seconds": select, "eval_seconds": evaluation,
+         "stage_seconds": {"align": align, "distill": distill, "finetune": finetune}}
+    return u if stage_eval is None else {**u, "stage_eval_seconds": stage_eval}
+
+
+def test_the_estimate_takes_each_part_from_what_was_measured(qg):
+    d = qg.DEFAULT_SECONDS
+    assert qg.estimate_seconds([], "gla", "halo", stage1_done=False, stage_table=False) == \
+        d["stage1"] + d["select"]["halo"] + d["train"] + d["eval"] + d["overhead"]
+    assert qg.estimate_seconds([], "gla", "halo", stage1_done=False, stage_table=False, halo_evaluations=4) == \
+        d["stage1"] + 4 * d["select"]["halo"] + d["train"] + d["eval"] + d["overhead"]
+    # GatedDeltaNet's uniform conversions measured (stage 1 with its kernels' first compile), Lightning's HALO too:
+    # HALO on GatedDeltaNet takes GatedDeltaNet's stage 1, training and evaluation, and Lightning's selection scaled
+    # by the two evaluations' ratio
+    units = [_unit("gated_deltanet", "uniform", 194, 0, 109, 24, 109, stage_eval=60),
+             _unit("gated_deltanet", "uniform", 194, 0, 109, 23, 108),
+             _unit("lightning", "halo", 41, 18, 100, 21, 31)]
+    halo = 18 * 109 / 31
+    assert halo > d["select"]["halo"]
+    fresh = qg.estimate_seconds(units, "gated_deltanet", "halo", stage1_done=False, stage_table=True)
+    assert fresh == pytest.approx(194 + halo + 133 + 109 + 60 + d["overhead"])
+    assert fresh > 518  # longer than the measured uniform conversion with its stage table, which it contains
+    assert qg.estimate_seconds(units, "gated_deltanet", "halo", stage1_done=True, stage_table=False) == \
+        pytest.approx(halo + 133 + 109 + d["overhead"])
+    # a measured selection of the mixer itself wins over any scaling
+    units.append(_unit("gated_deltanet", "halo", 35, 30, 105, 22, 100))
+    assert qg.estimate_seconds(units, "gated_deltanet", "halo", stage1_done=True, stage_table=False) == \
+        pytest.approx(30 + 133 + 109 + d["overhead"])
+
+
+def test_a_conversion_longer_than_the_call_runs_its_stage1_alone(qg, tmp_path, monkeypatch, capsys):
+    """Where a whole conversion does not fit what is left but its stage 1 does, the call runs stage 1 and stops;
+    the next call on the machine converts from it without running it again."""
+    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    for i in range(6):
+        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
+    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    argv = _argv(teacher, tmp_path, "--selectors", "uniform")
+    monkeypatch.setitem(qg.DEFAULT_SECONDS, "train", 10_000)
+    assert qg.main([*argv, "--deadline", "3000"]) == qg.STOPPED
+    out = capsys.readouterr().out
+    assert "stopped before lightning/uniform/seed0" in out and "--- stage 1 of lightning/seed0 alone" in out
+    align = tmp_path / "work" / "lightning" / "seed0" / "stage1" / "stages" / "align" / "done.json"
+    assert align.is_file() and json.loads((tmp_path / "state" / "state.json").read_text())["units"] == {}
+    before = align.read_text()
+    monkeypatch.setitem(qg.DEFAULT_SECONDS, "train", 90)
+    assert qg.main(argv) == 0
+    assert align.read_text() == before
+    assert list(json.loads((tmp_path / "state" / "state.json").read_text())["units"]) == ["lightning/uniform/seed0"]
+
+
 def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, capsys):
     """--jobs 2: the two seeds' conversions in two lane processes, merged into the state as each lands; the same
     stage 1, layers and answers to the same prompts as the grid converted one after another in this process."""
