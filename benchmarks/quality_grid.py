@@ -758,7 +758,8 @@ def summary_markdown(state: dict, rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """0: the grid is complete (or the summary written); STOPPED: stopped at --deadline; 2: bad input."""
+    """0: the grid is complete (or the summary written); STOPPED: stopped at --deadline; 2: bad input; 128 + the
+    signal: stopped by SIGTERM or Ctrl-C with a checkpoint of the step in training (run again to continue)."""
     from hybridize.cli import dump_stacks_on_sigusr1
 
     dump_stacks_on_sigusr1()  # a `timeout -s USR1` then shows where an overrunning conversion was
@@ -776,7 +777,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"quality_grid: error: {err}", file=sys.stderr)
         return 2
-    return 0 if grid.run() else STOPPED
+    from hybridize.distill.loop import Preempted
+
+    try:
+        return 0 if grid.run() else STOPPED
+    except Preempted as stopped:  # the state holds every conversion recorded before it
+        print(f"quality_grid: {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    except KeyboardInterrupt:  # outside training (evaluation, the lanes' parent): the state as last saved
+        print("quality_grid: interrupted; the state holds every conversion recorded before it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

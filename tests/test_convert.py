@@ -226,8 +226,10 @@ def distill_run(teachers, text_data, tmp_path_factory):
 
 def _start(args: list[str], out: Path, until: Callable[[], bool], stderr=subprocess.DEVNULL) -> subprocess.Popen:
     """The CLI in a process of its own, returned once `until()` holds (or it ended, or 120 s passed)."""
+    # SIGINT as a terminal gives it (a test run started in the background hands its children SIGINT ignored)
     proc = subprocess.Popen([sys.executable, "-m", "hybridize.cli", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+                            stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not until() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -253,19 +255,47 @@ def test_killed_run_resumes_to_the_same_weights(distill_run, tmp_path):
         assert_close(b[name], ref[name], f"resumed {name}")
 
 
-def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_to_the_same_weights(distill_run, tmp_path):
-    """`kill` (SIGTERM: a scheduler's preemption, `timeout`) between checkpoints: the run ends the step in progress,
-    checkpoints it (not the last save_every multiple), says so and exits 143; the same command continues from that
-    step to the uninterrupted run's weights."""
+def test_stop_requests_a_second_signal_and_the_handlers_restored():
+    """Inside `stop_on_signals` the first SIGTERM or Ctrl-C is recorded for the loop; the other signal after it is
+    the same request (a parent relaying a Ctrl-C to its lanes as SIGTERM); the same signal again ends the run at
+    once; the handlers in place before come back."""
+    from hybridize.distill.loop import stop_on_signals
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler), signal.getsignal(signal.SIGTERM)
+    try:
+        with stop_on_signals() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop == [signal.SIGINT]
+            signal.raise_signal(signal.SIGTERM)
+            assert stop == [signal.SIGINT, signal.SIGTERM]
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        with pytest.raises(SystemExit) as exited:
+            with stop_on_signals() as stop:
+                signal.raise_signal(signal.SIGTERM)
+                assert stop == [signal.SIGTERM]
+                signal.raise_signal(signal.SIGTERM)
+        assert exited.value.code == 143
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) == before[1]
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+
+
+@pytest.mark.parametrize("sig, by", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_a_signal_stops_at_a_step_with_a_checkpoint_and_resumes_to_the_same_weights(distill_run, tmp_path, sig, by):
+    """`kill` (SIGTERM: a scheduler's preemption, `timeout`) or Ctrl-C between checkpoints: the run ends the step in
+    progress, checkpoints it (not the last save_every multiple), says so and exits 128 + the signal; the same command
+    continues from that step to the uninterrupted run's weights."""
     args, ref = distill_run
     out = tmp_path / "stopped"
     metrics = out / "stages" / "distill" / "metrics.jsonl"
     proc = _start(args, out, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 1,
                   stderr=subprocess.PIPE)
-    os.kill(proc.pid, signal.SIGTERM)
+    os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    said = re.search(r"stopped by SIGTERM after step (\d+) of (\d+) with a checkpoint", err)
+    assert proc.returncode == 128 + sig, err
+    said = re.search(rf"stopped by {by} after step (\d+) of (\d+) with a checkpoint", err)
     assert said, err
     steps, total = int(said[1]), int(said[2])
     assert 0 < steps < total and steps == len(metrics.read_text().splitlines())

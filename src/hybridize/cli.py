@@ -594,8 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     subcommand = args.command
     args.command = "hybridize " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in results
     # SIGTERM (`kill`, `timeout`, a scheduler) ends a command through its `finally` blocks, as Ctrl-C does (workers
-    # stopped, the process group destroyed); a training run stops at its step boundary with a checkpoint
-    # (`distill.loop.stop_on_sigterm`)
+    # stopped, the process group destroyed); a training run stops at its step boundary with a checkpoint on either
+    # (`distill.loop.stop_on_signals`)
     previous = _raise_on_sigterm()
     try:
         _join_torchrun(subcommand)
@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(err, Preempted):
             print(f"hybridize: {err}", file=sys.stderr)
-            return 143
+            return 128 + err.signum
         if not isinstance(err, NonFiniteLoss):
             raise
         print(f"hybridize: error: {err}", file=sys.stderr)

@@ -15,9 +15,9 @@ own slice of each global batch, with the model wrapped by FSDP2: `units` are its
 blocks), and whatever a step runs goes through one root module (`Objective`: its forward is `loss_fn`, its
 `evaluate` the held-out evaluation), so that FSDP's hooks gather the parameters and reduce the gradients.
 
-SIGTERM (a scheduler's preemption, `kill`, `timeout`) stops a run at the end of the step in progress with a
-checkpoint and raises `Preempted`, so the same command continues from that step; a second SIGTERM ends it at once.
-Under torchrun the ranks agree on the step through the step's metrics reduction.
+SIGTERM (a scheduler's preemption, `kill`, `timeout`) or Ctrl-C (SIGINT) stops a run at the end of the step in
+progress with a checkpoint and raises `Preempted`, so the same command continues from that step; the same signal
+again ends it at once. Under torchrun the ranks agree on the step through the step's metrics reduction.
 
 Checkpoint layout (`run_dir/checkpoints/step_NNNNNNN/`):
     state.json              step, the data loader's position, the world size that wrote it
@@ -62,10 +62,13 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM reached a run: it stopped at a step boundary with a checkpoint; the same command continues it."""
+    """SIGTERM or Ctrl-C reached a run: it stopped at a step boundary with a checkpoint; the same command continues
+    it. `signum`: the signal (a command exits 128 + signum, as the signal itself would)."""
 
-    def __init__(self, name: str, step: int, steps: int, run_dir: Path):
-        super().__init__(f"{name}: stopped by SIGTERM after step {step} of {steps} with a checkpoint in {run_dir}; "
+    def __init__(self, name: str, step: int, steps: int, run_dir: Path, signum: int = signal.SIGTERM):
+        self.signum = int(signum)
+        by = "Ctrl-C" if self.signum == signal.SIGINT else "SIGTERM"
+        super().__init__(f"{name}: stopped by {by} after step {step} of {steps} with a checkpoint in {run_dir}; "
                          "run the same command again to continue")
 
 
@@ -300,11 +303,13 @@ def deterministic_kernels(enabled: bool, device: torch.device):
 
 
 @contextlib.contextmanager
-def stop_on_sigterm():
-    """Inside: a SIGTERM to this process is a request to stop, recorded in the yielded list (empty: none) for the
-    loop to read at a step boundary; a second one raises SystemExit at once. Forked helpers that inherit the handler
-    (data workers) ignore it: their parent decides when they stop. Outside the main thread (where Python runs signal
-    handlers) nothing is installed and the list stays empty."""
+def stop_on_signals():
+    """Inside: SIGTERM or SIGINT (Ctrl-C) to this process is a request to stop, recorded in the yielded list (empty:
+    none) for the loop to read at a step boundary. The same signal a second time ends the run at once (SIGINT as
+    KeyboardInterrupt, SIGTERM as SystemExit); the other signal after the first is the same request (a parent that
+    relays a Ctrl-C as SIGTERM to its lanes: `hybridize sweep`, quality_grid's lanes). Forked helpers that inherit the
+    handler (data workers) ignore both: their parent decides when they stop. Outside the main thread (where Python
+    runs signal handlers) nothing is installed and the list stays empty."""
     requested: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield requested
@@ -314,21 +319,24 @@ def stop_on_sigterm():
     def handler(signum, frame):
         if os.getpid() != pid:
             return
-        if requested:
+        if signum in requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
             raise SystemExit(128 + signum)
         requested.append(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def train(*, recipe: StageRecipe, device: torch.device, **kwargs) -> TrainResult:
     """Run (or resume) one stage (`_train` says how), with deterministic kernels when `recipe.deterministic`, and
-    SIGTERM turned into a stop with a checkpoint (`stop_on_sigterm`, `Preempted`)."""
-    with deterministic_kernels(recipe.deterministic, device), stop_on_sigterm() as stop:
+    SIGTERM and Ctrl-C turned into a stop with a checkpoint (`stop_on_signals`, `Preempted`)."""
+    with deterministic_kernels(recipe.deterministic, device), stop_on_signals() as stop:
         return _train(recipe=recipe, device=device, stop=stop, **kwargs)
 
 
@@ -492,7 +500,7 @@ def _train(
     if writer is not None:
         writer.close()
     if last < steps and stopping:
-        raise Preempted(name, last, steps, run_dir)
+        raise Preempted(name, last, steps, run_dir, stop[0] if stop else signal.SIGTERM)
     if is_main:
         _draw_curves(run_dir, name)
     elapsed = time.perf_counter() - t0

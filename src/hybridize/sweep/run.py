@@ -199,9 +199,9 @@ def _lane_process(cfg: SweepConfig, cells: list[Cell], deadline, evalset, log: s
 
     try:
         run_lane(cfg, cells, deadline, evalset, report=False)
-    except Preempted as stopped:  # the parent stopped (SIGTERM): the cell in training kept its step
+    except Preempted as stopped:  # SIGTERM or Ctrl-C (the parent's or the terminal's): the cell kept its step
         print(f"sweep: {stopped}", flush=True)
-        sys.exit(143)
+        sys.exit(128 + stopped.signum)
 
 
 def run_lane(cfg: SweepConfig, cells: list[Cell], deadline: float | None, evalset, report: bool = False) -> None:
