@@ -290,9 +290,11 @@ PROC = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds a
 
 
 @PROC
-def test_sigterm_to_one_rank_stops_both_after_the_same_step(tmp_path):
-    """Under torchrun a SIGTERM that reaches one rank only (rank 1) stops both ranks after the same step, with one
-    sharded checkpoint of it, and the same command resumes from there."""
+@pytest.mark.parametrize("to, sig, by", [("rank 1", signal.SIGTERM, "SIGTERM"), ("torchrun", signal.SIGINT, "Ctrl-C")])
+def test_a_signal_under_torchrun_stops_both_ranks_after_the_same_step(tmp_path, to, sig, by):
+    """Under torchrun a SIGTERM that reaches one rank only (rank 1), or a Ctrl-C (to torchrun, which passes it to
+    every rank: they run in sessions of their own), stops both ranks after the same step, with one sharded checkpoint
+    of it, and the same command resumes from there."""
     corpus = str(_corpus(tmp_path))
     out = tmp_path / "t"
     args = ["teacher", "--size", "tiny", "--data", corpus,
@@ -302,7 +304,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step(tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                 "hybridize"]
     proc = subprocess.Popen([*torchrun, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = out / "run" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text()):
@@ -310,10 +312,10 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step(tmp_path):
     ranks = {int(dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_text().split("\0")
                       if "=" in line).get("RANK", -1)): pid for pid in _children(proc.pid)}
     assert proc.poll() is None and 1 in ranks, (proc.poll(), ranks)
-    os.kill(ranks[1], signal.SIGTERM)
+    os.kill(ranks[1] if to == "rank 1" else proc.pid, sig)
     _, err = proc.communicate(timeout=180)
     steps = len(metrics.read_text().splitlines())
-    assert err.count(f"teacher: stopped by SIGTERM after step {steps} of 300") == 2, err[-3000:]
+    assert err.count(f"teacher: stopped by {by} after step {steps} of 300") == 2, err[-3000:]
     assert (out / "run" / "checkpoints" / f"step_{steps:07d}" / "sharded").is_dir()
     resumed = subprocess.run([*torchrun, *args, "--max-minutes", "0"], capture_output=True, text=True, env=env,
                              timeout=300)
