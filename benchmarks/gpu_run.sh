@@ -371,7 +371,9 @@ PY
 # and installs: ~55 min of GPU time in ~7 calls of ~9 min with the teacher sent, one or two calls more when it is
 # trained here (~9.5 min; deterministic kernels may slow it, not timed). A call stops before a conversion that would
 # overrun it (quality_grid.estimate_seconds: each part the longest measured for the mixer), running its stage 1 alone
-# where only that fits, so each leaves up to a few minutes unused. Those times are of one conversion at a time: LANES
+# where only that fits, so each leaves up to a few minutes unused; one longer than a whole call (PUBLISHED=1's
+# selection) starts at a call's start and is stopped at its deadline by SIGTERM with a checkpoint of the stage in
+# training, which the next call on the machine continues. Those times are of one conversion at a time: LANES
 # (default 3) converts that many (mixer, seed) groups side by side (`quality_grid.py --jobs`), as the design-space
 # grid's 9 lanes did at a similar size (results/sweep-mini/); the deadline check goes by the lanes' own measured
 # conversions (GatedDeltaNet, 3 lanes on an H100: 457-518 s each with a fresh machine's stage 1, results/quality/).

@@ -11,8 +11,10 @@ The state folder holds three files, all a later call needs: `state.json` (the se
 hash, its evaluation, and per finished conversion its record and per-prompt results), `summary.json` and
 `summary.md`. Conversions (weights, checkpoints) live under `--work`. A call skips every conversion state.json holds,
 continues an unfinished one from its checkpoints when `--work` still has them (same machine), and before each one
-stops if `--deadline` seconds (from its start) would not leave room for it, going by the longest such conversion
-measured so far (or DEFAULT_SECONDS). Bring the state folder back, pass it again, and the grid goes on: on another
+stops if `--deadline` seconds (from its start) would not leave room for it, going by what this grid has measured of
+the mixer part by part (`estimate_seconds`; DEFAULT_SECONDS before anything is): where only its stage 1 fits, it runs
+that alone; a conversion longer than a whole call starts at a call's start and is stopped at the deadline by SIGTERM
+with a checkpoint of the stage in training (exit 143), which the next call on the same machine continues. Bring the state folder back, pass it again, and the grid goes on: on another
 machine too, but only with a teacher of the recorded weights hash (another is refused, `--teacher-sha256` likewise).
 
 `--jobs N` runs up to N (mixer, seed) groups side by side on the device, each a process of its own (a lane: its
@@ -55,12 +57,15 @@ teacher), and summary.md a table of each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -284,7 +289,29 @@ class Grid:
         s = self.settings
         return estimate_seconds(self.state["units"].values(), mixer, selector,
                                 stage1_done=self.stage1_done(mixer, seed), stage_table=seed in s["stage_seeds"],
-                                halo_evaluations=self.kv_groups if s["fusion"] == "intra" else 1)
+                                halo_evaluations=self.kv_groups if s["fusion"] == "intra" else 1,
+                                select_scale=selection_scale(s["recipe"], s["overrides"], selector))
+
+    def oversized(self, need: float) -> bool:
+        """Whether a conversion estimated at `need` seconds is longer than this whole call (--deadline) while the call
+        has just begun: it starts anyway (no call would ever start it otherwise), stopped at the deadline with a
+        checkpoint of the stage in training (`stopped_at_deadline`), and the next call on this machine goes on."""
+        return self.a.deadline is not None and need > self.a.deadline and self.left() >= 0.9 * self.a.deadline
+
+    @contextlib.contextmanager
+    def stopped_at_deadline(self, margin: float = 15.0):
+        """Inside: a SIGTERM to this process once the deadline (less `margin`) has passed, so that the training loop
+        ends its step with a checkpoint and raises `Preempted` (distill.loop.stop_on_signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGALRM, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+        signal.setitimer(signal.ITIMER_REAL, max(1.0, self.left() - margin))
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def stage1_done(self, mixer: str, seed: int) -> bool:
         return (self.stage1_dir(mixer, seed) / "stages" / "align" / "done.json").is_file()
@@ -398,7 +425,8 @@ class Grid:
             return self.run_lanes(todo)
         for mixer, selector, seed in todo:
             need = self.estimate(mixer, selector, seed)
-            if need > self.left():
+            over = need > self.left() and self.oversized(need)
+            if need > self.left() and not over:
                 print(f"stopped before {unit_key(mixer, selector, seed)}: {self.left():.0f} s left, ~{need:.0f} s "
                       f"needed; {len(todo) - todo.index((mixer, selector, seed))} conversions to go: run again")
                 if not self.stage1_done(mixer, seed) and self.stage1_estimate(mixer) <= self.left():
@@ -407,8 +435,12 @@ class Grid:
                     print(f"--- stage 1 of {mixer}/seed{seed} alone (~{self.stage1_estimate(mixer):.0f} s)", flush=True)
                     self.run_stage1(mixer, seed)
                 return False
-            print(f"--- {unit_key(mixer, selector, seed)} (~{need:.0f} s; {self.left():.0f} s left)", flush=True)
-            self.state["units"][unit_key(mixer, selector, seed)] = self.run_unit(mixer, selector, seed)
+            print(f"--- {unit_key(mixer, selector, seed)} (~{need:.0f} s; {self.left():.0f} s left"
+                  + ("; longer than any call: stopped at the deadline, continued by the next call on this machine)"
+                     if over else ")"), flush=True)
+            with self.stopped_at_deadline() if over else contextlib.nullcontext():
+                unit = self.run_unit(mixer, selector, seed)
+            self.state["units"][unit_key(mixer, selector, seed)] = unit
             save_state(self.state_dir, self.state)
         print(f"grid complete: {len(self.state['units'])} conversions in {self.state_dir / SUMMARY}")
         return True
@@ -464,7 +496,7 @@ class Grid:
                     need = self.estimate(mixer, first, seed)
                     if not self.stage1_done(mixer, seed):  # the lane runs stage 1 alone where that is all that fits
                         need = min(need, self.stage1_estimate(mixer))
-                    if need > self.left():
+                    if need > self.left() and not self.oversized(need):
                         print(f"stopped before the lane {mixer}/seed{seed}: {self.left():.0f} s left, ~{need:.0f} s "
                               f"needed; run again", flush=True)
                         groups = []
@@ -489,7 +521,7 @@ class Grid:
                     if proc.poll() is not None:
                         del running[key]
                         self.merge(folder)
-                        if proc.returncode not in (0, STOPPED):
+                        if proc.returncode not in (0, STOPPED, 128 + signal.SIGTERM, 128 + signal.SIGINT):
                             failed.append(str(folder / "lane.log"))
         finally:
             for proc, _ in running.values():  # an interrupted parent stops its lanes (each keeps its checkpoints)
@@ -510,13 +542,23 @@ def _longest(values, default: float) -> float:
     return max(values) if values else default
 
 
+def selection_scale(recipe: str, overrides: list[str], selector: str) -> float:
+    """How much more selection work `overrides` ask of `selector` than `recipe` does (1: as the recipe; PUBLISHED=1's
+    FlashMorph at 20M tokens against gpu-small's 1.2M: ~16)."""
+    base, grid = load_recipe(recipe).select, load_recipe(recipe, overrides).select
+    sizes = {"flashmorph": ("flashmorph_tokens",), "halo": ("halo_examples", "halo_lm_sequences"),
+             "kl_guided": ("kl_tokens",)}.get(selector, ())
+    return max([getattr(grid, f) / getattr(base, f) for f in sizes if getattr(base, f)], default=1.0)
+
+
 def estimate_seconds(units, mixer: str, selector: str, stage1_done: bool, stage_table: bool,
-                     halo_evaluations: int = 1) -> float:
+                     halo_evaluations: int = 1, select_scale: float = 1.0) -> float:
     """Seconds a conversion of `mixer` by `selector` should take, part by part, each the longest this grid has
     measured for the mixer (its first conversion on a machine included: compiling and autotuning its kernels fall in
     stage 1), else DEFAULT_SECONDS: stage 1 (0 when done on this machine), selection, distill and finetune, the
     evaluation, the stage table's evaluations (`stage_table`), and loading. A selector not yet measured on this mixer
-    takes the larger of its default and another mixer's measured selection scaled by how much longer this mixer's
+    takes the larger of its default times `select_scale` (`selection_scale`: the grid's selection sizes against the
+    recipe's, which the defaults are of) and another mixer's measured selection scaled by how much longer this mixer's
     evaluation ran (selection runs the student as the evaluation does). Over-estimates cost a call's tail; an
     under-estimate runs past the deadline into the call's timeout."""
     units = list(units)
@@ -531,6 +573,7 @@ def estimate_seconds(units, mixer: str, selector: str, stage1_done: bool, stage_
         select = _longest(measured, 0.0)
     else:
         select = DEFAULT_SECONDS["select"].get(selector, 150) * (halo_evaluations if selector == "halo" else 1)
+        select *= select_scale  # the defaults are of the recipe's sizes; this grid's measurements of its own
         for u in units:
             if u["mixer"] != mixer and u["selector"] == selector and u.get("select_seconds") and u.get("eval_seconds"):
                 select = max(select, u["select_seconds"] * evaluation / u["eval_seconds"])
@@ -760,7 +803,7 @@ def summary_markdown(state: dict, rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """0: the grid is complete (or the summary written); STOPPED: stopped at --deadline; 2: bad input; 128 + the
     signal: stopped by SIGTERM or Ctrl-C with a checkpoint of the step in training (run again to continue)."""
-    from hybridize.cli import dump_stacks_on_sigusr1
+    from hybridize.cli import _raise_on_sigterm, dump_stacks_on_sigusr1
 
     dump_stacks_on_sigusr1()  # a `timeout -s USR1` then shows where an overrunning conversion was
     a = parse_args(argv)
@@ -779,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from hybridize.distill.loop import Preempted
 
+    previous = _raise_on_sigterm()  # SIGTERM outside a training loop: through the `finally` blocks, exit 143
     try:
         return 0 if grid.run() else STOPPED
     except Preempted as stopped:  # the state holds every conversion recorded before it
@@ -787,7 +831,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # outside training (evaluation, the lanes' parent): the state as last saved
         print("quality_grid: interrupted; the state holds every conversion recorded before it", file=sys.stderr)
         return 130
-
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,6 +5,7 @@ and McNemar's p on the same prompts), and its refusals (bad arguments, another t
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
@@ -169,22 +170,35 @@ def test_the_estimate_takes_each_part_from_what_was_measured(qg):
     assert fresh > 518  # longer than the measured uniform conversion with its stage table, which it contains
     assert qg.estimate_seconds(units, "gated_deltanet", "halo", stage1_done=True, stage_table=False) == \
         pytest.approx(halo + 133 + 109 + d["overhead"])
+    # selection at larger sizes than the recipe's (PUBLISHED=1): the default grows with them
+    published = ["select.flashmorph_tokens=20000000", "select.halo_examples=1024", "select.halo_lm_sequences=2048"]
+    assert qg.selection_scale("gpu-small", [], "flashmorph") == 1.0
+    assert qg.selection_scale("gpu-small", published, "flashmorph") == pytest.approx(20_000_000 / 1_228_800)
+    assert qg.selection_scale("gpu-small", published, "halo") == pytest.approx(32)
+    assert qg.selection_scale("gpu-small", published, "uniform") == 1.0
+    assert qg.estimate_seconds([], "gla", "flashmorph", stage1_done=True, stage_table=False, select_scale=16) == \
+        16 * d["select"]["flashmorph"] + d["train"] + d["eval"] + d["overhead"]
     # a measured selection of the mixer itself wins over any scaling
     units.append(_unit("gated_deltanet", "halo", 35, 30, 105, 22, 100))
     assert qg.estimate_seconds(units, "gated_deltanet", "halo", stage1_done=True, stage_table=False) == \
         pytest.approx(30 + 133 + 109 + d["overhead"])
 
 
-def test_a_conversion_longer_than_the_call_runs_its_stage1_alone(qg, tmp_path, monkeypatch, capsys):
-    """Where a whole conversion does not fit what is left but its stage 1 does, the call runs stage 1 and stops;
-    the next call on the machine converts from it without running it again."""
+def _grid_inputs(tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "data").mkdir()
     for i in range(6):
         (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
-    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    return make_teacher("qwen3", tmp_path / "teacher")
+
+
+def test_a_conversion_longer_than_what_is_left_runs_its_stage1_alone(qg, tmp_path, monkeypatch, capsys):
+    """Where a whole conversion does not fit what is left of the call (though it would fit a whole one) but its
+    stage 1 does, the call runs stage 1 and stops; the next call on the machine converts without running it again."""
+    teacher = _grid_inputs(tmp_path, monkeypatch)
     argv = _argv(teacher, tmp_path, "--selectors", "uniform")
     monkeypatch.setitem(qg.DEFAULT_SECONDS, "train", 10_000)
+    monkeypatch.setattr(qg.Grid, "oversized", lambda self, need: False)
     assert qg.main([*argv, "--deadline", "3000"]) == qg.STOPPED
     out = capsys.readouterr().out
     assert "stopped before lightning/uniform/seed0" in out and "--- stage 1 of lightning/seed0 alone" in out
@@ -195,6 +209,37 @@ def test_a_conversion_longer_than_the_call_runs_its_stage1_alone(qg, tmp_path, m
     assert qg.main(argv) == 0
     assert align.read_text() == before
     assert list(json.loads((tmp_path / "state" / "state.json").read_text())["units"]) == ["lightning/uniform/seed0"]
+
+
+def test_a_conversion_longer_than_any_call_starts_at_a_calls_start(qg, tmp_path, monkeypatch, capsys):
+    """A conversion estimated longer than the whole call would never fit one: a call that has just begun starts it
+    anyway, under a timer that stops it at the deadline (here it finishes first)."""
+    teacher = _grid_inputs(tmp_path, monkeypatch)
+    monkeypatch.setitem(qg.DEFAULT_SECONDS, "train", 10_000)
+    assert qg.main([*_argv(teacher, tmp_path, "--selectors", "uniform"), "--deadline", "3000"]) == 0
+    out = capsys.readouterr().out
+    assert "--- lightning/uniform/seed0" in out and "longer than any call" in out
+    assert list(json.loads((tmp_path / "state" / "state.json").read_text())["units"]) == ["lightning/uniform/seed0"]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_the_deadline_timer_asks_the_training_loop_to_stop(qg):
+    """`stopped_at_deadline` sends this process a SIGTERM once the deadline (less its margin) passes, which a
+    training loop inside takes as a stop at its step (`stop_on_signals`); the timer and handler go afterwards."""
+    import time
+    import types
+
+    from hybridize.distill.loop import stop_on_signals
+
+    grid = types.SimpleNamespace(left=lambda: 1.0)
+    before = signal.getsignal(signal.SIGALRM)
+    with stop_on_signals() as stop:
+        with qg.Grid.stopped_at_deadline(grid, margin=0.5):
+            until = time.monotonic() + 10
+            while not stop and time.monotonic() < until:
+                time.sleep(0.01)
+    assert stop == [signal.SIGTERM]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
 
 
 def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, capsys):
