@@ -360,7 +360,7 @@ PY
 # `cat teacher-part?? | tar xzf - -C DIR` gives DIR/teacher-small-bf16, whose weights_sha256 must be state.json's; a
 # later call on a fresh machine sends it back over several calls (receive_teacher, TEACHER_IN;
 # benchmarks/stage_teacher.sh) instead of training it again. Exit 3: stopped at CALL_SECONDS, or teacher parts still
-# missing: call again.
+# missing; 143: a conversion longer than a call stopped at CALL_SECONDS with a checkpoint. Either: call again.
 #
 # Estimate, and how: the H200 times of results/ with compiled kernels, x 1.15 for an H100 (the small teacher trained
 # at 210K tokens/s on an H200, 180K on an H100). Per conversion: distill ~70 s, finetune ~12 s, evaluation ~40 s (2
