@@ -396,12 +396,16 @@ quality_back() {
 # over several calls, as many parts a call as fit beside the tree: TEACHER_IN (default .gpu/teacher, carried) holds
 # the manifest and this call's parts; they collect in $WORK/teacher-in until every part is there, then make $TEACHER,
 # whose weights hash must be the manifest's. Returns 1 while parts are missing (the job stops: call again with the
-# next parts); 0 when there is no manifest (the job trains the teacher) or the teacher was made.
+# next parts), also in a call that sends none once an earlier one sent some (a call that carries other things);
+# 0 when no manifest was ever sent (the job trains the teacher) or the teacher was made.
 receive_teacher() {
   local in=${TEACHER_IN:-.gpu/teacher} got=$WORK/teacher-in want have
-  [ -f "$in/teacher-manifest" ] || return 0
-  mkdir -p "$got" && cp "$in/teacher-manifest" "$got/"
-  find "$in" -maxdepth 1 -name 'teacher-part??' -exec cp -t "$got" {} +
+  [ -f "$in/teacher-manifest" ] || [ -f "$got/teacher-manifest" ] || return 0
+  mkdir -p "$got"
+  if [ -f "$in/teacher-manifest" ]; then
+    cp "$in/teacher-manifest" "$got/"
+    find "$in" -maxdepth 1 -name 'teacher-part??' -exec cp -t "$got" {} +
+  fi
   want=$(grep -c ' teacher-part' "$got/teacher-manifest")
   # parts whose sha256 is the manifest's (a corrupt one is named by sha256sum and removed, to be sent again)
   have=$(cd "$got" && grep ' teacher-part' teacher-manifest | sha256sum --check --ignore-missing 2> /dev/null \

@@ -75,6 +75,11 @@ def test_teacher_goes_back_in_parts_and_comes_back_the_same(tmp_path):
     assert out.returncode == 3 and f"1 of {len(parts)} parts" in out.stdout, out.stdout + out.stderr
     assert f"corrupt: {parts[1]}" in out.stderr
     assert not (tmp_path / "m2/teacher-tiny-bf16").exists()
+    # a call that carries none of the teacher (Triton's parts, say) waits for the rest instead of training one
+    shutil.rmtree(send)
+    out = _quality(tmp_path, "m2", **env)
+    assert out.returncode == 3 and f"1 of {len(parts)} parts" in out.stdout, out.stdout + out.stderr
+    assert "hybridize teacher" not in out.stdout + out.stderr and not (tmp_path / "nowhere").exists()
     stage(parts[1:])
     out = _quality(tmp_path, "m2", **env)
     assert f"made at {tmp_path}/m2/teacher-tiny-bf16" in out.stdout, out.stdout + out.stderr
