@@ -30,7 +30,7 @@ if [ "${S:-0}" = 1 ]; then
 fi
 ( while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; uptime; done ) \
   > "$R/util-$N.log" 2>&1 & mon=$!
-wait "${pids[@]}"; kill $mon
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"; kill $mon
 cp "$OUT"/quality/teacher-part?? "$R/" 2>/dev/null
 (cd "$OUT" && tar czf "$R/res-$N.tgz" --exclude='teacher-part??' *)
 echo "call $N done at ${SECONDS}s"; ls -la "$R"
