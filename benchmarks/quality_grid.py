@@ -14,8 +14,9 @@ continues an unfinished one from its checkpoints when `--work` still has them (s
 stops if `--deadline` seconds (from its start) would not leave room for it, going by what this grid has measured of
 the mixer part by part (`estimate_seconds`; DEFAULT_SECONDS before anything is): where only its stage 1 fits, it runs
 that alone; a conversion longer than a whole call starts at a call's start and is stopped at the deadline by SIGTERM
-with a checkpoint of the stage in training (exit 143), which the next call on the same machine continues. Bring the state folder back, pass it again, and the grid goes on: on another
-machine too, but only with a teacher of the recorded weights hash (another is refused, `--teacher-sha256` likewise).
+with a checkpoint of the stage in training (exit 143), which the next call on the same machine continues. Bring the
+state folder back, pass it again, and the grid goes on: on another machine too, but only with a teacher of the
+recorded weights hash (another is refused, `--teacher-sha256` likewise).
 
 `--jobs N` runs up to N (mixer, seed) groups side by side on the device, each a process of its own (a lane: its
 stage 1, then its selectors one after another), in `--work`/lanes/<mixer>-seed<k>/ with its log; the parent merges
@@ -317,16 +318,19 @@ class Grid:
         return (self.stage1_dir(mixer, seed) / "stages" / "align" / "done.json").is_file()
 
     def stage1_estimate(self, mixer: str) -> float:
-        """Seconds stage 1 alone should take on this machine (the longest measured, else the default)."""
-        return _longest([u["stage_seconds"].get("align") for u in self.state["units"].values()
-                         if u["mixer"] == mixer], DEFAULT_SECONDS["stage1"]) + DEFAULT_SECONDS["overhead"]
+        """Seconds stage 1 alone should take on this machine."""
+        return stage1_seconds(self.state["units"].values(), mixer) + DEFAULT_SECONDS["overhead"]
 
-    def run_stage1(self, mixer: str, seed: int) -> None:
-        """Stage 1 of (mixer, seed) alone: the next call on this machine starts its conversions from it."""
+    def recipe_base(self, mixer: str, seed: int) -> list[str]:
         s = self.settings
-        base = [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
-        align(Conversion(self.a.teacher, self.stage1_dir(mixer, seed), load_recipe(s["recipe"], base), data=s["data"],
-                         device=self.device, teacher_sha256=self.state["teacher"]["weights_sha256"]))
+        return [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
+
+    def stage1_conversion(self, mixer: str, seed: int) -> Conversion:
+        """The stage 1 that (mixer, seed)'s selectors share."""
+        s = self.settings
+        return Conversion(self.a.teacher, self.stage1_dir(mixer, seed),
+                          load_recipe(s["recipe"], self.recipe_base(mixer, seed)), data=s["data"], device=self.device,
+                          teacher_sha256=self.state["teacher"]["weights_sha256"])
 
     def stage1_dir(self, mixer: str, seed: int) -> Path:
         return self.root / mixer / f"seed{seed}" / "stage1"
@@ -334,14 +338,11 @@ class Grid:
     def run_unit(self, mixer: str, selector: str, seed: int) -> dict:
         t0 = time.perf_counter()
         a, s = self.a, self.settings
-        sha = self.state["teacher"]["weights_sha256"]
-        base = [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
-        shared = Conversion(a.teacher, self.stage1_dir(mixer, seed), load_recipe(s["recipe"], base), data=s["data"],
-                            device=self.device, teacher_sha256=sha)
+        shared = self.stage1_conversion(mixer, seed)
         align(shared)
         conv = Conversion(a.teacher, self.root / mixer / f"seed{seed}" / selector,
-                          load_recipe(s["recipe"], [*base, f"selector={selector}"]), data=s["data"], device=a.device,
-                          teacher_sha256=sha)
+                          load_recipe(s["recipe"], [*self.recipe_base(mixer, seed), f"selector={selector}"]),
+                          data=s["data"], device=a.device, teacher_sha256=self.state["teacher"]["weights_sha256"])
         if not conv.done("align"):
             shutil.copytree(shared.stage_dir("align"), conv.stage_dir("align"), dirs_exist_ok=True)
         convert(conv)
@@ -433,7 +434,7 @@ class Grid:
                     # a conversion longer than what is left, stage 1 included, may be longer than any call: its
                     # stage 1 now, so that the next call on this machine has only the rest to fit
                     print(f"--- stage 1 of {mixer}/seed{seed} alone (~{self.stage1_estimate(mixer):.0f} s)", flush=True)
-                    self.run_stage1(mixer, seed)
+                    align(self.stage1_conversion(mixer, seed))
                 return False
             print(f"--- {unit_key(mixer, selector, seed)} (~{need:.0f} s; {self.left():.0f} s left"
                   + ("; longer than any call: stopped at the deadline, continued by the next call on this machine)"
@@ -542,6 +543,12 @@ def _longest(values, default: float) -> float:
     return max(values) if values else default
 
 
+def stage1_seconds(units, mixer: str) -> float:
+    """Stage 1 of `mixer`: the longest measured (a fresh machine's compiling and autotuning included), else the
+    default."""
+    return _longest([u["stage_seconds"].get("align") for u in units if u["mixer"] == mixer], DEFAULT_SECONDS["stage1"])
+
+
 def selection_scale(recipe: str, overrides: list[str], selector: str) -> float:
     """How much more selection work `overrides` ask of `selector` than `recipe` does (1: as the recipe; PUBLISHED=1's
     FlashMorph at 20M tokens against gpu-small's 1.2M: ~16)."""
@@ -563,7 +570,7 @@ def estimate_seconds(units, mixer: str, selector: str, stage1_done: bool, stage_
     under-estimate runs past the deadline into the call's timeout."""
     units = list(units)
     mine = [u for u in units if u["mixer"] == mixer]
-    stage1 = 0.0 if stage1_done else _longest([u["stage_seconds"].get("align") for u in mine], DEFAULT_SECONDS["stage1"])
+    stage1 = 0.0 if stage1_done else stage1_seconds(mine, mixer)
     train = _longest([u["stage_seconds"].get("distill", 0) + u["stage_seconds"].get("finetune", 0) for u in mine],
                      DEFAULT_SECONDS["train"])
     evaluation = _longest([u.get("eval_seconds") for u in mine], DEFAULT_SECONDS["eval"])
@@ -803,7 +810,7 @@ def summary_markdown(state: dict, rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """0: the grid is complete (or the summary written); STOPPED: stopped at --deadline; 2: bad input; 128 + the
     signal: stopped by SIGTERM or Ctrl-C with a checkpoint of the step in training (run again to continue)."""
-    from hybridize.cli import _raise_on_sigterm, dump_stacks_on_sigusr1
+    from hybridize.cli import dump_stacks_on_sigusr1, raise_on_sigterm
 
     dump_stacks_on_sigusr1()  # a `timeout -s USR1` then shows where an overrunning conversion was
     a = parse_args(argv)
@@ -822,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from hybridize.distill.loop import Preempted
 
-    previous = _raise_on_sigterm()  # SIGTERM outside a training loop: through the `finally` blocks, exit 143
+    previous = raise_on_sigterm()  # SIGTERM outside a training loop: through the `finally` blocks, exit 143
     try:
         return 0 if grid.run() else STOPPED
     except Preempted as stopped:  # the state holds every conversion recorded before it
@@ -834,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,15 @@ def qg():
     return load_script("benchmarks/quality_grid.py")
 
 
+def _grid_inputs(tmp_path, monkeypatch):
+    """Six documents of conversion data in tmp_path/data and a tiny teacher; its own cache."""
+    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    for i in range(6):
+        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
+    return make_teacher("qwen3", tmp_path / "teacher")
+
+
 def _argv(teacher, tmp_path, *extra):
     argv = ["--teacher", str(teacher), "--state", str(tmp_path / "state"), "--work", str(tmp_path / "work"),
             "--mixers", "lightning", "--seeds", "1", "--recipe", "smoke", "--data", str(tmp_path / "data"),
@@ -32,11 +41,7 @@ def _argv(teacher, tmp_path, *extra):
 
 
 def test_the_grid_stops_resumes_and_summarises(qg, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "data").mkdir()
-    for i in range(6):
-        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
-    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    teacher = _grid_inputs(tmp_path, monkeypatch)
     state = tmp_path / "state"
     # a deadline too short for anything: the call stops at once, with the teacher and settings recorded
     assert qg.main(_argv(teacher, tmp_path, "--selectors", "uniform", "--deadline", "1")) == qg.STOPPED
@@ -184,14 +189,6 @@ def test_the_estimate_takes_each_part_from_what_was_measured(qg):
         pytest.approx(30 + 133 + 109 + d["overhead"])
 
 
-def _grid_inputs(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "data").mkdir()
-    for i in range(6):
-        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
-    return make_teacher("qwen3", tmp_path / "teacher")
-
-
 def test_a_conversion_longer_than_what_is_left_runs_its_stage1_alone(qg, tmp_path, monkeypatch, capsys):
     """Where a whole conversion does not fit what is left of the call (though it would fit a whole one) but its
     stage 1 does, the call runs stage 1 and stops; the next call on the machine converts without running it again."""
@@ -245,11 +242,7 @@ def test_the_deadline_timer_asks_the_training_loop_to_stop(qg):
 def test_lanes_give_the_conversions_of_one_process(qg, tmp_path, monkeypatch, capsys):
     """--jobs 2: the two seeds' conversions in two lane processes, merged into the state as each lands; the same
     stage 1, layers and answers to the same prompts as the grid converted one after another in this process."""
-    monkeypatch.setenv("HYBRIDIZE_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "data").mkdir()
-    for i in range(6):
-        (tmp_path / "data" / f"doc{i}.txt").write_text(" ".join(TEXTS[i % len(TEXTS)] for _ in range(12)))
-    teacher = make_teacher("qwen3", tmp_path / "teacher")
+    teacher = _grid_inputs(tmp_path, monkeypatch)
     one = ["--selectors", "uniform", "--seeds", "2", "--set", "align.tokens=512", "--set", "distill.tokens=512",
            "--set", "finetune.tokens=256"]
     assert qg.main([*_argv(teacher, tmp_path, *one), "--state", str(tmp_path / "seq"),

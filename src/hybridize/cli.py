@@ -596,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (`kill`, `timeout`, a scheduler) ends a command through its `finally` blocks, as Ctrl-C does (workers
     # stopped, the process group destroyed); a training run stops at its step boundary with a checkpoint on either
     # (`distill.loop.stop_on_signals`)
-    previous = _raise_on_sigterm()
+    previous = raise_on_sigterm()
     try:
         _join_torchrun(subcommand)
         args.func(args)
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _raise_on_sigterm():
+def raise_on_sigterm():
     """SIGTERM raises SystemExit(143) in the main thread; returns the handler it replaced (None off the main
     thread, where none can be installed)."""
     if threading.current_thread() is not threading.main_thread():
