@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call of the device tool that runs issue 26's quality grid and / or issue 22's longer sweep grid side by side,
-# from the repository root on the GPU machine, carrying .gpu/send (fla's wheels, Triton 3.7.1's slim parts:
-# benchmarks/triton_slim.py) and, where a teacher is staged, .gpu/teacher (benchmarks/stage_teacher.sh):
+# from the repository root on the GPU machine, carrying .gpu/send/commit and what this call brings of fla's wheels
+# (.gpu/send/wheels), Triton 3.7.1's slim parts (.gpu/send/slim: benchmarks/triton_slim.py) and a staged teacher
+# (.gpu/teacher: benchmarks/stage_teacher.sh); which call carries which: results/quality/README.md "Continue":
 #
 #   N=1 T=585 Q=1 S=0 bash benchmarks/device_call.sh
 #
