@@ -321,16 +321,16 @@ class Grid:
         """Seconds stage 1 alone should take on this machine."""
         return stage1_seconds(self.state["units"].values(), mixer) + DEFAULT_SECONDS["overhead"]
 
-    def recipe_base(self, mixer: str, seed: int) -> list[str]:
+    def conversion(self, mixer: str, seed: int, out: Path, *overrides: str) -> Conversion:
+        """(mixer, seed)'s conversion into `out` with the grid's recipe, data, device and teacher, plus `overrides`."""
         s = self.settings
-        return [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
+        base = [f"budget={s['budget']}", f"fusion={s['fusion']}", f"mixer={mixer}", *s["overrides"], f"seed={seed}"]
+        return Conversion(self.a.teacher, out, load_recipe(s["recipe"], [*base, *overrides]), data=s["data"],
+                          device=self.device, teacher_sha256=self.state["teacher"]["weights_sha256"])
 
     def stage1_conversion(self, mixer: str, seed: int) -> Conversion:
         """The stage 1 that (mixer, seed)'s selectors share."""
-        s = self.settings
-        return Conversion(self.a.teacher, self.stage1_dir(mixer, seed),
-                          load_recipe(s["recipe"], self.recipe_base(mixer, seed)), data=s["data"], device=self.device,
-                          teacher_sha256=self.state["teacher"]["weights_sha256"])
+        return self.conversion(mixer, seed, self.stage1_dir(mixer, seed))
 
     def stage1_dir(self, mixer: str, seed: int) -> Path:
         return self.root / mixer / f"seed{seed}" / "stage1"
@@ -340,9 +340,7 @@ class Grid:
         a, s = self.a, self.settings
         shared = self.stage1_conversion(mixer, seed)
         align(shared)
-        conv = Conversion(a.teacher, self.root / mixer / f"seed{seed}" / selector,
-                          load_recipe(s["recipe"], [*self.recipe_base(mixer, seed), f"selector={selector}"]),
-                          data=s["data"], device=a.device, teacher_sha256=self.state["teacher"]["weights_sha256"])
+        conv = self.conversion(mixer, seed, self.root / mixer / f"seed{seed}" / selector, f"selector={selector}")
         if not conv.done("align"):
             shutil.copytree(shared.stage_dir("align"), conv.stage_dir("align"), dirs_exist_ok=True)
         convert(conv)
